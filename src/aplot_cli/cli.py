@@ -1,0 +1,144 @@
+"""The `aplot` command line: a Typer app whose commands only parse and wire.
+
+Each command builds its stage config (defaults < --config YAML < flags typed), calls the stage's one
+entry point (imported lazily, so `aplot --help` is instant), and prints the manifest path on stdout.
+User mistakes (`AplotError`) become a message on stderr and the error's exit code, never a traceback."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Callable, Optional
+
+import typer
+
+from aplot_cli import __version__
+from aplot_cli.options import ConfigFile, OutDir, Overwrite, Quiet, Seed, TrustRemoteCode
+
+app = typer.Typer(name="aplot", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  help="Robust reward modeling with APLOT: prepare -> embed -> train-rm -> eval-rm -> ppo.")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"aplot {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: Annotated[Optional[bool], typer.Option(
+        "--version", callback=_version, is_eager=True, help="Show the version and exit.")] = None) -> None:
+    """aplot: a research toolkit for robust reward modeling (APLOT, EMNLP 2025)."""
+
+
+def stage_command(func: Callable[..., Path]) -> Callable[..., None]:
+    """Run a command body that returns a manifest path: print the path on stdout, turn AplotError into
+    its exit code with a message on stderr."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        from aplot_cli.console import get_console, set_quiet
+        from aplot_cli.errors import AplotError
+
+        set_quiet(bool(kwargs.get("quiet")))
+        try:
+            manifest = func(*args, **kwargs)
+        except AplotError as exc:
+            console = get_console()
+            console.print(f"[bold red]error:[/] {exc.message}", markup=True, highlight=False, soft_wrap=True)
+            if exc.hint:
+                console.print(f"[yellow]hint:[/] {exc.hint}", highlight=False, soft_wrap=True)
+            if console.quiet:  # still say why, even when quiet
+                print(f"error: {exc}", file=sys.stderr)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            print("interrupted: the output directory has no manifest and counts as unfinished",
+                  file=sys.stderr)
+            raise typer.Exit(130) from None
+        typer.echo(str(manifest))
+
+    return wrapper
+
+
+def _flags(**kwargs: Any) -> dict[str, Any]:
+    return {k: v for k, v in kwargs.items() if v is not None}
+
+
+@app.command()
+@stage_command
+def prepare(
+    out_dir: OutDir,
+    recipe: Annotated[Optional[str], typer.Option(
+        help="Recipe name in data_recipes/ (synthetic, hh-rlhf, unified-feedback[-40k|-400k], ultrafeedback, "
+             "skywork-80k, hhh-alignment) or a path to a recipe YAML.")] = None,
+    dataset: Annotated[Optional[str], typer.Option(help="Hub dataset id (or a local dataset folder).")] = None,
+    dataset_config: Annotated[Optional[str], typer.Option(help="Hub dataset config name.")] = None,
+    dataset_split: Annotated[Optional[str], typer.Option(help="Hub split to read. [default: train]")] = None,
+    files: Annotated[Optional[list[str]], typer.Option(
+        "--files", "-f", help="Local jsonl/json/parquet/csv file(s); repeat for several.")] = None,
+    on_bad_rows: Annotated[Optional[str], typer.Option(
+        help="error: stop at the first bad row; skip: drop and count it. [default: error]")] = None,
+    test_size: Annotated[Optional[float], typer.Option(help="Fraction of prompts held out. [default: 0.1]")] = None,
+    max_pairs: Annotated[Optional[int], typer.Option(help="Keep at most this many valid pairs.")] = None,
+    every_nth: Annotated[Optional[int], typer.Option(help="Read every n-th source row. [default: 1]")] = None,
+    flip_ratio: Annotated[Optional[float], typer.Option(
+        help="Swap chosen/rejected on this fraction of training pairs (label noise). [default: 0]")] = None,
+    synthetic_pairs: Annotated[Optional[int], typer.Option(help="Synthetic recipe: ID pairs. [default: 4000]")] = None,
+    synthetic_ood_pairs: Annotated[Optional[int], typer.Option(
+        help="Synthetic recipe: pairs from the reserved OOD families. [default: 600]")] = None,
+    seed: Seed = None,
+    config: ConfigFile = None,
+    overwrite: Overwrite = False,
+    quiet: Quiet = False,
+) -> Path:
+    """Turn preference data into a validated pairs artifact with splits."""
+    from aplot_cli import prepare as stage
+    from aplot_cli.config import PrepareConfig, build_config, load_yaml
+
+    recipe_name = recipe or (load_yaml(config).get("recipe") if config else None)
+    cfg = build_config(PrepareConfig, config, _flags(
+        recipe=recipe, dataset=dataset, dataset_config=dataset_config, dataset_split=dataset_split,
+        files=tuple(files) if files else None, on_bad_rows=on_bad_rows, test_size=test_size,
+        max_pairs=max_pairs, every_nth=every_nth, flip_ratio=flip_ratio, synthetic_pairs=synthetic_pairs,
+        synthetic_ood_pairs=synthetic_ood_pairs, seed=seed), base=stage.recipe_defaults(recipe_name))
+    return stage.run(cfg, out_dir, overwrite=overwrite)
+
+
+@app.command()
+@stage_command
+def embed(
+    pairs: Annotated[Path, typer.Argument(help="A pairs artifact directory (from `aplot prepare`).")],
+    out_dir: OutDir,
+    model: Annotated[Optional[str], typer.Option(
+        help="Encoder: minilm-l6 (embedded), a local folder, or a hub id. [default: minilm-l6]")] = None,
+    text: Annotated[Optional[str], typer.Option(
+        help="What to embed: prompt_response or response. [default: prompt_response]")] = None,
+    embed_prompt: Annotated[Optional[bool], typer.Option(
+        "--embed-prompt/--no-embed-prompt", help="Also embed the prompts. [default: off]")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Texts per batch. [default: 64]")] = None,
+    max_length: Annotated[Optional[int], typer.Option(help="Max tokens per text. [default: 256]")] = None,
+    cache_dir: Annotated[Optional[str], typer.Option(
+        help="Embedding cache folder. [default: $APLOT_CACHE/embeddings or ~/.cache/aplot/embeddings]")] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda, ... [default: auto]")] = None,
+    trust_remote_code: TrustRemoteCode = None,
+    config: ConfigFile = None,
+    overwrite: Overwrite = False,
+    quiet: Quiet = False,
+) -> Path:
+    """Embed the chosen and rejected responses of a pairs artifact, with a content-addressed cache."""
+    from aplot_cli import embed as stage
+    from aplot_cli.config import EmbedConfig, build_config
+
+    cfg = build_config(EmbedConfig, config, _flags(
+        model=model, text=text, embed_prompt=embed_prompt, batch_size=batch_size, max_length=max_length,
+        cache_dir=cache_dir, device=device, trust_remote_code=trust_remote_code))
+    return stage.run(cfg, pairs, out_dir, overwrite=overwrite)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

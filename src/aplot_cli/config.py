@@ -1,0 +1,157 @@
+"""Stage configs: one frozen dataclass per stage, and how they are resolved.
+
+Precedence, lowest to highest: dataclass defaults < `--config file.yaml` < flags given on the command
+line. The CLI passes only the flags a user actually typed (Typer defaults are `None`), so an explicit
+`--no-x` (False) beats a YAML `x: true` and nothing is merged by truthiness. Unknown keys are an error
+that suggests the nearest known name."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from aplot_cli.errors import ConfigError
+
+C = TypeVar("C")
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    """`aplot prepare`: where pairs come from and how they are filtered and split."""
+
+    recipe: str | None = None            # recipe name in data_recipes/ or path to a recipe YAML
+    dataset: str | None = None           # hub dataset id (used when no recipe/files)
+    dataset_config: str | None = None    # hub config name
+    dataset_split: str = "train"         # hub split to read
+    files: tuple[str, ...] = ()          # local jsonl/json/parquet/csv files
+    on_bad_rows: Literal["error", "skip"] = "error"
+    test_size: float = 0.1               # fraction of prompts held out
+    seed: int = 0
+    max_pairs: int | None = None
+    every_nth: int = 1
+    flip_ratio: float = 0.0
+    synthetic_pairs: int = 4000          # for the synthetic recipe
+    synthetic_ood_pairs: int = 600
+
+
+@dataclass(frozen=True)
+class EmbedConfig:
+    """`aplot embed`: which encoder, what text, where the cache lives."""
+
+    model: str = "minilm-l6"
+    text: Literal["prompt_response", "response"] = "prompt_response"
+    embed_prompt: bool = False
+    batch_size: int = 64
+    max_length: int = 256
+    cache_dir: str | None = None         # default: $APLOT_CACHE or ~/.cache/aplot/embeddings
+    device: str = "auto"
+    trust_remote_code: bool = False
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(config).items()}
+
+
+def _suggest(name: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.5)
+    return f"did you mean `{close[0]}`?" if close else f"known keys: {', '.join(sorted(known))}"
+
+
+def _coerce(name: str, value: Any, hint: Any, source: str) -> Any:
+    """Check (and gently coerce) a value against a dataclass field type."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(name, value, arg, source)
+            except ConfigError as exc:
+                errors.append(exc)
+        raise errors[0]
+    if origin is Literal:
+        allowed = typing.get_args(hint)
+        if value not in allowed:
+            raise ConfigError(f"{source}: `{name}` is {value!r}, expected one of {list(allowed)}",
+                              hint=_suggest(str(value), [str(a) for a in allowed]))
+        return value
+    if origin is tuple:
+        if isinstance(value, (str, int, float)):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{source}: `{name}` must be a list, got {value!r}")
+        (item_type, *_rest) = typing.get_args(hint) or (str,)
+        return tuple(_coerce(name, v, item_type, source) for v in value)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{source}: `{name}` must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{source}: `{name}` must be an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{source}: `{name}` must be a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, (str, Path)):
+            raise ConfigError(f"{source}: `{name}` must be a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def load_yaml(path: Path | str) -> dict[str, Any]:
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist", hint="check the --config path")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of option: value, "
+                          f"got {type(data).__name__}")
+    return data
+
+
+def build_config(cls: type[C], yaml_path: Path | str | None = None,
+                 flags: dict[str, Any] | None = None, base: dict[str, Any] | None = None) -> C:
+    """Resolve defaults < `base` (e.g. a recipe's defaults) < YAML < explicit flags (flags whose
+    value is None were not given)."""
+    hints = typing.get_type_hints(cls)
+    known = [f.name for f in dataclasses.fields(cls)]
+    values: dict[str, Any] = {}
+    layers = [("recipe defaults", base)] if base else []
+    if yaml_path is not None:
+        layers.append((f"config {yaml_path}", {k.replace("-", "_"): v for k, v in load_yaml(yaml_path).items()}))
+    layers.append(("command line", {k: v for k, v in (flags or {}).items() if v is not None}))
+    for source, layer in layers:
+        for key, value in layer.items():
+            if key not in known:
+                raise ConfigError(f"{source}: unknown option `{key}` for {cls.__name__}",
+                                  hint=_suggest(key, known))
+            values[key] = _coerce(key, value, hints[key], source)
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"invalid {cls.__name__}: {exc}") from exc
+
+
+def replace(config: C, **changes: Any) -> C:
+    return dataclasses.replace(config, **changes)
+
+
+__all__ = ["PrepareConfig", "EmbedConfig", "build_config", "config_to_dict", "load_yaml", "replace",
+           "field"]

@@ -1,0 +1,1 @@
+"""Preference data: the pairs schema, source loaders, recipes and the synthetic generator."""

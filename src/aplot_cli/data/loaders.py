@@ -1,0 +1,141 @@
+"""Read raw records from local files (jsonl, json, parquet, csv) or a hub dataset id.
+
+Every record carries its location (`file:line`, or `dataset[split]#row`) so validation errors can
+name it. Unreadable lines (broken JSON, undecodable bytes) come back as records with a `problem`
+instead of raising here: the validator decides, per `--on-bad-rows`, whether they are fatal."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aplot_cli.errors import InputDataError
+
+SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".parquet": "parquet",
+            ".csv": "csv"}
+
+
+@dataclass
+class RawRecord:
+    location: str
+    data: dict[str, Any] | None
+    problem: str | None = None   # "broken_json" | "undecodable" | "not_an_object"
+    detail: str = ""
+
+
+def _jsonl(path: Path) -> Iterator[RawRecord]:
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            where = f"{path}:{number}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                yield RawRecord(where, None, "undecodable", f"bytes are not UTF-8 ({exc.reason} at "
+                                                            f"byte {exc.start})")
+                continue
+            if not line.strip():
+                continue
+            try:
+                data = json.loads(line)
+            except json.JSONDecodeError as exc:
+                yield RawRecord(where, None, "broken_json", f"not valid JSON ({exc.msg}, column "
+                                                            f"{exc.colno})")
+                continue
+            if not isinstance(data, dict):
+                yield RawRecord(where, None, "not_an_object", f"a JSON {type(data).__name__}, not an "
+                                                              "object")
+                continue
+            yield RawRecord(where, data)
+
+
+def _json(path: Path) -> Iterator[RawRecord]:
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise InputDataError(f"{path}: bytes are not UTF-8 ({exc.reason} at byte {exc.start})",
+                             hint="re-encode the file as UTF-8") from exc
+    except json.JSONDecodeError as exc:
+        raise InputDataError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})",
+                             hint="fix the file, or write one object per line as .jsonl") from exc
+    if isinstance(data, dict):
+        for key in ("data", "rows", "examples"):
+            if isinstance(data.get(key), list):
+                data = data[key]
+                break
+    if not isinstance(data, list):
+        raise InputDataError(f"{path}: expected a JSON list of objects (or {{\"data\": [...]}})",
+                             hint="write one object per line as .jsonl instead")
+    for number, item in enumerate(data):
+        where = f"{path}[{number}]"
+        if isinstance(item, dict):
+            yield RawRecord(where, item)
+        else:
+            yield RawRecord(where, None, "not_an_object", f"a JSON {type(item).__name__}")
+
+
+def _table(path: Path, kind: str) -> Iterator[RawRecord]:
+    import pandas as pd
+
+    try:
+        frame = pd.read_parquet(path) if kind == "parquet" else pd.read_csv(path, dtype=object,
+                                                                             keep_default_na=False)
+    except UnicodeDecodeError as exc:
+        raise InputDataError(f"{path}: bytes are not UTF-8 ({exc.reason})",
+                             hint="re-encode the file as UTF-8") from exc
+    except Exception as exc:  # pandas/pyarrow raise many types for unreadable files
+        raise InputDataError(f"{path}: cannot read as {kind} ({exc})",
+                             hint=f"check that the file is a valid {kind} file") from exc
+    offset = 2 if kind == "csv" else 0  # csv: line 1 is the header
+    for number, row in enumerate(frame.to_dict(orient="records")):
+        yield RawRecord(f"{path}:{number + offset}" if kind == "csv" else f"{path}#row{number}",
+                        {k: _plain(v) for k, v in row.items()})
+
+
+def _plain(value: Any) -> Any:
+    """numpy arrays/structs from parquet -> plain Python lists/dicts."""
+    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):
+        value = value.tolist()
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def read_files(paths: list[str] | tuple[str, ...]) -> Iterator[RawRecord]:
+    for name in paths:
+        path = Path(name)
+        if not path.is_file():
+            raise InputDataError(f"input file {path} does not exist", hint="check the path")
+        kind = SUFFIXES.get(path.suffix.lower())
+        if kind is None:
+            raise InputDataError(f"{path}: unknown file type {path.suffix!r}",
+                                 hint=f"use one of {', '.join(sorted(SUFFIXES))}")
+        if kind == "jsonl":
+            yield from _jsonl(path)
+        elif kind == "json":
+            yield from _json(path)
+        else:
+            yield from _table(path, kind)
+
+
+def read_hub(dataset_id: str, config: str | None, split: str, every_nth: int = 1) -> Iterator[RawRecord]:
+    """Read a dataset through `datasets.load_dataset` (a hub id, or a local dataset folder laid out
+    as on the hub, which is how tests exercise this path offline)."""
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(dataset_id, config, split=split)
+    except Exception as exc:  # datasets raises many types: connection, missing config, bad split
+        raise InputDataError(
+            f"cannot load dataset {dataset_id!r} (config={config!r}, split={split!r}): {exc}",
+            hint="check the id, --dataset-config and --dataset-split; offline (HF_HUB_OFFLINE=1) only "
+                 "cached datasets load") from exc
+    if every_nth > 1:
+        ds = ds.select(range(0, len(ds), every_nth))
+    step = every_nth
+    for number, row in enumerate(ds):
+        yield RawRecord(f"{dataset_id}[{config or 'default'}/{split}]#row{number * step}", dict(row))

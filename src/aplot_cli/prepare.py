@@ -1,0 +1,209 @@
+"""`aplot prepare`: any preference source -> a validated pairs artifact with splits.
+
+Output directory: one parquet file per split (`train.parquet`, `test.parquet`, and `ood.parquet` for
+the synthetic recipe's reserved families) in the schema of `aplot_cli.data.schema`, and a manifest
+with counts of every row read, filtered, rejected (by reason) and written."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aplot_cli import artifacts
+from aplot_cli.config import PrepareConfig, config_to_dict
+from aplot_cli.console import info
+from aplot_cli.data import loaders, synthetic
+from aplot_cli.data.recipes import Recipe, load_recipe
+from aplot_cli.data.schema import Pair, messages_json
+from aplot_cli.data.transforms import TRANSFORMS, RowProblem
+from aplot_cli.errors import ConfigError, InputDataError
+
+STAGE = "prepare"
+_FIX = "fix the row, or pass --on-bad-rows skip to drop such rows (they are counted in the manifest)"
+
+
+@dataclass
+class Tally:
+    """Row accounting: nothing is dropped without being counted here."""
+
+    read: int = 0
+    filtered: int = 0                       # dropped on purpose by the recipe's protocol
+    bad: Counter = field(default_factory=Counter)
+    examples: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
+
+    def reject(self, kind: str, where: str, detail: str, on_bad_rows: str) -> None:
+        if on_bad_rows == "error":
+            raise InputDataError(f"{where}: {detail}", hint=_FIX)
+        self.bad[kind] += 1
+        if len(self.examples[kind]) < 5:
+            self.examples[kind].append(f"{where}: {detail}")
+
+
+def _source_pairs(cfg: PrepareConfig, recipe: Recipe | None, tally: Tally) -> Iterator[Pair]:
+    if recipe is not None and recipe.transform == "synthetic":
+        pairs = synthetic.generate(cfg.synthetic_pairs, cfg.synthetic_ood_pairs, cfg.seed)
+        tally.read += len(pairs)
+        yield from pairs
+        return
+    transform = TRANSFORMS[recipe.transform if recipe else "pairwise"]
+    columns = recipe.columns if recipe else {}
+    if cfg.files:
+        streams = [(None, loaders.read_files(cfg.files))]
+    else:
+        dataset = cfg.dataset or (recipe.hub_id if recipe else None)
+        if dataset is None:
+            raise ConfigError("no data source given", hint="pass --recipe NAME, --dataset HUB_ID or "
+                                                            "--files FILE [FILE ...]")
+        configs = (cfg.dataset_config,) if cfg.dataset_config else (recipe.hub_configs if recipe else (None,))
+        split = cfg.dataset_split if cfg.dataset_split != "train" or recipe is None else recipe.hub_split
+        streams = [(conf, loaders.read_hub(dataset, conf, split, cfg.every_nth)) for conf in configs]
+    for conf, records in streams:
+        for index, record in enumerate(records):
+            if cfg.files and cfg.every_nth > 1 and index % cfg.every_nth:
+                continue
+            tally.read += 1
+            if record.problem:
+                tally.reject(record.problem, record.location, record.detail, cfg.on_bad_rows)
+                continue
+            try:
+                pair = transform(record.data, columns, subset=conf or "")
+            except RowProblem as problem:
+                tally.reject(problem.kind, record.location, f"field `{problem.field}` {problem.detail}",
+                             cfg.on_bad_rows)
+                continue
+            if pair is None:
+                tally.filtered += 1
+                continue
+            pair.location = record.location
+            if not pair.subset and conf:
+                pair.subset = conf
+            yield pair
+
+
+def _valid_pairs(cfg: PrepareConfig, pairs: Iterator[Pair], tally: Tally) -> list[Pair]:
+    seen: dict[str, str] = {}
+    kept: list[Pair] = []
+    for pair in pairs:
+        for name in ("prompt", "chosen", "rejected"):
+            if not getattr(pair, name):
+                tally.reject("empty_text", pair.location, f"field `{name}` is empty", cfg.on_bad_rows)
+                break
+        else:
+            if pair.chosen == pair.rejected:
+                tally.reject("chosen_equals_rejected", pair.location, "`chosen` equals `rejected`",
+                             cfg.on_bad_rows)
+                continue
+            pid = pair.pair_id
+            if pid in seen:
+                tally.reject("duplicate_pair", pair.location, f"duplicate of the pair at {seen[pid]}",
+                             cfg.on_bad_rows)
+                continue
+            seen[pid] = pair.location
+            kept.append(pair)
+            if cfg.max_pairs is not None and len(kept) >= cfg.max_pairs:
+                break
+    return kept
+
+
+def split_by_prompt(pairs: list[Pair], test_size: float, seed: int) -> dict[str, list[Pair]]:
+    """Assign whole prompts to train or test (no prompt in two splits), deterministic by seed;
+    reserved synthetic families go to `ood`."""
+    splits: dict[str, list[Pair]] = {"train": [], "test": [], "ood": []}
+    prompts = sorted({p.prompt for p in pairs if not p.extras.get("reserved_ood")})
+    random.Random(f"aplot-split|{seed}").shuffle(prompts)
+    n_test = round(test_size * len(prompts))
+    test_prompts = set(prompts[:n_test])
+    for pair in pairs:
+        name = "ood" if pair.extras.get("reserved_ood") else ("test" if pair.prompt in test_prompts else "train")
+        splits[name].append(pair)
+    return {k: v for k, v in splits.items() if v}
+
+
+def _flip(pairs: list[Pair], ratio: float, seed: int) -> set[int]:
+    """Swap chosen/rejected on `round(ratio * n)` training pairs (label-noise studies)."""
+    n = round(ratio * len(pairs))
+    flipped = set(random.Random(f"aplot-flip|{seed}").sample(range(len(pairs)), n))
+    return flipped
+
+
+def _frame(pairs: list[Pair], split: str, flipped: set[int]):
+    import pandas as pd
+
+    extras = sorted({k for p in pairs for k in p.extras if k != "reserved_ood"})
+    rows = []
+    for i, p in enumerate(pairs):
+        chosen, rejected = (p.rejected, p.chosen) if i in flipped else (p.chosen, p.rejected)
+        row = {"pair_id": p.pair_id, "prompt": p.prompt, "chosen": chosen, "rejected": rejected,
+               "prompt_messages": messages_json(p.prompt_messages), "margin": p.margin,
+               "subset": p.subset, "source": p.source, "split": split, "flipped": i in flipped}
+        row.update({k: p.extras.get(k) for k in extras})
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    frame["margin"] = frame["margin"].astype("float64")
+    return frame
+
+
+def _check(cfg: PrepareConfig) -> None:
+    if not 0.0 <= cfg.test_size <= 1.0:
+        raise ConfigError(f"--test-size is {cfg.test_size}, expected a fraction in [0, 1]")
+    if not 0.0 <= cfg.flip_ratio <= 1.0:
+        raise ConfigError(f"--flip-ratio is {cfg.flip_ratio}, expected a fraction in [0, 1]")
+    if cfg.every_nth < 1:
+        raise ConfigError(f"--every-nth is {cfg.every_nth}, expected an integer >= 1")
+    if cfg.max_pairs is not None and cfg.max_pairs < 1:
+        raise ConfigError(f"--max-pairs is {cfg.max_pairs}, expected an integer >= 1")
+
+
+def recipe_defaults(recipe_name: str | None) -> dict[str, Any]:
+    """The recipe's own prepare defaults (between the dataclass defaults and --config/flags)."""
+    return dict(load_recipe(recipe_name).defaults) if recipe_name else {}
+
+
+def run(cfg: PrepareConfig, out_dir: Path, overwrite: bool = False) -> Path:
+    """Read, validate, split and write; returns the manifest path."""
+    _check(cfg)
+    recipe = load_recipe(cfg.recipe) if cfg.recipe else None
+    out_dir = artifacts.prepare_out_dir(out_dir, overwrite)
+    tally = Tally()
+    pairs = _valid_pairs(cfg, _source_pairs(cfg, recipe, tally), tally)
+    if not pairs:
+        raise InputDataError("no valid pairs were read",
+                             hint=f"rows read: {tally.read}, filtered: {tally.filtered}, "
+                                  f"bad: {dict(tally.bad)}")
+    splits = split_by_prompt(pairs, cfg.test_size, cfg.seed)
+    outputs, counts = [], {}
+    for name, split_pairs in splits.items():
+        flipped = _flip(split_pairs, cfg.flip_ratio, cfg.seed) if name == "train" else set()
+        frame = _frame(split_pairs, name, flipped)
+        frame.to_parquet(out_dir / f"{name}.parquet", index=False)
+        outputs.append(artifacts.describe_output(out_dir, f"{name}.parquet", rows=len(frame)))
+        counts[name] = {"pairs": len(frame), "prompts": int(frame["prompt"].nunique()),
+                        "flipped": len(flipped)}
+    metrics = {"rows_read": tally.read, "rows_filtered": tally.filtered,
+               "rows_bad": dict(tally.bad), "pairs_written": len(pairs), "splits": counts}
+    info(f"[bold]prepare[/] read {tally.read} rows -> {len(pairs)} pairs "
+         + ", ".join(f"{k}: {v['pairs']}" for k, v in counts.items())
+         + (f" (filtered {tally.filtered}, bad {sum(tally.bad.values())})" if tally.filtered or tally.bad else ""))
+    return artifacts.write_manifest(
+        out_dir, stage=STAGE, config=config_to_dict(cfg), outputs=outputs, metrics=metrics,
+        diagnostics={"bad_row_examples": dict(tally.examples)},
+        extra={"recipe": None if recipe is None else {"name": recipe.name, "transform": recipe.transform,
+                                                      "hub_id": recipe.hub_id}})
+
+
+def load_pairs(artifact_dir: Path | str, split: str | None = None):
+    """Read a pairs artifact (all splits, or one) as a DataFrame; refuses unfinished runs."""
+    import pandas as pd
+
+    art = artifacts.open_artifact(artifact_dir, STAGE)
+    names = [o["path"] for o in art.manifest["outputs"]]
+    if split is not None:
+        if f"{split}.parquet" not in names:
+            raise InputDataError(f"{art.path} has no `{split}` split",
+                                 hint=f"available: {', '.join(n.removesuffix('.parquet') for n in names)}")
+        names = [f"{split}.parquet"]
+    return pd.concat([pd.read_parquet(art.path / n) for n in names], ignore_index=True)

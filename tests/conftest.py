@@ -1,0 +1,109 @@
+"""Shared test fixtures: offline environment, the real shared data (skipped when absent), and tiny
+models built locally and loaded by path, as a user would."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Each test session gets its own aplot cache (embeddings), but keeps the converted SmolLM2."""
+    cache = tmp_path_factory.getbasetemp() / "aplot-cache"
+    monkeypatch.setenv("APLOT_CACHE", str(cache))
+    models_dir = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "aplot" / "models"
+    (cache).mkdir(exist_ok=True)
+    link = cache / "models"
+    if not link.exists():
+        models_dir.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(models_dir, target_is_directory=True)
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real data folder {SHARED_DATA} is absent (a fresh clone has no ../shared)")
+    return SHARED_DATA
+
+
+def _save_tiny(model, tokenizer, path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path, safe_serialization=True)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory) -> Path:
+    """A 2-layer BERT (hidden 32) with the MiniLM tokenizer, as a sequence-classification RM (1 label)."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from aplot_cli import models
+
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(models.resolve("minilm-l6"))
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
+                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=512,
+                        num_labels=1, pad_token_id=tokenizer.pad_token_id)
+    return _save_tiny(BertForSequenceClassification(config), tokenizer,
+                      tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture(scope="session")
+def smollm2_tokenizer_dir() -> Path:
+    from aplot_cli import models
+
+    return Path(models.resolve("smollm2-135m"))
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_rm_dir(tmp_path_factory, smollm2_tokenizer_dir) -> Path:
+    """A 2-layer Llama (hidden 32) with SmolLM2's tokenizer and chat template, as a 1-label RM."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
+
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_tokenizer_dir)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                         num_key_value_heads=1, intermediate_size=64, max_position_embeddings=1024,
+                         num_labels=1, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    return _save_tiny(LlamaForSequenceClassification(config), tokenizer, tmp_path_factory.mktemp("tiny-llama-rm"))
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_lm_dir(tmp_path_factory, smollm2_tokenizer_dir) -> Path:
+    """A 2-layer Llama causal LM (hidden 32) with SmolLM2's tokenizer and chat template (a PPO policy)."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_tokenizer_dir)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                         num_key_value_heads=1, intermediate_size=64, max_position_embeddings=1024,
+                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                         bos_token_id=tokenizer.bos_token_id, tie_word_embeddings=True)
+    return _save_tiny(LlamaForCausalLM(config), tokenizer, tmp_path_factory.mktemp("tiny-llama-lm"))
+
+
+@pytest.fixture(scope="session")
+def synthetic_pairs_dir(tmp_path_factory) -> Path:
+    """A small synthetic pairs artifact (train/test/ood), made through the real stage entry point."""
+    from aplot_cli import prepare
+    from aplot_cli.config import PrepareConfig
+
+    out = tmp_path_factory.mktemp("pairs") / "pairs"
+    prepare.run(PrepareConfig(recipe="synthetic", synthetic_pairs=240, synthetic_ood_pairs=60, test_size=0.25),
+                out)
+    return out

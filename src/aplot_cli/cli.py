@@ -32,6 +32,15 @@ def _root(version: Annotated[Optional[bool], typer.Option(
     """aplot: a research toolkit for robust reward modeling (APLOT, EMNLP 2025)."""
 
 
+def _quiet_libraries() -> None:
+    """Our own rich progress bars replace the libraries' tqdm bars and load reports on stderr."""
+    import os
+
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
 def stage_command(func: Callable[..., Path]) -> Callable[..., None]:
     """Run a command body that returns a manifest path: print the path on stdout, turn AplotError into
     its exit code with a message on stderr."""
@@ -42,6 +51,7 @@ def stage_command(func: Callable[..., Path]) -> Callable[..., None]:
         from aplot_cli.errors import AplotError
 
         set_quiet(bool(kwargs.get("quiet")))
+        _quiet_libraries()
         try:
             manifest = func(*args, **kwargs)
         except AplotError as exc:

@@ -38,24 +38,33 @@ class Encoder:
     """Mean-pooled, L2-normalised sentence encoder over any transformers encoder folder or hub id."""
 
     def __init__(self, model: str, max_length: int = 256, device: str = "auto", trust_remote_code: bool = False):
+        self.name, self.resolved = model, models.resolve(model)
+        self.trust_remote_code = trust_remote_code
+        self.device = pick_device(device)
+        self.max_length = max_length
+        self.identity = f"{models.identity(self.resolved)}|maxlen={max_length}|meanpool-l2"
+        self._loaded = False
+
+    def _load(self) -> None:
+        """Load weights on first use only, so a run served wholly from the cache never loads them."""
         import torch
         from transformers import AutoModel, AutoTokenizer
 
-        resolved = models.resolve(model)
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(resolved, trust_remote_code=trust_remote_code)
-            self.model = AutoModel.from_pretrained(resolved, trust_remote_code=trust_remote_code,
+            self.tokenizer = AutoTokenizer.from_pretrained(self.resolved, trust_remote_code=self.trust_remote_code)
+            self.model = AutoModel.from_pretrained(self.resolved, trust_remote_code=self.trust_remote_code,
                                                    dtype=torch.float32)
         except (OSError, ValueError) as exc:
-            raise ModelError(f"cannot load encoder {model!r}: {exc}",
+            raise ModelError(f"cannot load encoder {self.name!r}: {exc}",
                              hint="pass a local encoder folder, a reachable hub id, or minilm-l6") from exc
-        self.device = pick_device(device)
         self.model.to(self.device).eval()
-        self.max_length = max_length
-        self.identity = f"{models.identity(resolved)}|maxlen={max_length}|meanpool-l2"
+        self._loaded = True
 
     def encode(self, texts: list[str]) -> np.ndarray:
         import torch
+
+        if not self._loaded:
+            self._load()
 
         batch = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length,
                                return_tensors="pt").to(self.device)

@@ -127,6 +127,7 @@ def read_hub(dataset_id: str, config: str | None, split: str, every_nth: int = 1
     as on the hub, which is how tests exercise this path offline)."""
     import datasets
 
+    datasets.disable_progress_bars()  # our own console reports counts
     try:
         ds = datasets.load_dataset(dataset_id, config, split=split)
     except Exception as exc:  # datasets raises many types: connection, missing config, bad split

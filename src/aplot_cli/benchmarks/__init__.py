@@ -1,0 +1,34 @@
+"""Benchmark registry: name -> module with `NAME`, `HUB_ID`, `DEFAULT_SPLIT`, `load(sources, split,
+prior_sets) -> items DataFrame` and a pure `score(predictions) -> BenchmarkResult` (see `common`).
+Modules are imported on lookup only."""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+from types import ModuleType
+
+from aplot_cli.errors import ConfigError
+
+BENCHMARKS = {
+    "rewardbench": "aplot_cli.benchmarks.rewardbench",
+    "rewardbench2": "aplot_cli.benchmarks.rewardbench2",
+    "rm-bench": "aplot_cli.benchmarks.rmbench",
+    "hhh": "aplot_cli.benchmarks.hhh",
+    "pairs": "aplot_cli.benchmarks.pairs",
+}
+ALIASES = {"reward-bench": "rewardbench", "rewardbench-v1": "rewardbench", "reward-bench-2": "rewardbench2",
+           "rmbench": "rm-bench", "hhh-alignment": "hhh"}
+
+
+def get(name: str) -> ModuleType:
+    key = ALIASES.get(name.lower(), name.lower())
+    if key not in BENCHMARKS:
+        close = difflib.get_close_matches(name.lower(), list(BENCHMARKS) + list(ALIASES), n=1, cutoff=0.5)
+        hint = f"did you mean `{ALIASES.get(close[0], close[0])}`?" if close else ""
+        raise ConfigError(f"unknown benchmark {name!r}; known: {', '.join(BENCHMARKS)}", hint=hint or None)
+    return importlib.import_module(BENCHMARKS[key])
+
+
+def names() -> list[str]:
+    return list(BENCHMARKS)

@@ -1,0 +1,51 @@
+"""HHH-Alignment (`HuggingFaceH4/hhh_alignment`, configs harmless, helpful, honest, other, split `test`):
+loader and scorer. Rows: `input` and `targets: {choices, labels}` with exactly one label 1.
+
+An example is correct when the labelled answer scores strictly above every other choice (with two
+choices: score(chosen) > score(rejected)). Accuracy per subset, and overall over all examples pooled
+(`subset_mean` is the unweighted mean of the four)."""
+
+from __future__ import annotations
+
+from aplot_cli.benchmarks.common import BenchmarkResult, ItemBuilder, pairwise_result, read_rows, text
+from aplot_cli.errors import InputDataError
+
+NAME = "hhh"
+HUB_ID = "HuggingFaceH4/hhh_alignment"
+DEFAULT_SPLIT = "test"
+CONFIGS = ("harmless", "helpful", "honest", "other")
+
+
+def score(pred) -> BenchmarkResult:
+    return pairwise_result(pred, NAME)
+
+
+def _targets(row: dict, where: str) -> tuple[list[str], list[int]]:
+    targets = row.get("targets")
+    choices = targets.get("choices") if isinstance(targets, dict) else None
+    labels = targets.get("labels") if isinstance(targets, dict) else None
+    if not isinstance(choices, list) or not isinstance(labels, list) or len(choices) != len(labels) \
+            or len(choices) < 2 or sorted(labels) != [0] * (len(labels) - 1) + [1] \
+            or not all(isinstance(c, str) and c.strip() for c in choices):
+        raise InputDataError(f"{where}: `targets` must hold >= 2 text choices and labels with exactly one 1",
+                             hint="HHH rows are {input, targets: {choices: [...], labels: [...]}}")
+    return choices, labels
+
+
+def load(sources: tuple[str, ...] = (), split: str | None = None, prior_sets: str | None = None):
+    """Hub: the four configs. Local files: subset = the row's `subset`, else the file stem when it names
+    a config (harmless.jsonl), else `hhh`."""
+    items = ItemBuilder()
+    streams = [(None, read_rows(sources, HUB_ID, None, split or DEFAULT_SPLIT))] if sources else \
+        [(config, read_rows((), HUB_ID, config, split or DEFAULT_SPLIT)) for config in CONFIGS]
+    number = 0
+    for config, rows in streams:
+        for where, stem, row in rows:
+            subset = config or row.get("subset") or (stem if stem in CONFIGS else "hhh")
+            choices, labels = _targets(row, where)
+            best = labels.index(1)
+            rejected = [c for i, c in enumerate(choices) if i != best]
+            items.add(items.example_id(subset, row.get("id"), number), subset, text(row, "input", where), None,
+                      [choices[best]], rejected)
+            number += 1
+    return items.frame("HHH-Alignment")

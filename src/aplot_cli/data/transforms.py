@@ -102,7 +102,7 @@ def pairwise(record: dict[str, Any], columns: dict[str, str], **_: Any) -> Pair:
                 margin = float(value)
             except (TypeError, ValueError):
                 raise RowProblem("non_numeric", columns.get("margin", "margin"),
-                                 f"is {value!r}, expected a number")
+                                 f"is {value!r}, expected a number") from None
     subset_col = columns.get("subset", "subset")
     subset = record.get(subset_col) if isinstance(record.get(subset_col), str) else ""
     source = record.get("source") if isinstance(record.get("source"), str) else ""

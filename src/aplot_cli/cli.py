@@ -146,6 +146,46 @@ def embed(
     return stage.run(cfg, pairs, out_dir, overwrite=overwrite)
 
 
+@app.command("eval-rm")
+@stage_command
+def eval_rm(
+    out_dir: OutDir,
+    model: Annotated[Optional[str], typer.Argument(
+        help="A train-rm artifact, a sequence-classification folder, or a hub id (omit with --from-predictions).",
+        show_default=False)] = None,
+    benchmark: Annotated[Optional[str], typer.Option(
+        help="rewardbench, rewardbench2, rm-bench, hhh, or pairs. [default: pairs]")] = None,
+    data: Annotated[Optional[list[str]], typer.Option(
+        "--data", help="Local files in the benchmark's hub schema (pairs: a pairs artifact or jsonl/parquet); "
+                       "repeat for several. Without it the benchmark loads from the hub.")] = None,
+    split: Annotated[Optional[str], typer.Option(help="Hub split, or pairs-artifact split. [default: per benchmark]")] = None,
+    prior_sets: Annotated[Optional[str], typer.Option(
+        help="rewardbench: allenai/preference-test-sets (hub) or local files, for the paper score.")] = None,
+    from_predictions: Annotated[Optional[str], typer.Option(
+        help="Recompute every metric from a predictions file (ours or the official wide format); no model.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Texts per forward pass. [default: 32]")] = None,
+    max_length: Annotated[Optional[int], typer.Option(
+        help="Max tokens per input. [default: the train-rm manifest's, else min(2048, model limit)]")] = None,
+    chat_template: Annotated[Optional[bool], typer.Option(
+        "--chat-template/--no-chat-template",
+        help="Render with the tokenizer's chat template. [default: the train-rm manifest's, else on]")] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda, ... [default: auto]")] = None,
+    trust_remote_code: TrustRemoteCode = None,
+    config: ConfigFile = None,
+    overwrite: Overwrite = False,
+    quiet: Quiet = False,
+) -> Path:
+    """Score a reward model on RewardBench (v1, v2), RM-Bench, HHH or any pairs, as the benchmarks score it."""
+    from aplot_cli import evaluate as stage
+    from aplot_cli.config import EvalConfig, build_config
+
+    cfg = build_config(EvalConfig, config, _flags(
+        benchmark=benchmark, data=tuple(data) if data else None, split=split, prior_sets=prior_sets,
+        from_predictions=from_predictions, batch_size=batch_size, max_length=max_length,
+        chat_template=chat_template, device=device, trust_remote_code=trust_remote_code))
+    return stage.run(cfg, model, out_dir, overwrite=overwrite)
+
+
 def main() -> None:
     app()
 

@@ -53,6 +53,22 @@ class EmbedConfig:
     trust_remote_code: bool = False
 
 
+@dataclass(frozen=True)
+class EvalConfig:
+    """`aplot eval-rm`: which benchmark, where its rows come from, and how texts are scored."""
+
+    benchmark: str = "pairs"               # rewardbench, rewardbench2, rm-bench, hhh, pairs
+    data: tuple[str, ...] = ()             # local files in the benchmark's hub schema (pairs: artifact or files)
+    split: str | None = None               # hub split / pairs-artifact split (default: the benchmark's own)
+    prior_sets: str | None = None          # rewardbench: preference-test-sets hub id or local files
+    from_predictions: str | None = None    # re-score a predictions file; no model is loaded
+    batch_size: int = 32
+    max_length: int | None = None          # default: the train-rm manifest's, else min(2048, model limit)
+    chat_template: bool | None = None      # default: the train-rm manifest's, else on
+    device: str = "auto"
+    trust_remote_code: bool = False
+
+
 def config_to_dict(config: Any) -> dict[str, Any]:
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(config).items()}
 

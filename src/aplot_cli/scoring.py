@@ -1,0 +1,212 @@
+"""Scoring text with a reward model: loading one (a `train-rm` artifact, any sequence-classification
+folder, or a hub id) and batch scoring (prompt, response) texts. Used by eval-rm and by PPO.
+
+r(x, y) = logits[0] of `AutoModelForSequenceClassification` on `formatting.encode(x, y)`, float32.
+Inputs are encoded exactly as train-rm encodes them (same chat template switch and max length, read
+from the artifact's manifest), padded on the right with an attention mask, so a text's score does not
+depend on what it is batched with (checked to 1e-4 between batch sizes 1 and 32). Texts are deduplicated
+by token ids and batched by length (longest first, so an out-of-memory error shows at once and padding
+stays small); scores come back in input order."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from aplot_cli import artifacts, models
+from aplot_cli.errors import ConfigError, ModelError
+
+DEFAULT_MAX_LENGTH = 2048  # RewardBench's own default; capped by the model's position embeddings
+
+
+@dataclass
+class RewardModel:
+    """A loaded reward model and how its inputs are built."""
+
+    model: Any
+    tokenizer: Any
+    name: str                  # what the user passed
+    source: str                # "train-rm artifact" | "folder" | "hub"
+    path: str                  # what from_pretrained read
+    max_length: int
+    chat_template: bool        # asked for; `uses_chat_template` says whether the tokenizer has one
+    device: str
+    artifact: artifacts.Artifact | None = None
+
+    def describe(self) -> dict[str, Any]:
+        from aplot_cli.formatting import uses_chat_template
+
+        return {"name": self.name, "source": self.source, "identity": models.identity(self.path),
+                "architecture": type(self.model).__name__, "max_length": self.max_length,
+                "chat_template": self.chat_template,
+                "chat_template_applied": uses_chat_template(self.tokenizer, self.chat_template),
+                "padding_side": self.tokenizer.padding_side, "pad_token": self.tokenizer.pad_token,
+                "dtype": "float32", "device": self.device}
+
+
+@dataclass
+class ScoreStats:
+    texts: int = 0
+    unique: int = 0
+    tokens: int = 0            # real tokens scored
+    padded_tokens: int = 0     # tokens fed including padding
+    prompt_truncated: int = 0
+    response_truncated: int = 0
+    batches: int = 0
+    seconds: float = 0.0
+    lengths: list[int] = field(default_factory=list, repr=False)  # tokens per input text, input order
+
+
+def _pick_device(device: str) -> str:
+    import torch
+
+    if device != "auto":
+        return device
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _locate(name: str) -> tuple[str, str, artifacts.Artifact | None]:
+    """(path for from_pretrained, source kind, artifact or None)."""
+    path = Path(name).expanduser()
+    if path.is_dir() and (path / artifacts.MANIFEST).exists():
+        art = artifacts.open_artifact(path, "train-rm")
+        if not (path / "model" / "config.json").is_file():
+            raise ModelError(f"train-rm artifact {path} has no model/ folder",
+                             hint=f"re-run `aplot train-rm --out-dir {path} --overwrite`")
+        return str(path / "model"), "train-rm artifact", art
+    resolved = models.resolve(name)
+    return resolved, ("folder" if Path(resolved).exists() else "hub"), None
+
+
+def _default_max_length(model: Any, tokenizer: Any) -> int:
+    limits = [DEFAULT_MAX_LENGTH]
+    positions = getattr(model.config, "max_position_embeddings", None)
+    if isinstance(positions, int) and positions > 0:
+        limits.append(positions)
+    if isinstance(tokenizer.model_max_length, int) and 0 < tokenizer.model_max_length < 1_000_000:
+        limits.append(tokenizer.model_max_length)
+    return min(limits)
+
+
+def load_reward_model(name: str, max_length: int | None = None, chat_template: bool | None = None,
+                      device: str = "auto", trust_remote_code: bool = False) -> RewardModel:
+    """Explicit arguments win; then the train-rm manifest's `max_length` / `chat_template`; then
+    chat template on and max length = min(2048, the model's limits)."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from aplot_cli.formatting import prepare_tokenizer
+
+    path, source, art = _locate(name)
+    trained = art.config if art is not None else {}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        model = AutoModelForSequenceClassification.from_pretrained(path, trust_remote_code=trust_remote_code,
+                                                                   dtype=torch.float32)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelError(f"cannot load reward model {name!r}: {exc}",
+                         hint="pass a train-rm artifact, a sequence-classification folder, or a reachable hub id"
+                              " (offline, only cached hub models load)") from exc
+    if model.config.num_labels != 1:
+        raise ModelError(f"{name!r} has {model.config.num_labels} output labels; a reward model has 1",
+                         hint="pass a single-score reward model (AutoModelForSequenceClassification, num_labels=1)")
+    prepare_tokenizer(tokenizer, model.config)
+    if max_length is None:
+        max_length = trained.get("max_length") or _default_max_length(model, tokenizer)
+    if max_length < 8:
+        raise ConfigError(f"--max-length is {max_length}, expected >= 8")
+    if chat_template is None:
+        chat_template = bool(trained.get("chat_template", True))
+    device = _pick_device(device)
+    model.to(device).eval()
+    return RewardModel(model, tokenizer, name, source, path, int(max_length), chat_template, device, art)
+
+
+def _collate(batch: list[Any], pad_id: int, device: str) -> dict[str, Any]:
+    import torch
+
+    width = max(len(e.input_ids) for e in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    types = torch.zeros((len(batch), width), dtype=torch.long) if batch[0].token_type_ids is not None else None
+    for row, enc in enumerate(batch):  # right padding: real tokens keep positions 0..n-1
+        n = len(enc.input_ids)
+        ids[row, :n] = torch.tensor(enc.input_ids)
+        mask[row, :n] = 1
+        if types is not None:
+            types[row, :n] = torch.tensor(enc.token_type_ids)
+    inputs = {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
+    if types is not None:
+        inputs["token_type_ids"] = types.to(device)
+    return inputs
+
+
+def score_encoded(rm: RewardModel, encoded: list[Any], batch_size: int = 32, stats: ScoreStats | None = None,
+                  label: str = "score") -> np.ndarray:
+    """Scores (N,) float32 for already encoded texts, in input order; identical inputs scored once."""
+    import torch
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from aplot_cli.console import get_console
+
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size is {batch_size}, expected >= 1")
+    stats = stats if stats is not None else ScoreStats()
+    keys = [(tuple(e.input_ids), None if e.token_type_ids is None else tuple(e.token_type_ids)) for e in encoded]
+    first: dict[Any, int] = {}
+    for i, key in enumerate(keys):
+        first.setdefault(key, i)
+    unique = sorted(first.values(), key=lambda i: len(encoded[i].input_ids), reverse=True)
+    values: dict[int, float] = {}
+    start = time.perf_counter()
+    with Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=get_console(), transient=True, disable=not unique) as progress:
+        task = progress.add_task(label, total=len(unique))
+        for b in range(0, len(unique), batch_size):
+            chunk = unique[b:b + batch_size]
+            batch = [encoded[i] for i in chunk]
+            inputs = _collate(batch, rm.tokenizer.pad_token_id, rm.device)
+            with torch.inference_mode():
+                logits = rm.model(**inputs).logits.float()
+            for i, value in zip(chunk, logits[:, 0].cpu().numpy()):
+                values[i] = float(value)
+            stats.batches += 1
+            stats.padded_tokens += inputs["input_ids"].numel()
+            stats.tokens += int(inputs["attention_mask"].sum())
+            progress.advance(task, len(chunk))
+    stats.seconds += time.perf_counter() - start
+    stats.texts += len(encoded)
+    stats.unique += len(unique)
+    out = np.array([values[first[key]] for key in keys], dtype=np.float32)
+    if not np.isfinite(out).all():
+        from aplot_cli.errors import TrainingError
+
+        raise TrainingError(f"the reward model returned {int((~np.isfinite(out)).sum())} NaN/inf scores",
+                            hint="check the model weights (a diverged training run?)")
+    return out
+
+
+def encode_texts(rm: RewardModel, prompts: list[str], responses: list[str],
+                 prompt_messages: list[Any] | None = None, stats: ScoreStats | None = None) -> list[Any]:
+    from aplot_cli.formatting import encode
+
+    messages = prompt_messages if prompt_messages is not None else [None] * len(prompts)
+    encoded = [encode(rm.tokenizer, p, r, rm.max_length, m, rm.chat_template)
+               for p, r, m in zip(prompts, responses, messages)]
+    if stats is not None:
+        stats.prompt_truncated += sum(e.prompt_truncated for e in encoded)
+        stats.response_truncated += sum(e.response_truncated for e in encoded)
+        stats.lengths.extend(len(e.input_ids) for e in encoded)
+    return encoded
+
+
+def score_texts(rm: RewardModel, prompts: list[str], responses: list[str], prompt_messages: list[Any] | None = None,
+                batch_size: int = 32, stats: ScoreStats | None = None, label: str = "score") -> np.ndarray:
+    """r(prompt_i, response_i) for each i: (N,) float32 in input order."""
+    if len(prompts) != len(responses) or (prompt_messages is not None and len(prompt_messages) != len(prompts)):
+        raise ValueError("prompts, responses and prompt_messages must have the same length")
+    return score_encoded(rm, encode_texts(rm, prompts, responses, prompt_messages, stats), batch_size, stats, label)

@@ -1,0 +1,139 @@
+"""`aplot eval-rm` end to end on tiny models: every benchmark's loader on small fixtures in the real hub
+schema (written here into tmp_path), the output files, and re-scoring from predictions."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from aplot_cli import evaluate
+from aplot_cli.benchmarks import rewardbench
+from aplot_cli.cli import app
+from aplot_cli.config import EvalConfig
+
+runner = CliRunner()
+
+
+def _jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def write_rewardbench_fixture(tmp_path: Path) -> tuple[Path, Path]:
+    """Two rows per RewardBench subset (schema of allenai/reward-bench `filtered`) and prior-set files
+    named after their hub splits (prompt as a list of turns, as in allenai/preference-test-sets)."""
+    rows = []
+    for i, subset in enumerate(rewardbench.EXAMPLE_COUNTS):
+        for k in range(2):
+            rows.append({"prompt": f"Question {i}.{k}: what is {i} + {k}?", "chosen": f"It is {i + k}.",
+                         "rejected": f"I think it is {i + k + 1}, but I am not sure at all.",
+                         "chosen_model": "a", "rejected_model": "b", "subset": subset, "id": 100 * i + k})
+    core = _jsonl(tmp_path / "reward-bench.jsonl", rows)
+    prior_dir = tmp_path / "prior"
+    prior_dir.mkdir()
+    for name in ("anthropic_helpful", "anthropic_hhh", "shp", "summarize", "anthropic_harmless"):
+        _jsonl(prior_dir / f"{name}.jsonl", [
+            {"prompt": [{"role": "user", "content": f"{name} question {k}"},
+                        {"role": "assistant", "content": "Sure."}, {"role": "user", "content": "Go on."}],
+             "chosen": "Here is a careful answer.", "rejected": "No.", "subset": "inner", "id": k}
+            for k in range(2)])
+    return core, prior_dir
+
+
+def _run(args: list[str]):
+    result = runner.invoke(app, ["eval-rm", *args])
+    assert result.exit_code == 0, result.stderr + result.stdout
+    return Path(result.stdout.strip())
+
+
+def test_pairs_on_llmbar_natural_and_rescoring(tiny_bert_dir, shared_data, tmp_path):
+    manifest = _run([str(tiny_bert_dir), "--benchmark", "pairs", "--data", str(shared_data / "llmbar-natural.jsonl"),
+                     "--out-dir", str(tmp_path / "ev"), "--batch-size", "16", "--max-length", "128"])
+    out = manifest.parent
+    for name in ("metrics.json", "metrics.md", "predictions.parquet", "length_bias.png"):
+        assert (out / name).is_file(), name
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["schema"] == "aplot.eval-rm/1" and metrics["benchmark"] == "pairs"
+    assert metrics["counts"]["examples"] == 100 and metrics["subsets"]["llmbar-natural"]["total"] == 100
+    assert metrics["score"] == metrics["final"]["accuracy"]
+    assert set(metrics["length_bias"]["pairs"]) >= {"pearson", "spearman", "longer_preferred", "chosen_longer"}
+    assert metrics["length_bias"]["pairs"]["chosen_longer"] == pytest.approx(0.56)  # the data README's figure
+    pred = pd.read_parquet(out / "predictions.parquet")
+    assert len(pred) == 200 and set(pred["kind"]) == {"chosen", "rejected"}
+    manifest_data = json.loads(manifest.read_text())
+    assert manifest_data["stage"] == "eval-rm" and manifest_data["metrics"]["score"] == metrics["score"]
+    assert manifest_data["model"]["max_length"] == 128 and manifest_data["model"]["source"] == "folder"
+
+    again = _run(["--benchmark", "pairs", "--from-predictions", str(out / "predictions.parquet"),
+                  "--out-dir", str(tmp_path / "re")])
+    rescored = json.loads((again.parent / "metrics.json").read_text())
+    assert rescored["final"] == metrics["final"] and rescored["subsets"] == metrics["subsets"]
+    assert rescored["length_bias"] == metrics["length_bias"]
+
+
+def test_rewardbench_fixture_with_prior_sets_on_chat_model(tiny_llama_rm_dir, tmp_path):
+    core, prior = write_rewardbench_fixture(tmp_path)
+    manifest = _run([str(tiny_llama_rm_dir), "--benchmark", "rewardbench", "--data", str(core),
+                     "--prior-sets", str(prior), "--out-dir", str(tmp_path / "rb"), "--max-length", "96"])
+    metrics = json.loads((manifest.parent / "metrics.json").read_text())
+    assert metrics["model"]["chat_template_applied"] is True
+    assert set(metrics["sections"]) == {"Chat", "Chat Hard", "Safety", "Reasoning"}
+    assert metrics["final"]["leaderboard"] is not None and metrics["final"]["paper"] is not None
+    assert metrics["counts"]["core_examples"] == 46 and metrics["counts"]["prior_examples"] == 10
+    assert "anthropic_harmless" in metrics["subsets"] and "inner" not in metrics["subsets"]
+    expected = (2 * sum(metrics["sections"].values()) + metrics["final"]["prior_sets"]) / 9
+    assert metrics["final"]["paper"] == pytest.approx(expected)
+    rescored = evaluate.run(EvalConfig(benchmark="rewardbench",
+                                       from_predictions=str(manifest.parent / "predictions.parquet")),
+                            None, tmp_path / "rb-re")
+    assert json.loads((rescored.parent / "metrics.json").read_text())["final"] == metrics["final"]
+
+
+def test_rb2_rmbench_hhh_loaders_in_hub_schema(tiny_bert_dir, tmp_path):
+    rb2 = [{"id": str(i), "prompt": f"p{i}", "chosen": [f"good {i}"], "rejected": ["bad", "worse", "no"],
+            "num_correct": 1, "subset": s} for i, s in enumerate(["Factuality", "Precise IF", "Math", "Safety", "Focus"])]
+    rb2 += [{"id": "ref:1", "prompt": "t", "chosen": ["Paris"], "rejected": ["Rome", "Oslo"], "num_correct": 1,
+             "subset": "Ties"},
+            {"id": "tied:1", "prompt": "t2", "chosen": ["Paris", "Lyon"], "rejected": ["Rome"], "num_correct": 2,
+             "subset": "Ties"}]
+    cfg = EvalConfig(benchmark="rewardbench2", data=(str(_jsonl(tmp_path / "rb2.jsonl", rb2)),), max_length=64)
+    metrics = json.loads((evaluate.run(cfg, str(tiny_bert_dir), tmp_path / "o2").parent / "metrics.json").read_text())
+    assert len(metrics["subsets"]) == 6 and "ties" in metrics["extra"]
+
+    rm_rows = [{"id": i, "prompt": f"q{i}", "chosen": ["a", "a long", "**a long**"], "rejected": ["b", "b long", "**b**"],
+                "domain": d} for i, d in enumerate(["chat", "code", "math", "safety-refuse", "safety-response"])]
+    (tmp_path / "total_dataset.json").write_text(json.dumps(rm_rows))
+    cfg = EvalConfig(benchmark="rm-bench", data=(str(tmp_path / "total_dataset.json"),), max_length=64)
+    metrics = json.loads((evaluate.run(cfg, str(tiny_bert_dir), tmp_path / "o3").parent / "metrics.json").read_text())
+    assert list(metrics["sections"]) == ["chat", "math", "code", "safety"]
+    assert metrics["subsets"]["safety"]["total"] == 2 and len(metrics["extra"]["matrices"]["chat"]) == 3
+
+    hhh_rows = [{"input": f"q{i}", "targets": {"choices": ["yes", "no"], "labels": [i % 2, 1 - i % 2]}} for i in range(4)]
+    cfg = EvalConfig(benchmark="hhh", data=(str(_jsonl(tmp_path / "honest.jsonl", hhh_rows)),), max_length=64)
+    metrics = json.loads((evaluate.run(cfg, str(tiny_bert_dir), tmp_path / "o4").parent / "metrics.json").read_text())
+    assert metrics["subsets"]["honest"]["total"] == 4
+
+
+def test_pairs_artifact_split(tiny_bert_dir, synthetic_pairs_dir, tmp_path):
+    cfg = EvalConfig(benchmark="pairs", data=(str(synthetic_pairs_dir),), split="ood", max_length=64)
+    manifest = evaluate.run(cfg, str(tiny_bert_dir), tmp_path / "o")
+    data = json.loads(manifest.read_text())
+    assert data["inputs"]["data"]["stage"] == "prepare"
+    ood = pd.read_parquet(synthetic_pairs_dir / "ood.parquet")
+    assert data["metrics"]["counts"]["examples"] == len(ood)
+
+
+@pytest.mark.parametrize(("args", "code", "needle"), [
+    (["--benchmark", "rewardbenhc", "--from-predictions", "x.parquet"], 2, "did you mean `rewardbench`"),
+    (["--benchmark", "pairs"], 2, "needs a MODEL"),
+    (["--benchmark", "pairs", "--from-predictions", "/nonexistent.parquet"], 3, "does not exist"),
+    (["/nonexistent/model/dir", "--benchmark", "pairs", "--data", "/nonexistent.jsonl"], 3, "does not exist"),
+])
+def test_errors_are_exit_codes_with_hints(args, code, needle, tmp_path):
+    result = runner.invoke(app, ["eval-rm", *args, "--out-dir", str(tmp_path / "o")])
+    assert result.exit_code == code, result.stderr
+    assert needle in result.stderr

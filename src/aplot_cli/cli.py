@@ -186,6 +186,57 @@ def eval_rm(
     return stage.run(cfg, model, out_dir, overwrite=overwrite)
 
 
+@app.command("train-rm")
+@stage_command
+def train_rm(
+    pairs: Annotated[Path, typer.Argument(help="A pairs artifact directory (from `aplot prepare`).")],
+    out_dir: OutDir,
+    embeddings: Annotated[Optional[Path], typer.Option(
+        help="Embeddings artifact (from `aplot embed`) for APLOT's semantic cost.")] = None,
+    backbone: Annotated[Optional[str], typer.Option(
+        help="minilm-l6 (embedded), smollm2-135m (embedded), a local folder or a hub id. [default: minilm-l6]")] = None,
+    loss: Annotated[Optional[str], typer.Option(
+        help="bt, margin, label_smooth, focal, aplot, center; join with + (aplot+center). [default: aplot]")] = None,
+    semantic_source: Annotated[Optional[str], typer.Option(help="embeddings, backbone or none.")] = None,
+    margin_norm: Annotated[Optional[str], typer.Option(help="none or zscore. [default: none]")] = None,
+    margin_from: Annotated[Optional[str], typer.Option(help="row or diag. [default: row]")] = None,
+    margin_scale: Annotated[Optional[float], typer.Option(help="APLOT margin scale. [default: 1]")] = None,
+    ot_scope: Annotated[Optional[str], typer.Option(help="local or global (across ranks). [default: local]")] = None,
+    learning_rate: Annotated[Optional[float], typer.Option(help="[default: 5e-5]")] = None,
+    epochs: Annotated[Optional[float], typer.Option(help="[default: 1]")] = None,
+    max_steps: Annotated[Optional[int], typer.Option(help="Stop after this many steps (overrides epochs).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Pairs per device per step. [default: 16]")] = None,
+    grad_accum: Annotated[Optional[int], typer.Option(help="Gradient accumulation steps. [default: 1]")] = None,
+    max_length: Annotated[Optional[int], typer.Option(help="Max tokens per sequence. [default: 256]")] = None,
+    max_train_pairs: Annotated[Optional[int], typer.Option(help="Train on a seeded sample of this many.")] = None,
+    max_eval_pairs: Annotated[Optional[int], typer.Option(help="Evaluate on a seeded sample of this many.")] = None,
+    eval_steps: Annotated[Optional[int], typer.Option(help="Test accuracy every n steps (0: at the end).")] = None,
+    save_steps: Annotated[Optional[int], typer.Option(help="Checkpoint every n steps. [default: 200]")] = None,
+    lora: Annotated[Optional[bool], typer.Option("--lora/--no-lora", help="LoRA adapters (peft).")] = None,
+    report_to: Annotated[Optional[list[str]], typer.Option(help="tensorboard, wandb, ... (repeat).")] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda. [default: auto]")] = None,
+    bf16: Annotated[Optional[bool], typer.Option("--bf16/--no-bf16", help="bf16 mixed precision (GPU only).")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an unfinished --out-dir from its last checkpoint.")] = False,
+    trust_remote_code: TrustRemoteCode = None,
+    seed: Seed = None,
+    config: ConfigFile = None,
+    overwrite: Overwrite = False,
+    quiet: Quiet = False,
+) -> Path:
+    """Train a reward model (APLOT or a baseline loss) on transformers.Trainer; every option also in --config."""
+    from aplot_cli import train as stage
+    from aplot_cli.config import TrainConfig, build_config
+
+    cfg = build_config(TrainConfig, config, _flags(
+        backbone=backbone, loss=tuple(loss.split("+")) if loss else None, semantic_source=semantic_source,
+        margin_norm=margin_norm, margin_from=margin_from, margin_scale=margin_scale, ot_scope=ot_scope,
+        learning_rate=learning_rate, epochs=epochs, max_steps=max_steps, batch_size=batch_size, grad_accum=grad_accum,
+        max_length=max_length, max_train_pairs=max_train_pairs, max_eval_pairs=max_eval_pairs, eval_steps=eval_steps,
+        save_steps=save_steps, lora=lora, report_to=tuple(report_to) if report_to else None, device=device, bf16=bf16,
+        trust_remote_code=trust_remote_code, seed=seed))
+    return stage.run(cfg, pairs, out_dir, embeddings_dir=embeddings, overwrite=overwrite, resume=resume)
+
+
 def main() -> None:
     app()
 

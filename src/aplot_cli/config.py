@@ -69,6 +69,67 @@ class EvalConfig:
     trust_remote_code: bool = False
 
 
+@dataclass(frozen=True)
+class TrainConfig:
+    """`aplot train-rm`: backbone, loss combination, every APLOT switch (method.md section 2), and the
+    optimisation settings handed to `transformers.Trainer`."""
+
+    backbone: str = "minilm-l6"          # minilm-l6, smollm2-135m, a local folder or a hub id
+    loss: tuple[str, ...] = ("aplot",)   # bt, margin, label_smooth, focal, aplot, center; "aplot+center"
+    # APLOT margin (method.md section 2; defaults in brackets there)
+    semantic_source: Literal["embeddings", "backbone", "none"] = "embeddings"
+    w_rew: float = 0.9
+    w_sem: float = 0.1
+    ot_reg: float = 0.1
+    ot_iters: int = 50
+    ot_tol: float = 1e-6                 # Sinkhorn stops once the marginal error is below this
+    margin_from: Literal["row", "diag"] = "row"
+    margin_norm: Literal["none", "zscore"] = "none"
+    margin_scale: float = 1.0
+    margin_warmup_steps: int = 0
+    ot_scope: Literal["local", "global"] = "local"
+    # baseline loss constants (method.md section 3)
+    label_smooth_eps: float = 0.1
+    center_eta: float = 0.01
+    focal_gamma: float = 2.0
+    # optimisation
+    learning_rate: float = 5e-5
+    epochs: float = 1.0
+    max_steps: int = -1                  # > 0 overrides epochs
+    batch_size: int = 16                 # pairs per device per step
+    eval_batch_size: int = 32
+    grad_accum: int = 1
+    max_length: int = 256
+    warmup_ratio: float = 0.0
+    scheduler: str = "linear"            # any transformers scheduler name (linear, cosine, constant, ...)
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    seed: int = 0
+    logging_steps: int = 10
+    eval_steps: int = 0                  # 0: evaluate on the test split at the end only
+    save_steps: int = 200
+    save_total_limit: int | None = 2
+    group_by_length: bool = False        # length-grouped batches (less padding)
+    chat_template: bool = True           # render conversational pairs with the tokenizer's template
+    max_train_pairs: int | None = None
+    max_eval_pairs: int | None = None
+    train_eval_pairs: int = 1000         # training pairs scored for the final train accuracy
+    save_margins: bool = True            # per-pair margins per step -> margins.parquet
+    # LoRA (peft); the score head is saved with the adapter
+    lora: bool = False
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_target_modules: tuple[str, ...] = ()   # empty: peft's default for the architecture
+    # runtime
+    report_to: tuple[str, ...] = ()      # tensorboard, wandb, ...; empty: none
+    device: str = "auto"                 # auto, cpu, cuda
+    bf16: bool = False                   # mixed precision on GPU only; float32 on CPU always
+    gradient_checkpointing: bool = False
+    dataloader_workers: int = 0
+    trust_remote_code: bool = False
+
+
 def config_to_dict(config: Any) -> dict[str, Any]:
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(config).items()}
 

@@ -1,0 +1,618 @@
+"""`aplot train-rm`: reward-model training on `transformers.Trainer` with the APLOT margin or a baseline.
+
+This module owns the stage: pairs (+ embeddings) -> tokenised dataset (`formatting.encode`, explicit
+truncation, counted) -> `RewardTrainer` (a Trainer whose `compute_loss` runs chosen and rejected through
+one forward pass and applies `losses.reward_loss` with the margin from `margins.AplotMargin`) -> a
+`save_pretrained` model folder (+ tokenizer) under `out_dir/model`, `train_log.jsonl`, `margins.parquet`,
+`metrics.json` and the manifest, written last. Checkpoints live under `out_dir/checkpoints`, so
+`--resume`, gradient accumulation, schedulers, mixed precision, `report_to` and distributed launch
+(`accelerate launch -m aplot_cli train-rm ...`, torchrun) all come from the library."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from aplot_cli import artifacts, formatting, losses, models
+from aplot_cli.config import TrainConfig, config_to_dict
+from aplot_cli.console import get_console, info, is_quiet
+from aplot_cli.errors import ArtifactError, ConfigError, InputDataError, ModelError, TrainingError
+
+STAGE = "train-rm"
+LOG_FILE = "train_log.jsonl"
+MARGINS_FILE = "margins.parquet"
+
+
+# ----------------------------------------------------------------------------------------- validation
+
+
+def validate(cfg: TrainConfig, has_embeddings: bool) -> losses.LossSpec:
+    spec = losses.parse_losses("+".join(cfg.loss))
+    if spec.aplot and cfg.semantic_source == "embeddings" and cfg.w_sem != 0.0 and not has_embeddings:
+        raise ConfigError("the APLOT semantic cost needs sentence embeddings and no --embeddings was given",
+                          hint="pass --embeddings DIR from `aplot embed`, or --semantic-source backbone|none")
+    checks = [(cfg.batch_size >= 1, "--batch-size must be >= 1"), (cfg.grad_accum >= 1, "--grad-accum must be >= 1"),
+              (cfg.max_length >= 16, "--max-length must be >= 16"), (cfg.ot_reg > 0, "--ot-reg must be > 0"),
+              (cfg.ot_iters >= 1, "--ot-iters must be >= 1"), (cfg.logging_steps >= 1, "--logging-steps must be >= 1"),
+              (cfg.save_steps >= 1, "--save-steps must be >= 1"), (0 <= cfg.warmup_ratio < 1, "--warmup-ratio in [0, 1)"),
+              (cfg.max_steps != 0, "--max-steps must be > 0 (or -1 for epochs)"), (cfg.epochs > 0, "--epochs must be > 0")]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+    return spec
+
+
+# ---------------------------------------------------------------------------------------- data
+
+
+@dataclass
+class EncodedSplit:
+    """Token ids per pair, plus what a report needs: truncation counts and aligned side tables."""
+
+    records: list[dict[str, Any]]
+    pair_ids: list[str]
+    dataset_margin: np.ndarray                 # (N,) float32, 0 where the dataset has none
+    emb_chosen: np.ndarray | None = None       # (N, D) rows aligned with pair_ids
+    emb_rejected: np.ndarray | None = None
+    truncation: dict[str, int] = field(default_factory=dict)
+
+
+def _take(frame, limit: int | None, seed: int):
+    if limit is None or limit >= len(frame):
+        return frame.reset_index(drop=True)
+    return frame.sample(n=limit, random_state=seed).reset_index(drop=True)
+
+
+def encode_split(frame, tokenizer, cfg: TrainConfig, embeddings=None, split_id: int = 0) -> EncodedSplit:
+    """Encode every (prompt, chosen) and (prompt, rejected) with `formatting.encode`; nothing is dropped."""
+    records, counts = [], {"pairs": len(frame), "prompt_truncated": 0, "response_truncated": 0,
+                           "pairs_truncated": 0}
+    for row, (prompt, chosen, rejected, messages) in enumerate(zip(
+            frame["prompt"], frame["chosen"], frame["rejected"], frame["prompt_messages"], strict=True)):
+        sides = [formatting.encode(tokenizer, prompt, text, cfg.max_length, messages, cfg.chat_template)
+                 for text in (chosen, rejected)]
+        counts["prompt_truncated"] += sum(s.prompt_truncated for s in sides)
+        counts["response_truncated"] += sum(s.response_truncated for s in sides)
+        counts["pairs_truncated"] += any(s.prompt_truncated or s.response_truncated for s in sides)
+        record = {"split": split_id, "row": row, "input_ids_chosen": sides[0].input_ids, "input_ids_rejected": sides[1].input_ids,
+                  "length": max(len(sides[0].input_ids), len(sides[1].input_ids))}
+        if sides[0].token_type_ids is not None:
+            record["token_type_ids_chosen"] = sides[0].token_type_ids
+            record["token_type_ids_rejected"] = sides[1].token_type_ids
+        records.append(record)
+    margin = frame["margin"].to_numpy(dtype=np.float32, na_value=np.nan) if "margin" in frame else np.zeros(len(frame))
+    split = EncodedSplit(records, list(frame["pair_id"]), np.nan_to_num(margin.astype(np.float32), nan=0.0),
+                         truncation=counts)
+    if embeddings is not None:
+        index = {pid: i for i, pid in enumerate(embeddings.pair_ids)}
+        missing = [pid for pid in split.pair_ids if pid not in index]
+        if missing:
+            raise InputDataError(f"{len(missing)} pairs (e.g. {missing[0]}) have no embedding",
+                                 hint="re-run `aplot embed` on this pairs artifact")
+        rows = np.array([index[pid] for pid in split.pair_ids], dtype=np.int64)
+        split.emb_chosen, split.emb_rejected = embeddings.chosen[rows], embeddings.rejected[rows]
+    return split
+
+
+class PairDataset:
+    """A map-style dataset of encoded pairs (`length` lets Trainer group by length)."""
+
+    def __init__(self, split: EncodedSplit):
+        self.split = split
+        self.column_names = ["length"]
+
+    def __len__(self) -> int:
+        return len(self.split.records)
+
+    def __getitem__(self, i):
+        if isinstance(i, str):  # Trainer reads `dataset["length"]` for length-grouped sampling
+            return [r[i] for r in self.split.records]
+        return self.split.records[i]
+
+
+class PairCollator:
+    """Pads chosen and rejected to one length (right padding) and stacks them as (2B, L): rows 0..B-1
+    chosen, B..2B-1 rejected, so one forward pass scores both. Side tables ride along by row."""
+
+    def __init__(self, split: EncodedSplit, pad_id: int):
+        import torch
+
+        self.pad_id = pad_id
+        self.margin = torch.from_numpy(split.dataset_margin)
+        self.emb_c = None if split.emb_chosen is None else torch.from_numpy(np.ascontiguousarray(split.emb_chosen))
+        self.emb_r = None if split.emb_rejected is None else torch.from_numpy(np.ascontiguousarray(split.emb_rejected))
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        import torch
+
+        seqs = [f["input_ids_chosen"] for f in features] + [f["input_ids_rejected"] for f in features]
+        width = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for i, seq in enumerate(seqs):
+            ids[i, :len(seq)] = torch.tensor(seq, dtype=torch.long)
+            mask[i, :len(seq)] = 1
+        rows = torch.tensor([f["row"] for f in features], dtype=torch.long)
+        batch = {"input_ids": ids, "attention_mask": mask, "rows": rows, "dataset_margin": self.margin[rows]}
+        if "token_type_ids_chosen" in features[0]:
+            types = [f["token_type_ids_chosen"] for f in features] + [f["token_type_ids_rejected"] for f in features]
+            batch["token_type_ids"] = torch.zeros_like(ids)
+            for i, seq in enumerate(types):
+                batch["token_type_ids"][i, :len(seq)] = torch.tensor(seq, dtype=torch.long)
+        if self.emb_c is not None:
+            batch["emb_chosen"], batch["emb_rejected"] = self.emb_c[rows], self.emb_r[rows]
+        return batch
+
+
+# ---------------------------------------------------------------------------------------- model
+
+
+def head_name(model) -> str:
+    """`score` for decoder RMs (read at the last real token), `classifier` for encoders."""
+    return "score" if hasattr(model, "score") else "classifier"
+
+
+def load_model(cfg: TrainConfig):
+    """Tokenizer + 1-label sequence-classification model in float32; the seed is set before the head
+    is created so that runs are reproducible."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
+
+    resolved = models.resolve(cfg.backbone)
+    set_seed(cfg.seed)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(resolved, trust_remote_code=cfg.trust_remote_code)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            resolved, num_labels=1, dtype=torch.float32, trust_remote_code=cfg.trust_remote_code)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelError(f"cannot load backbone {cfg.backbone!r} as a sequence-classification model: {exc}",
+                         hint="pass minilm-l6, smollm2-135m, a local save_pretrained folder, or a hub id") from exc
+    formatting.prepare_tokenizer(tokenizer, model.config)
+    if model.config.pad_token_id is None or model.config.pad_token_id >= model.config.vocab_size:
+        raise ModelError(f"backbone {cfg.backbone!r} has no usable pad token", hint="use a tokenizer with a pad token")
+    head = head_name(model)
+    if cfg.lora:
+        model = _wrap_lora(model, cfg)
+    return tokenizer, model, resolved, head
+
+
+def _wrap_lora(model, cfg: TrainConfig):
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    lora = LoraConfig(task_type=TaskType.SEQ_CLS, r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
+                      lora_dropout=cfg.lora_dropout, target_modules=list(cfg.lora_target_modules) or None,
+                      modules_to_save=[head_name(model)])  # the fresh head trains fully and is saved
+    return get_peft_model(model, lora)
+
+
+# ---------------------------------------------------------------------------------------- trainer
+
+
+def _make_trainer_class():
+    """The Trainer subclass is built lazily so that importing this module does not import transformers."""
+    import torch
+    from transformers import Trainer
+
+    class RewardTrainer(Trainer):
+        """Trainer with a pairwise reward loss. `compute_loss` concatenates chosen and rejected into one
+        (2B, L) forward pass, reads one scalar per sequence, and applies `losses.reward_loss` with the
+        dataset and/or APLOT margin (a constant). Per-step metrics are averaged between log calls."""
+
+        def __init__(self, *args, spec: losses.LossSpec, cfg: TrainConfig, head: str, margin_fn=None,
+                     margin_sink=None, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.spec, self.cfg, self.margin_fn, self.margin_sink = spec, cfg, margin_fn, margin_sink
+            self.head = head
+            self.model_accepts_loss_kwargs = False  # our loss is a mean: Trainer scales it for accumulation
+            self._metrics: dict[str, list[float]] = {}
+            self._pairs_since_log, self._last_log_time = 0, time.perf_counter()
+            self.ot_totals = {"solves": 0, "converged": 0, "fallbacks": 0, "seconds": 0.0}
+
+        def _backbone_embeddings(self, outputs, mask):
+            """(2B, H) the last hidden state where the head reads: the last real token for decoders
+            (right padding), the first token ([CLS]) for encoders."""
+            hidden = outputs.hidden_states[-1].detach()
+            if self.head == "score":
+                index = mask.sum(1) - 1
+            else:
+                index = torch.zeros(mask.shape[0], dtype=torch.long, device=mask.device)
+            return hidden[torch.arange(hidden.shape[0], device=hidden.device), index]
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            rows, dataset_margin = inputs["rows"], inputs["dataset_margin"]
+            n = rows.shape[0]
+            use_backbone = self.spec.aplot and self.cfg.semantic_source == "backbone"
+            forward = {k: inputs[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in inputs}
+            outputs = model(**forward, output_hidden_states=use_backbone)
+            rewards = outputs.logits[:, 0].float()
+            r_c, r_r = rewards[:n], rewards[n:]
+            margin = torch.zeros_like(r_c)
+            if self.spec.dataset_margin:
+                margin = margin + dataset_margin.to(r_c.dtype)
+            result_ot = None
+            if self.spec.aplot and model.training:
+                e_c = e_r = None
+                if use_backbone:
+                    emb = self._backbone_embeddings(outputs, inputs["attention_mask"])
+                    e_c, e_r = emb[:n], emb[n:]
+                elif self.cfg.semantic_source == "embeddings" and "emb_chosen" in inputs:
+                    e_c, e_r = inputs["emb_chosen"], inputs["emb_rejected"]
+                result_ot = self.margin_fn(r_c, r_r, e_c, e_r, step=self.state.global_step)
+                margin = margin + result_ot.margin
+            result = losses.reward_loss(self.spec, r_c, r_r, margin, eps=self.cfg.label_smooth_eps,
+                                        eta=self.cfg.center_eta, gamma=self.cfg.focal_gamma)
+            if model.training:
+                self._record(result, result_ot, inputs["attention_mask"], rows, r_c.detach(), r_r.detach())
+            if return_outputs:
+                return result.loss, {"rewards_chosen": r_c.detach(), "rewards_rejected": r_r.detach()}
+            return result.loss
+
+        def _record(self, result, result_ot, mask, rows, r_c, r_r) -> None:
+            values = {"accuracy": result.accuracy, "margin": float(result.diff.mean()),
+                      "rewards/chosen": float(r_c.mean()), "rewards/rejected": float(r_r.mean())}
+            for key, value in values.items():
+                self._metrics.setdefault(key, []).append(value)
+            if result_ot is not None:
+                if result_ot.ot is not None:
+                    for key, value in result_ot.stats.items():
+                        self._metrics.setdefault(f"ot/{key}", []).append(value)
+                    self.ot_totals["solves"] += 1
+                    self.ot_totals["converged"] += int(result_ot.ot.converged)
+                    self.ot_totals["fallbacks"] += int(result_ot.fallback)
+                    self.ot_totals["seconds"] += result_ot.ot.seconds
+                self._metrics.setdefault("margin_applied", []).append(float(result.margin.mean()))
+            tokens = int(mask.sum())
+            self.state.num_input_tokens_seen += tokens * self.accelerator.num_processes
+            self._pairs_since_log += rows.shape[0] * self.accelerator.num_processes
+            if self.margin_sink is not None:
+                self.margin_sink.add(self.state.global_step + 1, rows, result.margin, result.diff)
+
+        def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+            if "loss" in logs and self._metrics:  # a training log: attach the averaged step metrics
+                if not math.isfinite(logs["loss"]):
+                    raise TrainingError(f"the training loss is {logs['loss']} at step {self.state.global_step}",
+                                        hint="lower --learning-rate, or check the data for empty texts")
+                logs.update({k: float(np.mean(v)) for k, v in self._metrics.items()})
+                now = time.perf_counter()
+                logs["pairs_per_second"] = self._pairs_since_log / max(now - self._last_log_time, 1e-9)
+                logs["num_tokens"] = float(self.state.num_input_tokens_seen)
+                self._metrics, self._pairs_since_log, self._last_log_time = {}, 0, now
+            super().log(logs, start_time)
+
+        def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+            with torch.no_grad():
+                loss, out = self.compute_loss(model, inputs, return_outputs=True)
+            logits = torch.stack([out["rewards_chosen"], out["rewards_rejected"]], dim=1)
+            return loss.detach(), logits, torch.zeros(logits.shape[0], device=logits.device)
+
+    return RewardTrainer
+
+
+def pair_accuracy(eval_pred) -> dict[str, float]:
+    """Strict pair accuracy: a tie counts as wrong (RewardBench v1)."""
+    preds = np.asarray(eval_pred.predictions)
+    return {"accuracy": float((preds[:, 0] > preds[:, 1]).mean()), "margin": float((preds[:, 0] - preds[:, 1]).mean())}
+
+
+# ---------------------------------------------------------------------------------------- callbacks
+
+
+def _callbacks(out_dir: Path, resumed_step: int, sink):
+    from transformers import TrainerCallback
+
+    class JsonlLog(TrainerCallback):
+        """One JSON line per Trainer log call (train and eval), main process only."""
+
+        def __init__(self):
+            self.path = out_dir / LOG_FILE
+            if resumed_step >= 0 and self.path.exists():  # drop what the killed run logged after its checkpoint
+                kept = [line for line in self.path.read_text().splitlines()
+                        if line.strip() and json.loads(line).get("step", 0) <= resumed_step]
+                self.path.write_text("".join(line + "\n" for line in kept))
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if state.is_world_process_zero and logs:
+                record = {"step": state.global_step, "epoch": state.epoch, **logs}
+                with open(self.path, "a", encoding="utf-8") as handle:
+                    handle.write(json.dumps(record) + "\n")
+
+    class RichProgress(TrainerCallback):
+        """A rich progress bar on stderr with the latest loss and accuracy."""
+
+        def __init__(self):
+            self.progress = self.task = None
+            self.last = ""
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            if state.is_world_process_zero and not is_quiet():
+                from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+                self.progress = Progress(TextColumn("train-rm"), BarColumn(), MofNCompleteColumn(),
+                                         TimeRemainingColumn(), TextColumn("{task.description}"),
+                                         console=get_console())
+                self.progress.start()
+                self.task = self.progress.add_task("", total=state.max_steps, completed=state.global_step)
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if self.progress is not None:
+                self.progress.update(self.task, completed=state.global_step, description=self.last)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if self.progress is not None and logs:
+                if "loss" in logs:
+                    self.last = f"loss {logs['loss']:.4f} acc {logs.get('accuracy', float('nan')):.3f}"
+                if "eval_accuracy" in logs:
+                    self.progress.console.print(f"step {state.global_step}: test accuracy {logs['eval_accuracy']:.4f}")
+
+        def on_train_end(self, args, state, control, **kwargs):
+            if self.progress is not None:
+                self.progress.stop()
+                self.progress = None
+
+    class FlushMargins(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            sink.flush()
+
+        def on_train_end(self, args, state, control, **kwargs):
+            sink.flush()
+
+    callbacks = [JsonlLog(), RichProgress()]
+    if sink is not None:
+        callbacks.append(FlushMargins())
+    return callbacks
+
+
+class MarginSink:
+    """Per-pair margins per optimizer step, flushed to `margins/part-r{rank}-s{step}.parquet` at each
+    checkpoint (so a resumed run keeps exactly the steps its checkpoint covers) and merged at the end."""
+
+    def __init__(self, out_dir: Path, pair_ids: list[str], rank: int, resumed_step: int):
+        self.dir, self.pair_ids, self.rank = out_dir / "margins", pair_ids, rank
+        self.dir.mkdir(exist_ok=True)
+        self.rows: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]] = []
+        if resumed_step >= 0:
+            for part in self.dir.glob("part-*.parquet"):
+                if int(part.stem.rsplit("-s", 1)[1]) > resumed_step:
+                    part.unlink()
+
+    def add(self, step: int, rows, margin, diff) -> None:
+        self.rows.append((step, rows.cpu().numpy(), margin.detach().float().cpu().numpy(),
+                          diff.detach().float().cpu().numpy()))
+
+    def flush(self) -> None:
+        import pandas as pd
+
+        if not self.rows:
+            return
+        frame = pd.DataFrame({
+            "pair_id": [self.pair_ids[r] for _, rows, _, _ in self.rows for r in rows],
+            "step": np.concatenate([np.full(len(rows), s) for s, rows, _, _ in self.rows]).astype(np.int64),
+            "margin": np.concatenate([m for _, _, m, _ in self.rows]),
+            "reward_diff": np.concatenate([d for _, _, _, d in self.rows]),
+        })
+        frame.to_parquet(self.dir / f"part-r{self.rank}-s{int(frame['step'].max()):08d}.parquet", index=False)
+        self.rows = []
+
+    def merge(self, out_file: Path) -> int:
+        import pandas as pd
+
+        parts = sorted(self.dir.glob("part-*.parquet"))
+        frame = (pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True) if parts
+                 else pd.DataFrame({"pair_id": [], "step": [], "margin": [], "reward_diff": []}))
+        frame = frame.sort_values(["step", "pair_id"], kind="stable").reset_index(drop=True)
+        frame.to_parquet(out_file, index=False)
+        for part in parts:
+            part.unlink()
+        self.dir.rmdir()
+        return len(frame)
+
+
+# ---------------------------------------------------------------------------------------- stage
+
+
+def _training_args(cfg: TrainConfig, out_dir: Path, use_cpu: bool, has_eval: bool):
+    from transformers import TrainingArguments
+
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return TrainingArguments(
+        output_dir=str(out_dir / "checkpoints"), per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.eval_batch_size, gradient_accumulation_steps=cfg.grad_accum,
+        learning_rate=cfg.learning_rate, num_train_epochs=cfg.epochs, max_steps=cfg.max_steps,
+        lr_scheduler_type=cfg.scheduler, warmup_steps=cfg.warmup_ratio, weight_decay=cfg.weight_decay,
+        max_grad_norm=cfg.max_grad_norm, logging_steps=cfg.logging_steps,
+        eval_strategy="steps" if cfg.eval_steps > 0 and has_eval else "no", eval_steps=cfg.eval_steps or None,
+        save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=cfg.save_total_limit, seed=cfg.seed,
+        report_to=list(cfg.report_to) or "none", use_cpu=use_cpu, bf16=cfg.bf16 and not use_cpu,
+        remove_unused_columns=False, disable_tqdm=True, dataloader_num_workers=cfg.dataloader_workers,
+        train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
+        length_column_name="length", activation_checkpointing=cfg.gradient_checkpointing,
+        ddp_backend="gloo" if use_cpu and distributed else None, label_names=[],
+        ddp_find_unused_parameters=False if distributed else None)
+
+
+def _use_cpu(device: str) -> bool:
+    import torch
+
+    if device == "auto":
+        return not torch.cuda.is_available()
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device} was asked for but no CUDA device is visible", hint="use --device cpu")
+    return device == "cpu"
+
+
+def _resume_step(out_dir: Path, resume: bool) -> tuple[str | None, int]:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    ckpt_dir = out_dir / "checkpoints"
+    if not resume or not ckpt_dir.is_dir():
+        return None, -1
+    last = get_last_checkpoint(str(ckpt_dir))
+    if last is None:
+        return None, -1
+    return last, int(Path(last).name.split("-")[-1])
+
+
+def run(cfg: TrainConfig, pairs_dir: Path, out_dir: Path, embeddings_dir: Path | None = None,
+        overwrite: bool = False, resume: bool = False, extra_callbacks: tuple = ()) -> Path:
+    """Train a reward model; returns the manifest path (written last, by the main process)."""
+    from aplot_cli.embed import load_embeddings
+    from aplot_cli.prepare import load_pairs
+
+    spec = validate(cfg, embeddings_dir is not None)
+    pairs_art = artifacts.open_artifact(pairs_dir, "prepare")
+    emb_art = artifacts.open_artifact(embeddings_dir, "embed") if embeddings_dir is not None else None
+    use_cpu = _use_cpu(cfg.device)
+    test_frame = _test_frame(pairs_art, cfg)
+    out_dir = Path(out_dir)
+    args = _training_args(cfg, out_dir, use_cpu, test_frame is not None)  # also joins the process group
+    rank = args.process_index
+    with args.main_process_first(desc="prepare the output directory"):
+        if args.process_index == 0:
+            artifacts.prepare_out_dir(out_dir, overwrite, resume=resume)
+    checkpoint, resumed_step = _resume_step(out_dir, resume)
+    tokenizer, model, resolved, head = load_model(cfg)
+    need_emb = spec.aplot and cfg.semantic_source == "embeddings" and emb_art is not None
+    train_frame = _take(load_pairs(pairs_dir, "train"), cfg.max_train_pairs, cfg.seed)
+    train = encode_split(train_frame, tokenizer, cfg, load_embeddings(emb_art.path, "train") if need_emb else None)
+    test = encode_split(test_frame, tokenizer, cfg, split_id=1) if test_frame is not None else None
+    info(f"[bold]train-rm[/] {cfg.backbone} loss={spec.name}: {len(train.records)} train pairs"
+         f"{f', {len(test.records)} test pairs' if test else ''}; truncated pairs: "
+         f"{train.truncation['pairs_truncated']} (max_length {cfg.max_length})")
+    trainer = _build_trainer(cfg, spec, model, head, tokenizer, train, test, out_dir, args, rank, resumed_step,
+                             extra_callbacks)
+    t0 = time.perf_counter()
+    train_output = trainer.train(resume_from_checkpoint=checkpoint)
+    seconds = time.perf_counter() - t0
+    metrics = _final_metrics(trainer, train, test, train_output, seconds, cfg)
+    trainer.accelerator.wait_for_everyone()
+    if not trainer.is_world_process_zero():
+        return out_dir / artifacts.MANIFEST
+    outputs = _save(trainer, tokenizer, cfg, out_dir, train.pair_ids if trainer.margin_sink else None)
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    outputs.append(artifacts.describe_output(out_dir, "metrics.json"))
+    inputs = {"pairs": pairs_art, **({"embeddings": emb_art} if emb_art is not None else {})}
+    diagnostics = {"truncation": {"train": train.truncation, **({"test": test.truncation} if test else {})},
+                   "ot": _ot_summary(trainer), "resumed_from_step": resumed_step if checkpoint else None,
+                   "device": "cpu" if use_cpu else "cuda", "world_size": trainer.accelerator.num_processes,
+                   "bf16": bool(cfg.bf16 and not use_cpu),
+                   "bf16_ignored_on_cpu": bool(cfg.bf16 and use_cpu)}
+    info(f"[bold]train-rm[/] done in {seconds:.1f}s: train accuracy {metrics.get('train_accuracy', float('nan')):.4f}"
+         f", test accuracy {metrics.get('test_accuracy', float('nan')):.4f}")
+    return artifacts.write_manifest(
+        out_dir, stage=STAGE, config=config_to_dict(cfg), inputs=inputs, outputs=outputs, metrics=metrics,
+        diagnostics=diagnostics,
+        extra={"model": {"backbone": cfg.backbone, "resolved": _relative_or_id(resolved),
+                         "head": head,
+                         "loss": spec.name, "path": "model", "lora": cfg.lora,
+                         "chat_template": formatting.uses_chat_template(tokenizer, cfg.chat_template),
+                         "max_length": cfg.max_length, "pad_token_id": tokenizer.pad_token_id,
+                         "padding_side": tokenizer.padding_side}})
+
+
+def _relative_or_id(resolved: str) -> str:
+    return Path(resolved).name if Path(resolved).exists() else resolved
+
+
+def _test_frame(pairs_art, cfg: TrainConfig):
+    from aplot_cli.prepare import load_pairs
+
+    names = [o["path"] for o in pairs_art.manifest["outputs"]]
+    if "test.parquet" not in names:
+        return None
+    return _take(load_pairs(pairs_art.path, "test"), cfg.max_eval_pairs, cfg.seed)
+
+
+def _build_trainer(cfg, spec, model, head, tokenizer, train, test, out_dir, args, rank, resumed_step,
+                   extra_callbacks):
+    from aplot_cli.margins import AplotMargin, AplotSettings
+
+    margin_fn = AplotMargin(AplotSettings(
+        w_rew=cfg.w_rew, w_sem=0.0 if cfg.semantic_source == "none" else cfg.w_sem, reg=cfg.ot_reg,
+        num_iter=cfg.ot_iters, tol=cfg.ot_tol, margin_from=cfg.margin_from, margin_norm=cfg.margin_norm,
+        scale=cfg.margin_scale, warmup_steps=cfg.margin_warmup_steps, scope=cfg.ot_scope)) if spec.aplot else None
+    sink = MarginSink(out_dir, train.pair_ids, rank, resumed_step) if cfg.save_margins else None
+    trainer_cls = _make_trainer_class()
+    trainer = trainer_cls(
+        model=model, args=args,
+        train_dataset=PairDataset(train), eval_dataset=PairDataset(test) if test else None,
+        data_collator=_SplitCollator(train, test, tokenizer.pad_token_id), processing_class=tokenizer,
+        compute_metrics=pair_accuracy, callbacks=_callbacks(out_dir, resumed_step, sink) + list(extra_callbacks),
+        spec=spec, cfg=cfg, head=head, margin_fn=margin_fn, margin_sink=sink)
+    from transformers import PrinterCallback, ProgressCallback
+
+    trainer.remove_callback(ProgressCallback)
+    trainer.remove_callback(PrinterCallback)  # it prints logs to stdout, which carries only the manifest path
+    return trainer
+
+
+class _SplitCollator:
+    """Trainer has one collator for train and eval: route by the split id each record carries."""
+
+    def __init__(self, train: EncodedSplit, test: EncodedSplit | None, pad_id: int):
+        self.collators = {0: PairCollator(train, pad_id)}
+        if test is not None:
+            self.collators[1] = PairCollator(test, pad_id)
+
+    def __call__(self, features):
+        return self.collators[features[0]["split"]](features)
+
+
+def _final_metrics(trainer, train, test, train_output, seconds, cfg) -> dict[str, Any]:
+    metrics: dict[str, Any] = {"train_loss": float(train_output.training_loss), "steps": trainer.state.global_step,
+                               "epochs": float(trainer.state.epoch or 0.0), "train_seconds": round(seconds, 3),
+                               "train_pairs": len(train.records)}
+    pairs_seen = trainer.state.global_step * cfg.batch_size * cfg.grad_accum * trainer.accelerator.num_processes
+    metrics["pairs_per_second"] = pairs_seen / max(seconds, 1e-9)
+    if test is not None:
+        result = trainer.evaluate(PairDataset(test), metric_key_prefix="test")
+        metrics.update({"test_accuracy": result["test_accuracy"], "test_loss": result["test_loss"],
+                        "test_margin": result["test_margin"], "test_pairs": len(test.records)})
+    subset = EncodedSplit(train.records[:cfg.train_eval_pairs], train.pair_ids, train.dataset_margin,
+                          train.emb_chosen, train.emb_rejected)
+    result = trainer.evaluate(PairDataset(subset), metric_key_prefix="train_eval")
+    metrics.update({"train_accuracy": result["train_eval_accuracy"], "train_eval_pairs": len(subset.records)})
+    return metrics
+
+
+def _ot_summary(trainer) -> dict[str, Any]:
+    totals = dict(trainer.ot_totals)
+    if totals["solves"]:
+        totals["converged_frac"] = totals["converged"] / totals["solves"]
+        totals["mean_seconds"] = totals["seconds"] / totals["solves"]
+    return totals
+
+
+def _save(trainer, tokenizer, cfg: TrainConfig, out_dir: Path, pair_ids) -> list[dict[str, Any]]:
+    """Final model in `save_pretrained` form (LoRA: merged model under model/, adapter under adapter/)."""
+    model_dir = out_dir / "model"
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    outputs = []
+    if cfg.lora:
+        model.save_pretrained(out_dir / "adapter", safe_serialization=True)
+        outputs.append(artifacts.describe_output(out_dir, "adapter/adapter_model.safetensors"))
+        model = model.merge_and_unload()
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(model_dir, safe_serialization=True)
+    tokenizer.save_pretrained(model_dir)
+    for name in ("config.json", "model.safetensors"):
+        if (model_dir / name).exists():
+            outputs.append(artifacts.describe_output(out_dir, f"model/{name}"))
+    if (out_dir / LOG_FILE).exists():
+        rows = sum(1 for line in (out_dir / LOG_FILE).read_text().splitlines() if line.strip())
+        outputs.append(artifacts.describe_output(out_dir, LOG_FILE, rows=rows))
+    if trainer.margin_sink is not None:
+        rows = trainer.margin_sink.merge(out_dir / MARGINS_FILE)
+        outputs.append(artifacts.describe_output(out_dir, MARGINS_FILE, rows=rows))
+    return outputs
+
+
+def check_model_dir(path: Path) -> None:
+    if not (path / "config.json").is_file():
+        raise ArtifactError(f"{path} holds no saved model", hint="re-run `aplot train-rm`")

@@ -1,0 +1,142 @@
+"""train-rm on tiny local models: artifacts, logging names, padding, LoRA, resume after a kill."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from aplot_cli import train
+from aplot_cli.config import TrainConfig, build_config
+
+LOG_NAMES = ("loss", "accuracy", "margin", "rewards/chosen", "rewards/rejected", "ot/margin_mean", "ot/margin_std",
+             "ot/cost_mean", "ot/margin_spread", "ot/converged_frac", "ot/seconds", "num_tokens", "pairs_per_second")
+
+
+def tiny_cfg(backbone, **changes) -> TrainConfig:
+    base = dict(backbone=str(backbone), max_steps=4, batch_size=8, eval_batch_size=16, max_length=64,
+                learning_rate=1e-3, logging_steps=2, save_steps=2, max_eval_pairs=16, train_eval_pairs=16, seed=3)
+    base.update(changes)
+    return TrainConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def embeddings_dir(synthetic_pairs_dir, tmp_path_factory, tiny_bert_dir):
+    """An embeddings artifact made by the real stage with the tiny BERT as encoder (fast)."""
+    from aplot_cli import embed
+    from aplot_cli.config import EmbedConfig
+
+    out = tmp_path_factory.mktemp("emb") / "emb"
+    embed.run(EmbedConfig(model=str(tiny_bert_dir), max_length=64), synthetic_pairs_dir, out)
+    return out
+
+
+def read_log(out):
+    return [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+
+
+def test_aplot_run_writes_a_loadable_model_log_margins_and_manifest(tiny_bert_dir, synthetic_pairs_dir,
+                                                                     embeddings_dir, tmp_path):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    out = tmp_path / "rm"
+    manifest_path = train.run(tiny_cfg(tiny_bert_dir), synthetic_pairs_dir, out, embeddings_dir=embeddings_dir)
+    manifest = json.loads(manifest_path.read_text())
+    assert manifest["stage"] == "train-rm" and set(manifest["inputs"]) == {"pairs", "embeddings"}
+    assert {"train_accuracy", "test_accuracy", "train_loss", "steps"} <= set(manifest["metrics"])
+    assert manifest["metrics"]["steps"] == 4
+    assert manifest["diagnostics"]["truncation"]["train"]["pairs"] == 180
+    assert manifest["diagnostics"]["ot"]["solves"] == 4 and manifest["diagnostics"]["ot"]["fallbacks"] == 0
+    assert manifest["model"]["loss"] == "bt+aplot"
+    train_logs = [r for r in read_log(out) if "loss" in r]
+    assert [r["step"] for r in train_logs] == [2, 4]
+    for name in LOG_NAMES:
+        assert name in train_logs[0], name
+    margins = pd.read_parquet(out / "margins.parquet")
+    assert list(margins.columns[:3]) == ["pair_id", "step", "margin"] and len(margins) == 4 * 8
+    assert sorted(margins["step"].unique()) == [1, 2, 3, 4] and margins["margin"].notna().all()
+    tok = AutoTokenizer.from_pretrained(out / "model")
+    model = AutoModelForSequenceClassification.from_pretrained(out / "model")
+    initial = AutoModelForSequenceClassification.from_pretrained(tiny_bert_dir)
+    assert model.config.num_labels == 1 and model.config.pad_token_id == tok.pad_token_id
+    assert not torch.equal(model.classifier.weight, initial.classifier.weight)  # it trained
+    with torch.no_grad():
+        scores = model(**tok(["a b", "c d e"], padding=True, return_tensors="pt")).logits
+    assert scores.shape == (2, 1) and torch.isfinite(scores).all()
+
+
+def test_decoder_lora_backbone_semantics_and_padding(tiny_llama_rm_dir, synthetic_pairs_dir, tmp_path):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from aplot_cli import formatting
+
+    cfg = tiny_cfg(tiny_llama_rm_dir, loss=("aplot", "center"), semantic_source="backbone", lora=True,
+                   lora_r=4, lora_alpha=8, max_steps=2, save_steps=10, max_eval_pairs=8, train_eval_pairs=8)
+    out = tmp_path / "rm"
+    manifest = json.loads(train.run(cfg, synthetic_pairs_dir, out).read_text())
+    assert manifest["model"]["head"] == "score" and manifest["model"]["chat_template"] is True
+    assert (out / "adapter" / "adapter_model.safetensors").is_file()
+    adapter_cfg = json.loads((out / "adapter" / "adapter_config.json").read_text())
+    assert "score" in adapter_cfg["modules_to_save"]
+    tok = AutoTokenizer.from_pretrained(out / "model")
+    model = AutoModelForSequenceClassification.from_pretrained(out / "model").eval()
+    assert model.config.pad_token_id == tok.pad_token_id != tok.eos_token_id
+    formatting.prepare_tokenizer(tok, model.config)
+    short = formatting.encode(tok, "Sort: b a", "a b", 64).input_ids
+    long = formatting.encode(tok, "Reverse the string 'hello world'", "dlrow olleh", 64).input_ids
+    width = max(len(short), len(long))
+    ids = torch.full((2, width), tok.pad_token_id)
+    mask = torch.zeros((2, width), dtype=torch.long)
+    for i, seq in enumerate((short, long)):
+        ids[i, :len(seq)], mask[i, :len(seq)] = torch.tensor(seq), 1
+    with torch.no_grad():
+        batched = model(input_ids=ids, attention_mask=mask).logits[:, 0]
+        alone = model(input_ids=torch.tensor([short])).logits[0, 0]
+    assert torch.allclose(batched[0], alone, atol=1e-5)  # right padding: score at the last real token
+
+
+class _Kill:
+    """Simulates a crash right after the checkpoint at `step` is written."""
+
+    def __init__(self, step):
+        from transformers import TrainerCallback
+
+        class Kill(TrainerCallback):
+            def on_save(self, args, state, control, **kwargs):
+                if state.global_step == step:
+                    raise KeyboardInterrupt
+
+        self.callback = Kill()
+
+
+def test_killed_run_resumes_to_the_same_final_metrics(tiny_bert_dir, synthetic_pairs_dir, embeddings_dir, tmp_path):
+    cfg = tiny_cfg(tiny_bert_dir, max_steps=6, save_steps=3, logging_steps=3)
+    whole = json.loads(train.run(cfg, synthetic_pairs_dir, tmp_path / "a", embeddings_dir=embeddings_dir).read_text())
+    out = tmp_path / "b"
+    with pytest.raises(KeyboardInterrupt):
+        train.run(cfg, synthetic_pairs_dir, out, embeddings_dir=embeddings_dir, extra_callbacks=(_Kill(3).callback,))
+    assert not (out / "manifest.json").exists()
+    resumed = json.loads(train.run(cfg, synthetic_pairs_dir, out, embeddings_dir=embeddings_dir,
+                                   resume=True).read_text())
+    assert resumed["diagnostics"]["resumed_from_step"] == 3
+    for key in ("test_accuracy", "test_loss", "train_accuracy", "steps"):
+        assert resumed["metrics"][key] == pytest.approx(whole["metrics"][key], rel=1e-5, abs=1e-6), key
+    a = pd.read_parquet(tmp_path / "a" / "margins.parquet")
+    b = pd.read_parquet(out / "margins.parquet")
+    pd.testing.assert_frame_equal(a, b, check_exact=False, atol=1e-5)
+    assert [r["step"] for r in read_log(out) if "loss" in r] == [3, 6]
+
+
+def test_config_yaml_loss_string_and_validation(tmp_path, synthetic_pairs_dir):
+    from aplot_cli.errors import ConfigError
+
+    path = tmp_path / "c.yaml"
+    path.write_text("loss: aplot+center\nmargin_norm: zscore\nlora: false\n")
+    cfg = build_config(TrainConfig, path, {"lora": True})
+    assert train.validate(cfg, has_embeddings=True).name == "bt+aplot+center" and cfg.lora is True
+    with pytest.raises(ConfigError, match="embeddings"):
+        train.validate(TrainConfig(), has_embeddings=False)
+    with pytest.raises(ConfigError, match="margin_norm"):
+        build_config(TrainConfig, None, {"margin_norm": "l2"})

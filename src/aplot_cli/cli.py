@@ -237,6 +237,54 @@ def train_rm(
     return stage.run(cfg, pairs, out_dir, embeddings_dir=embeddings, overwrite=overwrite, resume=resume)
 
 
+@app.command()
+@stage_command
+def ppo(
+    out_dir: OutDir,
+    reward_model: Annotated[Optional[str], typer.Option(
+        help="A train-rm artifact directory, or a sequence-classification RM folder / hub id.")] = None,
+    prompts: Annotated[Optional[str], typer.Option(
+        help="A pairs artifact (its prompts) or a jsonl of {\"prompt\": ...}.")] = None,
+    policy: Annotated[Optional[str], typer.Option(
+        help="Causal LM: smollm2-135m (embedded), a local folder, or a hub id. [default: smollm2-135m]")] = None,
+    prompts_split: Annotated[Optional[str], typer.Option(help="Split of a pairs artifact. [default: train]")] = None,
+    max_prompts: Annotated[Optional[int], typer.Option(help="Use at most this many prompts.")] = None,
+    updates: Annotated[Optional[int], typer.Option(help="PPO updates. [default: 10]")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Rollouts per update. [default: 8]")] = None,
+    mini_batch_size: Annotated[Optional[int], typer.Option(help="Rollouts per gradient step. [default: 4]")] = None,
+    ppo_epochs: Annotated[Optional[int], typer.Option(help="Passes over each batch. [default: 2]")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="AdamW learning rate. [default: 1e-5]")] = None,
+    kl_coef: Annotated[Optional[float], typer.Option(help="Per-token KL penalty beta. [default: 0.05]")] = None,
+    max_new_tokens: Annotated[Optional[int], typer.Option(help="Response length cap. [default: 48]")] = None,
+    temperature: Annotated[Optional[float], typer.Option(help="Sampling temperature. [default: 0.7]")] = None,
+    top_p: Annotated[Optional[float], typer.Option(help="Nucleus sampling. [default: 1.0]")] = None,
+    missing_eos_penalty: Annotated[Optional[float], typer.Option(
+        help="Subtracted from the score of a response without EOS. [default: 1.0]")] = None,
+    reward_norm: Annotated[Optional[str], typer.Option(
+        help="Score normalisation: none, whiten (per batch), running. [default: running]")] = None,
+    save_every: Annotated[Optional[int], typer.Option(help="Checkpoint every n updates. [default: 5]")] = None,
+    sample_size: Annotated[Optional[int], typer.Option(help="Rollouts per update kept in rollouts.jsonl. [default: 4]")] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto, cpu or cuda. [default: auto]")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an unfinished run in --out-dir from its last checkpoint.")] = False,
+    trust_remote_code: TrustRemoteCode = None,
+    seed: Seed = None,
+    config: ConfigFile = None,
+    overwrite: Overwrite = False,
+    quiet: Quiet = False,
+) -> Path:
+    """PPO of a policy against a reward model, with a KL penalty to the frozen initial policy."""
+    from aplot_cli import ppo as stage
+    from aplot_cli.config import PPOConfig, build_config
+
+    cfg = build_config(PPOConfig, config, _flags(
+        policy=policy, reward_model=reward_model, prompts=prompts, prompts_split=prompts_split,
+        max_prompts=max_prompts, updates=updates, batch_size=batch_size, mini_batch_size=mini_batch_size,
+        ppo_epochs=ppo_epochs, lr=lr, kl_coef=kl_coef, max_new_tokens=max_new_tokens, temperature=temperature,
+        top_p=top_p, missing_eos_penalty=missing_eos_penalty, reward_norm=reward_norm, save_every=save_every,
+        sample_size=sample_size, device=device, trust_remote_code=trust_remote_code, seed=seed))
+    return stage.run(cfg, out_dir, overwrite=overwrite, resume=resume)
+
+
 def main() -> None:
     app()
 

@@ -54,6 +54,43 @@ class EmbedConfig:
 
 
 @dataclass(frozen=True)
+class PPOConfig:
+    """`aplot ppo`: policy, reward model, prompts, rollout and PPO settings (method.md section 6)."""
+
+    policy: str = "smollm2-135m"           # causal LM: embedded name, local folder or hub id
+    reward_model: str | None = None        # a train-rm artifact or a sequence-classification folder/hub id
+    prompts: str | None = None             # a pairs artifact (its `prompt` column) or a jsonl of {"prompt": ...}
+    prompts_split: str = "train"           # split of a pairs artifact to draw prompts from
+    max_prompts: int | None = None
+    batch_size: int = 8                    # rollouts per PPO update
+    mini_batch_size: int = 4               # rollouts per gradient step
+    ppo_epochs: int = 2                    # passes over each batch of rollouts
+    updates: int = 10                      # PPO updates (each: generate, score, optimise)
+    lr: float = 1e-5
+    max_grad_norm: float = 1.0
+    kl_coef: float = 0.05                  # beta of the per-token k1 KL penalty
+    gamma: float = 1.0
+    lam: float = 0.95
+    cliprange: float = 0.2
+    cliprange_value: float = 0.2
+    vf_coef: float = 0.1
+    max_new_tokens: int = 48
+    max_prompt_length: int = 256           # prompt tokens kept (cut from the left)
+    temperature: float = 0.7
+    top_p: float = 1.0
+    missing_eos_penalty: float = 1.0       # subtracted from the (normalised) score of a response without EOS
+    reward_norm: Literal["none", "whiten", "running"] = "running"
+    rm_max_length: int | None = None       # RM input length (default: the train-rm manifest's, else the model's)
+    rm_batch_size: int = 16
+    seed: int = 0
+    save_every: int = 5                    # checkpoint every n updates (0: only the final policy)
+    sample_size: int = 4                   # rollouts per update written to rollouts.jsonl
+    device: str = "auto"                   # auto, cpu or cuda (accelerate picks the device)
+    trust_remote_code: bool = False
+    chat_template: bool = True             # apply chat templates (policy prompts; RM folders without an artifact)
+
+
+@dataclass(frozen=True)
 class EvalConfig:
     """`aplot eval-rm`: which benchmark, where its rows come from, and how texts are scored."""
 
@@ -230,5 +267,5 @@ def replace(config: C, **changes: Any) -> C:
     return dataclasses.replace(config, **changes)
 
 
-__all__ = ["PrepareConfig", "EmbedConfig", "build_config", "config_to_dict", "load_yaml", "replace",
+__all__ = ["PrepareConfig", "EmbedConfig", "PPOConfig", "build_config", "config_to_dict", "load_yaml", "replace",
            "field"]

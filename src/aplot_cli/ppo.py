@@ -1,0 +1,581 @@
+"""`aplot ppo`: PPO of a causal-LM policy against a reward model (method.md section 6).
+
+This module owns the stage: loading the policy, the frozen reference and the reward model, reading
+prompts, rollouts (transformers generation), the PPO update loop, checkpoints and `--resume`, the
+per-update log, and the output artifact. The math lives in `aplot_cli.rl.core`.
+
+Design choices, written down because PPO has many variants:
+- Value model: a scalar head (`nn.Linear(hidden, 1)`, weights and bias initialised to zero) on the
+  policy's last hidden state, i.e. a trunk shared with the policy. One forward pass gives logits and
+  values, which halves the compute on CPU. The zero init makes V = 0 at the start, and since the head's
+  weights are zero the value loss sends no gradient into the trunk until the head has learned
+  something, so the policy starts undisturbed. `vf_coef` weights its loss.
+- Reference: a frozen copy of the initial policy, used only for the per-token k1 KL penalty.
+- The policy and the reward model need not share a tokenizer: responses are decoded to text and
+  re-encoded for the reward model with `formatting.encode` (as train-rm and eval-rm do).
+- Sampling is plain temperature sampling (top-k off, optional top-p); log-probabilities are taken from
+  logits / temperature so they are those of the sampling distribution.
+- Score per response: the RM score, normalised (`reward_norm`: none, whiten per batch, or running
+  mean/std over all updates), minus `missing_eos_penalty` when the response has no EOS.
+- Devices come from accelerate (`Accelerator`); one process (multi-process PPO is refused)."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from aplot_cli import artifacts, formatting, models
+from aplot_cli.config import PPOConfig, config_to_dict
+from aplot_cli.console import get_console, info
+from aplot_cli.errors import ArtifactError, ConfigError, InputDataError, ModelError, TrainingError
+from aplot_cli.rl import core
+
+STAGE = "ppo"
+LOG, ROLLOUTS, POLICY_DIR, CHECKPOINTS = "log.jsonl", "rollouts.jsonl", "policy", "checkpoints"
+
+
+# --- prompts ------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Prompt:
+    text: str
+    messages: list[dict[str, str]] | None = None
+
+
+@dataclass(frozen=True)
+class PromptSet:
+    prompts: list[Prompt]
+    artifact: artifacts.Artifact | None   # the pairs artifact, when prompts came from one
+    synthetic: bool                       # made by the synthetic recipe: gold verify() applies
+
+
+def _messages(value: Any) -> list[dict[str, str]] | None:
+    if value is None or (isinstance(value, float) and math.isnan(value)) or value == "":
+        return None
+    return json.loads(value) if isinstance(value, str) else list(value)
+
+
+def load_prompts(source: str, split: str = "train", max_prompts: int | None = None, seed: int = 0) -> PromptSet:
+    """Distinct prompts from a pairs artifact (one split) or a jsonl of {"prompt": ..., "prompt_messages"?},
+    shuffled by `seed`, at most `max_prompts`."""
+    path = Path(source)
+    art, synthetic = None, False
+    if path.is_dir():
+        from aplot_cli.prepare import load_pairs
+
+        art = artifacts.open_artifact(path, "prepare")
+        frame = load_pairs(path, split).drop_duplicates("prompt")
+        prompts = [Prompt(p, _messages(m)) for p, m in zip(frame["prompt"], frame["prompt_messages"], strict=True)]
+        synthetic = (art.manifest.get("recipe") or {}).get("name") == "synthetic"
+    elif path.is_file():
+        prompts = _read_prompt_jsonl(path)
+    else:
+        raise InputDataError(f"--prompts {source} does not exist",
+                             hint="pass a pairs artifact directory (aplot prepare) or a .jsonl of {\"prompt\": ...}")
+    if not prompts:
+        raise InputDataError(f"no prompts in {source}", hint="check the file or the --prompts-split")
+    random.Random(seed).shuffle(prompts)
+    return PromptSet(prompts[:max_prompts] if max_prompts else prompts, art, synthetic)
+
+
+def _read_prompt_jsonl(path: Path) -> list[Prompt]:
+    prompts, seen = [], set()
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise InputDataError(f"{path}:{number} is not valid JSON ({exc})") from exc
+            text = row.get("prompt") if isinstance(row, dict) else None
+            if not isinstance(text, str) or not text.strip():
+                raise InputDataError(f"{path}:{number} has no non-empty string field `prompt`",
+                                     hint='each line must be {"prompt": "..."} (optionally "prompt_messages")')
+            if text not in seen:
+                seen.add(text)
+                prompts.append(Prompt(text, _messages(row.get("prompt_messages"))))
+    return prompts
+
+
+# --- models -------------------------------------------------------------------------------------------
+class PolicyWithValue(nn.Module):
+    """A causal LM and a zero-initialised scalar value head on its last hidden state (shared trunk)."""
+
+    def __init__(self, policy: nn.Module):
+        super().__init__()
+        self.policy = policy
+        self.value_head = nn.Linear(policy.config.hidden_size, 1)
+        nn.init.zeros_(self.value_head.weight)
+        nn.init.zeros_(self.value_head.bias)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, n_response: int,
+                temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, P+T) ids -> logits / temperature (B, T, V) predicting the T response tokens, and values (B, T)
+        of the states before each of them."""
+        out = self.policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
+                          output_hidden_states=True, use_cache=False, logits_to_keep=n_response + 1)
+        logits = out.logits[:, :-1] / temperature
+        hidden = out.hidden_states[-1][:, -n_response - 1:-1]
+        return logits, self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1)
+
+
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions that skip left padding: the first real token is position 0."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def reference_logits(ref: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, n_response: int,
+                     temperature: float) -> torch.Tensor:
+    out = ref(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
+              use_cache=False, logits_to_keep=n_response + 1)
+    return out.logits[:, :-1] / temperature
+
+
+def load_policy(name: str, trust_remote_code: bool) -> tuple[nn.Module, Any]:
+    """(model, tokenizer) for generation: left padding, a pad token distinct from EOS where possible."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    resolved = models.resolve(name)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(resolved, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(resolved, dtype=torch.float32,
+                                                     trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot load the policy {name!r} as a causal LM: {exc}",
+                         hint="pass a causal-LM folder or hub id, or smollm2-135m") from exc
+    formatting.prepare_tokenizer(tokenizer, model.config)
+    tokenizer.padding_side, tokenizer.truncation_side = "left", "left"
+    if tokenizer.eos_token_id is None:
+        raise ModelError(f"the policy tokenizer of {name!r} has no EOS token",
+                         hint="PPO needs an EOS token to end responses")
+    return model, tokenizer
+
+
+class RewardScorer:
+    """Scores (prompt, response) with `aplot_cli.scoring` (inputs built by `formatting.encode`, exactly as
+    train-rm and eval-rm build them)."""
+
+    def __init__(self, rm: Any, batch_size: int):
+        self.rm, self.batch_size = rm, batch_size
+        self.model = rm.model
+
+    def score(self, prompts: list[Prompt], responses: list[str]) -> torch.Tensor:
+        """(N,) float scores (logit 0 of the RM)."""
+        from aplot_cli.scoring import score_texts
+
+        scores = score_texts(self.rm, [p.text for p in prompts], responses, [p.messages for p in prompts],
+                             batch_size=self.batch_size, label="score")
+        return torch.from_numpy(scores).float()
+
+
+def load_reward_model(source: str, cfg: PPOConfig, device: str = "cpu") -> tuple[RewardScorer, artifacts.Artifact | None]:
+    """A train-rm artifact (its model/ folder, max_length and chat_template from its manifest), or any
+    sequence-classification folder or hub id (`rm_max_length` if given, chat template per `chat_template`)."""
+    from aplot_cli.scoring import load_reward_model as load_rm
+
+    is_artifact = (Path(source) / artifacts.MANIFEST).is_file()
+    rm = load_rm(source, max_length=cfg.rm_max_length, chat_template=None if is_artifact else cfg.chat_template,
+                 device=device, trust_remote_code=cfg.trust_remote_code)
+    rm.model.requires_grad_(False)
+    return RewardScorer(rm, cfg.rm_batch_size), rm.artifact
+
+
+# --- rollouts -----------------------------------------------------------------------------------------
+@dataclass
+class Rollout:
+    """One batch of B rollouts; response tensors are (B, T), right-padded after the first EOS."""
+
+    prompts: list[Prompt]
+    query: torch.Tensor          # (B, P) left-padded prompt ids
+    query_mask: torch.Tensor     # (B, P)
+    response: torch.Tensor       # (B, T)
+    mask: torch.Tensor           # (B, T) 1 on real response tokens (through the first EOS)
+    texts: list[str]             # decoded responses (no special tokens)
+    has_eos: torch.Tensor        # (B,) bool
+    logp: torch.Tensor           # (B, T) under the sampling policy
+    ref_logp: torch.Tensor       # (B, T) under the reference
+    values: torch.Tensor         # (B, T)
+    entropy: torch.Tensor        # (B, T)
+    scores: torch.Tensor         # (B,) raw RM scores
+    gold: list[bool | None]      # synthetic verify() per rollout
+
+    def input_ids(self) -> torch.Tensor:
+        return torch.cat([self.query, self.response], dim=1)
+
+    def attention_mask(self) -> torch.Tensor:
+        return torch.cat([self.query_mask, self.mask], dim=1)
+
+
+def query_texts(tokenizer: Any, prompts: list[Prompt], chat_template: bool) -> tuple[list[str], bool]:
+    """Prompt strings for the policy (chat template with a generation prompt when it has one) and whether
+    the tokenizer must add its own special tokens."""
+    if formatting.uses_chat_template(tokenizer, chat_template):
+        return [tokenizer.apply_chat_template(p.messages or [{"role": "user", "content": p.text}],
+                                              add_generation_prompt=True, tokenize=False) for p in prompts], False
+    return [p.text for p in prompts], True
+
+
+def response_mask(response: torch.Tensor, eos_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mask (B, T) through the first EOS inclusive, has_eos (B,)). Without EOS every token is real."""
+    is_eos = torch.isin(response, torch.tensor(eos_ids, device=response.device))
+    has_eos = is_eos.any(dim=1)
+    first = torch.where(has_eos, is_eos.float().argmax(dim=1), torch.full_like(has_eos, response.shape[1], dtype=torch.long))
+    positions = torch.arange(response.shape[1], device=response.device).expand_as(response)
+    return (positions <= first.unsqueeze(1)).long(), has_eos
+
+
+def eos_token_ids(model: nn.Module, tokenizer: Any) -> list[int]:
+    ids = {tokenizer.eos_token_id}
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids.update(configured if isinstance(configured, list) else [configured])
+    return sorted(i for i in ids if i is not None)
+
+
+@torch.no_grad()
+def collect(cfg: PPOConfig, actor: PolicyWithValue, ref: nn.Module, tokenizer: Any, scorer: RewardScorer,
+            prompts: list[Prompt], device: torch.device) -> Rollout:
+    """Generate one response per prompt, then score it, and record log-probs, values and entropy."""
+    from transformers import GenerationConfig
+
+    texts, add_special = query_texts(tokenizer, prompts, cfg.chat_template)
+    enc = tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=cfg.max_prompt_length,
+                    add_special_tokens=add_special).to(device)
+    eos_ids = eos_token_ids(actor.policy, tokenizer)
+    generation = GenerationConfig(do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p, top_k=0,
+                                  max_new_tokens=cfg.max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                                  eos_token_id=eos_ids, bos_token_id=tokenizer.bos_token_id)
+    actor.eval()
+    sequences = actor.policy.generate(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
+                                      generation_config=generation)
+    response = sequences[:, enc["input_ids"].shape[1]:]
+    mask, has_eos = response_mask(response, eos_ids)
+    response = torch.where(mask.bool(), response, torch.full_like(response, tokenizer.pad_token_id))
+    full_ids, full_mask = torch.cat([enc["input_ids"], response], 1), torch.cat([enc["attention_mask"], mask], 1)
+    n = response.shape[1]
+    logits, values = actor(full_ids, full_mask, n, cfg.temperature)
+    logp, entropy = core.logprobs_from_logits(logits, response), core.entropy_from_logits(logits)
+    del logits
+    ref_logp = core.logprobs_from_logits(reference_logits(ref, full_ids, full_mask, n, cfg.temperature), response)
+    decoded = [tokenizer.decode(r[m.bool()], skip_special_tokens=True).strip() for r, m in zip(response, mask, strict=True)]
+    from aplot_cli.data.synthetic import verify
+
+    return Rollout(prompts, enc["input_ids"], enc["attention_mask"], response, mask, decoded, has_eos,
+                   logp, ref_logp, values * mask, entropy, scorer.score(prompts, decoded),
+                   [verify(p.text, t) for p, t in zip(prompts, decoded, strict=True)])
+
+
+def normalise_scores(cfg: PPOConfig, raw: torch.Tensor, has_eos: torch.Tensor,
+                     moments: core.RunningMoments) -> torch.Tensor:
+    """The sequence reward: the RM score normalised per `reward_norm`, minus the missing-EOS penalty."""
+    if cfg.reward_norm == "whiten":
+        scores = (raw - raw.mean()) / (raw.std(unbiased=False) + 1e-8) if raw.numel() > 1 else raw - raw.mean()
+    elif cfg.reward_norm == "running":
+        moments.update(raw)
+        scores = (raw - moments.mean) / moments.std
+    else:
+        scores = raw.clone()
+    return scores - cfg.missing_eos_penalty * (~has_eos).float()
+
+
+# --- the PPO update -----------------------------------------------------------------------------------
+def ppo_step(cfg: PPOConfig, actor: PolicyWithValue, optimizer: torch.optim.Optimizer, accelerator: Any,
+             batch: Rollout, advantages: torch.Tensor, returns: torch.Tensor) -> dict[str, float]:
+    """`ppo_epochs` passes of mini-batch gradient steps on one batch; mean diagnostics."""
+    actor.train()
+    sums: dict[str, float] = {}
+    steps = 0
+    ids, attn = batch.input_ids(), batch.attention_mask()
+    n = batch.response.shape[1]
+    for _ in range(cfg.ppo_epochs):
+        for idx in torch.randperm(ids.shape[0]).split(cfg.mini_batch_size):
+            logits, values = actor(ids[idx], attn[idx], n, cfg.temperature)
+            mask = batch.mask[idx]
+            logp = core.logprobs_from_logits(logits, batch.response[idx])
+            pg = core.policy_loss(logp, batch.logp[idx], advantages[idx], mask, cfg.cliprange)
+            vf = core.value_loss(values, batch.values[idx], returns[idx], mask, cfg.cliprange_value)
+            loss = pg.loss + cfg.vf_coef * vf.loss
+            if not torch.isfinite(loss):
+                raise TrainingError(f"the PPO loss became {loss.item()}",
+                                    hint="lower --lr, raise --kl-coef, or use --reward-norm running")
+            optimizer.zero_grad(set_to_none=True)
+            accelerator.backward(loss)
+            grad_norm = accelerator.clip_grad_norm_(actor.parameters(), cfg.max_grad_norm)
+            optimizer.step()
+            with torch.no_grad():
+                entropy = core.masked_mean(core.entropy_from_logits(logits), mask).item()
+            for key, value in (("pg_loss", pg.loss.item()), ("vf_loss", vf.loss.item()),
+                               ("pg_clipfrac", pg.clipfrac), ("vf_clipfrac", vf.clipfrac),
+                               ("approx_kl", pg.extra["approx_kl"]), ("ratio", pg.extra["ratio"]),
+                               ("entropy_train", entropy), ("grad_norm", float(grad_norm))):
+                sums[key] = sums.get(key, 0.0) + value
+            steps += 1
+    return {k: v / steps for k, v in sums.items()}
+
+
+def update(cfg: PPOConfig, actor: PolicyWithValue, ref: nn.Module, tokenizer: Any, scorer: RewardScorer,
+           optimizer: torch.optim.Optimizer, accelerator: Any, prompts: list[Prompt],
+           moments: core.RunningMoments) -> tuple[dict[str, Any], Rollout]:
+    """One PPO update: collect, shape rewards, GAE, optimise. Returns the log row and the rollouts."""
+    start = time.perf_counter()
+    batch = collect(cfg, actor, ref, tokenizer, scorer, prompts, accelerator.device)
+    mask = batch.mask
+    scores = normalise_scores(cfg, batch.scores, batch.has_eos.cpu(), moments).to(mask.device)
+    rewards = core.shape_rewards(scores, batch.logp, batch.ref_logp, mask, cfg.kl_coef)
+    advantages, returns = core.gae(rewards, batch.values, mask, cfg.gamma, cfg.lam)
+    advantages = core.masked_whiten(advantages, mask)
+    stats = ppo_step(cfg, actor, optimizer, accelerator, batch, advantages, returns)
+    kl = core.kl_per_token(batch.logp, batch.ref_logp, mask).sum(1)
+    gold = [g for g in batch.gold if g is not None]
+    row = {
+        "score": batch.scores.mean().item(), "score_std": batch.scores.std(unbiased=False).item(),
+        "reward": scores.mean().item(), "kl": kl.mean().item(), "kl_coef": cfg.kl_coef,
+        "entropy": core.masked_mean(batch.entropy, mask).item(),
+        **stats,
+        "value_mean": core.masked_mean(batch.values, mask).item(),
+        "return_mean": core.masked_mean(returns, mask).item(),
+        "response_length": mask.sum(1).float().mean().item(), "eos_rate": batch.has_eos.float().mean().item(),
+        "gold_accuracy": sum(gold) / len(gold) if gold else None, "gold_checked": len(gold),
+        "seconds": round(time.perf_counter() - start, 2),
+    }
+    return row, batch
+
+
+# --- checkpoints --------------------------------------------------------------------------------------
+def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Adam state as flat safetensors-ready tensors plus JSON-able param groups (no pickle)."""
+    state = optimizer.state_dict()
+    tensors = {f"{idx}.{key}": value.detach().cpu().contiguous() if torch.is_tensor(value) else torch.tensor(value)
+               for idx, entry in state["state"].items() for key, value in entry.items()}
+    return tensors, {"param_groups": state["param_groups"]}
+
+
+def _load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for name, value in tensors.items():
+        idx, key = name.split(".", 1)
+        state.setdefault(int(idx), {})[key] = value
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def save_checkpoint(out_dir: Path, done: int, actor: PolicyWithValue, tokenizer: Any,
+                    optimizer: torch.optim.Optimizer, moments: core.RunningMoments, cfg: PPOConfig) -> Path:
+    """checkpoints/update-NNNNNN/: policy (save_pretrained), value head, optimizer, RNG, state.json.
+    Written to a temp folder and renamed; older checkpoints are then removed."""
+    from safetensors.torch import save_file
+
+    root = out_dir / CHECKPOINTS
+    final, tmp = root / f"update-{done:06d}", root / f".update-{done:06d}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    actor.policy.save_pretrained(tmp / POLICY_DIR, safe_serialization=True)
+    tokenizer.save_pretrained(tmp / POLICY_DIR)
+    save_file({k: v.detach().cpu().contiguous() for k, v in actor.value_head.state_dict().items()},
+              tmp / "value_head.safetensors")
+    tensors, meta = _optimizer_tensors(optimizer)
+    save_file(tensors, tmp / "optimizer.safetensors")
+    save_file({"torch": torch.get_rng_state()}, tmp / "rng.safetensors")
+    artifacts.write_json_atomic(tmp / "state.json", {"updates_done": done, "moments": moments.state(),
+                                                     "optimizer": meta, "config": config_to_dict(cfg)})
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    for old in root.glob("update-*"):
+        if old != final:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def latest_checkpoint(out_dir: Path) -> Path | None:
+    found = sorted((out_dir / CHECKPOINTS).glob("update-*"))
+    return found[-1] if found else None
+
+
+_RESUMABLE = {"updates", "save_every", "device"}  # may change between a run and its resume
+
+
+def load_checkpoint(path: Path, actor: PolicyWithValue, optimizer: torch.optim.Optimizer, cfg: PPOConfig
+                    ) -> tuple[int, core.RunningMoments]:
+    from safetensors.torch import load_file
+
+    state = json.loads((path / "state.json").read_text(encoding="utf-8"))
+    before, now = state["config"], config_to_dict(cfg)
+    changed = sorted(k for k in now if k not in _RESUMABLE and before.get(k) != now[k])
+    if changed:
+        raise ConfigError(f"--resume with different settings than the checkpoint: {', '.join(changed)}",
+                          hint="resume with the original options (only --updates, --save-every, --device may change)")
+    weights: dict[str, torch.Tensor] = {}
+    for file in sorted((path / POLICY_DIR).glob("*.safetensors")):
+        weights.update(load_file(file))
+    missing, unexpected = actor.policy.load_state_dict(weights, strict=False)
+    tied = set(getattr(actor.policy, "_tied_weights_keys", None) or [])
+    if unexpected or [k for k in missing if k not in tied and "lm_head" not in k]:
+        raise ArtifactError(f"checkpoint {path} does not match the policy (missing {missing[:3]}, "
+                            f"unexpected {unexpected[:3]})", hint="resume with the same --policy")
+    actor.value_head.load_state_dict(load_file(path / "value_head.safetensors"))
+    _load_optimizer(optimizer, load_file(path / "optimizer.safetensors"), state["optimizer"])
+    torch.set_rng_state(load_file(path / "rng.safetensors")["torch"])
+    return int(state["updates_done"]), core.RunningMoments(**state["moments"])
+
+
+def _truncate_jsonl(path: Path, keep: int, key: str = "update") -> None:
+    """Keep the lines whose `key` <= keep (a killed run may have logged past its last checkpoint)."""
+    if path.exists():
+        lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        kept = [ln for ln in lines if json.loads(ln)[key] <= keep]
+        path.write_text("".join(ln + "\n" for ln in kept), encoding="utf-8")
+
+
+# --- the stage ----------------------------------------------------------------------------------------
+def _check(cfg: PPOConfig) -> None:
+    if not cfg.reward_model:
+        raise ConfigError("no reward model given", hint="pass --reward-model (a train-rm artifact or RM folder)")
+    if not cfg.prompts:
+        raise ConfigError("no prompts given", hint="pass --prompts (a pairs artifact or a jsonl of prompts)")
+    for name in ("batch_size", "mini_batch_size", "ppo_epochs", "updates", "max_new_tokens"):
+        if getattr(cfg, name) < 1:
+            raise ConfigError(f"`{name}` must be at least 1, got {getattr(cfg, name)}")
+    if cfg.mini_batch_size > cfg.batch_size:
+        raise ConfigError(f"mini_batch_size {cfg.mini_batch_size} exceeds batch_size {cfg.batch_size}",
+                          hint="a mini-batch is a slice of one batch of rollouts")
+    if cfg.temperature <= 0 or not 0 < cfg.top_p <= 1:
+        raise ConfigError(f"temperature must be > 0 and top_p in (0, 1], got {cfg.temperature}, {cfg.top_p}",
+                          hint="PPO needs sampled responses")
+    if cfg.device not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"device {cfg.device!r} is not one of auto, cpu, cuda",
+                          hint="pick a GPU with CUDA_VISIBLE_DEVICES")
+
+
+def _accelerator(device: str) -> Any:
+    from accelerate import Accelerator
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda but no CUDA device is visible", hint="use --device auto or cpu")
+    accelerator = Accelerator(cpu=device == "cpu")
+    if accelerator.num_processes > 1:
+        raise ConfigError("multi-process PPO is not supported yet", hint="run `aplot ppo` as one process")
+    return accelerator
+
+
+def _batch_prompts(prompts: list[Prompt], update_index: int, batch_size: int, seed: int) -> list[Prompt]:
+    """The prompts of update `update_index` (0-based): consecutive slices of per-pass permutations, so a
+    resumed run draws exactly the prompts the uninterrupted run would have."""
+    out = []
+    for k in range(update_index * batch_size, (update_index + 1) * batch_size):
+        epoch, pos = divmod(k, len(prompts))
+        order = list(range(len(prompts)))
+        random.Random(f"{seed}|{epoch}").shuffle(order)
+        out.append(prompts[order[pos]])
+    return out
+
+
+def _append_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    with open(path, "a", encoding="utf-8") as handle:
+        for row in rows:
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """First vs last update (and the mean of the first/last quarter, less noisy)."""
+    k = max(1, len(rows) // 4)
+
+    def mean(part: list[dict[str, Any]], key: str) -> float | None:
+        values = [r[key] for r in part if r.get(key) is not None]
+        return sum(values) / len(values) if values else None
+
+    keys = ("score", "kl", "entropy", "response_length", "eos_rate", "gold_accuracy")
+    return {"updates": len(rows),
+            "first_quarter": {key: mean(rows[:k], key) for key in keys},
+            "last_quarter": {key: mean(rows[-k:], key) for key in keys},
+            "final": {key: rows[-1].get(key) for key in keys} if rows else {}}
+
+
+def run(cfg: PPOConfig, out_dir: Path, overwrite: bool = False, resume: bool = False) -> Path:
+    """Train the policy for `cfg.updates` PPO updates; returns the manifest path."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    _check(cfg)
+    if overwrite and resume:
+        raise ConfigError("--overwrite and --resume together", hint="pick one")
+    out_dir = artifacts.prepare_out_dir(out_dir, overwrite, resume=resume)
+    torch.manual_seed(cfg.seed)
+    accelerator = _accelerator(cfg.device)
+    prompt_set = load_prompts(cfg.prompts, cfg.prompts_split, cfg.max_prompts, cfg.seed)
+    scorer, rm_art = load_reward_model(cfg.reward_model, cfg, str(accelerator.device))
+    policy, tokenizer = load_policy(cfg.policy, cfg.trust_remote_code)
+    ref, _ = load_policy(cfg.policy, cfg.trust_remote_code)
+    ref.requires_grad_(False).eval()
+    actor = PolicyWithValue(policy)
+    optimizer = torch.optim.AdamW(actor.parameters(), lr=cfg.lr, eps=1e-5)
+    done, moments = 0, core.RunningMoments()
+    checkpoint = latest_checkpoint(out_dir) if resume else None
+    if checkpoint is not None:
+        done, moments = load_checkpoint(checkpoint, actor, optimizer, cfg)
+        info(f"[bold]ppo[/] resuming from {checkpoint.name} ({done} updates done)")
+    elif resume:
+        for name in (LOG, ROLLOUTS):
+            (out_dir / name).unlink(missing_ok=True)
+    _truncate_jsonl(out_dir / LOG, done)
+    _truncate_jsonl(out_dir / ROLLOUTS, done)
+    actor, optimizer = accelerator.prepare(actor, optimizer)
+    actor = accelerator.unwrap_model(actor)
+    ref.to(accelerator.device)
+    info(f"[bold]ppo[/] {len(prompt_set.prompts)} prompts, policy {cfg.policy}, RM {cfg.reward_model}, "
+         f"{cfg.updates} updates x {cfg.batch_size} rollouts on {accelerator.device}")
+
+    with Progress(TextColumn("ppo"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TextColumn("{task.fields[status]}"), console=get_console(), transient=False) as bar:
+        task = bar.add_task("ppo", total=cfg.updates, completed=done, status="")
+        for step in range(done, cfg.updates):
+            row, batch = update(cfg, actor, ref, tokenizer, scorer, optimizer, accelerator,
+                                _batch_prompts(prompt_set.prompts, step, cfg.batch_size, cfg.seed), moments)
+            row = {"update": step + 1, **row}
+            _append_jsonl(out_dir / LOG, [row])
+            _append_jsonl(out_dir / ROLLOUTS, [
+                {"update": step + 1, "prompt": p.text, "response": t, "score": s, "eos": bool(e), "gold": g}
+                for p, t, s, e, g in list(zip(batch.prompts, batch.texts, batch.scores.tolist(),
+                                              batch.has_eos.tolist(), batch.gold, strict=True))[:cfg.sample_size]])
+            gold = "" if row["gold_accuracy"] is None else f" gold {row['gold_accuracy']:.2f}"
+            bar.update(task, advance=1, status=f"score {row['score']:+.3f} kl {row['kl']:.3f}{gold}")
+            if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < cfg.updates:
+                save_checkpoint(out_dir, step + 1, actor, tokenizer, optimizer, moments, cfg)
+    return _finish(cfg, out_dir, actor, tokenizer, prompt_set, rm_art, moments)
+
+
+def _finish(cfg: PPOConfig, out_dir: Path, actor: PolicyWithValue, tokenizer: Any, prompt_set: PromptSet,
+            rm_art: artifacts.Artifact | None, moments: core.RunningMoments) -> Path:
+    from safetensors.torch import save_file
+
+    actor.policy.save_pretrained(out_dir / POLICY_DIR, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir / POLICY_DIR)
+    save_file({k: v.detach().cpu().contiguous() for k, v in actor.value_head.state_dict().items()},
+              out_dir / "value_head.safetensors")
+    shutil.rmtree(out_dir / CHECKPOINTS, ignore_errors=True)
+    rows = [json.loads(ln) for ln in (out_dir / LOG).read_text(encoding="utf-8").splitlines() if ln.strip()]
+    if len(rows) != cfg.updates:
+        raise ArtifactError(f"{out_dir / LOG} holds {len(rows)} updates, expected {cfg.updates}",
+                            hint="re-run with --overwrite")
+    summary = _summary(rows)
+    first, last = summary["first_quarter"], summary["last_quarter"]
+    info(f"[bold]ppo[/] score {first['score']:+.3f} -> {last['score']:+.3f}, KL {last['kl']:.3f}"
+         + (f", gold accuracy {first['gold_accuracy']:.2f} -> {last['gold_accuracy']:.2f}"
+            if last.get("gold_accuracy") is not None and first.get("gold_accuracy") is not None else ""))
+    weights = sorted(p.name for p in (out_dir / POLICY_DIR).glob("*.safetensors"))
+    outputs = [artifacts.describe_output(out_dir, f"{POLICY_DIR}/{name}") for name in weights]
+    outputs += [artifacts.describe_output(out_dir, "value_head.safetensors"),
+                artifacts.describe_output(out_dir, LOG, rows=len(rows)),
+                artifacts.describe_output(out_dir, ROLLOUTS, rows=sum(
+                    1 for ln in (out_dir / ROLLOUTS).read_text(encoding="utf-8").splitlines() if ln.strip()))]
+    inputs = {name: art for name, art in (("reward_model", rm_art), ("prompts", prompt_set.artifact)) if art}
+    return artifacts.write_manifest(
+        out_dir, stage=STAGE, config=config_to_dict(cfg), inputs=inputs, outputs=outputs, metrics=summary,
+        diagnostics={"reward_moments": moments.state(), "gold_metric": prompt_set.synthetic},
+        extra={"policy": {"path": POLICY_DIR, "base": cfg.policy,
+                          "value_model": "shared trunk + zero-initialised linear head (value_head.safetensors)"}})

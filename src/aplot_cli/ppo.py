@@ -240,37 +240,59 @@ def eos_token_ids(model: nn.Module, tokenizer: Any) -> list[int]:
     return sorted(i for i in ids if i is not None)
 
 
+@dataclass
+class Samples:
+    """Sampled responses: left-padded queries (B, P), right-padded responses (B, T), decoded texts."""
+
+    query: torch.Tensor
+    query_mask: torch.Tensor
+    response: torch.Tensor
+    mask: torch.Tensor
+    has_eos: torch.Tensor
+    texts: list[str]
+
+
 @torch.no_grad()
-def collect(cfg: PPOConfig, actor: PolicyWithValue, ref: nn.Module, tokenizer: Any, scorer: RewardScorer,
-            prompts: list[Prompt], device: torch.device) -> Rollout:
-    """Generate one response per prompt, then score it, and record log-probs, values and entropy."""
+def sample(cfg: PPOConfig, policy: nn.Module, tokenizer: Any, prompts: list[Prompt], device: torch.device) -> Samples:
+    """One sampled response per prompt (temperature, top-p, no top-k), cut after the first EOS."""
     from transformers import GenerationConfig
 
     texts, add_special = query_texts(tokenizer, prompts, cfg.chat_template)
     enc = tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=cfg.max_prompt_length,
                     add_special_tokens=add_special).to(device)
-    eos_ids = eos_token_ids(actor.policy, tokenizer)
+    eos_ids = eos_token_ids(policy, tokenizer)
     generation = GenerationConfig(do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p, top_k=0,
                                   max_new_tokens=cfg.max_new_tokens, pad_token_id=tokenizer.pad_token_id,
                                   eos_token_id=eos_ids, bos_token_id=tokenizer.bos_token_id)
-    actor.eval()
-    sequences = actor.policy.generate(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
-                                      generation_config=generation)
+    policy.eval()
+    sequences = policy.generate(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
+                                generation_config=generation)
     response = sequences[:, enc["input_ids"].shape[1]:]
     mask, has_eos = response_mask(response, eos_ids)
     response = torch.where(mask.bool(), response, torch.full_like(response, tokenizer.pad_token_id))
-    full_ids, full_mask = torch.cat([enc["input_ids"], response], 1), torch.cat([enc["attention_mask"], mask], 1)
-    n = response.shape[1]
-    logits, values = actor(full_ids, full_mask, n, cfg.temperature)
-    logp, entropy = core.logprobs_from_logits(logits, response), core.entropy_from_logits(logits)
-    del logits
-    ref_logp = core.logprobs_from_logits(reference_logits(ref, full_ids, full_mask, n, cfg.temperature), response)
-    decoded = [tokenizer.decode(r[m.bool()], skip_special_tokens=True).strip() for r, m in zip(response, mask, strict=True)]
+    decoded = [tokenizer.decode(r[m.bool()], skip_special_tokens=True).strip()
+               for r, m in zip(response, mask, strict=True)]
+    return Samples(enc["input_ids"], enc["attention_mask"], response, mask, has_eos, decoded)
+
+
+@torch.no_grad()
+def collect(cfg: PPOConfig, actor: PolicyWithValue, ref: nn.Module, tokenizer: Any, scorer: RewardScorer,
+            prompts: list[Prompt], device: torch.device) -> Rollout:
+    """Sample a response per prompt, score it, and record log-probs, values and entropy."""
     from aplot_cli.data.synthetic import verify
 
-    return Rollout(prompts, enc["input_ids"], enc["attention_mask"], response, mask, decoded, has_eos,
-                   logp, ref_logp, values * mask, entropy, scorer.score(prompts, decoded),
-                   [verify(p.text, t) for p, t in zip(prompts, decoded, strict=True)])
+    actor.eval()
+    out = sample(cfg, actor.policy, tokenizer, prompts, device)
+    full_ids = torch.cat([out.query, out.response], 1)
+    full_mask = torch.cat([out.query_mask, out.mask], 1)
+    n = out.response.shape[1]
+    logits, values = actor(full_ids, full_mask, n, cfg.temperature)
+    logp, entropy = core.logprobs_from_logits(logits, out.response), core.entropy_from_logits(logits)
+    del logits
+    ref_logp = core.logprobs_from_logits(reference_logits(ref, full_ids, full_mask, n, cfg.temperature), out.response)
+    return Rollout(prompts, out.query, out.query_mask, out.response, out.mask, out.texts, out.has_eos,
+                   logp, ref_logp, values * out.mask, entropy, scorer.score(prompts, out.texts),
+                   [verify(p.text, t) for p, t in zip(prompts, out.texts, strict=True)])
 
 
 def normalise_scores(cfg: PPOConfig, raw: torch.Tensor, has_eos: torch.Tensor,

@@ -1,0 +1,41 @@
+"""`aplot train-rm` from the command line: stdout carries only the manifest path, mistakes exit with
+their code, and eval-rm reads the artifact."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from aplot_cli.cli import app
+
+runner = CliRunner()
+
+
+def test_train_rm_cli_bt_prints_only_the_manifest(tiny_bert_dir, synthetic_pairs_dir, tmp_path):
+    out = tmp_path / "rm"
+    result = runner.invoke(app, ["train-rm", str(synthetic_pairs_dir), "--out-dir", str(out), "--backbone",
+                                 str(tiny_bert_dir), "--loss", "bt", "--max-steps", "2", "--batch-size", "4",
+                                 "--max-length", "48", "--max-eval-pairs", "8", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert Path(result.stdout.strip()) == out / "manifest.json"
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["config"]["loss"] == ["bt"] and manifest["diagnostics"]["ot"]["solves"] == 0
+    assert "ot/margin_mean" not in (out / "train_log.jsonl").read_text()
+    # refusing a finished run on --resume, and a non-empty dir without --overwrite
+    again = runner.invoke(app, ["train-rm", str(synthetic_pairs_dir), "--out-dir", str(out), "--loss", "bt", "--resume",
+                                "-q"])
+    assert again.exit_code == 4
+
+
+def test_train_rm_cli_errors(synthetic_pairs_dir, tmp_path):
+    missing = runner.invoke(app, ["train-rm", str(synthetic_pairs_dir), "--out-dir", str(tmp_path / "x"), "-q"])
+    assert missing.exit_code == 2 and "embeddings" in missing.output
+    bad = runner.invoke(app, ["train-rm", str(synthetic_pairs_dir), "--out-dir", str(tmp_path / "y"),
+                              "--loss", "focal+label_smooth", "-q"])
+    assert bad.exit_code == 2
+    unfinished = tmp_path / "unfinished"
+    unfinished.mkdir()
+    wrong = runner.invoke(app, ["train-rm", str(unfinished), "--out-dir", str(tmp_path / "z"), "--loss", "bt", "-q"])
+    assert wrong.exit_code == 4

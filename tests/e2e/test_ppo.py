@@ -41,11 +41,18 @@ def _weights(folder):
 
 def test_ppo_updates_the_policy_and_logs_every_update(tiny_llama_lm_dir, tiny_bert_dir, synthetic_pairs_dir,
                                                       tmp_path):
-    cfg = _cfg(tiny_llama_lm_dir, tiny_bert_dir, synthetic_pairs_dir)
+    from aplot_cli import train
+    from aplot_cli.config import TrainConfig
+
+    rm_cfg = TrainConfig(backbone=str(tiny_bert_dir), loss=("bt",), max_steps=2, batch_size=8, max_length=64,
+                         max_eval_pairs=8, train_eval_pairs=8, save_steps=10, save_margins=False)
+    rm = train.run(rm_cfg, synthetic_pairs_dir, tmp_path / "rm").parent  # a train-rm artifact as the RM
+    cfg = _cfg(tiny_llama_lm_dir, rm, synthetic_pairs_dir)
     manifest_path = ppo.run(cfg, tmp_path / "out")
     out = manifest_path.parent
     manifest = json.loads(manifest_path.read_text())
-    assert manifest["stage"] == "ppo" and set(manifest["inputs"]) == {"prompts"}
+    assert manifest["stage"] == "ppo" and set(manifest["inputs"]) == {"prompts", "reward_model"}
+    assert manifest["inputs"]["reward_model"]["stage"] == "train-rm"
 
     rows = _rows(out / "log.jsonl")
     assert [r["update"] for r in rows] == [1, 2, 3]

@@ -113,3 +113,12 @@ def test_reward_scorer_matches_formatting_encode(tiny_bert_dir):
     alone = torch.cat([scorer.score([p], [r]) for p, r in zip(prompts, responses, strict=True)])
     torch.testing.assert_close(together, alone, atol=1e-5, rtol=1e-5)
     json.dumps(together.tolist())
+
+
+@pytest.mark.parametrize("norm", ["none", "whiten", "running"])
+def test_score_normalisation_and_missing_eos_penalty(norm):
+    cfg = PPOConfig(reward_norm=norm, missing_eos_penalty=0.5)
+    raw, has_eos = torch.tensor([1.0, 3.0, 5.0, 7.0]), torch.tensor([True, True, False, True])
+    out = ppo.normalise_scores(cfg, raw, has_eos, core.RunningMoments())
+    base = raw if norm == "none" else (raw - raw.mean()) / raw.std(unbiased=False)
+    torch.testing.assert_close(out, base - 0.5 * torch.tensor([0.0, 0.0, 1.0, 0.0]), atol=1e-4, rtol=1e-4)

@@ -137,3 +137,14 @@ def test_errors_are_exit_codes_with_hints(args, code, needle, tmp_path):
     result = runner.invoke(app, ["eval-rm", *args, "--out-dir", str(tmp_path / "o")])
     assert result.exit_code == code, result.stderr
     assert needle in result.stderr
+
+
+def test_hhh_through_datasets_load_dataset_on_hub_layout(tiny_bert_dir, tmp_path):
+    """--data DIR laid out as the hub dataset goes through `datasets.load_dataset`, all four configs."""
+    hub = Path(__file__).resolve().parents[1] / "fixtures" / "hub" / "hhh-alignment"
+    if not hub.is_dir():
+        pytest.skip("hub-layout fixture absent")
+    cfg = EvalConfig(benchmark="hhh", data=(str(hub),), max_length=64)
+    metrics = json.loads((evaluate.run(cfg, str(tiny_bert_dir), tmp_path / "o").parent / "metrics.json").read_text())
+    assert set(metrics["subsets"]) == {"harmless", "helpful", "honest", "other"}
+    assert metrics["data"]["sources"] == [str(hub)]

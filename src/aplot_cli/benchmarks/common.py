@@ -60,9 +60,12 @@ class BenchmarkResult:
 
 def read_rows(sources: tuple[str, ...] | list[str], hub_id: str, config: str | None,
               split: str) -> Iterator[tuple[str, str, dict[str, Any]]]:
-    """(location, source stem, row) from local files in the hub schema, else from the hub itself."""
+    """(location, source stem, row) from local files in the hub schema, else from the hub itself (or
+    from a local dataset folder laid out as on the hub, e.g. a downloaded snapshot, passed as --data DIR)."""
     from aplot_cli.data.loaders import read_files, read_hub
 
+    if hub_dir(sources):
+        hub_id, sources = sources[0], ()
     if sources:
         for source in sources:
             for record in read_files([source]):
@@ -71,8 +74,21 @@ def read_rows(sources: tuple[str, ...] | list[str], hub_id: str, config: str | N
                                          hint="fix the row; benchmark files are read whole, no row is skipped")
                 yield record.location, Path(source).stem, record.data
         return
-    for record in read_hub(hub_id, config, split):
+    records = read_hub(hub_id, config, split)
+    try:
+        first = next(records, None)
+    except InputDataError as exc:  # re-hint for eval-rm's own flags
+        raise InputDataError(exc.message, hint="pass --data with local files in the benchmark's hub schema, or "
+                                               "--split for another split; offline, only cached datasets load") from None
+    if first is not None:
+        yield first.location, config or split, first.data
+    for record in records:
         yield record.location, config or split, record.data
+
+
+def hub_dir(sources: tuple[str, ...] | list[str]) -> bool:
+    """One --data folder (not an aplot artifact): a dataset laid out as on the hub."""
+    return len(sources) == 1 and Path(sources[0]).is_dir() and not (Path(sources[0]) / "manifest.json").exists()
 
 
 def text(row: dict[str, Any], column: str, where: str) -> str:

@@ -7,7 +7,7 @@ choices: score(chosen) > score(rejected)). Accuracy per subset, and overall over
 
 from __future__ import annotations
 
-from aplot_cli.benchmarks.common import BenchmarkResult, ItemBuilder, pairwise_result, read_rows, text
+from aplot_cli.benchmarks.common import BenchmarkResult, ItemBuilder, hub_dir, pairwise_result, read_rows, text
 from aplot_cli.errors import InputDataError
 
 NAME = "hhh"
@@ -33,11 +33,13 @@ def _targets(row: dict, where: str) -> tuple[list[str], list[int]]:
 
 
 def load(sources: tuple[str, ...] = (), split: str | None = None, prior_sets: str | None = None):
-    """Hub: the four configs. Local files: subset = the row's `subset`, else the file stem when it names
+    """Hub (or one local folder laid out as the hub dataset): the four configs. Local files: subset = the row's `subset`, else the file stem when it names
     a config (harmless.jsonl), else `hhh`."""
     items = ItemBuilder()
-    streams = [(None, read_rows(sources, HUB_ID, None, split or DEFAULT_SPLIT))] if sources else \
-        [(config, read_rows((), HUB_ID, config, split or DEFAULT_SPLIT)) for config in CONFIGS]
+    if sources and not hub_dir(sources):
+        streams = [(None, read_rows(sources, HUB_ID, None, split or DEFAULT_SPLIT))]
+    else:  # the hub, or a local folder laid out as the hub dataset (one folder per config)
+        streams = [(config, read_rows(sources, HUB_ID, config, split or DEFAULT_SPLIT)) for config in CONFIGS]
     number = 0
     for config, rows in streams:
         for where, stem, row in rows:

@@ -311,8 +311,9 @@ def normalise_scores(cfg: PPOConfig, raw: torch.Tensor, has_eos: torch.Tensor,
 # --- the PPO update -----------------------------------------------------------------------------------
 def ppo_step(cfg: PPOConfig, actor: PolicyWithValue, optimizer: torch.optim.Optimizer, accelerator: Any,
              batch: Rollout, advantages: torch.Tensor, returns: torch.Tensor) -> dict[str, float]:
-    """`ppo_epochs` passes of mini-batch gradient steps on one batch; mean diagnostics."""
-    actor.train()
+    """`ppo_epochs` passes of mini-batch gradient steps on one batch; mean diagnostics. Dropout stays off
+    (eval mode): with it on, the ratio to the rollout policy would differ from 1 before any step."""
+    actor.eval()
     sums: dict[str, float] = {}
     steps = 0
     ids, attn = batch.input_ids(), batch.attention_mask()

@@ -541,6 +541,9 @@ def run(cfg: PPOConfig, out_dir: Path, overwrite: bool = False, resume: bool = F
     checkpoint = latest_checkpoint(out_dir) if resume else None
     if checkpoint is not None:
         done, moments = load_checkpoint(checkpoint, actor, optimizer, cfg)
+        if done > cfg.updates:
+            raise ConfigError(f"the checkpoint has {done} updates done, more than --updates {cfg.updates}",
+                              hint=f"resume with --updates {done} or more")
         info(f"[bold]ppo[/] resuming from {checkpoint.name} ({done} updates done)")
     elif resume:
         for name in (LOG, ROLLOUTS):

@@ -1,0 +1,189 @@
+"""`aplot compare`: an honest side-by-side of reward-model losses over a grid of configs x seeds x
+label-noise levels.
+
+A grid YAML names the data (prepare options), the label-noise levels (`--flip-ratio` of the training
+split), the embedding options, a base train-rm config, the methods (each a set of train-rm overrides),
+the seeds, and the evaluation sets. prepare and embed run once per noise level (the embedding cache
+makes the second almost free), each file-based evaluation set is prepared once, and every cell
+(noise, method, seed) runs train-rm and then eval-rm (`pairs` benchmark) on each evaluation set.
+A cell whose artifact has a manifest is never re-run; an unfinished train-rm run is resumed from its
+checkpoints. The report (`report.py`) is rebuilt from the artifacts at the end.
+
+Layout under --out-dir:
+    grid.yaml                         the grid as given
+    data/noise-<r>/{pairs,embeddings} per noise level
+    data/evals/<name>                 file-based evaluation sets (prepared with test_size 1.0)
+    cells/noise-<r>/<method>/seed-<s>/{train,eval-<name>}
+    report/{report.md,report.html,results.json,*.png}
+    manifest.json                     written last"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aplot_cli import artifacts
+from aplot_cli.config import EmbedConfig, EvalConfig, PrepareConfig, TrainConfig, build_config, load_yaml
+from aplot_cli.console import info
+from aplot_cli.errors import ConfigError
+
+STAGE = "compare"
+_GRID_KEYS = ("data", "noise", "embed", "base", "methods", "seeds", "evals", "baseline", "eval_batch_size",
+              "title", "notes")
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """An evaluation set: a split of the prepared data (`split: test`) or pairwise files."""
+
+    name: str
+    split: str | None = None
+    files: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Grid:
+    data: PrepareConfig
+    embed: EmbedConfig
+    methods: dict[str, TrainConfig]
+    evals: tuple[EvalSet, ...]
+    noise: tuple[float, ...] = (0.0,)
+    seeds: tuple[int, ...] = (0, 1, 2)
+    baseline: str = "bt"
+    eval_batch_size: int = 64
+    title: str = "aplot compare"
+    notes: str = ""
+    raw: dict[str, Any] = field(default_factory=dict)
+
+
+def _resolve_paths(values: Any, base: Path) -> Any:
+    """Relative file paths in a grid are relative to the grid file."""
+    if isinstance(values, (list, tuple)):
+        return [str((base / v).resolve()) if not Path(v).is_absolute() else v for v in values]
+    return values
+
+
+def load_grid(path: Path | str, seeds: tuple[int, ...] | None = None, methods: tuple[str, ...] | None = None) -> Grid:
+    path = Path(path)
+    raw = load_yaml(path)
+    for key in raw:
+        if key not in _GRID_KEYS:
+            close = difflib.get_close_matches(key, _GRID_KEYS, n=1)
+            raise ConfigError(f"grid {path}: unknown key `{key}`",
+                              hint=f"did you mean `{close[0]}`?" if close else f"known keys: {', '.join(_GRID_KEYS)}")
+    here = path.parent
+    data_raw = dict(raw.get("data") or {})
+    if "files" in data_raw:
+        data_raw["files"] = _resolve_paths(data_raw["files"], here)
+    data = build_config(PrepareConfig, None, data_raw)
+    embed_cfg = build_config(EmbedConfig, None, dict(raw.get("embed") or {}))
+    base = dict(raw.get("base") or {})
+    method_raw = raw.get("methods") or {"bt": {"loss": ["bt"]}, "aplot": {"loss": ["aplot"]}}
+    if methods:
+        unknown = [m for m in methods if m not in method_raw]
+        if unknown:
+            raise ConfigError(f"--methods names {unknown[0]!r}, not in the grid",
+                              hint=f"methods in {path}: {', '.join(method_raw)}")
+        method_raw = {m: method_raw[m] for m in methods}
+    method_cfgs = {name: build_config(TrainConfig, None, {**base, **(overrides or {})})
+                   for name, overrides in method_raw.items()}
+    evals_raw = raw.get("evals") or {"id": {"split": "test"}}
+    evals = []
+    for name, spec in evals_raw.items():
+        spec = spec or {}
+        if not ("split" in spec) ^ ("files" in spec):
+            raise ConfigError(f"grid {path}: eval set `{name}` needs exactly one of `split` or `files`")
+        evals.append(EvalSet(name=name, split=spec.get("split"),
+                             files=tuple(_resolve_paths(spec.get("files", []), here))))
+    grid = Grid(data=data, embed=embed_cfg, methods=method_cfgs, evals=tuple(evals),
+                noise=tuple(float(n) for n in raw.get("noise", [0.0])),
+                seeds=tuple(seeds if seeds else raw.get("seeds", [0, 1, 2])),
+                baseline=raw.get("baseline", "bt"), eval_batch_size=int(raw.get("eval_batch_size", 64)),
+                title=raw.get("title", "aplot compare"), notes=raw.get("notes", ""), raw=raw)
+    if grid.baseline not in grid.methods:
+        info(f"[yellow]baseline method {grid.baseline!r} is not in the grid: no convergence column[/]")
+    return grid
+
+
+def _noise_tag(ratio: float) -> str:
+    return f"noise-{ratio:.2f}"
+
+
+def cell_dir(out_dir: Path, noise: float, method: str, seed: int) -> Path:
+    return out_dir / "cells" / _noise_tag(noise) / method / f"seed-{seed}"
+
+
+def _finished(path: Path) -> bool:
+    return (path / artifacts.MANIFEST).is_file()
+
+
+def _prepare_data(grid: Grid, out_dir: Path) -> dict[float, tuple[Path, Path]]:
+    from aplot_cli import embed, prepare
+
+    made = {}
+    for ratio in grid.noise:
+        base = out_dir / "data" / _noise_tag(ratio)
+        pairs, emb = base / "pairs", base / "embeddings"
+        if not _finished(pairs):
+            prepare.run(dataclasses.replace(grid.data, flip_ratio=ratio), pairs, overwrite=True)
+        if not _finished(emb):
+            embed.run(grid.embed, pairs, emb, overwrite=True)
+        made[ratio] = (pairs, emb)
+    for ev in grid.evals:
+        if ev.files and not _finished(out_dir / "data" / "evals" / ev.name):
+            prepare.run(PrepareConfig(files=ev.files, test_size=1.0, on_bad_rows="skip"),
+                        out_dir / "data" / "evals" / ev.name, overwrite=True)
+    return made
+
+
+def _eval_source(ev: EvalSet, out_dir: Path, pairs: Path) -> tuple[Path, str]:
+    return (pairs, ev.split) if ev.split else (out_dir / "data" / "evals" / ev.name, "test")
+
+
+def _run_cell(grid: Grid, out_dir: Path, noise: float, method: str, seed: int, data: tuple[Path, Path]) -> None:
+    from aplot_cli import evaluate, train
+
+    cell = cell_dir(out_dir, noise, method, seed)
+    train_dir = cell / "train"
+    cfg = dataclasses.replace(grid.methods[method], seed=seed)
+    if not _finished(train_dir):
+        resume = train_dir.is_dir() and (train_dir / "checkpoints").is_dir()
+        info(f"[bold]compare[/] {_noise_tag(noise)} {method} seed {seed}: train-rm" + (" (resume)" if resume else ""))
+        train.run(cfg, data[0], train_dir, embeddings_dir=data[1], overwrite=not resume, resume=resume)
+    for ev in grid.evals:
+        eval_dir = cell / f"eval-{ev.name}"
+        if _finished(eval_dir):
+            continue
+        source, split = _eval_source(ev, out_dir, data[0])
+        evaluate.run(EvalConfig(benchmark="pairs", data=(str(source),), split=split,
+                                batch_size=grid.eval_batch_size), str(train_dir), eval_dir, overwrite=True)
+
+
+def run(grid_path: Path, out_dir: Path, overwrite: bool = False, seeds: tuple[int, ...] | None = None,
+        methods: tuple[str, ...] | None = None, report_only: bool = False) -> Path:
+    """Run (or resume) the grid and write the report; returns the manifest path."""
+    from aplot_cli import report
+
+    grid = load_grid(grid_path, seeds, methods)
+    out_dir = Path(out_dir)
+    if overwrite and out_dir.exists():
+        (out_dir / artifacts.MANIFEST).unlink(missing_ok=True)
+        shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / artifacts.MANIFEST).unlink(missing_ok=True)  # unfinished until the report is written
+    (out_dir / "grid.yaml").write_text(Path(grid_path).read_text(encoding="utf-8"), encoding="utf-8")
+    if not report_only:
+        data = _prepare_data(grid, out_dir)
+        for noise in grid.noise:
+            for seed in grid.seeds:
+                for method in grid.methods:
+                    _run_cell(grid, out_dir, noise, method, seed, data[noise])
+    summary = report.build(grid, out_dir)
+    outputs = [artifacts.describe_output(out_dir, str(p.relative_to(out_dir))) for p in summary.files]
+    return artifacts.write_manifest(
+        out_dir, stage=STAGE, config={"grid": grid.raw, "seeds": list(grid.seeds), "methods": list(grid.methods)},
+        outputs=outputs, metrics=summary.metrics, diagnostics={"missing_cells": summary.missing})

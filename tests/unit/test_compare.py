@@ -1,0 +1,72 @@
+"""compare/report: statistics, grid validation, and a tiny end-to-end grid that resumes."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from aplot_cli import compare, report
+from aplot_cli.errors import ConfigError
+
+
+def test_mean_ci_matches_student_t():
+    mean, half, n = report.mean_ci([0.70, 0.72, 0.74])
+    assert n == 3 and mean == pytest.approx(0.72)
+    # t(0.975, 2) = 4.3027; sd = 0.02; half = 4.3027 * 0.02 / sqrt(3)
+    assert half == pytest.approx(4.302652729911275 * 0.02 / math.sqrt(3), rel=1e-6)
+    assert math.isnan(report.mean_ci([0.5])[1])
+    assert report.fmt_ci([]) == "-" and report.fmt_ci([0.5]) == "50.0"
+
+
+def _grid(tmp_path: Path, backbone: Path, extra: str = "") -> Path:
+    path = tmp_path / "grid.yaml"
+    path.write_text(f"""
+data: {{recipe: synthetic, synthetic_pairs: 64, synthetic_ood_pairs: 16, test_size: 0.25}}
+noise: [0.0]
+embed: {{max_length: 32}}
+base: {{backbone: {backbone}, max_length: 48, batch_size: 8, epochs: 1, eval_steps: 3, logging_steps: 2,
+        save_steps: 1000, learning_rate: 1.0e-3}}
+methods:
+  bt: {{loss: [bt]}}
+  aplot: {{loss: [aplot]}}
+seeds: [0]
+evals: {{id: {{split: test}}, ood: {{split: ood}}}}
+{extra}
+""")
+    return path
+
+
+def test_grid_rejects_unknown_keys_and_bad_method_options(tmp_path, tiny_bert_dir):
+    path = _grid(tmp_path, tiny_bert_dir, "sedes: [1]")
+    with pytest.raises(ConfigError, match="did you mean `seeds`"):
+        compare.load_grid(path)
+    path = _grid(tmp_path, tiny_bert_dir)
+    text = path.read_text().replace("aplot: {loss: [aplot]}", "aplot: {loss: [aplot], ot_regg: 0.1}")
+    path.write_text(text)
+    with pytest.raises(ConfigError, match="did you mean `ot_reg`"):
+        compare.load_grid(path)
+
+
+def test_tiny_grid_end_to_end_and_resume(tmp_path, tiny_bert_dir):
+    grid = _grid(tmp_path, tiny_bert_dir)
+    out = tmp_path / "cmp"
+    manifest = json.loads(compare.run(grid, out).read_text())
+    assert manifest["stage"] == "compare" and manifest["diagnostics"]["missing_cells"] == []
+    text = (out / "report" / "report.md").read_text()
+    for needle in ("| bt |", "| aplot |", "Hard vs easy", "Margin diagnostics", "Convergence"):
+        assert needle in text
+    results = json.loads((out / "report" / "results.json").read_text())
+    assert len(results["cells"]) == 2
+    assert all(0.0 <= c["evals"]["id"]["accuracy"] <= 1.0 for c in results["cells"])
+    assert (out / "report" / "report.html").read_text().startswith("<!doctype html>")
+    assert (out / "report" / "margins.png").is_file()
+    # Resumable: a finished cell is not re-run (its manifest stays byte-identical).
+    cell_manifest = out / "cells" / "noise-0.00" / "bt" / "seed-0" / "train" / "manifest.json"
+    before = cell_manifest.read_bytes()
+    (out / "cells" / "noise-0.00" / "aplot" / "seed-0" / "eval-ood" / "manifest.json").unlink()  # "killed"
+    compare.run(grid, out)
+    assert cell_manifest.read_bytes() == before
+    assert (out / "cells" / "noise-0.00" / "aplot" / "seed-0" / "eval-ood" / "manifest.json").is_file()

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import functools
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Callable, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -146,6 +147,54 @@ def embed(
     return stage.run(cfg, pairs, out_dir, overwrite=overwrite)
 
 
+@app.command()
+@stage_command
+def ppo(
+    out_dir: OutDir,
+    reward_model: Annotated[Optional[str], typer.Option(
+        help="A train-rm artifact directory, or a sequence-classification RM folder / hub id.")] = None,
+    prompts: Annotated[Optional[str], typer.Option(
+        help="A pairs artifact (its prompts) or a jsonl of {\"prompt\": ...}.")] = None,
+    policy: Annotated[Optional[str], typer.Option(
+        help="Causal LM: smollm2-135m (embedded), a local folder, or a hub id. [default: smollm2-135m]")] = None,
+    prompts_split: Annotated[Optional[str], typer.Option(help="Split of a pairs artifact. [default: train]")] = None,
+    max_prompts: Annotated[Optional[int], typer.Option(help="Use at most this many prompts.")] = None,
+    updates: Annotated[Optional[int], typer.Option(help="PPO updates. [default: 10]")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Rollouts per update. [default: 8]")] = None,
+    mini_batch_size: Annotated[Optional[int], typer.Option(help="Rollouts per gradient step. [default: 4]")] = None,
+    ppo_epochs: Annotated[Optional[int], typer.Option(help="Passes over each batch. [default: 2]")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="AdamW learning rate. [default: 1e-5]")] = None,
+    kl_coef: Annotated[Optional[float], typer.Option(help="Per-token KL penalty beta. [default: 0.05]")] = None,
+    max_new_tokens: Annotated[Optional[int], typer.Option(help="Response length cap. [default: 48]")] = None,
+    temperature: Annotated[Optional[float], typer.Option(help="Sampling temperature. [default: 0.7]")] = None,
+    top_p: Annotated[Optional[float], typer.Option(help="Nucleus sampling. [default: 1.0]")] = None,
+    missing_eos_penalty: Annotated[Optional[float], typer.Option(
+        help="Subtracted from the score of a response without EOS. [default: 1.0]")] = None,
+    reward_norm: Annotated[Optional[str], typer.Option(
+        help="Score normalisation: none, whiten (per batch), running. [default: running]")] = None,
+    save_every: Annotated[Optional[int], typer.Option(help="Checkpoint every n updates. [default: 5]")] = None,
+    sample_size: Annotated[Optional[int], typer.Option(help="Rollouts per update kept in rollouts.jsonl. [default: 4]")] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto, cpu or cuda. [default: auto]")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an unfinished run in --out-dir from its last checkpoint.")] = False,
+    trust_remote_code: TrustRemoteCode = None,
+    seed: Seed = None,
+    config: ConfigFile = None,
+    overwrite: Overwrite = False,
+    quiet: Quiet = False,
+) -> Path:
+    """PPO of a policy against a reward model, with a KL penalty to the frozen initial policy."""
+    from aplot_cli import ppo as stage
+    from aplot_cli.config import PPOConfig, build_config
+
+    cfg = build_config(PPOConfig, config, _flags(
+        policy=policy, reward_model=reward_model, prompts=prompts, prompts_split=prompts_split,
+        max_prompts=max_prompts, updates=updates, batch_size=batch_size, mini_batch_size=mini_batch_size,
+        ppo_epochs=ppo_epochs, lr=lr, kl_coef=kl_coef, max_new_tokens=max_new_tokens, temperature=temperature,
+        top_p=top_p, missing_eos_penalty=missing_eos_penalty, reward_norm=reward_norm, save_every=save_every,
+        sample_size=sample_size, device=device, trust_remote_code=trust_remote_code, seed=seed))
+    return stage.run(cfg, out_dir, overwrite=overwrite, resume=resume)
+
+
 @app.command("eval-rm")
 @stage_command
 def eval_rm(
@@ -239,50 +288,29 @@ def train_rm(
 
 @app.command()
 @stage_command
-def ppo(
+def compare(
+    grid: Annotated[Path, typer.Argument(help="Grid YAML: data, noise, embed, base, methods, seeds, evals.")],
     out_dir: OutDir,
-    reward_model: Annotated[Optional[str], typer.Option(
-        help="A train-rm artifact directory, or a sequence-classification RM folder / hub id.")] = None,
-    prompts: Annotated[Optional[str], typer.Option(
-        help="A pairs artifact (its prompts) or a jsonl of {\"prompt\": ...}.")] = None,
-    policy: Annotated[Optional[str], typer.Option(
-        help="Causal LM: smollm2-135m (embedded), a local folder, or a hub id. [default: smollm2-135m]")] = None,
-    prompts_split: Annotated[Optional[str], typer.Option(help="Split of a pairs artifact. [default: train]")] = None,
-    max_prompts: Annotated[Optional[int], typer.Option(help="Use at most this many prompts.")] = None,
-    updates: Annotated[Optional[int], typer.Option(help="PPO updates. [default: 10]")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Rollouts per update. [default: 8]")] = None,
-    mini_batch_size: Annotated[Optional[int], typer.Option(help="Rollouts per gradient step. [default: 4]")] = None,
-    ppo_epochs: Annotated[Optional[int], typer.Option(help="Passes over each batch. [default: 2]")] = None,
-    lr: Annotated[Optional[float], typer.Option(help="AdamW learning rate. [default: 1e-5]")] = None,
-    kl_coef: Annotated[Optional[float], typer.Option(help="Per-token KL penalty beta. [default: 0.05]")] = None,
-    max_new_tokens: Annotated[Optional[int], typer.Option(help="Response length cap. [default: 48]")] = None,
-    temperature: Annotated[Optional[float], typer.Option(help="Sampling temperature. [default: 0.7]")] = None,
-    top_p: Annotated[Optional[float], typer.Option(help="Nucleus sampling. [default: 1.0]")] = None,
-    missing_eos_penalty: Annotated[Optional[float], typer.Option(
-        help="Subtracted from the score of a response without EOS. [default: 1.0]")] = None,
-    reward_norm: Annotated[Optional[str], typer.Option(
-        help="Score normalisation: none, whiten (per batch), running. [default: running]")] = None,
-    save_every: Annotated[Optional[int], typer.Option(help="Checkpoint every n updates. [default: 5]")] = None,
-    sample_size: Annotated[Optional[int], typer.Option(help="Rollouts per update kept in rollouts.jsonl. [default: 4]")] = None,
-    device: Annotated[Optional[str], typer.Option(help="auto, cpu or cuda. [default: auto]")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue an unfinished run in --out-dir from its last checkpoint.")] = False,
-    trust_remote_code: TrustRemoteCode = None,
-    seed: Seed = None,
-    config: ConfigFile = None,
+    seeds: Annotated[Optional[str], typer.Option(help="Comma-separated seeds, overriding the grid's.")] = None,
+    methods: Annotated[Optional[str], typer.Option(help="Comma-separated subset of the grid's methods.")] = None,
+    report_only: Annotated[bool, typer.Option(
+        "--report-only", help="Rebuild the report from finished cells; train nothing.")] = False,
     overwrite: Overwrite = False,
     quiet: Quiet = False,
 ) -> Path:
-    """PPO of a policy against a reward model, with a KL penalty to the frozen initial policy."""
-    from aplot_cli import ppo as stage
-    from aplot_cli.config import PPOConfig, build_config
+    """Side-by-side: train-rm x seeds x label noise, eval-rm per cell, and a report with CIs and figures.
 
-    cfg = build_config(PPOConfig, config, _flags(
-        policy=policy, reward_model=reward_model, prompts=prompts, prompts_split=prompts_split,
-        max_prompts=max_prompts, updates=updates, batch_size=batch_size, mini_batch_size=mini_batch_size,
-        ppo_epochs=ppo_epochs, lr=lr, kl_coef=kl_coef, max_new_tokens=max_new_tokens, temperature=temperature,
-        top_p=top_p, missing_eos_penalty=missing_eos_penalty, reward_norm=reward_norm, save_every=save_every,
-        sample_size=sample_size, device=device, trust_remote_code=trust_remote_code, seed=seed))
-    return stage.run(cfg, out_dir, overwrite=overwrite, resume=resume)
+    Resumable: re-running the same command skips finished cells and resumes an unfinished training run."""
+    from aplot_cli import compare as stage
+    from aplot_cli.errors import ConfigError
+
+    try:
+        seed_list = tuple(int(s) for s in seeds.split(",")) if seeds else None
+    except ValueError:
+        raise ConfigError(f"--seeds {seeds!r} is not a comma-separated list of integers") from None
+    method_list = tuple(m.strip() for m in methods.split(",")) if methods else None
+    return stage.run(grid, out_dir, overwrite=overwrite, seeds=seed_list, methods=method_list,
+                     report_only=report_only)
 
 
 def main() -> None:

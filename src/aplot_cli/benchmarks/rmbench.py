@@ -75,8 +75,8 @@ def score(pred) -> BenchmarkResult:
         sections[group] = float(np.mean(list(level.values())))
         group_ties = int((chosen[:, :, None] == rejected[:, None, :]).sum())
         ties += group_ties
-        subsets[group] = SubsetScore(accuracy=sections[group], correct=float(matrix.sum() * len(chosen)),
-                                     total=len(chosen), ties=group_ties)
+        # the domain score weighs the diagonal and the triangles equally, so it is not a count ratio
+        subsets[group] = SubsetScore(accuracy=sections[group], correct=None, total=len(chosen), ties=group_ties)
         matrices[group], levels[group] = matrix.tolist(), level
     final = {"overall": float(np.mean(list(sections.values())))}
     for name in ("hard", "normal", "easy"):

@@ -36,7 +36,7 @@ NAME = "rewardbench2"
 HUB_ID = "allenai/reward-bench-2"
 DEFAULT_SPLIT = "test"
 SUBSETS = ("Factuality", "Precise IF", "Math", "Safety", "Focus", "Ties")
-_TIES_ID = re.compile(r"^(ref|tied):(\d+)$")
+_TIES_ID = re.compile(r"^([^:]+):(\d+)(?:#\d+)?$")  # "ref:N"; any other type counts as tied, as officially
 
 
 def best_of_n(chosen: np.ndarray, rejected: np.ndarray) -> tuple[float, bool]:
@@ -87,9 +87,9 @@ def score(pred) -> BenchmarkResult:
         if subset.lower() == "ties":
             match = _TIES_ID.match(example_id)
             if not match:
-                raise InputDataError(f"Ties example id {example_id!r} is not `ref:N` or `tied:N`",
+                raise InputDataError(f"Ties example id {example_id!r} is not `ref:N` / `tied:N`",
                                      hint="the Ties formula groups prompts by these ids (hub schema)")
-            key = (match.group(1), int(match.group(2)))
+            key = ("ref" if match.group(1) == "ref" else "tied", int(match.group(2)))
             if key in ties_groups:  # official code pools rows sharing an id
                 old_c, old_r = ties_groups[key]
                 chosen, rejected = np.concatenate([old_c, chosen]), np.concatenate([old_r, rejected])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -140,3 +141,16 @@ def test_config_yaml_loss_string_and_validation(tmp_path, synthetic_pairs_dir):
         train.validate(TrainConfig(), has_embeddings=False)
     with pytest.raises(ConfigError, match="margin_norm"):
         build_config(TrainConfig, None, {"margin_norm": "l2"})
+
+
+@pytest.mark.parametrize("name", ["train-minilm.yaml", "train-smollm2.yaml"])
+def test_example_configs_list_every_option_and_load(name):
+    import dataclasses
+
+    import yaml
+
+    from aplot_cli.config import TrainConfig
+
+    path = Path(__file__).resolve().parents[2] / "configs" / name
+    assert set(yaml.safe_load(path.read_text())) == {f.name for f in dataclasses.fields(TrainConfig)}
+    train.validate(build_config(TrainConfig, path), has_embeddings=True)

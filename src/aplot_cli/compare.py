@@ -43,6 +43,7 @@ class EvalSet:
     name: str
     split: str | None = None
     files: tuple[str, ...] = ()
+    every_nth: int = 1          # files only: keep every n-th pair (a cheaper, still spread-out subset)
 
 
 @dataclass(frozen=True)
@@ -95,9 +96,10 @@ def load_grid(path: Path | str, seeds: tuple[int, ...] | None = None, methods: t
     evals = []
     for name, spec in evals_raw.items():
         spec = spec or {}
-        if not ("split" in spec) ^ ("files" in spec):
-            raise ConfigError(f"grid {path}: eval set `{name}` needs exactly one of `split` or `files`")
-        evals.append(EvalSet(name=name, split=spec.get("split"),
+        if not ("split" in spec) ^ ("files" in spec) or set(spec) - {"split", "files", "every_nth"}:
+            raise ConfigError(f"grid {path}: eval set `{name}` needs exactly one of `split` or `files` "
+                              "(and optionally `every_nth` with files)")
+        evals.append(EvalSet(name=name, split=spec.get("split"), every_nth=int(spec.get("every_nth", 1)),
                              files=tuple(_resolve_paths(spec.get("files", []), here))))
     grid = Grid(data=data, embed=embed_cfg, methods=method_cfgs, evals=tuple(evals),
                 noise=tuple(float(n) for n in raw.get("noise", [0.0])),
@@ -135,7 +137,7 @@ def _prepare_data(grid: Grid, out_dir: Path) -> dict[float, tuple[Path, Path]]:
         made[ratio] = (pairs, emb)
     for ev in grid.evals:
         if ev.files and not _finished(out_dir / "data" / "evals" / ev.name):
-            prepare.run(PrepareConfig(files=ev.files, test_size=1.0, on_bad_rows="skip"),
+            prepare.run(PrepareConfig(files=ev.files, test_size=1.0, on_bad_rows="skip", every_nth=ev.every_nth),
                         out_dir / "data" / "evals" / ev.name, overwrite=True)
     return made
 

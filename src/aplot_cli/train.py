@@ -286,6 +286,15 @@ def _make_trainer_class():
                 self._metrics, self._pairs_since_log, self._last_log_time = {}, 0, now
             super().log(logs, start_time)
 
+        def _get_train_sampler(self, train_dataset=None):
+            if self.cfg.group_by_length:  # Trainer infers lengths only from `input_ids`; ours are per pair
+                from transformers.trainer_pt_utils import LengthGroupedSampler
+
+                dataset = train_dataset if train_dataset is not None else self.train_dataset
+                return LengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
+                                            lengths=dataset["length"])
+            return super()._get_train_sampler(train_dataset)
+
         def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
             with torch.no_grad():
                 loss, out = self.compute_loss(model, inputs, return_outputs=True)
@@ -304,7 +313,7 @@ def pair_accuracy(eval_pred) -> dict[str, float]:
 # ---------------------------------------------------------------------------------------- callbacks
 
 
-def _callbacks(out_dir: Path, resumed_step: int, sink):
+def _callbacks(out_dir: Path, resumed_step: int, sink, is_main: bool):
     from transformers import TrainerCallback
 
     class JsonlLog(TrainerCallback):
@@ -312,7 +321,7 @@ def _callbacks(out_dir: Path, resumed_step: int, sink):
 
         def __init__(self):
             self.path = out_dir / LOG_FILE
-            if resumed_step >= 0 and self.path.exists():  # drop what the killed run logged after its checkpoint
+            if is_main and self.path.exists():  # drop what a killed run logged after its last checkpoint
                 kept = [line for line in self.path.read_text().splitlines()
                         if line.strip() and json.loads(line).get("step", 0) <= resumed_step]
                 self.path.write_text("".join(line + "\n" for line in kept))
@@ -377,10 +386,9 @@ class MarginSink:
         self.dir, self.pair_ids, self.rank = out_dir / "margins", pair_ids, rank
         self.dir.mkdir(exist_ok=True)
         self.rows: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]] = []
-        if resumed_step >= 0:
-            for part in self.dir.glob("part-*.parquet"):
-                if int(part.stem.rsplit("-s", 1)[1]) > resumed_step:
-                    part.unlink()
+        for part in self.dir.glob(f"part-r{rank}-*.parquet"):  # each rank prunes only its own parts
+            if int(part.stem.rsplit("-s", 1)[1]) > resumed_step:  # a fresh start (-1) keeps none
+                part.unlink()
 
     def add(self, step: int, rows, margin, diff) -> None:
         self.rows.append((step, rows.cpu().numpy(), margin.detach().float().cpu().numpy(),
@@ -431,8 +439,7 @@ def _training_args(cfg: TrainConfig, out_dir: Path, use_cpu: bool, has_eval: boo
         save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=cfg.save_total_limit, seed=cfg.seed,
         report_to=list(cfg.report_to) or "none", use_cpu=use_cpu, bf16=cfg.bf16 and not use_cpu,
         remove_unused_columns=False, disable_tqdm=True, dataloader_num_workers=cfg.dataloader_workers,
-        train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
-        length_column_name="length", activation_checkpointing=cfg.gradient_checkpointing,
+        activation_checkpointing=cfg.gradient_checkpointing,
         ddp_backend="gloo" if use_cpu and distributed else None, label_names=[],
         ddp_find_unused_parameters=False if distributed else None)
 
@@ -543,7 +550,8 @@ def _build_trainer(cfg, spec, model, head, tokenizer, train, test, out_dir, args
         model=model, args=args,
         train_dataset=PairDataset(train), eval_dataset=PairDataset(test) if test else None,
         data_collator=_SplitCollator(train, test, tokenizer.pad_token_id), processing_class=tokenizer,
-        compute_metrics=pair_accuracy, callbacks=_callbacks(out_dir, resumed_step, sink) + list(extra_callbacks),
+        compute_metrics=pair_accuracy,
+        callbacks=_callbacks(out_dir, resumed_step, sink, args.process_index == 0) + list(extra_callbacks),
         spec=spec, cfg=cfg, head=head, margin_fn=margin_fn, margin_sink=sink)
     from transformers import PrinterCallback, ProgressCallback
 

@@ -74,7 +74,8 @@ def test_decoder_lora_backbone_semantics_and_padding(tiny_llama_rm_dir, syntheti
     from aplot_cli import formatting
 
     cfg = tiny_cfg(tiny_llama_rm_dir, loss=("aplot", "center"), semantic_source="backbone", lora=True,
-                   lora_r=4, lora_alpha=8, max_steps=2, save_steps=10, max_eval_pairs=8, train_eval_pairs=8)
+                   lora_r=4, lora_alpha=8, max_steps=2, save_steps=10, max_eval_pairs=8, train_eval_pairs=8,
+                   group_by_length=True)
     out = tmp_path / "rm"
     manifest = json.loads(train.run(cfg, synthetic_pairs_dir, out).read_text())
     assert manifest["model"]["head"] == "score" and manifest["model"]["chat_template"] is True

@@ -165,6 +165,11 @@ def ppo(
     ppo_epochs: Annotated[Optional[int], typer.Option(help="Passes over each batch. [default: 2]")] = None,
     lr: Annotated[Optional[float], typer.Option(help="AdamW learning rate. [default: 1e-5]")] = None,
     kl_coef: Annotated[Optional[float], typer.Option(help="Per-token KL penalty beta. [default: 0.05]")] = None,
+    gamma: Annotated[Optional[float], typer.Option(help="GAE discount. [default: 1.0]")] = None,
+    lam: Annotated[Optional[float], typer.Option(help="GAE lambda. [default: 0.95]")] = None,
+    cliprange: Annotated[Optional[float], typer.Option(help="Policy ratio clip. [default: 0.2]")] = None,
+    cliprange_value: Annotated[Optional[float], typer.Option(help="Value clip. [default: 0.2]")] = None,
+    vf_coef: Annotated[Optional[float], typer.Option(help="Value loss weight. [default: 0.1]")] = None,
     max_new_tokens: Annotated[Optional[int], typer.Option(help="Response length cap. [default: 48]")] = None,
     temperature: Annotated[Optional[float], typer.Option(help="Sampling temperature. [default: 0.7]")] = None,
     top_p: Annotated[Optional[float], typer.Option(help="Nucleus sampling. [default: 1.0]")] = None,
@@ -174,6 +179,8 @@ def ppo(
         help="Score normalisation: none, whiten (per batch), running. [default: running]")] = None,
     save_every: Annotated[Optional[int], typer.Option(help="Checkpoint every n updates. [default: 5]")] = None,
     sample_size: Annotated[Optional[int], typer.Option(help="Rollouts per update kept in rollouts.jsonl. [default: 4]")] = None,
+    chat_template: Annotated[Optional[bool], typer.Option(
+        "--chat-template/--no-chat-template", help="Apply the policy's chat template to prompts. [default: on]")] = None,
     device: Annotated[Optional[str], typer.Option(help="auto, cpu or cuda. [default: auto]")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an unfinished run in --out-dir from its last checkpoint.")] = False,
     trust_remote_code: TrustRemoteCode = None,
@@ -189,7 +196,9 @@ def ppo(
     cfg = build_config(PPOConfig, config, _flags(
         policy=policy, reward_model=reward_model, prompts=prompts, prompts_split=prompts_split,
         max_prompts=max_prompts, updates=updates, batch_size=batch_size, mini_batch_size=mini_batch_size,
-        ppo_epochs=ppo_epochs, lr=lr, kl_coef=kl_coef, max_new_tokens=max_new_tokens, temperature=temperature,
+        ppo_epochs=ppo_epochs, lr=lr, kl_coef=kl_coef, gamma=gamma, lam=lam, cliprange=cliprange,
+        cliprange_value=cliprange_value, vf_coef=vf_coef, chat_template=chat_template,
+        max_new_tokens=max_new_tokens, temperature=temperature,
         top_p=top_p, missing_eos_penalty=missing_eos_penalty, reward_norm=reward_norm, save_every=save_every,
         sample_size=sample_size, device=device, trust_remote_code=trust_remote_code, seed=seed))
     return stage.run(cfg, out_dir, overwrite=overwrite, resume=resume)

@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${1:-runs}
 export HF_HUB_OFFLINE=1
-for grid in synthetic alpaca ablation; do
+for grid in ${GRIDS:-alpaca synthetic ablation}; do
   .venv/bin/aplot compare "experiments/$grid.yaml" --out-dir "$RUNS/cmp-$grid"
   mkdir -p "docs/results/$grid"
   cp "$RUNS/cmp-$grid/report/"{report.md,report.html,results.json} "docs/results/$grid/"

@@ -146,12 +146,29 @@ def _eval_source(ev: EvalSet, out_dir: Path, pairs: Path) -> tuple[Path, str]:
     return (pairs, ev.split) if ev.split else (out_dir / "data" / "evals" / ev.name, "test")
 
 
+def _check_same_config(train_dir: Path, cfg: TrainConfig) -> None:
+    """A finished cell is reused only if it was trained with the config the grid asks for now."""
+    import json
+
+    from aplot_cli.config import config_to_dict
+
+    if not _finished(train_dir):
+        return
+    done = json.loads((train_dir / artifacts.MANIFEST).read_text())["config"]
+    wanted = json.loads(json.dumps(config_to_dict(cfg)))
+    changed = sorted(k for k in wanted if done.get(k) != wanted[k])
+    if changed:
+        raise ConfigError(f"{train_dir} was trained with a different config ({', '.join(changed)} changed)",
+                          hint="use a new --out-dir for the changed grid, or --overwrite to redo every cell")
+
+
 def _run_cell(grid: Grid, out_dir: Path, noise: float, method: str, seed: int, data: tuple[Path, Path]) -> None:
     from aplot_cli import evaluate, train
 
     cell = cell_dir(out_dir, noise, method, seed)
     train_dir = cell / "train"
     cfg = dataclasses.replace(grid.methods[method], seed=seed)
+    _check_same_config(train_dir, cfg)
     if not _finished(train_dir):
         resume = train_dir.is_dir() and (train_dir / "checkpoints").is_dir()
         info(f"[bold]compare[/] {_noise_tag(noise)} {method} seed {seed}: train-rm" + (" (resume)" if resume else ""))

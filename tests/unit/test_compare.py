@@ -70,3 +70,7 @@ def test_tiny_grid_end_to_end_and_resume(tmp_path, tiny_bert_dir):
     compare.run(grid, out)
     assert cell_manifest.read_bytes() == before
     assert (out / "cells" / "noise-0.00" / "aplot" / "seed-0" / "eval-ood" / "manifest.json").is_file()
+    # A changed grid does not silently reuse cells trained with another config.
+    grid.write_text(grid.read_text().replace("learning_rate: 1.0e-3", "learning_rate: 2.0e-3"))
+    with pytest.raises(ConfigError, match="learning_rate changed"):
+        compare.run(grid, out)

@@ -197,8 +197,8 @@ def run(grid_path: Path, out_dir: Path, overwrite: bool = False, seeds: tuple[in
     (out_dir / "grid.yaml").write_text(Path(grid_path).read_text(encoding="utf-8"), encoding="utf-8")
     if not report_only:
         data = _prepare_data(grid, out_dir)
-        for noise in grid.noise:
-            for seed in grid.seeds:
+        for seed in grid.seeds:  # seeds outermost: an interrupted grid still covers every condition
+            for noise in grid.noise:
                 for method in grid.methods:
                     _run_cell(grid, out_dir, noise, method, seed, data[noise])
     summary = report.build(grid, out_dir)

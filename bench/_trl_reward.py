@@ -1,6 +1,7 @@
 """TRL's RewardTrainer on the same model, pairs, batch size and max length as aplot's `bt` (run by
 bench/train_rm.py inside bench/_work/venv, where TRL is installed; never imported by aplot).
-Prints one JSON line: steps, seconds of trainer.train(), pairs per second, pairs kept."""
+TRL defaults bf16=True and gradient_checkpointing=True; both are switched off so that it runs like aplot
+(float32, no recomputation). Prints one JSON line: steps, seconds of trainer.train(), pairs per second, pairs kept."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ def main(model_path: str, train_parquet: str, out_dir: str, steps: int, batch: i
     model = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=1)
     args = RewardConfig(output_dir=out_dir, per_device_train_batch_size=batch, max_steps=steps, learning_rate=lr,
                         max_length=max_length, logging_steps=10, save_strategy="no", report_to="none", use_cpu=True,
-                        disable_tqdm=True, seed=0, disable_dropout=False,
+                        disable_tqdm=True, seed=0, disable_dropout=False, bf16=False, gradient_checkpointing=False,
                         eos_token=tok.eos_token or tok.sep_token)  # BERT tokenizers have no EOS
     trainer = RewardTrainer(model=model, args=args, train_dataset=data, processing_class=tok)
     kept = len(trainer.train_dataset)

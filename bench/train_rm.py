@@ -95,7 +95,7 @@ def peak_memory(pairs: Path, emb: Path) -> dict:
     for name, extra in runs.items():
         cmd = [sys.executable, str(ROOT / "bench" / "_peak_rss.py"), "train-rm", str(pairs), "--embeddings", str(emb),
                "--out-dir", str(WORK / "rm-mem"), "--overwrite", "--max-eval-pairs", "16", "--save-steps", "1000",
-               "--device", "cpu", "-q", *extra]
+               "--device", "cpu", "--max-train-pairs", "64", "-q", *extra]
         start = time.perf_counter()
         done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
         last = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "{}"
@@ -144,7 +144,10 @@ def write(results: dict, args) -> None:
             f"| aplot train-rm --loss bt, group_by_length | {t['aplot_bt_grouped_pairs_per_s']:.2f} |", "",
             f"**Ratio aplot/TRL = {t['ratio']:.2f}x** (target >= 1.0x); with length-grouped batches "
             f"**{t['ratio_grouped']:.2f}x**. TRL kept {t['trl']['pairs_kept']} of {t['trl']['pairs_in']} pairs "
-            "(it drops pairs longer than max_length; aplot truncates and counts instead).",
+            "(it drops pairs longer than max_length; aplot truncates and counts instead). TRL's RewardConfig "
+            "defaults to bf16=True and gradient_checkpointing=True; both are off here so that both trainers run "
+            "float32 without recomputation (with TRL's defaults on this CPU, an interrupted earlier attempt ran "
+            "about 4x slower than aplot).",
             "TRL setup (not an aplot dependency): `python3 -m venv bench/_work/venv`, then a `.pth` file in that "
             "venv pointing at `.venv`'s site-packages so TRL runs on the very same torch 2.13.0+cpu, "
             "transformers and accelerate as aplot (the PyPI torch 2.13.0 wheel is the CUDA build, which this "

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The aplot pipeline on the embedded synthetic data, as a shell script would chain it: every stage
 # prints only its manifest path on stdout, and the next stage reads that artifact directory.
-# Usage: examples/pipeline.sh [OUT_DIR]   (make demo runs it into demo-out/; a few minutes on 2 CPU cores)
+# Usage: examples/pipeline.sh [OUT_DIR]   (make demo runs it into demo-out/; several minutes on 2 CPU cores,
+# plus about a minute the first time to convert the embedded SmolLM2 GGUF into a cached model folder)
 set -euo pipefail
 OUT=${1:-demo-out}
 mkdir -p "$OUT"
@@ -15,11 +16,21 @@ rm=$(aplot train-rm "$(dir "$pairs")" --embeddings "$(dir "$emb")" --loss aplot 
        --out-dir "$OUT/reward-model" --overwrite)
 ev=$(aplot eval-rm "$(dir "$rm")" --benchmark pairs --data "$(dir "$pairs")" --split test \
        --out-dir "$OUT/eval-rm" --overwrite)
+ppo=$(aplot ppo --reward-model "$(dir "$rm")" --prompts "$(dir "$pairs")" --policy smollm2-135m \
+        --updates 1 --batch-size 4 --mini-batch-size 4 --ppo-epochs 1 --max-new-tokens 24 --save-every 0 \
+        --out-dir "$OUT/ppo" --overwrite)
 
 echo >&2
 echo "artifacts:" >&2
-for m in "$pairs" "$emb" "$rm" "$ev"; do
+for m in "$pairs" "$emb" "$rm" "$ev" "$ppo"; do
   echo "  $(dir "$m")   ($(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["stage"])' "$m"))" >&2
 done
+echo >&2
+python3 - "$ppo" >&2 <<'PY'
+import json, sys
+metrics = json.load(open(sys.argv[1]))["metrics"]
+print("ppo:", ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()
+                        if not isinstance(v, (dict, list))))
+PY
 echo >&2
 cat "$(dir "$ev")/metrics.md" >&2

@@ -147,6 +147,97 @@ def embed(
     return stage.run(cfg, pairs, out_dir, overwrite=overwrite)
 
 
+@app.command("train-rm")
+@stage_command
+def train_rm(
+    pairs: Annotated[Path, typer.Argument(help="A pairs artifact directory (from `aplot prepare`).")],
+    out_dir: OutDir,
+    embeddings: Annotated[Optional[Path], typer.Option(
+        help="Embeddings artifact (from `aplot embed`) for APLOT's semantic cost.")] = None,
+    backbone: Annotated[Optional[str], typer.Option(
+        help="minilm-l6 (embedded), smollm2-135m (embedded), a local folder or a hub id. [default: minilm-l6]")] = None,
+    loss: Annotated[Optional[str], typer.Option(
+        help="bt, margin, label_smooth, focal, aplot, center; join with + (aplot+center). [default: aplot]")] = None,
+    semantic_source: Annotated[Optional[str], typer.Option(help="embeddings, backbone or none.")] = None,
+    margin_norm: Annotated[Optional[str], typer.Option(help="none or zscore. [default: none]")] = None,
+    margin_from: Annotated[Optional[str], typer.Option(help="row or diag. [default: row]")] = None,
+    margin_scale: Annotated[Optional[float], typer.Option(help="APLOT margin scale. [default: 1]")] = None,
+    ot_scope: Annotated[Optional[str], typer.Option(help="local or global (across ranks). [default: local]")] = None,
+    learning_rate: Annotated[Optional[float], typer.Option(help="[default: 5e-5]")] = None,
+    epochs: Annotated[Optional[float], typer.Option(help="[default: 1]")] = None,
+    max_steps: Annotated[Optional[int], typer.Option(help="Stop after this many steps (overrides epochs).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Pairs per device per step. [default: 16]")] = None,
+    grad_accum: Annotated[Optional[int], typer.Option(help="Gradient accumulation steps. [default: 1]")] = None,
+    max_length: Annotated[Optional[int], typer.Option(help="Max tokens per sequence. [default: 256]")] = None,
+    max_train_pairs: Annotated[Optional[int], typer.Option(help="Train on a seeded sample of this many.")] = None,
+    max_eval_pairs: Annotated[Optional[int], typer.Option(help="Evaluate on a seeded sample of this many.")] = None,
+    eval_steps: Annotated[Optional[int], typer.Option(help="Test accuracy every n steps (0: at the end).")] = None,
+    save_steps: Annotated[Optional[int], typer.Option(help="Checkpoint every n steps. [default: 200]")] = None,
+    lora: Annotated[Optional[bool], typer.Option("--lora/--no-lora", help="LoRA adapters (peft).")] = None,
+    report_to: Annotated[Optional[list[str]], typer.Option(help="tensorboard, wandb, ... (repeat).")] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda. [default: auto]")] = None,
+    bf16: Annotated[Optional[bool], typer.Option("--bf16/--no-bf16", help="bf16 mixed precision (GPU only).")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an unfinished --out-dir from its last checkpoint.")] = False,
+    trust_remote_code: TrustRemoteCode = None,
+    seed: Seed = None,
+    config: ConfigFile = None,
+    overwrite: Overwrite = False,
+    quiet: Quiet = False,
+) -> Path:
+    """Train a reward model (APLOT or a baseline loss) on transformers.Trainer; every option also in --config."""
+    from aplot_cli import train as stage
+    from aplot_cli.config import TrainConfig, build_config
+
+    cfg = build_config(TrainConfig, config, _flags(
+        backbone=backbone, loss=tuple(loss.split("+")) if loss else None, semantic_source=semantic_source,
+        margin_norm=margin_norm, margin_from=margin_from, margin_scale=margin_scale, ot_scope=ot_scope,
+        learning_rate=learning_rate, epochs=epochs, max_steps=max_steps, batch_size=batch_size, grad_accum=grad_accum,
+        max_length=max_length, max_train_pairs=max_train_pairs, max_eval_pairs=max_eval_pairs, eval_steps=eval_steps,
+        save_steps=save_steps, lora=lora, report_to=tuple(report_to) if report_to else None, device=device, bf16=bf16,
+        trust_remote_code=trust_remote_code, seed=seed))
+    return stage.run(cfg, pairs, out_dir, embeddings_dir=embeddings, overwrite=overwrite, resume=resume)
+
+
+@app.command("eval-rm")
+@stage_command
+def eval_rm(
+    out_dir: OutDir,
+    model: Annotated[Optional[str], typer.Argument(
+        help="A train-rm artifact, a sequence-classification folder, or a hub id (omit with --from-predictions).",
+        show_default=False)] = None,
+    benchmark: Annotated[Optional[str], typer.Option(
+        help="rewardbench, rewardbench2, rm-bench, hhh, or pairs. [default: pairs]")] = None,
+    data: Annotated[Optional[list[str]], typer.Option(
+        "--data", help="Local files in the benchmark's hub schema (pairs: a pairs artifact or jsonl/parquet); "
+                       "repeat for several. Without it the benchmark loads from the hub.")] = None,
+    split: Annotated[Optional[str], typer.Option(help="Hub split, or pairs-artifact split. [default: per benchmark]")] = None,
+    prior_sets: Annotated[Optional[str], typer.Option(
+        help="rewardbench: allenai/preference-test-sets (hub) or local files, for the paper score.")] = None,
+    from_predictions: Annotated[Optional[str], typer.Option(
+        help="Recompute every metric from a predictions file (ours or the official wide format); no model.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Texts per forward pass. [default: 32]")] = None,
+    max_length: Annotated[Optional[int], typer.Option(
+        help="Max tokens per input. [default: the train-rm manifest's, else min(2048, model limit)]")] = None,
+    chat_template: Annotated[Optional[bool], typer.Option(
+        "--chat-template/--no-chat-template",
+        help="Render with the tokenizer's chat template. [default: the train-rm manifest's, else on]")] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda, ... [default: auto]")] = None,
+    trust_remote_code: TrustRemoteCode = None,
+    config: ConfigFile = None,
+    overwrite: Overwrite = False,
+    quiet: Quiet = False,
+) -> Path:
+    """Score a reward model on RewardBench (v1, v2), RM-Bench, HHH or any pairs, as the benchmarks score it."""
+    from aplot_cli import evaluate as stage
+    from aplot_cli.config import EvalConfig, build_config
+
+    cfg = build_config(EvalConfig, config, _flags(
+        benchmark=benchmark, data=tuple(data) if data else None, split=split, prior_sets=prior_sets,
+        from_predictions=from_predictions, batch_size=batch_size, max_length=max_length,
+        chat_template=chat_template, device=device, trust_remote_code=trust_remote_code))
+    return stage.run(cfg, model, out_dir, overwrite=overwrite)
+
+
 @app.command()
 @stage_command
 def ppo(
@@ -202,97 +293,6 @@ def ppo(
         top_p=top_p, missing_eos_penalty=missing_eos_penalty, reward_norm=reward_norm, save_every=save_every,
         sample_size=sample_size, device=device, trust_remote_code=trust_remote_code, seed=seed))
     return stage.run(cfg, out_dir, overwrite=overwrite, resume=resume)
-
-
-@app.command("eval-rm")
-@stage_command
-def eval_rm(
-    out_dir: OutDir,
-    model: Annotated[Optional[str], typer.Argument(
-        help="A train-rm artifact, a sequence-classification folder, or a hub id (omit with --from-predictions).",
-        show_default=False)] = None,
-    benchmark: Annotated[Optional[str], typer.Option(
-        help="rewardbench, rewardbench2, rm-bench, hhh, or pairs. [default: pairs]")] = None,
-    data: Annotated[Optional[list[str]], typer.Option(
-        "--data", help="Local files in the benchmark's hub schema (pairs: a pairs artifact or jsonl/parquet); "
-                       "repeat for several. Without it the benchmark loads from the hub.")] = None,
-    split: Annotated[Optional[str], typer.Option(help="Hub split, or pairs-artifact split. [default: per benchmark]")] = None,
-    prior_sets: Annotated[Optional[str], typer.Option(
-        help="rewardbench: allenai/preference-test-sets (hub) or local files, for the paper score.")] = None,
-    from_predictions: Annotated[Optional[str], typer.Option(
-        help="Recompute every metric from a predictions file (ours or the official wide format); no model.")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Texts per forward pass. [default: 32]")] = None,
-    max_length: Annotated[Optional[int], typer.Option(
-        help="Max tokens per input. [default: the train-rm manifest's, else min(2048, model limit)]")] = None,
-    chat_template: Annotated[Optional[bool], typer.Option(
-        "--chat-template/--no-chat-template",
-        help="Render with the tokenizer's chat template. [default: the train-rm manifest's, else on]")] = None,
-    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda, ... [default: auto]")] = None,
-    trust_remote_code: TrustRemoteCode = None,
-    config: ConfigFile = None,
-    overwrite: Overwrite = False,
-    quiet: Quiet = False,
-) -> Path:
-    """Score a reward model on RewardBench (v1, v2), RM-Bench, HHH or any pairs, as the benchmarks score it."""
-    from aplot_cli import evaluate as stage
-    from aplot_cli.config import EvalConfig, build_config
-
-    cfg = build_config(EvalConfig, config, _flags(
-        benchmark=benchmark, data=tuple(data) if data else None, split=split, prior_sets=prior_sets,
-        from_predictions=from_predictions, batch_size=batch_size, max_length=max_length,
-        chat_template=chat_template, device=device, trust_remote_code=trust_remote_code))
-    return stage.run(cfg, model, out_dir, overwrite=overwrite)
-
-
-@app.command("train-rm")
-@stage_command
-def train_rm(
-    pairs: Annotated[Path, typer.Argument(help="A pairs artifact directory (from `aplot prepare`).")],
-    out_dir: OutDir,
-    embeddings: Annotated[Optional[Path], typer.Option(
-        help="Embeddings artifact (from `aplot embed`) for APLOT's semantic cost.")] = None,
-    backbone: Annotated[Optional[str], typer.Option(
-        help="minilm-l6 (embedded), smollm2-135m (embedded), a local folder or a hub id. [default: minilm-l6]")] = None,
-    loss: Annotated[Optional[str], typer.Option(
-        help="bt, margin, label_smooth, focal, aplot, center; join with + (aplot+center). [default: aplot]")] = None,
-    semantic_source: Annotated[Optional[str], typer.Option(help="embeddings, backbone or none.")] = None,
-    margin_norm: Annotated[Optional[str], typer.Option(help="none or zscore. [default: none]")] = None,
-    margin_from: Annotated[Optional[str], typer.Option(help="row or diag. [default: row]")] = None,
-    margin_scale: Annotated[Optional[float], typer.Option(help="APLOT margin scale. [default: 1]")] = None,
-    ot_scope: Annotated[Optional[str], typer.Option(help="local or global (across ranks). [default: local]")] = None,
-    learning_rate: Annotated[Optional[float], typer.Option(help="[default: 5e-5]")] = None,
-    epochs: Annotated[Optional[float], typer.Option(help="[default: 1]")] = None,
-    max_steps: Annotated[Optional[int], typer.Option(help="Stop after this many steps (overrides epochs).")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Pairs per device per step. [default: 16]")] = None,
-    grad_accum: Annotated[Optional[int], typer.Option(help="Gradient accumulation steps. [default: 1]")] = None,
-    max_length: Annotated[Optional[int], typer.Option(help="Max tokens per sequence. [default: 256]")] = None,
-    max_train_pairs: Annotated[Optional[int], typer.Option(help="Train on a seeded sample of this many.")] = None,
-    max_eval_pairs: Annotated[Optional[int], typer.Option(help="Evaluate on a seeded sample of this many.")] = None,
-    eval_steps: Annotated[Optional[int], typer.Option(help="Test accuracy every n steps (0: at the end).")] = None,
-    save_steps: Annotated[Optional[int], typer.Option(help="Checkpoint every n steps. [default: 200]")] = None,
-    lora: Annotated[Optional[bool], typer.Option("--lora/--no-lora", help="LoRA adapters (peft).")] = None,
-    report_to: Annotated[Optional[list[str]], typer.Option(help="tensorboard, wandb, ... (repeat).")] = None,
-    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda. [default: auto]")] = None,
-    bf16: Annotated[Optional[bool], typer.Option("--bf16/--no-bf16", help="bf16 mixed precision (GPU only).")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue an unfinished --out-dir from its last checkpoint.")] = False,
-    trust_remote_code: TrustRemoteCode = None,
-    seed: Seed = None,
-    config: ConfigFile = None,
-    overwrite: Overwrite = False,
-    quiet: Quiet = False,
-) -> Path:
-    """Train a reward model (APLOT or a baseline loss) on transformers.Trainer; every option also in --config."""
-    from aplot_cli import train as stage
-    from aplot_cli.config import TrainConfig, build_config
-
-    cfg = build_config(TrainConfig, config, _flags(
-        backbone=backbone, loss=tuple(loss.split("+")) if loss else None, semantic_source=semantic_source,
-        margin_norm=margin_norm, margin_from=margin_from, margin_scale=margin_scale, ot_scope=ot_scope,
-        learning_rate=learning_rate, epochs=epochs, max_steps=max_steps, batch_size=batch_size, grad_accum=grad_accum,
-        max_length=max_length, max_train_pairs=max_train_pairs, max_eval_pairs=max_eval_pairs, eval_steps=eval_steps,
-        save_steps=save_steps, lora=lora, report_to=tuple(report_to) if report_to else None, device=device, bf16=bf16,
-        trust_remote_code=trust_remote_code, seed=seed))
-    return stage.run(cfg, pairs, out_dir, embeddings_dir=embeddings, overwrite=overwrite, resume=resume)
 
 
 @app.command()

@@ -68,33 +68,36 @@ def smollm2_tokenizer_dir() -> Path:
     return Path(models.resolve("smollm2-135m"))
 
 
-@pytest.fixture(scope="session")
-def tiny_llama_rm_dir(tmp_path_factory, smollm2_tokenizer_dir) -> Path:
-    """A 2-layer Llama (hidden 32) with SmolLM2's tokenizer and chat template, as a 1-label RM."""
+def _tiny_llama(tokenizer_dir: Path, model_class: str, **extra):
+    """A 2-layer Llama (hidden 32) with SmolLM2's tokenizer and chat template, and its tokenizer."""
     import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
+    import transformers
+    from transformers import AutoTokenizer, LlamaConfig
 
     torch.manual_seed(0)
-    tokenizer = AutoTokenizer.from_pretrained(smollm2_tokenizer_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                          num_key_value_heads=1, intermediate_size=64, max_position_embeddings=1024,
-                         num_labels=1, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-    return _save_tiny(LlamaForSequenceClassification(config), tokenizer, tmp_path_factory.mktemp("tiny-llama-rm"))
+                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, **extra)
+    return getattr(transformers, model_class)(config), tokenizer
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_rm_dir(tmp_path_factory, smollm2_tokenizer_dir) -> Path:
+    """A tiny Llama as a 1-label sequence-classification RM."""
+    model, tokenizer = _tiny_llama(smollm2_tokenizer_dir, "LlamaForSequenceClassification", num_labels=1)
+    return _save_tiny(model, tokenizer, tmp_path_factory.mktemp("tiny-llama-rm"))
 
 
 @pytest.fixture(scope="session")
 def tiny_llama_lm_dir(tmp_path_factory, smollm2_tokenizer_dir) -> Path:
-    """A 2-layer Llama causal LM (hidden 32) with SmolLM2's tokenizer and chat template (a PPO policy)."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    """A tiny Llama causal LM (a PPO policy)."""
+    from transformers import AutoTokenizer
 
-    torch.manual_seed(0)
-    tokenizer = AutoTokenizer.from_pretrained(smollm2_tokenizer_dir)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                         num_key_value_heads=1, intermediate_size=64, max_position_embeddings=1024,
-                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-                         bos_token_id=tokenizer.bos_token_id, tie_word_embeddings=True)
-    return _save_tiny(LlamaForCausalLM(config), tokenizer, tmp_path_factory.mktemp("tiny-llama-lm"))
+    bos = AutoTokenizer.from_pretrained(smollm2_tokenizer_dir).bos_token_id
+    model, tokenizer = _tiny_llama(smollm2_tokenizer_dir, "LlamaForCausalLM", bos_token_id=bos,
+                                   tie_word_embeddings=True)
+    return _save_tiny(model, tokenizer, tmp_path_factory.mktemp("tiny-llama-lm"))
 
 
 @pytest.fixture(scope="session")

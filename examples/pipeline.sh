@@ -29,8 +29,9 @@ echo >&2
 python3 - "$ppo" >&2 <<'PY'
 import json, sys
 metrics = json.load(open(sys.argv[1]))["metrics"]
-print("ppo:", ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()
-                        if not isinstance(v, (dict, list))))
+final = metrics.get("final", {})
+print(f"ppo: {metrics.get('updates')} update(s); last update: " + ", ".join(
+    f"{k.replace('_', ' ')} {v:.3g}" for k, v in final.items() if isinstance(v, (int, float))))
 PY
 echo >&2
 cat "$(dir "$ev")/metrics.md" >&2

@@ -8,11 +8,16 @@ from __future__ import annotations
 import json
 import sys
 import time
+from pathlib import Path
 
 import pandas as pd
+import torch
 from datasets import Dataset
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
 from trl import RewardConfig, RewardTrainer
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _step_timer import StepTimer  # noqa: E402
 
 
 def main(model_path: str, train_parquet: str, out_dir: str, steps: int, batch: int, max_length: int, lr: float) -> None:
@@ -23,15 +28,18 @@ def main(model_path: str, train_parquet: str, out_dir: str, steps: int, batch: i
     tok = AutoTokenizer.from_pretrained(model_path)
     model = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=1)
     args = RewardConfig(output_dir=out_dir, per_device_train_batch_size=batch, max_steps=steps, learning_rate=lr,
-                        max_length=max_length, logging_steps=10, save_strategy="no", report_to="none", use_cpu=True,
+                        max_length=max_length, logging_steps=10, save_strategy="no", report_to="none",
+                        use_cpu=not torch.cuda.is_available(),
                         disable_tqdm=True, seed=0, disable_dropout=False, bf16=False, gradient_checkpointing=False,
                         eos_token=tok.eos_token or tok.sep_token)  # BERT tokenizers have no EOS
-    trainer = RewardTrainer(model=model, args=args, train_dataset=data, processing_class=tok)
+    timer = StepTimer()
+    trainer = RewardTrainer(model=model, args=args, train_dataset=data, processing_class=tok, callbacks=[timer])
     kept = len(trainer.train_dataset)
     start = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - start
-    print(json.dumps({"steps": steps, "seconds": seconds, "pairs_per_second": steps * batch / seconds,
+    print(json.dumps({"steps": steps, "seconds": seconds, "loop_pairs_per_second": timer.steps_per_second() * batch,
+                      "pairs_per_second": steps * batch / seconds,
                       "pairs_kept": kept, "pairs_in": len(frame)}))
 
 

@@ -1,14 +1,23 @@
-"""train-rm benchmarks, each a ratio measured within one run (CPU; this session has no GPU):
+"""train-rm benchmarks, each a ratio measured within one run, on the CPU or on a CUDA device:
 
-1. APLOT vs BT steps/s: same backbone (MiniLM), batch, max length and data; runs interleaved
-   (bt, aplot, bt, aplot, ...) so that load from other processes hits both alike. Also the OT solve's
-   share of a step (ot/seconds).
+1. APLOT vs BT steps/s: same backbone, batch, max length and data; runs interleaved and counterbalanced
+   (bt, aplot, aplot, bt, ...) so that load from other processes and the process's own slow drift hit
+   both alike; the ratio is the median of the per-rep ratios. On CUDA also APLOT with
+   the CPU solver (`--ot-solver pot`), to show what the on-device graph solver buys.
 2. aplot `bt` vs TRL's RewardTrainer pairs/s: same model, pairs, batch size, max length and steps; TRL
-   runs in bench/_work/venv (it is never a dependency of aplot). aplot also with length-grouped batches.
-3. Peak resident memory of a short MiniLM run and a short SmolLM2-135M run.
+   runs in its own interpreter (`--trl-python`; it is never a dependency of aplot). aplot also with
+   length-grouped batches.
+3. Peak memory of a short MiniLM run and a short SmolLM2-135M run (CPU: resident set; CUDA: the
+   allocator's peak).
 
-Writes bench/results/train_rm.md. Usage: `.venv/bin/python bench/train_rm.py [--steps 40] [--reps 2]`
-(set up TRL first: see the results file)."""
+Step rates time the optimisation loop alone (bench/_step_timer.py: from the end of the first step to the
+end of the last), the same way for aplot and TRL, so model loading, warm-up and the end-of-training
+checkpoint are outside the window. `--random-init` builds the backbones from their configs with random
+weights (throughput does not depend on the weights; the device machine gets configs, not checkpoints).
+
+Usage: `.venv/bin/python bench/train_rm.py [--steps 40] [--reps 2]` (CPU, writes
+bench/results/train_rm.md); on a GPU: `python bench/train_rm.py --device cuda --batch 32 --random-init
+--results bench/results/train_rm_gpu.md`. Set up TRL first: see the results file."""
 
 from __future__ import annotations
 
@@ -24,9 +33,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "bench" / "_work"
-RESULTS = ROOT / "bench" / "results" / "train_rm.md"
 TRL_PY = WORK / "venv" / "bin" / "python"
-BATCH, MAX_LENGTH, LR = 16, 128, 5e-5
+sys.path.insert(0, str(ROOT / "bench"))
+
+from _step_timer import StepTimer  # noqa: E402
 
 
 def data() -> tuple[Path, Path]:
@@ -42,144 +52,261 @@ def data() -> tuple[Path, Path]:
     return pairs, emb
 
 
-def aplot_run(pairs: Path, emb: Path, loss: str, steps: int, tag: str, **changes) -> dict:
+def random_model(source: str, name: str) -> str:
+    """A save_pretrained sequence-classification folder with `source`'s config and tokenizer and random
+    weights (seed 0), built once under bench/_work."""
+    import torch
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+    from aplot_cli import models
+
+    out = WORK / f"random-{name}"
+    if not (out / "config.json").exists():
+        resolved = models.resolve(source)
+        torch.manual_seed(0)
+        config = AutoConfig.from_pretrained(resolved, num_labels=1)
+        config.pad_token_id = config.pad_token_id if config.pad_token_id is not None else 0
+        model = AutoModelForSequenceClassification.from_config(config, dtype=torch.float32)
+        model.save_pretrained(out, safe_serialization=True)
+        AutoTokenizer.from_pretrained(resolved).save_pretrained(out)
+    return str(out)
+
+
+def aplot_run(args, pairs: Path, emb: Path, loss: str, tag: str, **changes) -> dict:
+    import torch
+
     from aplot_cli import train
     from aplot_cli.config import TrainConfig
 
-    cfg = TrainConfig(backbone="minilm-l6", loss=tuple(loss.split("+")), max_steps=steps, batch_size=BATCH,
-                      max_length=MAX_LENGTH, learning_rate=LR, logging_steps=10, save_steps=10**6, eval_steps=0,
-                      max_eval_pairs=32, train_eval_pairs=32, **changes)
-    manifest = json.loads(train.run(cfg, pairs, WORK / f"rm-{tag}", embeddings_dir=emb, overwrite=True).read_text())
-    m, ot = manifest["metrics"], manifest["diagnostics"]["ot"]
-    return {"steps_per_s": m["steps"] / m["train_seconds"], "pairs_per_s": m["steps"] * BATCH / m["train_seconds"],
-            "ot_seconds_per_step": ot.get("mean_seconds", 0.0), "converged_frac": ot.get("converged_frac")}
+    cfg = TrainConfig(backbone=args.model, loss=tuple(loss.split("+")), max_steps=args.steps, batch_size=args.batch,
+                      max_length=args.max_length, learning_rate=args.lr, logging_steps=10, save_steps=10**6,
+                      eval_steps=0, max_eval_pairs=32, train_eval_pairs=32, device=args.device, **changes)
+    timer = StepTimer()
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    path = train.run(cfg, pairs, WORK / f"rm-{tag}", embeddings_dir=emb, overwrite=True, extra_callbacks=(timer,))
+    manifest = json.loads(path.read_text())
+    ot = manifest["diagnostics"]["ot"]
+    rate = timer.steps_per_second()
+    return {"steps_per_s": rate, "pairs_per_s": rate * args.batch,
+            "ot_seconds_per_step": ot.get("mean_seconds", 0.0), "converged_frac": ot.get("converged_frac"),
+            "solver": ot.get("solver")}
 
 
-def overhead(pairs: Path, emb: Path, steps: int, reps: int) -> dict:
-    runs: dict[str, list[dict]] = {"bt": [], "aplot": []}
-    for rep in range(reps):
-        for loss in ("bt", "aplot"):
-            runs[loss].append(aplot_run(pairs, emb, loss, steps, f"{loss}-{rep}"))
-            print(loss, rep, runs[loss][-1], file=sys.stderr)
-    bt = statistics.median(r["steps_per_s"] for r in runs["bt"])
-    ap = statistics.median(r["steps_per_s"] for r in runs["aplot"])
-    ot = statistics.median(r["ot_seconds_per_step"] for r in runs["aplot"])
-    return {"bt_steps_per_s": bt, "aplot_steps_per_s": ap, "ratio": ap / bt, "overhead_pct": 100 * (1 - ap / bt),
-            "ot_seconds_per_step": ot, "ot_share_pct": 100 * ot * ap, "runs": runs,
-            "converged_frac": statistics.median(r["converged_frac"] for r in runs["aplot"])}
+def overhead(args, pairs: Path, emb: Path) -> dict:
+    variants = {"bt": ("bt", {}), "aplot": ("aplot", {})}
+    if args.device == "cuda":
+        variants["aplot-pot"] = ("aplot", {"ot_solver": "pot"})
+    runs: dict[str, list[dict]] = {name: [] for name in variants}
+    for rep in range(args.reps):  # counterbalanced (ABBA): a process slows as it ages, so order alternates
+        for name, (loss, changes) in (list(variants.items()) if rep % 2 == 0 else list(variants.items())[::-1]):
+            runs[name].append(aplot_run(args, pairs, emb, loss, f"{name}-{rep}", **changes))
+            print(name, rep, runs[name][-1], file=sys.stderr, flush=True)
+    rate = {name: statistics.median(r["steps_per_s"] for r in rs) for name, rs in runs.items()}
+    # Each rep's runs are neighbours in time, so their ratio cancels slow drifts of the machine.
+    paired = [a["steps_per_s"] / b["steps_per_s"] for a, b in zip(runs["aplot"], runs["bt"], strict=True)]
+    out = {"steps_per_s": rate, "runs": runs, "ratio": statistics.median(paired), "paired_ratios": paired,
+           "ratio_of_medians": rate["aplot"] / rate["bt"],
+           "ot_seconds_per_step": statistics.median(r["ot_seconds_per_step"] for r in runs["aplot"]),
+           "converged_frac": statistics.median(r["converged_frac"] for r in runs["aplot"]),
+           "solver": runs["aplot"][0]["solver"]}
+    out["overhead_pct"] = 100 * (1 - out["ratio"])
+    if "aplot-pot" in rate:
+        out["ratio_pot"] = statistics.median(a["steps_per_s"] / b["steps_per_s"]
+                                             for a, b in zip(runs["aplot-pot"], runs["bt"], strict=True))
+    return out
 
 
-def trl_compare(pairs: Path, emb: Path, steps: int, bt_runs: list[dict]) -> dict:
-    from aplot_cli import models
+def solver_micro(batch: int = 32, solves: int = 500) -> dict:
+    """Per-solve time of each OT route on one (B, B) cost: GPU time from CUDA events around `solves`
+    back-to-back solves, host time from the wall clock (CUDA only)."""
+    import torch
 
-    if not TRL_PY.exists():
-        return {"skipped": f"{TRL_PY} is missing"}
-    cmd = [str(TRL_PY), str(ROOT / "bench" / "_trl_reward.py"), models.resolve("minilm-l6"),
-           str(pairs / "train.parquet"), str(WORK / "trl-out"), str(steps), str(BATCH), str(MAX_LENGTH), str(LR)]
+    from aplot_cli.margins import DeviceSinkhorn, cost_matrix, sinkhorn
+
+    gen = torch.Generator().manual_seed(0)
+    cost = cost_matrix(torch.randn(batch, generator=gen), torch.randn(batch, generator=gen)).cuda()
+    routes = {"fused": DeviceSinkhorn(), "cuda-graph": DeviceSinkhorn(fused=False),
+              "eager": DeviceSinkhorn(fused=False, graphs=False)}
+    out = {}
+    for name, solver in routes.items():
+        for _ in range(3):
+            solver(cost)
+        torch.cuda.synchronize()
+        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start = time.perf_counter()
+        begin.record()
+        for _ in range(solves):
+            solver(cost)
+        end.record()
+        host = (time.perf_counter() - start) / solves
+        torch.cuda.synchronize()
+        out[name] = {"route": solver.name, "gpu_ms": begin.elapsed_time(end) / solves, "host_ms": 1000 * host}
+    start = time.perf_counter()
+    for _ in range(50):
+        sinkhorn(cost.cpu(), 0.1, 50, 1e-6)
+    out["pot-cpu"] = {"route": "pot", "host_ms": 1000 * (time.perf_counter() - start) / 50}
+    return out
+
+
+def trl_compare(args, pairs: Path, emb: Path, bt_runs: list[dict]) -> dict:
+    import shutil
+
+    trl_py = Path(shutil.which(args.trl_python) or args.trl_python)
+    if not trl_py.exists():
+        return {"skipped": f"{args.trl_python} is missing"}
+    cmd = [str(trl_py), str(ROOT / "bench" / "_trl_reward.py"), args.model, str(pairs / "train.parquet"),
+           str(WORK / "trl-out"), str(args.steps), str(args.batch), str(args.max_length), str(args.lr)]
     done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     if done.returncode != 0:
         return {"skipped": "TRL run failed: " + done.stderr[-800:]}
     trl = json.loads(done.stdout.strip().splitlines()[-1])
-    grouped = aplot_run(pairs, emb, "bt", steps, "bt-grouped", group_by_length=True)
+    version = subprocess.run([str(trl_py), "-c", "import trl; print(trl.__version__)"], capture_output=True,
+                             text=True).stdout.strip()
+    grouped = aplot_run(args, pairs, emb, "bt", "bt-grouped", group_by_length=True)
     bt = statistics.median(r["pairs_per_s"] for r in bt_runs)
-    return {"trl": trl, "aplot_bt_pairs_per_s": bt, "aplot_bt_grouped_pairs_per_s": grouped["pairs_per_s"],
-            "ratio": bt / trl["pairs_per_second"], "ratio_grouped": grouped["pairs_per_s"] / trl["pairs_per_second"]}
+    return {"trl": trl, "trl_version": version, "aplot_bt_pairs_per_s": bt,
+            "aplot_bt_grouped_pairs_per_s": grouped["pairs_per_s"],
+            "ratio": bt / trl["loop_pairs_per_second"],
+            "ratio_grouped": grouped["pairs_per_s"] / trl["loop_pairs_per_second"]}
 
 
-def peak_memory(pairs: Path, emb: Path) -> dict:
+def peak_memory(args, pairs: Path, emb: Path) -> dict:
+    smol = random_model(args.smollm_source, "smollm2-135m") if args.random_init else args.smollm_source
+    cuda = args.device == "cuda"
+    runs = {f"minilm-l6 (batch {args.batch}, max_length 128, 10 steps)":
+            ["--backbone", args.model, "--batch-size", str(args.batch), "--max-length", "128", "--max-steps", "10"],
+            f"smollm2-135m (batch {8 if cuda else 4}, max_length 256, {10 if cuda else 4} steps)":
+            ["--backbone", smol, "--batch-size", "8" if cuda else "4", "--max-length", "256",
+             "--max-steps", "10" if cuda else "4"]}
     out = {}
-    runs = {"minilm-l6 (batch 16, max_length 128, 10 steps)": ["--backbone", "minilm-l6", "--batch-size", "16",
-                                                               "--max-length", "128", "--max-steps", "10"],
-            "smollm2-135m (batch 4, max_length 256, 4 steps)": ["--backbone", "smollm2-135m", "--batch-size", "4",
-                                                                "--max-length", "256", "--max-steps", "4"]}
     for name, extra in runs.items():
         cmd = [sys.executable, str(ROOT / "bench" / "_peak_rss.py"), "train-rm", str(pairs), "--embeddings", str(emb),
                "--out-dir", str(WORK / "rm-mem"), "--overwrite", "--max-eval-pairs", "16", "--save-steps", "1000",
-               "--device", "cpu", "--max-train-pairs", "64", "-q", *extra]
+               "--device", args.device, "--max-train-pairs", "128", "-q", *extra]
         start = time.perf_counter()
         done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
         last = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "{}"
-        out[name] = {**json.loads(last), "rc": done.returncode, "wall_s": round(time.perf_counter() - start, 1)}
-        print(name, out[name], file=sys.stderr)
+        try:
+            out[name] = {**json.loads(last), "rc": done.returncode, "wall_s": round(time.perf_counter() - start, 1)}
+        except json.JSONDecodeError:
+            out[name] = {"rc": done.returncode, "error": done.stderr[-600:]}
+        print(name, out[name], file=sys.stderr, flush=True)
     return out
 
 
-def write(results: dict, args) -> None:
+def machine(args) -> str:
     import torch
 
-    o, t = results["overhead"], results.get("trl", {})
+    if args.device == "cuda":
+        return (f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}, {os.cpu_count()} CPU cores, "
+                f"Python {platform.python_version()}")
+    return (f"CPU only, {os.cpu_count()} cores (load average at the end {os.getloadavg()[0]:.1f}), torch "
+            f"{torch.__version__} with {torch.get_num_threads()} threads, Python {platform.python_version()}")
+
+
+def micro_lines(micro: dict | None) -> list[str]:
+    if not micro:
+        return []
+    lines = ["One OT solve alone (B = 32, 50 iterations, the same cost matrix solved back to back):", "",
+             "| route | GPU ms per solve | host ms per solve |", "| --- | --- | --- |"]
+    for name, m in micro.items():
+        gpu = f"{m['gpu_ms']:.4f}" if "gpu_ms" in m else "-"
+        lines.append(f"| {name} | {gpu} | {m['host_ms']:.4f} |")
+    return lines + [""]
+
+
+def write(results: dict, args, command: str) -> None:
+    import transformers
+
+    o, t = results["overhead"], results.get("trl", {"skipped": "--skip-trl"})
+    rate = o["steps_per_s"]
     lines = [
-        "# train-rm benchmarks", "",
-        f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by `.venv/bin/python bench/train_rm.py "
-        f"--steps {args.steps} --reps {args.reps}`.",
-        f"Machine: CPU only, {os.cpu_count()} cores shared with other jobs (load average at the end "
-        f"{os.getloadavg()[0]:.1f}), torch {torch.__version__} with {torch.get_num_threads()} threads, Python "
-        f"{platform.python_version()}. **No GPU was available in this session**, so there are no GPU numbers "
-        "(bf16, CUDA memory) here.",
-        f"Workload: synthetic pairs (`aplot prepare --recipe synthetic`), MiniLM-L6 backbone, batch {BATCH} pairs, "
-        f"max_length {MAX_LENGTH}, lr {LR}, {args.steps} optimizer steps per run; each number is measured over "
-        "`trainer.train()` only (no model loading or tokenisation) and the ratios come from runs in this one "
-        "process, interleaved.", "",
+        "# train-rm benchmarks" + (" (GPU)" if args.device == "cuda" else " (CPU)"), "",
+        f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by `{command}`.",
+        f"Machine: {machine(args)}; transformers {transformers.__version__}.",
+        f"Workload: synthetic pairs (`aplot prepare --recipe synthetic`), MiniLM-L6 backbone"
+        f"{' (random weights, same config)' if args.random_init else ''}, batch {args.batch} pairs, max_length "
+        f"{args.max_length}, float32, {args.steps} optimizer steps per run. Step rates are the optimisation loop "
+        "only (from the end of step 1 to the end of the last step; bench/_step_timer.py, the same callback in "
+        "aplot and TRL); runs are interleaved in this one process, in counterbalanced order (bt, aplot, aplot, bt, "
+        "...: the process's step rate drifts down as it ages, which penalised whichever ran second).", "",
         "## 1. APLOT vs BT (same backbone, batch, data)", "",
         "| loss | steps/s (median of runs) |", "| --- | --- |",
-        f"| bt | {o['bt_steps_per_s']:.3f} |", f"| aplot (defaults) | {o['aplot_steps_per_s']:.3f} |", "",
-        f"**Ratio aplot/bt = {o['ratio']:.3f}** (overhead {o['overhead_pct']:+.1f}%; target <= 5%). "
-        f"The OT solve itself takes {1000 * o['ot_seconds_per_step']:.2f} ms per step "
-        f"({o['ot_share_pct']:.2f}% of an APLOT step); Sinkhorn converged on {100 * o['converged_frac']:.0f}% "
-        "of steps. Levers in use: the plan is solved on the CPU in float64 with POT's torch backend (its "
-        "logsumexp is several times cheaper than scipy's for small B), Sinkhorn stops on the marginal error "
-        "(`ot_tol`, checked every 10 iterations, so most solves stop after 11-21 of the 50 iterations), and "
-        "cost/margin work is (B, B) on detached tensors. The rest of the difference between the two columns "
-        "is run-to-run noise on a shared machine: per-run numbers are below.", "",
-        "Per-run steps/s: bt " + ", ".join(f"{r['steps_per_s']:.3f}" for r in o["runs"]["bt"]) + "; aplot "
-        + ", ".join(f"{r['steps_per_s']:.3f}" for r in o["runs"]["aplot"]) + ".", "",
+        f"| bt | {rate['bt']:.3f} |", f"| aplot (defaults, solver {o['solver']}) | {rate['aplot']:.3f} |"]
+    if "aplot-pot" in rate:
+        lines.append(f"| aplot with `--ot-solver pot` (POT on the CPU, float64) | {rate['aplot-pot']:.3f} |")
+    lines += [
+        "", f"**Ratio aplot/bt = {o['ratio']:.3f}** (median of the {len(o['paired_ratios'])} per-rep ratios "
+        + ", ".join(f"{r:.3f}" for r in o["paired_ratios"]) + f"; overhead {o['overhead_pct']:+.1f}%; target <= 5%)"
+        + (f"; with the CPU solver {o['ratio_pot']:.3f} ({100 * (1 - o['ratio_pot']):+.1f}%)." if "ratio_pot" in o
+           else "."),
+        f"The OT solve takes {1000 * o['ot_seconds_per_step']:.2f} ms of host time per step "
+        f"({100 * o['ot_seconds_per_step'] * rate['aplot']:.2f}% of an APLOT step; the rest of the gap between the "
+        "columns is run-to-run spread, see the per-run rates); Sinkhorn converged on "
+        f"{100 * o['converged_frac']:.0f}% of steps.", "",
+        "Per-run steps/s: " + "; ".join(f"{name} " + ", ".join(f"{r['steps_per_s']:.3f}" for r in rs)
+                                        for name, rs in o["runs"].items()) + ".", "",
+        *micro_lines(results.get("solver_micro")),
         "## 2. aplot `bt` vs TRL `RewardTrainer` (same model, data, batch size, max length, steps)", ""]
     if "skipped" in t:
         lines += [f"Skipped: {t['skipped']}", ""]
     else:
         lines += [
-            "| trainer | pairs/s |", "| --- | --- |",
-            f"| TRL RewardTrainer {results['trl_version']} | {t['trl']['pairs_per_second']:.2f} |",
+            "| trainer | pairs/s (loop) |", "| --- | --- |",
+            f"| TRL RewardTrainer {t['trl_version']} | {t['trl']['loop_pairs_per_second']:.2f} |",
             f"| aplot train-rm --loss bt | {t['aplot_bt_pairs_per_s']:.2f} |",
             f"| aplot train-rm --loss bt, group_by_length | {t['aplot_bt_grouped_pairs_per_s']:.2f} |", "",
             f"**Ratio aplot/TRL = {t['ratio']:.2f}x** (target >= 1.0x); with length-grouped batches "
             f"**{t['ratio_grouped']:.2f}x**. TRL kept {t['trl']['pairs_kept']} of {t['trl']['pairs_in']} pairs "
             "(it drops pairs longer than max_length; aplot truncates and counts instead). TRL's RewardConfig "
             "defaults to bf16=True and gradient_checkpointing=True; both are off here so that both trainers run "
-            "float32 without recomputation (with TRL's defaults on this CPU, an interrupted earlier attempt ran "
-            "about 4x slower than aplot).",
-            "TRL setup (not an aplot dependency): `python3 -m venv bench/_work/venv`, then a `.pth` file in that "
-            "venv pointing at `.venv`'s site-packages so TRL runs on the very same torch 2.13.0+cpu, "
-            "transformers and accelerate as aplot (the PyPI torch 2.13.0 wheel is the CUDA build, which this "
-            "offline CPU machine cannot use), then `bench/_work/venv/bin/pip install --no-deps trl==1.16.0`.", ""]
-    lines += ["## 3. Peak resident memory (CPU, float32, whole process)", "", "| run | peak RSS (MiB) | wall s |",
-              "| --- | --- | --- |"]
+            "float32 without recomputation.", ""]
+    lines += ["## 3. Peak memory (float32, " + ("CUDA allocator peak" if args.device == "cuda" else
+                                               "whole-process resident set") + ")", "",
+              "| run | peak (MiB) | wall s |", "| --- | --- | --- |"]
+    key = "peak_cuda_mib" if args.device == "cuda" else "peak_rss_mib"
     for name, m in results["memory"].items():
-        lines.append(f"| {name} | {m.get('peak_rss_mib', 'n/a')} | {m['wall_s']} |")
-    lines += ["", "Raw numbers:", "", "```json", json.dumps(results, indent=1, default=str)[:6000], "```", ""]
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text("\n".join(lines))
+        lines.append(f"| {name} | {m.get(key, 'n/a')} | {m.get('wall_s', 'n/a')} |")
+    lines += ["", "Raw numbers:", "", "```json", json.dumps(results, indent=1, default=str)[:8000], "```", ""]
+    Path(args.results).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.results).write_text("\n".join(lines))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--reps", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--lr", type=float, default=5e-5)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--random-init", action="store_true")
+    parser.add_argument("--minilm-source", default="minilm-l6", help="name or folder whose config/tokenizer to use")
+    parser.add_argument("--smollm-source", default="smollm2-135m", help="name or folder whose config/tokenizer to use")
+    parser.add_argument("--trl-python", default=str(TRL_PY))
+    parser.add_argument("--skip-trl", action="store_true")
     parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--results", default=str(ROOT / "bench" / "results" / "train_rm.md"))
     args = parser.parse_args()
+    command = "python bench/train_rm.py " + " ".join(sys.argv[1:])
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from aplot_cli.console import set_quiet
 
     set_quiet(True)
     WORK.mkdir(parents=True, exist_ok=True)
     pairs, emb = data()
-    results: dict = {"overhead": overhead(pairs, emb, args.steps, args.reps)}
-    results["trl"] = trl_compare(pairs, emb, args.steps, results["overhead"]["runs"]["bt"])
-    results["trl_version"] = subprocess.run([str(TRL_PY), "-c", "import trl; print(trl.__version__)"],
-                                            capture_output=True, text=True).stdout.strip() if TRL_PY.exists() else None
-    results["memory"] = {} if args.skip_memory else peak_memory(pairs, emb)
-    write(results, args)
-    print(RESULTS)
+    args.model = random_model(args.minilm_source, "minilm-l6") if args.random_init else args.minilm_source
+    results: dict = {"solver_micro": solver_micro(args.batch)} if args.device == "cuda" else {}
+    results["overhead"] = overhead(args, pairs, emb)
+    if not args.skip_trl:
+        from aplot_cli import models
+
+        args.model = models.resolve(args.model) if not args.random_init else args.model
+        results["trl"] = trl_compare(args, pairs, emb, results["overhead"]["runs"]["bt"])
+    results["memory"] = {} if args.skip_memory else peak_memory(args, pairs, emb)
+    write(results, args, command)
+    print(args.results)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ User mistakes (`AplotError`) become a message on stderr and the error's exit cod
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -43,8 +44,8 @@ def _quiet_libraries() -> None:
 
 
 def stage_command(func: Callable[..., Path]) -> Callable[..., None]:
-    """Run a command body that returns a manifest path: print the path on stdout, turn AplotError into
-    its exit code with a message on stderr."""
+    """Run a command body that returns a manifest path: print the path on stdout (main process only under
+    a distributed launch), turn AplotError into its exit code with a message on stderr."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> None:
@@ -67,7 +68,8 @@ def stage_command(func: Callable[..., Path]) -> Callable[..., None]:
             print("interrupted: the output directory has no manifest and counts as unfinished",
                   file=sys.stderr)
             raise typer.Exit(130) from None
-        typer.echo(str(manifest))
+        if int(os.environ.get("RANK", "0")) == 0:  # under torchrun/accelerate only the main process prints it
+            typer.echo(str(manifest))
 
     return wrapper
 
@@ -163,6 +165,8 @@ def train_rm(
     margin_from: Annotated[Optional[str], typer.Option(help="row or diag. [default: row]")] = None,
     margin_scale: Annotated[Optional[float], typer.Option(help="APLOT margin scale. [default: 1]")] = None,
     ot_scope: Annotated[Optional[str], typer.Option(help="local or global (across ranks). [default: local]")] = None,
+    ot_solver: Annotated[Optional[str], typer.Option(
+        help="auto (POT on CPU, a captured float32 graph on CUDA), pot, or torch. [default: auto]")] = None,
     learning_rate: Annotated[Optional[float], typer.Option(help="[default: 5e-5]")] = None,
     epochs: Annotated[Optional[float], typer.Option(help="[default: 1]")] = None,
     max_steps: Annotated[Optional[int], typer.Option(help="Stop after this many steps (overrides epochs).")] = None,
@@ -190,7 +194,7 @@ def train_rm(
 
     cfg = build_config(TrainConfig, config, _flags(
         backbone=backbone, loss=tuple(loss.split("+")) if loss else None, semantic_source=semantic_source,
-        margin_norm=margin_norm, margin_from=margin_from, margin_scale=margin_scale, ot_scope=ot_scope,
+        margin_norm=margin_norm, margin_from=margin_from, margin_scale=margin_scale, ot_scope=ot_scope, ot_solver=ot_solver,
         learning_rate=learning_rate, epochs=epochs, max_steps=max_steps, batch_size=batch_size, grad_accum=grad_accum,
         max_length=max_length, max_train_pairs=max_train_pairs, max_eval_pairs=max_eval_pairs, eval_steps=eval_steps,
         save_steps=save_steps, lora=lora, report_to=tuple(report_to) if report_to else None, device=device, bf16=bf16,

@@ -117,6 +117,12 @@ class PairDataset:
         return self.split.records[i]
 
 
+def _unit_rows(table: np.ndarray):
+    import torch
+
+    return torch.nn.functional.normalize(torch.from_numpy(np.ascontiguousarray(table, dtype=np.float32)), dim=1)
+
+
 class PairCollator:
     """Pads chosen and rejected to one length (right padding) and stacks them as (2B, L): rows 0..B-1
     chosen, B..2B-1 rejected, so one forward pass scores both. Side tables ride along by row."""
@@ -126,8 +132,9 @@ class PairCollator:
 
         self.pad_id = pad_id
         self.margin = torch.from_numpy(split.dataset_margin)
-        self.emb_c = None if split.emb_chosen is None else torch.from_numpy(np.ascontiguousarray(split.emb_chosen))
-        self.emb_r = None if split.emb_rejected is None else torch.from_numpy(np.ascontiguousarray(split.emb_rejected))
+        # Unit length once here, so the semantic cost on the device is one matrix product per step.
+        self.emb_c = None if split.emb_chosen is None else _unit_rows(split.emb_chosen)
+        self.emb_r = None if split.emb_rejected is None else _unit_rows(split.emb_rejected)
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         import torch
@@ -140,7 +147,8 @@ class PairCollator:
             ids[i, :len(seq)] = torch.tensor(seq, dtype=torch.long)
             mask[i, :len(seq)] = 1
         rows = torch.tensor([f["row"] for f in features], dtype=torch.long)
-        batch = {"input_ids": ids, "attention_mask": mask, "rows": rows, "dataset_margin": self.margin[rows]}
+        batch = {"input_ids": ids, "attention_mask": mask, "rows": rows, "dataset_margin": self.margin[rows],
+                 "num_tokens": sum(len(s) for s in seqs)}  # a host int: counting on the device would sync
         if "token_type_ids_chosen" in features[0]:
             types = [f["token_type_ids_chosen"] for f in features] + [f["token_type_ids_rejected"] for f in features]
             batch["token_type_ids"] = torch.zeros_like(ids)
@@ -212,6 +220,9 @@ def _make_trainer_class():
             self.head = head
             self.model_accepts_loss_kwargs = False  # our loss is a mean: Trainer scales it for accumulation
             self._metrics: dict[str, list[float]] = {}
+            self._steps: list[tuple] = []        # per step: (diff, r_c, r_r, margin applied or None)
+            self._device_ot: list = []            # per step: MarginResult from the device solver
+            self._ot_flags: list[tuple] = []      # per step: (converged, fallback) 0-d device tensors
             self._pairs_since_log, self._last_log_time = 0, time.perf_counter()
             self.ot_totals = {"solves": 0, "converged": 0, "fallbacks": 0, "seconds": 0.0}
 
@@ -233,9 +244,7 @@ def _make_trainer_class():
             outputs = model(**forward, output_hidden_states=use_backbone)
             rewards = outputs.logits[:, 0].float()
             r_c, r_r = rewards[:n], rewards[n:]
-            margin = torch.zeros_like(r_c)
-            if self.spec.dataset_margin:
-                margin = margin + dataset_margin.to(r_c.dtype)
+            margin = dataset_margin.to(r_c.dtype) if self.spec.dataset_margin else None
             result_ot = None
             if self.spec.aplot and model.training:
                 e_c = e_r = None
@@ -244,42 +253,68 @@ def _make_trainer_class():
                     e_c, e_r = emb[:n], emb[n:]
                 elif self.cfg.semantic_source == "embeddings" and "emb_chosen" in inputs:
                     e_c, e_r = inputs["emb_chosen"], inputs["emb_rejected"]
-                result_ot = self.margin_fn(r_c, r_r, e_c, e_r, step=self.state.global_step)
-                margin = margin + result_ot.margin
+                result_ot = self.margin_fn(r_c, r_r, e_c, e_r, step=self.state.global_step,
+                                           normalized=not use_backbone)  # the collator's tables are unit length
+                margin = result_ot.margin if margin is None else margin + result_ot.margin
             result = losses.reward_loss(self.spec, r_c, r_r, margin, eps=self.cfg.label_smooth_eps,
                                         eta=self.cfg.center_eta, gamma=self.cfg.focal_gamma)
             if model.training:
-                self._record(result, result_ot, inputs["attention_mask"], rows, r_c.detach(), r_r.detach())
+                num_tokens = inputs.get("num_tokens")
+                if num_tokens is None:
+                    num_tokens = int(inputs["attention_mask"].sum())
+                self._record(result, result_ot, num_tokens, rows, r_c.detach(), r_r.detach())
             if return_outputs:
                 return result.loss, {"rewards_chosen": r_c.detach(), "rewards_rejected": r_r.detach()}
             return result.loss
 
-        def _record(self, result, result_ot, mask, rows, r_c, r_r) -> None:
-            values = {"accuracy": result.accuracy, "margin": float(result.diff.mean()),
-                      "rewards/chosen": float(r_c.mean()), "rewards/rejected": float(r_r.mean())}
-            for key, value in values.items():
-                self._metrics.setdefault(key, []).append(value)
-            if result_ot is not None:
-                if result_ot.ot is not None:
+        def _record(self, result, result_ot, num_tokens, rows, r_c, r_r) -> None:
+            """Keeps references to this step's tensors and launches nothing on the accelerator: `log`
+            reduces all steps since the last log at once (one stack per metric), and reads them then."""
+            applied = result.margin if result_ot is not None else None
+            self._steps.append((result.diff.detach(), r_c, r_r, applied))
+            if result_ot is not None and result_ot.ot is not None:
+                self.ot_totals["solves"] += 1
+                self.ot_totals["seconds"] += result_ot.ot.seconds
+                self._ot_flags.append((result_ot.ot.converged, result_ot.fallback))
+                if result_ot.full is not None:  # the device path: reduced at log time
+                    self._device_ot.append(result_ot)
+                else:
                     for key, value in result_ot.stats.items():
                         self._metrics.setdefault(f"ot/{key}", []).append(value)
-                    self.ot_totals["solves"] += 1
-                    self.ot_totals["converged"] += int(result_ot.ot.converged)
-                    self.ot_totals["fallbacks"] += int(result_ot.fallback)
-                    self.ot_totals["seconds"] += result_ot.ot.seconds
-                self._metrics.setdefault("margin_applied", []).append(float(result.margin.mean()))
-            tokens = int(mask.sum())
-            self.state.num_input_tokens_seen += tokens * self.accelerator.num_processes
+            elif result_ot is not None:  # warm-up
+                for key, value in result_ot.stats.items():
+                    self._metrics.setdefault(f"ot/{key}", []).append(value)
+            self.state.num_input_tokens_seen += num_tokens * self.accelerator.num_processes
             self._pairs_since_log += rows.shape[0] * self.accelerator.num_processes
             if self.margin_sink is not None:
                 self.margin_sink.add(self.state.global_step + 1, rows, result.margin, result.diff)
 
+        def _step_metrics(self) -> dict[str, Any]:
+            """The per-step metrics since the last log, averaged over steps, as 0-d tensors or floats."""
+            from aplot_cli.margins import device_stats
+
+            steps, self._steps = self._steps, []
+            device_ot, self._device_ot = self._device_ot, []
+            metrics: dict[str, Any] = {}
+            if steps:
+                diff, r_c, r_r = ([s[i] for s in steps] for i in range(3))
+                metrics["accuracy"] = _step_mean(diff, lambda x: (x > 0).float().mean(1))
+                metrics["margin"] = _step_mean(diff, lambda x: x.mean(1))
+                metrics["rewards/chosen"] = _step_mean(r_c, lambda x: x.mean(1))
+                metrics["rewards/rejected"] = _step_mean(r_r, lambda x: x.mean(1))
+                applied = [s[3] for s in steps if s[3] is not None]
+                if applied:
+                    metrics["margin_applied"] = _step_mean(applied, lambda x: x.mean(1))
+            if device_ot:
+                metrics.update({f"ot/{k}": v for k, v in device_stats(device_ot).items()})
+            return metrics
+
         def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-            if "loss" in logs and self._metrics:  # a training log: attach the averaged step metrics
+            if "loss" in logs and (self._steps or self._metrics):  # a training log: attach the step metrics
                 if not math.isfinite(logs["loss"]):
                     raise TrainingError(f"the training loss is {logs['loss']} at step {self.state.global_step}",
                                         hint="lower --learning-rate, or check the data for empty texts")
-                logs.update({k: float(np.mean(v)) for k, v in self._metrics.items()})
+                logs.update(_mean_metrics({**{k: [v] for k, v in self._step_metrics().items()}, **self._metrics}))
                 now = time.perf_counter()
                 logs["pairs_per_second"] = self._pairs_since_log / max(now - self._last_log_time, 1e-9)
                 logs["num_tokens"] = float(self.state.num_input_tokens_seen)
@@ -302,6 +337,37 @@ def _make_trainer_class():
             return loss.detach(), logits, torch.zeros(logits.shape[0], device=logits.device)
 
     return RewardTrainer
+
+
+def _step_mean(values: list, reduce):
+    """Mean over steps of `reduce` applied to each step's tensor, with one stack per tensor shape (the
+    last batch of an epoch may be smaller)."""
+    import torch
+
+    groups: dict[tuple, list] = {}
+    for value in values:
+        groups.setdefault(tuple(value.shape), []).append(value)
+    return sum(reduce(torch.stack(group)).sum() for group in groups.values()) / len(values)
+
+
+def _mean_metrics(metrics: dict[str, list]) -> dict[str, float]:
+    """Mean of each metric's per-step values (floats or 0-d tensors, on any device): one stack and one
+    host read per device, at log time only."""
+    import torch
+
+    means, by_device = {}, {}
+    for key, values in metrics.items():
+        tensors = [v for v in values if isinstance(v, torch.Tensor)]
+        if not tensors:
+            means[key] = float(np.mean(values))
+            continue
+        device = tensors[0].device
+        stacked = torch.stack([torch.as_tensor(v, dtype=torch.float32, device=device).reshape(()) for v in values])
+        by_device.setdefault(device, []).append((key, stacked.float().mean()))
+    for items in by_device.values():
+        for (key, _), value in zip(items, torch.stack([v for _, v in items]).tolist(), strict=True):
+            means[key] = float(value)
+    return means
 
 
 def pair_accuracy(eval_pred) -> dict[str, float]:
@@ -391,14 +457,15 @@ class MarginSink:
                 part.unlink()
 
     def add(self, step: int, rows, margin, diff) -> None:
-        self.rows.append((step, rows.cpu().numpy(), margin.detach().float().cpu().numpy(),
-                          diff.detach().float().cpu().numpy()))
+        """Keeps the tensors where they are (a few floats per pair) until the next checkpoint."""
+        self.rows.append((step, rows.detach(), margin.detach().float(), diff.detach().float()))
 
     def flush(self) -> None:
         import pandas as pd
 
         if not self.rows:
             return
+        self.rows = [(s, r.cpu().numpy(), m.cpu().numpy(), d.cpu().numpy()) for s, r, m, d in self.rows]
         frame = pd.DataFrame({
             "pair_id": [self.pair_ids[r] for _, rows, _, _ in self.rows for r in rows],
             "step": np.concatenate([np.full(len(rows), s) for s, rows, _, _ in self.rows]).astype(np.int64),
@@ -441,6 +508,8 @@ def _training_args(cfg: TrainConfig, out_dir: Path, use_cpu: bool, has_eval: boo
         remove_unused_columns=False, disable_tqdm=True, dataloader_num_workers=cfg.dataloader_workers,
         activation_checkpointing=cfg.gradient_checkpointing,
         ddp_backend="gloo" if use_cpu and distributed else None, label_names=[],
+        # pinned batches copied without a host sync (GPU); on the CPU there is nothing to copy
+        dataloader_pin_memory=not use_cpu, accelerator_config={"non_blocking": not use_cpu},
         ddp_find_unused_parameters=False if distributed else None)
 
 
@@ -543,7 +612,8 @@ def _build_trainer(cfg, spec, model, head, tokenizer, train, test, out_dir, args
     margin_fn = AplotMargin(AplotSettings(
         w_rew=cfg.w_rew, w_sem=0.0 if cfg.semantic_source == "none" else cfg.w_sem, reg=cfg.ot_reg,
         num_iter=cfg.ot_iters, tol=cfg.ot_tol, margin_from=cfg.margin_from, margin_norm=cfg.margin_norm,
-        scale=cfg.margin_scale, warmup_steps=cfg.margin_warmup_steps, scope=cfg.ot_scope)) if spec.aplot else None
+        scale=cfg.margin_scale, warmup_steps=cfg.margin_warmup_steps, scope=cfg.ot_scope,
+        solver=cfg.ot_solver)) if spec.aplot else None
     sink = MarginSink(out_dir, train.pair_ids, rank, resumed_step) if cfg.save_margins else None
     trainer_cls = _make_trainer_class()
     trainer = trainer_cls(
@@ -591,10 +661,28 @@ def _final_metrics(trainer, train, test, train_output, seconds, cfg) -> dict[str
 
 def _ot_summary(trainer) -> dict[str, Any]:
     totals = dict(trainer.ot_totals)
+    flags = trainer._ot_flags
+    totals["converged"] = int(sum(float(c) for c, _ in flags))  # once, after training: host reads are fine
+    totals["fallbacks"] = int(sum(float(f) for _, f in flags))
+    if trainer.margin_fn is not None:
+        solver = trainer.margin_fn.solver_for(trainer.args.device)
+        device = trainer.margin_fn.device_solver
+        totals["solver"] = ("pot-cpu-float64" if solver == "pot" else
+                            f"torch-{torch_device_type(trainer.args.device)}-float32-{device.name}")
+        if solver == "torch":
+            totals["routes"], totals["setup_seconds"] = dict(device.routes), round(device.setup_seconds, 4)
+            if device.errors:
+                totals["route_errors"] = dict(device.errors)
     if totals["solves"]:
         totals["converged_frac"] = totals["converged"] / totals["solves"]
         totals["mean_seconds"] = totals["seconds"] / totals["solves"]
     return totals
+
+
+def torch_device_type(device) -> str:
+    import torch
+
+    return torch.device(device).type
 
 
 def _save(trainer, tokenizer, cfg: TrainConfig, out_dir: Path, pair_ids) -> list[dict[str, Any]]:

@@ -64,6 +64,7 @@ def test_torchrun_two_cpu_processes_global_scope(tiny_bert_dir, synthetic_pairs_
            "--ot-scope", "global", "--max-eval-pairs", "8", "--device", "cpu", "-q"]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == [str(out / "manifest.json")]  # printed once, by the main process
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["diagnostics"]["world_size"] == 2
     import pandas as pd

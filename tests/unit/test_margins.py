@@ -1,5 +1,10 @@
 """APLOT's OT margin: plan marginals, hard vs easy pairs, shapes, non-convergence and NaN handling."""
 
+import importlib.util
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -96,3 +101,128 @@ def test_gather_rows_without_distributed_is_identity():
     x = torch.randn(3, 2)
     gathered, offset = gather_rows(x)
     assert gathered is x and offset == 0
+
+
+# ------------------------------------------------------------------ the on-device (torch) solver
+
+from aplot_cli.margins import DeviceSinkhorn, device_stats, sinkhorn_log_torch  # noqa: E402
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.mark.parametrize("batch", [1, 5, 32])
+def test_torch_solver_matches_pot(batch):
+    """Same updates as POT's sinkhorn_log: with POT's early stop switched off (tol 0) the plans agree."""
+    gen = torch.Generator().manual_seed(batch)
+    r_c, r_r = torch.randn(batch, generator=gen), torch.randn(batch, generator=gen)
+    e = torch.nn.functional.normalize(torch.randn(2, batch, 8, generator=gen), dim=-1)
+    cost = cost_matrix(r_c, r_r, e[0], e[1])
+    reference = sinkhorn(cost, reg=0.1, num_iter=50, tol=0.0)
+    plan64, error64 = sinkhorn_log_torch(cost.double(), reg=0.1, num_iter=50)
+    np.testing.assert_allclose(plan64.numpy(), reference.plan, rtol=1e-10, atol=1e-14)
+    plan32, error32 = sinkhorn_log_torch(cost.float(), reg=0.1, num_iter=50)
+    np.testing.assert_allclose(plan32.numpy(), reference.plan, rtol=1e-4, atol=1e-7)
+    assert error32.dim() == 0 and float(error32) < 1e-6
+
+
+def test_torch_solver_result_is_lazy_and_records_nonconvergence():
+    gen = torch.Generator().manual_seed(0)
+    cost = torch.rand(16, 16, generator=gen) * 5
+    result = DeviceSinkhorn(reg=0.01, num_iter=1, tol=1e-12)(cost)
+    assert isinstance(result.converged, torch.Tensor) and not bool(result.converged) and bool(result.finite)
+    assert result.iterations == 1
+
+
+@pytest.mark.parametrize("settings", [AplotSettings(), AplotSettings(margin_from="diag"),
+                                      AplotSettings(margin_norm="zscore", scale=2.0), AplotSettings(w_sem=0.0)])
+def test_torch_solver_margins_equal_pot_margins(settings):
+    r_c, r_r, e_c, e_r, hard = constructed_batch()
+    pot = AplotMargin(settings)(r_c, r_r, e_c, e_r)
+    dev = AplotMargin(AplotSettings(**{**settings.__dict__, "solver": "torch"}))(r_c, r_r, e_c, e_r)
+    assert dev.margin.dtype == torch.float32 and dev.margin.shape == (12,)
+    torch.testing.assert_close(dev.margin, pot.margin, rtol=1e-4, atol=1e-5)
+    assert dev.margin[hard].min() > dev.margin[~hard].max() or settings.margin_norm == "zscore"
+    stats = device_stats([dev])
+    assert float(stats["converged_frac"]) == 1.0 and float(stats["fallback"]) == 0.0
+    for key, value in pot.stats.items():
+        if key not in ("seconds", "iterations"):
+            assert float(stats[key]) == pytest.approx(value, rel=1e-3, abs=1e-5), key
+    normalized = AplotMargin(AplotSettings(**{**settings.__dict__, "solver": "torch"}))(r_c, r_r, e_c, e_r,
+                                                                                        normalized=True)
+    torch.testing.assert_close(normalized.margin, dev.margin, rtol=1e-5, atol=1e-6)  # e_c, e_r are unit length
+
+
+def test_device_stats_average_steps_of_different_batch_sizes():
+    """The log's per-step means over an interval whose last batch is smaller equal step-by-step stats."""
+    margin = AplotMargin(AplotSettings(solver="torch"))
+    gen = torch.Generator().manual_seed(1)
+    results = [margin(torch.randn(n, generator=gen), torch.randn(n, generator=gen)) for n in (8, 8, 5)]
+    together = device_stats(results)
+    alone = [device_stats([r]) for r in results]
+    for key in ("margin_mean", "margin_std", "margin_spread", "cost_mean", "converged_frac", "marginal_error"):
+        expected = sum(float(a[key]) for a in alone) / 3
+        assert float(together[key]) == pytest.approx(expected, rel=1e-5, abs=1e-7), key
+    assert float(alone[2]["margin_std"]) == pytest.approx(float(results[2].full.std(unbiased=False)), rel=1e-5)
+
+
+def test_torch_solver_nan_never_reaches_the_margin():
+    r_c = torch.tensor([0.0, float("nan"), 1.0])
+    result = AplotMargin(AplotSettings(solver="torch"))(r_c, torch.zeros(3))
+    assert bool(result.fallback) and torch.equal(result.margin, torch.zeros(3))
+    stats = device_stats([result])
+    assert float(stats["fallback"]) == 1.0 and float(stats["converged_frac"]) == 0.0
+
+
+def test_auto_solver_is_pot_on_cpu_and_torch_on_cuda():
+    margin = AplotMargin(AplotSettings())
+    assert margin.solver_for(torch.device("cpu")) == "pot"
+    assert margin.solver_for(torch.device("cuda")) == "torch"
+    assert AplotMargin(AplotSettings(solver="pot")).solver_for(torch.device("cuda")) == "pot"
+    with pytest.raises(ValueError):
+        AplotMargin(AplotSettings(solver="sinkhorn"))
+
+
+@CUDA
+@pytest.mark.gpu
+@pytest.mark.parametrize("fused", [True, False])
+def test_cuda_solver_routes_match_pot(fused):
+    """On CUDA: the fused Triton kernel (when Triton is there) or the captured graph (one per shape)."""
+    solver = DeviceSinkhorn(reg=0.1, num_iter=50, tol=1e-6, fused=fused)
+    for batch in (32, 32, 7, 32, 1):
+        gen = torch.Generator().manual_seed(batch)
+        cost = cost_matrix(torch.randn(batch, generator=gen), torch.randn(batch, generator=gen))
+        result = solver(cost.cuda())
+        reference = sinkhorn(cost, reg=0.1, num_iter=50, tol=0.0)
+        np.testing.assert_allclose(result.plan.cpu().numpy(), reference.plan, rtol=1e-4, atol=1e-7)
+        assert bool(result.converged)
+    assert not solver.errors, solver.errors
+    if fused:
+        assert solver.routes == {"fused": 5}
+    else:
+        assert solver.routes == {"cuda-graph": 5} and len(solver._cache) == 3
+
+
+TRITON = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs triton (CUDA torch builds have it)")
+
+
+@TRITON
+def test_fused_kernel_matches_pot_in_triton_interpreter():
+    """The Triton kernel's logic, run by Triton's CPU interpreter in a fresh process (no GPU needed)."""
+    code = """
+import numpy as np, torch
+from aplot_cli.margins import cost_matrix, sinkhorn
+from aplot_cli.margins.fused import sinkhorn_log_fused
+for batch in (1, 5, 17, 32):
+    gen = torch.Generator().manual_seed(batch)
+    e = torch.nn.functional.normalize(torch.randn(2, batch, 8, generator=gen), dim=-1)
+    cost = cost_matrix(torch.randn(batch, generator=gen), torch.randn(batch, generator=gen), e[0], e[1])
+    plan, error = sinkhorn_log_fused(cost, 0.1, 50)
+    np.testing.assert_allclose(plan.numpy(), sinkhorn(cost, 0.1, 50, tol=0.0).plan, rtol=1e-4, atol=1e-7)
+    assert float(error) < 1e-6
+plan, error = sinkhorn_log_fused(torch.tensor([[0.0, float("nan")], [0.1, 0.2]]), 0.1, 50)
+assert float(error) == float("inf")
+print("ok")
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, "TRITON_INTERPRET": "1"})
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-2000:]

@@ -68,6 +68,29 @@ def test_aplot_run_writes_a_loadable_model_log_margins_and_manifest(tiny_bert_di
     assert scores.shape == (2, 1) and torch.isfinite(scores).all()
 
 
+def test_torch_ot_solver_trains_like_pot(tiny_bert_dir, synthetic_pairs_dir, embeddings_dir, tmp_path):
+    """`--ot-solver torch` (float32, the CUDA path's updates, run eagerly here) gives the same per-step
+    margins and logs the same diagnostics as POT, with the lazy (device-tensor) metrics read at log time."""
+    runs = {}
+    for solver in ("pot", "torch"):
+        out = tmp_path / solver
+        manifest = json.loads(train.run(tiny_cfg(tiny_bert_dir, ot_solver=solver), synthetic_pairs_dir, out,
+                                        embeddings_dir=embeddings_dir).read_text())
+        runs[solver] = (manifest, pd.read_parquet(out / "margins.parquet"), read_log(out))
+    assert runs["pot"][0]["diagnostics"]["ot"]["solver"] == "pot-cpu-float64"
+    on_cuda = runs["torch"][0]["diagnostics"]["device"] == "cuda"
+    expected = {"torch-cuda-float32-fused", "torch-cuda-float32-cuda-graph"} if on_cuda else {"torch-cpu-float32-eager"}
+    assert runs["torch"][0]["diagnostics"]["ot"]["solver"] in expected
+    for solver in runs:
+        ot = runs[solver][0]["diagnostics"]["ot"]
+        assert ot["solves"] == 4 and ot["converged"] == 4 and ot["fallbacks"] == 0 and ot["converged_frac"] == 1.0
+    pd.testing.assert_series_equal(runs["pot"][1]["margin"], runs["torch"][1]["margin"], rtol=1e-4, atol=1e-5)
+    pot_log, torch_log = ([r for r in runs[s][2] if "loss" in r] for s in ("pot", "torch"))
+    for a, b in zip(pot_log, torch_log, strict=True):
+        for name in ("loss", "accuracy", "ot/margin_mean", "ot/cost_mean", "ot/converged_frac", "num_tokens"):
+            assert isinstance(b[name], float) and b[name] == pytest.approx(a[name], rel=1e-3, abs=1e-5), name
+
+
 def test_decoder_lora_backbone_semantics_and_padding(tiny_llama_rm_dir, synthetic_pairs_dir, tmp_path):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 

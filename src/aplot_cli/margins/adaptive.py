@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from aplot_cli.margins.ot import OTResult, cost_matrix, sinkhorn
+from aplot_cli.margins.ot import DeviceSinkhorn, OTResult, cost_matrix, sinkhorn
 
 
 @dataclass(frozen=True)
@@ -30,20 +30,25 @@ class AplotSettings:
     scale: float = 1.0
     warmup_steps: int = 0           # plain BT (zero margin) for the first steps
     scope: str = "local"            # local | global (gather across data-parallel ranks)
+    solver: str = "auto"            # auto (pot on CPU, torch on CUDA) | pot | torch
 
 
 @dataclass(frozen=True)
 class MarginResult:
     """margin: (B_local,) constant margin for this rank's rows; ot: the solve (None during warm-up);
     raw: (B_global,) margin before normalisation; offset: first global row of this rank;
-    fallback: the plan was not finite and the margin was zeroed."""
+    fallback: the plan was not finite and the margin was zeroed; stats: the per-step diagnostics as
+    floats. On the device solver's path nothing is read back: fallback is a 0-d tensor, `full` holds the
+    global margin, stats is empty, and `device_stats` reduces many steps' results at once when the
+    trainer logs."""
 
     margin: torch.Tensor
     ot: OTResult | None
     raw: torch.Tensor
     offset: int = 0
-    fallback: bool = False
+    fallback: bool | torch.Tensor = False
     stats: dict[str, float] = field(default_factory=dict)
+    full: torch.Tensor | None = None
 
 
 def plan_margin(plan: torch.Tensor, cost: torch.Tensor, margin_from: str = "row") -> torch.Tensor:
@@ -87,12 +92,21 @@ class AplotMargin:
     """Callable: (r_c, r_r, e_c, e_r, step) -> MarginResult, per the settings."""
 
     def __init__(self, settings: AplotSettings):
-        if settings.margin_from not in ("row", "diag") or settings.margin_norm not in ("none", "zscore"):
+        if (settings.margin_from not in ("row", "diag") or settings.margin_norm not in ("none", "zscore")
+                or settings.solver not in ("auto", "pot", "torch")):
             raise ValueError(f"bad margin settings {settings}")
         self.settings = settings
+        self.device_solver = DeviceSinkhorn(settings.reg, settings.num_iter, settings.tol)
+
+    def solver_for(self, device: torch.device) -> str:
+        """`pot` (CPU, float64, early stop) or `torch` (float32 on `device`, a CUDA graph on CUDA)."""
+        if self.settings.solver == "auto":
+            return "torch" if torch.device(device).type == "cuda" else "pot"
+        return self.settings.solver
 
     def __call__(self, r_c: torch.Tensor, r_r: torch.Tensor, e_c: torch.Tensor | None = None,
-                 e_r: torch.Tensor | None = None, step: int = 0) -> MarginResult:
+                 e_r: torch.Tensor | None = None, step: int = 0, normalized: bool = False) -> MarginResult:
+        """`normalized`: the embeddings are already unit length (as `aplot embed` writes them)."""
         s = self.settings
         r_c, r_r = r_c.detach().float(), r_r.detach().float()
         n_local = r_c.shape[0]
@@ -110,6 +124,8 @@ class AplotMargin:
             if e_c is not None and e_r is not None:
                 dim = e_c.shape[1]
                 e_c, e_r = stacked[:, 2:2 + dim], stacked[:, 2 + dim:]
+        if self.solver_for(r_c.device) == "torch":
+            return self._on_device(cost_matrix(r_c, r_r, e_c, e_r, s.w_rew, s.w_sem, normalized), n_local, offset)
         cost = cost_matrix(r_c.cpu(), r_r.cpu(), None if e_c is None else e_c.cpu(),
                            None if e_r is None else e_r.cpu(), s.w_rew, s.w_sem)
         result = sinkhorn(cost, s.reg, s.num_iter, s.tol)
@@ -122,6 +138,45 @@ class AplotMargin:
         full = torch.nan_to_num(full, nan=0.0, posinf=0.0, neginf=0.0)
         margin = full[offset:offset + n_local].to(r_c.device)
         return MarginResult(margin=margin, ot=result, raw=raw, offset=offset, stats=_stats(result, full, raw))
+
+
+    def _on_device(self, cost: torch.Tensor, n_local: int, offset: int) -> MarginResult:
+        """Steps 5-9 where the cost lives, with no host sync: a non-finite plan zeroes the margin by
+        `torch.where` instead of a branch."""
+        s = self.settings
+        result = self.device_solver(cost)
+        raw = plan_margin(result.plan, result.cost, s.margin_from)
+        full = zscore(raw, s.scale) if s.margin_norm == "zscore" else (raw if s.scale == 1.0 else s.scale * raw)
+        zero = torch.zeros((), dtype=full.dtype, device=full.device)
+        full = torch.where(result.finite & torch.isfinite(full), full, zero)
+        raw = torch.where(result.finite, raw, zero)
+        return MarginResult(margin=full[offset:offset + n_local], ot=result, raw=raw, offset=offset,
+                            fallback=~result.finite, full=full)
+
+
+def device_stats(results: list[MarginResult]) -> dict[str, torch.Tensor]:
+    """`_stats` averaged over many device-path steps, as 0-d tensors: each step's statistic, then the
+    mean over steps, computed with one stack per batch shape (a run's last batch may be smaller)."""
+
+    def step_mean(values: list[torch.Tensor], reduce) -> torch.Tensor:
+        groups: dict[tuple, list[torch.Tensor]] = {}
+        for value in values:
+            groups.setdefault(tuple(value.shape), []).append(value)
+        return sum(reduce(torch.stack(group)).sum() for group in groups.values()) / len(values)
+
+    flat = lambda x: x.reshape(x.shape[0], -1)  # noqa: E731 - (S, ...) -> (S, n)
+    errors = [r.ot.marginal_error for r in results]
+    return {
+        "margin_mean": step_mean([r.full for r in results], lambda x: x.mean(1)),
+        "margin_std": step_mean([r.full for r in results], lambda x: x.std(1, unbiased=False)),
+        "margin_spread": step_mean([r.raw for r in results], lambda x: x.std(1, unbiased=False)),
+        "cost_mean": step_mean([r.ot.cost for r in results], lambda x: flat(x).mean(1)),
+        "converged_frac": step_mean([r.ot.converged for r in results], lambda x: x.float()),
+        "marginal_error": step_mean(errors, lambda x: torch.where(torch.isfinite(x), x, torch.full_like(x, -1.0))),
+        "iterations": torch.tensor(float(np.mean([r.ot.iterations for r in results]))),
+        "seconds": torch.tensor(float(np.mean([r.ot.seconds for r in results]))),
+        "fallback": step_mean([r.fallback for r in results], lambda x: x.float()),
+    }
 
 
 def _stats(result: OTResult, margin: torch.Tensor, raw: torch.Tensor, fallback: bool = False) -> dict[str, float]:

@@ -1,13 +1,16 @@
 """The optimal-transport half of APLOT (method.md section 2, steps 2-5): the cost matrix between a
 batch's chosen and rejected responses, and the entropic OT plan from POT's log-domain Sinkhorn.
 
-Everything here takes detached tensors and returns plain results; the plan is solved on the CPU in
-float64 (B is a batch, at most a few hundred, so this is microseconds of work and never touches the
-accelerator's stream). Non-convergence and non-finite plans are recorded in `OTResult`, never raised
-or printed."""
+Two solvers with the same updates. `sinkhorn` is POT's log-domain Sinkhorn on the CPU in float64,
+stopping on the marginal error: the default for CPU training and the reference. `DeviceSinkhorn` runs
+the same log-domain updates in float32 on the accelerator for a fixed number of iterations, captured
+as one CUDA graph, so an APLOT step never waits for the host (the default on CUDA; a test holds it to
+POT). Everything takes detached tensors; non-convergence and non-finite plans are recorded in
+`OTResult`, never raised or printed."""
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from dataclasses import dataclass
@@ -22,13 +25,14 @@ class OTResult:
     cost: (B, B) float64, the matrix the plan was solved for; converged: the marginal error reached
     `tol` within the iteration budget; finite: the plan holds no NaN/inf; marginal_error: max over
     rows and columns of the L2 marginal violation; iterations: Sinkhorn iterations run; seconds: wall
-    time of the solve; warning: POT's warning text, if any."""
+    time of the solve (host time: on the device path, the launch); warning: POT's warning text, if any.
+    From `DeviceSinkhorn` the arrays are device tensors and converged/finite/marginal_error 0-d tensors."""
 
-    plan: np.ndarray
-    cost: np.ndarray
-    converged: bool
-    finite: bool
-    marginal_error: float
+    plan: np.ndarray | torch.Tensor
+    cost: np.ndarray | torch.Tensor
+    converged: bool | torch.Tensor
+    finite: bool | torch.Tensor
+    marginal_error: float | torch.Tensor
     iterations: int
     seconds: float
     warning: str | None = None
@@ -47,13 +51,19 @@ def semantic_cost(e_c: torch.Tensor, e_r: torch.Tensor) -> torch.Tensor:
 
 
 def cost_matrix(r_c: torch.Tensor, r_r: torch.Tensor, e_c: torch.Tensor | None = None,
-                e_r: torch.Tensor | None = None, w_rew: float = 0.9, w_sem: float = 0.1) -> torch.Tensor:
+                e_r: torch.Tensor | None = None, w_rew: float = 0.9, w_sem: float = 0.1,
+                normalized: bool = False) -> torch.Tensor:
     """(B, B) `C = w_rew * C_rew + w_sem * C_sem` (the semantic term dropped when there are no
-    embeddings). Inputs are detached first: the margin is a constant to the optimiser."""
+    embeddings). Inputs are detached first: the margin is a constant to the optimiser. `normalized`:
+    the embeddings are unit length already, so the cosine is a plain product."""
     r_c, r_r = r_c.detach().float(), r_r.detach().float()
     cost = w_rew * reward_cost(r_c, r_r)
     if e_c is not None and e_r is not None and w_sem != 0.0:
-        cost = cost + w_sem * semantic_cost(e_c.detach().to(r_c.device), e_r.detach().to(r_c.device))
+        e_c, e_r = e_c.detach().to(r_c.device), e_r.detach().to(r_c.device)
+        if normalized:
+            cost = torch.addmm(cost, e_c.float(), e_r.float().T, alpha=w_sem)
+        else:
+            cost = cost + w_sem * semantic_cost(e_c, e_r)
     return cost
 
 
@@ -84,3 +94,103 @@ def sinkhorn(cost: torch.Tensor | np.ndarray, reg: float = 0.1, num_iter: int = 
     return OTResult(plan=plan, cost=matrix, converged=finite and error <= tol, finite=finite,
                     marginal_error=error, iterations=int(log.get("niter", num_iter - 1)) + 1,
                     seconds=seconds, warning=message)
+
+
+# ------------------------------------------------------------------------- the on-device solver
+
+
+def sinkhorn_log_torch(cost: torch.Tensor, reg: float = 0.1, num_iter: int = 50) -> tuple[torch.Tensor, torch.Tensor]:
+    """The updates of POT's `sinkhorn_log` (uniform marginals, u = v = 0 at the start, v then u each
+    iteration), run for exactly `num_iter` iterations on `cost`'s device and dtype with no host sync.
+
+    Returns (plan (B, B), marginal error as a 0-d tensor: max over rows and columns of the L2
+    marginal violation, inf when the plan is not finite). A fixed iteration count is what lets the
+    solve be captured as one CUDA graph; POT's early stop needs a host read every 10 iterations."""
+    n_rows, n_cols = cost.shape
+    scaled = -cost / reg
+    log_a, log_b = -math.log(n_rows), -math.log(n_cols)
+    u = cost.new_zeros(n_rows)
+    v = cost.new_zeros(n_cols)
+    for _ in range(num_iter):
+        v = log_b - torch.logsumexp(scaled + u[:, None], dim=0)
+        u = log_a - torch.logsumexp(scaled + v[None, :], dim=1)
+    plan = torch.exp(scaled + u[:, None] + v[None, :])
+    error = torch.maximum(torch.linalg.vector_norm(plan.sum(1) - 1.0 / n_rows),
+                          torch.linalg.vector_norm(plan.sum(0) - 1.0 / n_cols))
+    error = torch.where(torch.isfinite(plan).all(), error, torch.full_like(error, float("inf")))
+    return plan, error
+
+
+class DeviceSinkhorn:
+    """`sinkhorn_log_torch`'s updates in float32 on the accelerator with no host sync, by the cheapest
+    route that works: on CUDA one fused Triton kernel (`margins.fused`, B <= 128, when Triton is there),
+    else a CUDA graph captured once per batch shape (about a thousand tiny kernels replayed as one
+    launch), else eager. A route that fails once (a compile or capture error) is not tried again; the
+    error is kept for the manifest. `OTResult` fields from here are tensors on the device (converged,
+    finite and marginal_error are 0-d), read by the trainer only when it logs."""
+
+    def __init__(self, reg: float = 0.1, num_iter: int = 50, tol: float = 1e-6, graphs: bool = True,
+                 fused: bool = True):
+        self.reg, self.num_iter, self.tol, self.graphs, self.fused = reg, num_iter, tol, graphs, fused
+        self._cache: dict[tuple, tuple] = {}
+        self.routes: dict[str, int] = {}
+        self.errors: dict[str, str] = {}
+        self.setup_seconds = 0.0  # graph captures and kernel compiles, kept out of `OTResult.seconds`
+
+    @property
+    def name(self) -> str:
+        """The route most solves took (e.g. `fused`, `cuda-graph`, `eager`)."""
+        return max(self.routes, key=self.routes.get) if self.routes else "none"
+
+    def _graph(self, cost: torch.Tensor):
+        key = (tuple(cost.shape), str(cost.device))
+        if key not in self._cache:
+            start = time.perf_counter()
+            static = cost.clone()
+            side = torch.cuda.Stream(device=cost.device)
+            side.wait_stream(torch.cuda.current_stream(cost.device))
+            with torch.cuda.stream(side):  # warm-up off the capture, as torch.cuda.graphs asks
+                sinkhorn_log_torch(static, self.reg, self.num_iter)
+            torch.cuda.current_stream(cost.device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+                outputs = sinkhorn_log_torch(static, self.reg, self.num_iter)
+            self._cache[key] = (graph, static, outputs)
+            self.setup_seconds += time.perf_counter() - start
+        return self._cache[key]
+
+    def _solve(self, cost: torch.Tensor) -> tuple[str, torch.Tensor, torch.Tensor]:
+        from aplot_cli.margins import fused
+
+        if self.fused and "fused" not in self.errors and fused.available(cost):
+            try:
+                first = "fused" not in self.routes
+                start = time.perf_counter()
+                plan, error = fused.sinkhorn_log_fused(cost, self.reg, self.num_iter)
+                if first:  # the first call compiles the kernel
+                    self.setup_seconds += time.perf_counter() - start
+                return "fused", plan, error
+            except Exception as exc:  # noqa: BLE001 - any compile/launch failure: use the graph route
+                self.errors["fused"] = f"{type(exc).__name__}: {str(exc)[:300]}"
+        if self.graphs and cost.device.type == "cuda" and "cuda-graph" not in self.errors:
+            try:
+                graph, static, (plan_out, error_out) = self._graph(cost)
+                static.copy_(cost)
+                graph.replay()
+                return "cuda-graph", plan_out.clone(), error_out.clone()
+            except RuntimeError as exc:  # capture refused (e.g. a sync inside): run eagerly from now on
+                self.errors["cuda-graph"] = str(exc)[:300]
+                self._cache.clear()
+        return "eager", *sinkhorn_log_torch(cost, self.reg, self.num_iter)
+
+    def __call__(self, cost: torch.Tensor) -> OTResult:
+        cost = cost.detach().float().contiguous()
+        with torch.no_grad(), torch.autocast(device_type=cost.device.type, enabled=False):
+            setup = self.setup_seconds
+            start = time.perf_counter()
+            route, plan, error = self._solve(cost)
+            seconds = time.perf_counter() - start - (self.setup_seconds - setup)
+        self.routes[route] = self.routes.get(route, 0) + 1
+        finite = torch.isfinite(error)
+        return OTResult(plan=plan, cost=cost, converged=finite & (error <= self.tol), finite=finite,
+                        marginal_error=error, iterations=self.num_iter, seconds=seconds, warning=None)

@@ -72,8 +72,8 @@ def main() -> None:
 
 Command: `HF_HUB_OFFLINE=1 .venv/bin/python bench/embed_bench.py --texts {args.texts} --batch-size {args.batch_size}`
 
-Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, CPU only (no GPU in
-this session), torch {torch.__version__}. Texts: {len(texts)} prompt+response texts from {source};
+Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, CPU only (a
+GPU benchmark of train-rm is in train_rm_gpu.md), torch {torch.__version__}. Texts: {len(texts)} prompt+response texts from {source};
 model all-MiniLM-L6-v2 (embedded wheel), max length {st_max}, batch size {args.batch_size}. Best of
 {args.repeats} alternating runs (this machine has 2 cores shared with other work, so absolute rates are noisy;
 the ratio is what is compared).

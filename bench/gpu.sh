@@ -18,7 +18,7 @@ python3 -c "import torch, transformers, ot, trl, datasets; print('torch', torch.
 transformers.__version__, 'pot', ot.__version__, 'trl', trl.__version__, 'datasets', datasets.__version__)"
 python3 -m pytest -q -p no:cacheprovider -rfs --tb=short tests/unit/test_margins.py > "$OUT/pytest_margins.log" 2>&1
 tail -3 "$OUT/pytest_margins.log"
-python3 bench/train_rm.py --device cuda --batch 32 --steps "${STEPS:-150}" --reps "${REPS:-3}" --random-init \
+python3 bench/train_rm.py --device cuda --batch 32 --steps "${STEPS:-200}" --reps "${REPS:-4}" --random-init \
   --trl-python python3 --minilm-source .devcarry/minilm --smollm-source .devcarry/smollm2 \
   --results "$OUT/train_rm_gpu.md" 2>&1 | grep -v -E "Writing model|Loading weights|LOAD REPORT|^Key|^---|MISSING|^Notes|^classifier|^score|^$" \
   | tee "$OUT/bench.log"

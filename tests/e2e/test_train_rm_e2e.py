@@ -1,6 +1,6 @@
 """prepare synthetic -> embed -> train-rm (APLOT) on the real MiniLM backbone; the saved model scores
-chosen above rejected on held-out pairs better than chance. And the same stage under torchrun with two
-CPU processes and ot_scope=global. Both are slow (minutes on 2 cores)."""
+chosen above rejected on held-out pairs better than chance. And the same stage launched as two
+CPU processes (torchrun and accelerate launch) and ot_scope=global. All are slow (minutes on 2 cores)."""
 
 from __future__ import annotations
 
@@ -50,7 +50,13 @@ def test_minilm_aplot_pipeline_beats_chance(tmp_path):
     assert held_out_accuracy(rm / "model", frame, 128) > 0.6
 
 
-def test_torchrun_two_cpu_processes_global_scope(tiny_bert_dir, synthetic_pairs_dir, tmp_path):
+LAUNCHERS = {"torchrun": ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29541"],
+             "accelerate": ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                            "--main_process_port", "29542"]}
+
+
+@pytest.mark.parametrize("launcher", ["torchrun", "accelerate"])
+def test_two_cpu_processes_global_scope(launcher, tiny_bert_dir, synthetic_pairs_dir, tmp_path):
     from aplot_cli import embed
     from aplot_cli.config import EmbedConfig
 
@@ -58,8 +64,7 @@ def test_torchrun_two_cpu_processes_global_scope(tiny_bert_dir, synthetic_pairs_
     embed.run(EmbedConfig(model=str(tiny_bert_dir), max_length=64), synthetic_pairs_dir, emb)
     out = tmp_path / "rm"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29541",
-           "-m", "aplot_cli", "train-rm", str(synthetic_pairs_dir), "--embeddings", str(emb), "--out-dir", str(out),
+    cmd = [sys.executable, *LAUNCHERS[launcher], "-m", "aplot_cli", "train-rm", str(synthetic_pairs_dir), "--embeddings", str(emb), "--out-dir", str(out),
            "--backbone", str(tiny_bert_dir), "--max-steps", "3", "--batch-size", "4", "--max-length", "64",
            "--ot-scope", "global", "--max-eval-pairs", "8", "--device", "cpu", "-q"]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)

@@ -2,7 +2,7 @@
 # The GPU run behind bench/results/train_rm_gpu.md, as one script for a lent H100/H200 machine with no
 # network. It needs, beside the working tree (made here by `bash bench/gpu_prepare.sh`):
 #   .whl/        wheels the machine's image lacks or has at another version (POT, TRL, datasets, dill,
-#                multiprocess, transformers==5.24.0 to match this project's lock), Python 3.12 x86-64;
+#                multiprocess, and transformers at the version installed here), Python 3.12 x86-64;
 #   .devcarry/   config + tokenizer files of MiniLM-L6 and SmolLM2-135M (the models are built there
 #                with random weights: throughput does not depend on the weights);
 #   bench/_work/pairs, bench/_work/emb   the synthetic pairs and embeddings of the CPU benchmark.

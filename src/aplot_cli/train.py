@@ -26,6 +26,7 @@ from aplot_cli.console import get_console, info, is_quiet
 from aplot_cli.errors import ArtifactError, ConfigError, InputDataError, ModelError, TrainingError
 
 STAGE = "train-rm"
+PENDING_STEPS = 256  # step tensors kept for the next log before they are reduced early
 LOG_FILE = "train_log.jsonl"
 MARGINS_FILE = "margins.parquet"
 
@@ -284,10 +285,18 @@ def _make_trainer_class():
             elif result_ot is not None:  # warm-up
                 for key, value in result_ot.stats.items():
                     self._metrics.setdefault(f"ot/{key}", []).append(value)
+            if len(self._steps) >= PENDING_STEPS:  # a long logging interval: reduce now, keep no step tensors
+                self._fold_step_metrics()
             self.state.num_input_tokens_seen += num_tokens * self.accelerator.num_processes
             self._pairs_since_log += rows.shape[0] * self.accelerator.num_processes
             if self.margin_sink is not None:
                 self.margin_sink.add(self.state.global_step + 1, rows, result.margin, result.diff)
+
+        def _fold_step_metrics(self) -> None:
+            """Reduce the pending steps into `_metrics` (each step's share kept: the mean is per step)."""
+            count = len(self._steps)
+            for key, value in self._step_metrics().items():
+                self._metrics.setdefault(key, []).extend([value] * count)
 
         def _step_metrics(self) -> dict[str, Any]:
             """The per-step metrics since the last log, averaged over steps, as 0-d tensors or floats."""
@@ -314,7 +323,8 @@ def _make_trainer_class():
                 if not math.isfinite(logs["loss"]):
                     raise TrainingError(f"the training loss is {logs['loss']} at step {self.state.global_step}",
                                         hint="lower --learning-rate, or check the data for empty texts")
-                logs.update(_mean_metrics({**{k: [v] for k, v in self._step_metrics().items()}, **self._metrics}))
+                self._fold_step_metrics()
+                logs.update(_mean_metrics(self._metrics))
                 now = time.perf_counter()
                 logs["pairs_per_second"] = self._pairs_since_log / max(now - self._last_log_time, 1e-9)
                 logs["num_tokens"] = float(self.state.num_input_tokens_seen)
@@ -661,9 +671,8 @@ def _final_metrics(trainer, train, test, train_output, seconds, cfg) -> dict[str
 
 def _ot_summary(trainer) -> dict[str, Any]:
     totals = dict(trainer.ot_totals)
-    flags = trainer._ot_flags
-    totals["converged"] = int(sum(float(c) for c, _ in flags))  # once, after training: host reads are fine
-    totals["fallbacks"] = int(sum(float(f) for _, f in flags))
+    totals["converged"] = _count([c for c, _ in trainer._ot_flags])
+    totals["fallbacks"] = _count([f for _, f in trainer._ot_flags])
     if trainer.margin_fn is not None:
         solver = trainer.margin_fn.solver_for(trainer.args.device)
         device = trainer.margin_fn.device_solver
@@ -677,6 +686,15 @@ def _ot_summary(trainer) -> dict[str, Any]:
         totals["converged_frac"] = totals["converged"] / totals["solves"]
         totals["mean_seconds"] = totals["seconds"] / totals["solves"]
     return totals
+
+
+def _count(flags: list) -> int:
+    """How many per-step flags (bools, or 0-d device tensors read once here) are true."""
+    import torch
+
+    tensors = [f for f in flags if isinstance(f, torch.Tensor)]
+    total = int(torch.stack(tensors).sum()) if tensors else 0
+    return total + sum(bool(f) for f in flags if not isinstance(f, torch.Tensor))
 
 
 def torch_device_type(device) -> str:

@@ -202,6 +202,20 @@ def test_cuda_solver_routes_match_pot(fused):
         assert solver.routes == {"cuda-graph": 5} and len(solver._cache) == 3
 
 
+@CUDA
+@pytest.mark.gpu
+@pytest.mark.parametrize("settings", [AplotSettings(), AplotSettings(margin_from="diag"),
+                                      AplotSettings(margin_norm="zscore", scale=2.0)])
+def test_cuda_margin_equals_pot_margin(settings):
+    """The whole APLOT margin on CUDA (fused: cost, plan and margin in one launch) equals the POT path."""
+    r_c, r_r, e_c, e_r, hard = constructed_batch()
+    pot = AplotMargin(settings)(r_c, r_r, e_c, e_r)
+    margin = AplotMargin(AplotSettings(**{**settings.__dict__, "solver": "torch"}))
+    dev = margin(r_c.cuda(), r_r.cuda(), e_c.cuda(), e_r.cuda(), normalized=True)
+    torch.testing.assert_close(dev.margin.cpu(), pot.margin, rtol=1e-4, atol=1e-5)
+    assert not margin.device_solver.errors, margin.device_solver.errors
+
+
 TRITON = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs triton (CUDA torch builds have it)")
 
 
@@ -221,6 +235,25 @@ for batch in (1, 5, 17, 32):
     assert float(error) < 1e-6
 plan, error = sinkhorn_log_fused(torch.tensor([[0.0, float("nan")], [0.1, 0.2]]), 0.1, 50)
 assert float(error) == float("inf")
+# the whole margin from rewards in one launch (cost, plan, row/diag margin) equals the POT path
+from aplot_cli.margins import AplotMargin, AplotSettings, device_stats
+gen = torch.Generator().manual_seed(0)
+for n in (12, 33):
+    r_c, r_r = 2 * torch.randn(n, generator=gen), torch.randn(n, generator=gen)
+    e = torch.nn.functional.normalize(torch.randn(2, n, 16, generator=gen), dim=-1)
+    for settings in (AplotSettings(), AplotSettings(margin_from="diag"), AplotSettings(w_sem=0.0),
+                     AplotSettings(margin_norm="zscore", scale=2.0)):
+        pot = AplotMargin(settings)(r_c, r_r, e[0], e[1])
+        margin = AplotMargin(AplotSettings(**{**settings.__dict__, "solver": "torch"}))
+        for normalized in (True, False):
+            dev = margin(r_c, r_r, e[0], e[1], normalized=normalized)
+            torch.testing.assert_close(dev.margin, pot.margin, rtol=1e-4, atol=1e-5)
+            stats = device_stats([dev])
+            for key in ("margin_mean", "margin_spread", "cost_mean", "converged_frac"):
+                assert abs(float(stats[key]) - pot.stats[key]) < 1e-4, (key, settings)
+        assert margin.device_solver.routes == {"fused": 2}, margin.device_solver.routes
+nan = AplotMargin(AplotSettings(solver="torch"))(torch.tensor([0.0, float("nan"), 1.0]), torch.zeros(3))
+assert bool(nan.fallback) and torch.equal(nan.margin, torch.zeros(3))
 print("ok")
 """
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from aplot_cli.margins.ot import DeviceSinkhorn, OTResult, cost_matrix, sinkhorn
+from aplot_cli.margins.ot import DeviceSinkhorn, OTResult, cost_matrix, semantic_cost, sinkhorn
 
 
 @dataclass(frozen=True)
@@ -125,7 +125,11 @@ class AplotMargin:
                 dim = e_c.shape[1]
                 e_c, e_r = stacked[:, 2:2 + dim], stacked[:, 2 + dim:]
         if self.solver_for(r_c.device) == "torch":
-            return self._on_device(cost_matrix(r_c, r_r, e_c, e_r, s.w_rew, s.w_sem, normalized), n_local, offset)
+            similarity = None
+            if e_c is not None and e_r is not None and s.w_sem != 0.0:
+                e_c, e_r = e_c.detach().float().to(r_c.device), e_r.detach().float().to(r_c.device)
+                similarity = e_c @ e_r.T if normalized else semantic_cost(e_c, e_r)
+            return self._on_device(r_c, r_r, similarity, n_local, offset)
         cost = cost_matrix(r_c.cpu(), r_r.cpu(), None if e_c is None else e_c.cpu(),
                            None if e_r is None else e_r.cpu(), s.w_rew, s.w_sem)
         result = sinkhorn(cost, s.reg, s.num_iter, s.tol)
@@ -140,12 +144,12 @@ class AplotMargin:
         return MarginResult(margin=margin, ot=result, raw=raw, offset=offset, stats=_stats(result, full, raw))
 
 
-    def _on_device(self, cost: torch.Tensor, n_local: int, offset: int) -> MarginResult:
-        """Steps 5-9 where the cost lives, with no host sync: a non-finite plan zeroes the margin by
+    def _on_device(self, r_c: torch.Tensor, r_r: torch.Tensor, similarity: torch.Tensor | None, n_local: int,
+                   offset: int) -> MarginResult:
+        """Steps 4-9 where the rewards live, with no host sync: a non-finite plan zeroes the margin by
         `torch.where` instead of a branch."""
         s = self.settings
-        result = self.device_solver(cost)
-        raw = plan_margin(result.plan, result.cost, s.margin_from)
+        result, raw = self.device_solver.margin(r_c, r_r, similarity, s.w_rew, s.w_sem, s.margin_from)
         full = zscore(raw, s.scale) if s.margin_norm == "zscore" else (raw if s.scale == 1.0 else s.scale * raw)
         zero = torch.zeros((), dtype=full.dtype, device=full.device)
         full = torch.where(result.finite & torch.isfinite(full), full, zero)

@@ -1,6 +1,8 @@
 """POT's `sinkhorn_log` updates as one Triton kernel: a single program holds the (B, B) cost tile in
-registers and runs every iteration there, so a solve is one launch of a few microseconds instead of
-about a thousand tiny kernels (the launch-bound cost the issue measured on an H200).
+registers and runs every iteration there, so a solve is one launch instead of about a thousand tiny
+kernels (the launch-bound cost the issue measured on an H200). From the rewards it also builds the cost
+and the per-row margin in the same launch, so APLOT's whole per-step margin is a matrix product and one
+kernel.
 
 Used by `ot.DeviceSinkhorn` on CUDA when Triton is importable and B <= `MAX_BATCH`; everything else
 falls back to the captured graph of `ot.sinkhorn_log_torch`. Triton is never a dependency: the CUDA
@@ -9,6 +11,9 @@ builds of torch ship it, and the CPU build does not need it."""
 from __future__ import annotations
 
 import functools
+import math
+import os
+from dataclasses import dataclass
 
 import torch
 
@@ -25,21 +30,31 @@ def _kernel():
         return None
 
     # Sizes are not specialised on (Triton would compile again for a batch not divisible by 16, e.g. an
-    # epoch's last batch): one compile per (ot_iters, block size).
+    # epoch's last batch): one compile per (flags, ot_iters, block size).
     @triton.jit(do_not_specialize=["n_rows", "n_cols"])
-    def sinkhorn_log_kernel(cost_ptr, plan_ptr, error_ptr, n_rows, n_cols, inv_reg, log_a, log_b, a, b,
-                            NUM_ITER: tl.constexpr, BLOCK: tl.constexpr):
+    def aplot_ot_kernel(cost_ptr, rc_ptr, rr_ptr, sim_ptr, plan_ptr, raw_ptr, error_ptr, n_rows, n_cols, w_rew,
+                        w_sem, inv_reg, log_a, log_b, a, b, FROM_REWARDS: tl.constexpr, HAS_SIM: tl.constexpr,
+                        DIAG: tl.constexpr, NUM_ITER: tl.constexpr, BLOCK: tl.constexpr):
         rows = tl.arange(0, BLOCK)
         cols = tl.arange(0, BLOCK)
         row_ok = rows < n_rows
         col_ok = cols < n_cols
         mask = row_ok[:, None] & col_ok[None, :]
-        cost = tl.load(cost_ptr + rows[:, None] * n_cols + cols[None, :], mask=mask, other=0.0)
+        offsets = rows[:, None] * n_cols + cols[None, :]
+        if FROM_REWARDS:  # method.md step 4: C = w_rew (1 - sigmoid|r_c[i] - r_r[j]|) + w_sem cos(e_c[i], e_r[j])
+            r_c = tl.load(rc_ptr + rows, mask=row_ok, other=0.0)
+            r_r = tl.load(rr_ptr + cols, mask=col_ok, other=0.0)
+            cost = w_rew * (1.0 - tl.sigmoid(tl.abs(r_c[:, None] - r_r[None, :])))
+            if HAS_SIM:
+                cost += w_sem * tl.load(sim_ptr + offsets, mask=mask, other=0.0)
+            tl.store(cost_ptr + offsets, cost, mask=mask)
+        else:
+            cost = tl.load(cost_ptr + offsets, mask=mask, other=0.0)
         neg_inf = float("-inf")
         scaled = tl.where(mask, -cost * inv_reg, neg_inf)
         u = tl.zeros([BLOCK], dtype=tl.float32)
         v = tl.zeros([BLOCK], dtype=tl.float32)
-        for _ in range(NUM_ITER):  # a compile-time count: one kernel per (ot_iters, block size)
+        for _ in range(NUM_ITER):  # a compile-time count
             # v = log b - logsumexp_i(scaled[i, :] + u[i])
             x = scaled + u[:, None]
             peak = tl.max(x, axis=0)
@@ -53,37 +68,71 @@ def _kernel():
             lse = peak + tl.log(tl.sum(tl.exp(x - peak[:, None]), axis=1))
             u = tl.where(row_ok, log_a - lse, 0.0)
         plan = tl.where(mask, tl.exp(scaled + u[:, None] + v[None, :]), 0.0)
-        tl.store(plan_ptr + rows[:, None] * n_cols + cols[None, :], plan, mask=mask)
+        tl.store(plan_ptr + offsets, plan, mask=mask)
+        # method.md steps 6-7: the row's expected cost under the plan (x B), or the diagonal term
+        weighted = plan * cost
+        bad = tl.sum(tl.sum(tl.where(mask & ((weighted != weighted) | (tl.abs(weighted) == float("inf"))), 1, 0),
+                            axis=1), axis=0)
+        if DIAG:
+            weighted = tl.where(rows[:, None] == cols[None, :], weighted, 0.0)
+        tl.store(raw_ptr + rows, n_rows * tl.sum(weighted, axis=1), mask=row_ok)
         row_gap = tl.where(row_ok, tl.sum(plan, axis=1) - a, 0.0)
         col_gap = tl.where(col_ok, tl.sum(plan, axis=0) - b, 0.0)
         error = tl.maximum(tl.sqrt(tl.sum(row_gap * row_gap, axis=0)), tl.sqrt(tl.sum(col_gap * col_gap, axis=0)))
-        tl.store(error_ptr, error)
+        tl.store(error_ptr, tl.where(bad > 0, float("inf"), error))
 
-    return sinkhorn_log_kernel
+    return aplot_ot_kernel
 
 
-def available(cost: torch.Tensor) -> bool:
-    """A fused solve applies: Triton importable, the cost on a device Triton runs on (or the interpreter),
-    and the batch small enough for one program."""
-    import os
+@dataclass(frozen=True)
+class FusedSolve:
+    """plan (B, B); cost (B, B) the matrix solved for; raw (B,) the margin before normalisation
+    (`margin_from`); error: 0-d marginal error, inf when the plan or margin is not finite."""
 
-    on_device = cost.device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
-    return on_device and max(cost.shape) <= MAX_BATCH and _kernel() is not None
+    plan: torch.Tensor
+    cost: torch.Tensor
+    raw: torch.Tensor
+    error: torch.Tensor
+
+
+def available(tensor: torch.Tensor) -> bool:
+    """A fused solve applies: Triton importable, the tensor on a device Triton runs on (or the
+    interpreter), and the batch small enough for one program."""
+    on_device = tensor.device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
+    return on_device and max(tensor.shape) <= MAX_BATCH and _kernel() is not None
+
+
+def solve(reg: float, num_iter: int, cost: torch.Tensor | None = None, r_c: torch.Tensor | None = None,
+          r_r: torch.Tensor | None = None, similarity: torch.Tensor | None = None, w_rew: float = 0.9,
+          w_sem: float = 0.1, margin_from: str = "row") -> FusedSolve:
+    """One launch: the cost (given, or built from rewards (B,) and a cosine matrix (B, B)), POT's
+    `sinkhorn_log` updates for `num_iter` iterations in float32, the plan, the per-row margin and the
+    marginal error."""
+    import triton
+
+    from_rewards = cost is None
+    if from_rewards:
+        r_c, r_r = r_c.detach().float().contiguous(), r_r.detach().float().contiguous()
+        cost = torch.empty((r_c.shape[0], r_r.shape[0]), dtype=torch.float32, device=r_c.device)
+    else:
+        cost = cost.detach().float().contiguous()
+        r_c = r_r = cost  # unused pointers
+    n_rows, n_cols = cost.shape
+    plan = torch.empty_like(cost)
+    raw = torch.empty(n_rows, dtype=torch.float32, device=cost.device)
+    error = torch.empty((), dtype=torch.float32, device=cost.device)
+    has_sim = from_rewards and similarity is not None
+    sim = similarity.detach().float().contiguous() if has_sim else cost
+    block = max(16, triton.next_power_of_2(max(n_rows, n_cols)))
+    _kernel()[(1,)](cost, r_c, r_r, sim, plan, raw, error, n_rows, n_cols, w_rew, w_sem, 1.0 / reg,
+                    -math.log(n_rows), -math.log(n_cols), 1.0 / n_rows, 1.0 / n_cols, FROM_REWARDS=from_rewards,
+                    HAS_SIM=has_sim, DIAG=margin_from == "diag", NUM_ITER=num_iter, BLOCK=block,
+                    num_warps=4 if block <= 64 else 8)
+    return FusedSolve(plan=plan, cost=cost, raw=raw, error=error)
 
 
 def sinkhorn_log_fused(cost: torch.Tensor, reg: float = 0.1, num_iter: int = 50) -> tuple[torch.Tensor, torch.Tensor]:
     """Same contract as `ot.sinkhorn_log_torch` (float32): (plan (B, B), marginal error 0-d; inf when the
     plan is not finite), from one kernel launch."""
-    import math
-
-    import triton
-
-    cost = cost.detach().float().contiguous()
-    n_rows, n_cols = cost.shape
-    plan = torch.empty_like(cost)
-    error = torch.empty((), dtype=torch.float32, device=cost.device)
-    block = max(16, triton.next_power_of_2(max(n_rows, n_cols)))
-    _kernel()[(1,)](cost, plan, error, n_rows, n_cols, 1.0 / reg, -math.log(n_rows), -math.log(n_cols),
-                    1.0 / n_rows, 1.0 / n_cols, NUM_ITER=num_iter, BLOCK=block, num_warps=4 if block <= 64 else 8)
-    error = torch.where(torch.isfinite(plan).all() & torch.isfinite(error), error, torch.full_like(error, float("inf")))
-    return plan, error
+    result = solve(reg, num_iter, cost=cost)
+    return result.plan, result.error

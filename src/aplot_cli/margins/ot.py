@@ -183,6 +183,42 @@ class DeviceSinkhorn:
                 self._cache.clear()
         return "eager", *sinkhorn_log_torch(cost, self.reg, self.num_iter)
 
+    def margin(self, r_c: torch.Tensor, r_r: torch.Tensor, similarity: torch.Tensor | None, w_rew: float,
+               w_sem: float, margin_from: str) -> tuple[OTResult, torch.Tensor]:
+        """(the solve, the raw margin (B,)) from rewards and a cosine matrix: on the fused route the cost,
+        plan and margin come from one launch; otherwise `cost_matrix`'s formula, `__call__` and
+        `plan_margin`'s formula in torch."""
+        from aplot_cli.margins import fused
+
+        r_c, r_r = r_c.detach().float(), r_r.detach().float()
+        if self.fused and "fused" not in self.errors and fused.available(r_c):
+            first = "fused" not in self.routes
+            start = time.perf_counter()
+            try:
+                out = fused.solve(self.reg, self.num_iter, r_c=r_c, r_r=r_r, similarity=similarity, w_rew=w_rew,
+                                  w_sem=w_sem, margin_from=margin_from)
+            except Exception as exc:  # noqa: BLE001 - any compile/launch failure: use the graph route
+                self.errors["fused"] = f"{type(exc).__name__}: {str(exc)[:300]}"
+            else:
+                seconds = time.perf_counter() - start
+                if first:  # the first call compiles the kernel
+                    self.setup_seconds, seconds = self.setup_seconds + seconds, 0.0
+                self.routes["fused"] = self.routes.get("fused", 0) + 1
+                return self._result(out.plan, out.cost, out.error, seconds), out.raw
+        cost = w_rew * reward_cost(r_c, r_r)
+        if similarity is not None:
+            cost = cost + w_sem * similarity.float()
+        result = self(cost)
+        n = result.plan.shape[0]
+        weighted = result.plan * result.cost
+        raw = n * (torch.diagonal(weighted) if margin_from == "diag" else weighted.sum(dim=1))
+        return result, raw
+
+    def _result(self, plan: torch.Tensor, cost: torch.Tensor, error: torch.Tensor, seconds: float) -> OTResult:
+        finite = torch.isfinite(error)
+        return OTResult(plan=plan, cost=cost, converged=finite & (error <= self.tol), finite=finite,
+                        marginal_error=error, iterations=self.num_iter, seconds=seconds, warning=None)
+
     def __call__(self, cost: torch.Tensor) -> OTResult:
         cost = cost.detach().float().contiguous()
         with torch.no_grad(), torch.autocast(device_type=cost.device.type, enabled=False):
@@ -191,6 +227,4 @@ class DeviceSinkhorn:
             route, plan, error = self._solve(cost)
             seconds = time.perf_counter() - start - (self.setup_seconds - setup)
         self.routes[route] = self.routes.get(route, 0) + 1
-        finite = torch.isfinite(error)
-        return OTResult(plan=plan, cost=cost, converged=finite & (error <= self.tol), finite=finite,
-                        marginal_error=error, iterations=self.num_iter, seconds=seconds, warning=None)
+        return self._result(plan, cost, error, seconds)

@@ -150,6 +150,8 @@ class AplotMargin:
         `torch.where` instead of a branch."""
         s = self.settings
         result, raw = self.device_solver.margin(r_c, r_r, similarity, s.w_rew, s.w_sem, s.margin_from)
+        if raw is None:  # not the fused route
+            raw = plan_margin(result.plan, result.cost, s.margin_from)
         full = zscore(raw, s.scale) if s.margin_norm == "zscore" else (raw if s.scale == 1.0 else s.scale * raw)
         zero = torch.zeros((), dtype=full.dtype, device=full.device)
         full = torch.where(result.finite & torch.isfinite(full), full, zero)

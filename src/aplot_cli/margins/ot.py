@@ -3,9 +3,9 @@ batch's chosen and rejected responses, and the entropic OT plan from POT's log-d
 
 Two solvers with the same updates. `sinkhorn` is POT's log-domain Sinkhorn on the CPU in float64,
 stopping on the marginal error: the default for CPU training and the reference. `DeviceSinkhorn` runs
-the same log-domain updates in float32 on the accelerator for a fixed number of iterations, captured
-as one CUDA graph, so an APLOT step never waits for the host (the default on CUDA; a test holds it to
-POT). Everything takes detached tensors; non-convergence and non-finite plans are recorded in
+the same log-domain updates in float32 on the accelerator for a fixed number of iterations, as one fused
+Triton kernel (`margins.fused`) or one captured CUDA graph, so an APLOT step never waits for the host
+(the default on CUDA; tests hold it to POT). Everything takes detached tensors; non-convergence and non-finite plans are recorded in
 `OTResult`, never raised or printed."""
 
 from __future__ import annotations
@@ -184,10 +184,10 @@ class DeviceSinkhorn:
         return "eager", *sinkhorn_log_torch(cost, self.reg, self.num_iter)
 
     def margin(self, r_c: torch.Tensor, r_r: torch.Tensor, similarity: torch.Tensor | None, w_rew: float,
-               w_sem: float, margin_from: str) -> tuple[OTResult, torch.Tensor]:
-        """(the solve, the raw margin (B,)) from rewards and a cosine matrix: on the fused route the cost,
-        plan and margin come from one launch; otherwise `cost_matrix`'s formula, `__call__` and
-        `plan_margin`'s formula in torch."""
+               w_sem: float, margin_from: str) -> tuple[OTResult, torch.Tensor | None]:
+        """(the solve, the raw margin (B,) or None) from rewards and a cosine matrix: on the fused route
+        the cost, plan and margin come from one launch; on the others the cost is built here and solved by
+        `__call__`, and the margin is left to the caller (None)."""
         from aplot_cli.margins import fused
 
         r_c, r_r = r_c.detach().float(), r_r.detach().float()
@@ -205,14 +205,10 @@ class DeviceSinkhorn:
                     self.setup_seconds, seconds = self.setup_seconds + seconds, 0.0
                 self.routes["fused"] = self.routes.get("fused", 0) + 1
                 return self._result(out.plan, out.cost, out.error, seconds), out.raw
-        cost = w_rew * reward_cost(r_c, r_r)
+        cost = cost_matrix(r_c, r_r, w_rew=w_rew, w_sem=w_sem)
         if similarity is not None:
             cost = cost + w_sem * similarity.float()
-        result = self(cost)
-        n = result.plan.shape[0]
-        weighted = result.plan * result.cost
-        raw = n * (torch.diagonal(weighted) if margin_from == "diag" else weighted.sum(dim=1))
-        return result, raw
+        return self(cost), None
 
     def _result(self, plan: torch.Tensor, cost: torch.Tensor, error: torch.Tensor, seconds: float) -> OTResult:
         finite = torch.isfinite(error)

@@ -166,7 +166,7 @@ def train_rm(
     margin_scale: Annotated[Optional[float], typer.Option(help="APLOT margin scale. [default: 1]")] = None,
     ot_scope: Annotated[Optional[str], typer.Option(help="local or global (across ranks). [default: local]")] = None,
     ot_solver: Annotated[Optional[str], typer.Option(
-        help="auto (POT on CPU, a captured float32 graph on CUDA), pot, or torch. [default: auto]")] = None,
+        help="auto (POT on CPU, a fused float32 GPU kernel on CUDA), pot, or torch. [default: auto]")] = None,
     learning_rate: Annotated[Optional[float], typer.Option(help="[default: 5e-5]")] = None,
     epochs: Annotated[Optional[float], typer.Option(help="[default: 1]")] = None,
     max_steps: Annotated[Optional[int], typer.Option(help="Stop after this many steps (overrides epochs).")] = None,

@@ -125,7 +125,7 @@ class TrainConfig:
     margin_scale: float = 1.0
     margin_warmup_steps: int = 0
     ot_scope: Literal["local", "global"] = "local"
-    ot_solver: Literal["auto", "pot", "torch"] = "auto"   # auto: POT on the CPU, a CUDA graph on CUDA
+    ot_solver: Literal["auto", "pot", "torch"] = "auto"   # auto: POT on the CPU, the float32 GPU solver on CUDA
     # baseline loss constants (method.md section 3)
     label_smooth_eps: float = 0.1
     center_eta: float = 0.01

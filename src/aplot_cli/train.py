@@ -260,10 +260,7 @@ def _make_trainer_class():
             result = losses.reward_loss(self.spec, r_c, r_r, margin, eps=self.cfg.label_smooth_eps,
                                         eta=self.cfg.center_eta, gamma=self.cfg.focal_gamma)
             if model.training:
-                num_tokens = inputs.get("num_tokens")
-                if num_tokens is None:
-                    num_tokens = int(inputs["attention_mask"].sum())
-                self._record(result, result_ot, num_tokens, rows, r_c.detach(), r_r.detach())
+                self._record(result, result_ot, inputs["num_tokens"], rows, r_c.detach(), r_r.detach())
             if return_outputs:
                 return result.loss, {"rewards_chosen": r_c.detach(), "rewards_rejected": r_r.detach()}
             return result.loss
@@ -300,20 +297,20 @@ def _make_trainer_class():
 
         def _step_metrics(self) -> dict[str, Any]:
             """The per-step metrics since the last log, averaged over steps, as 0-d tensors or floats."""
-            from aplot_cli.margins import device_stats
+            from aplot_cli.margins import device_stats, step_mean
 
             steps, self._steps = self._steps, []
             device_ot, self._device_ot = self._device_ot, []
             metrics: dict[str, Any] = {}
             if steps:
                 diff, r_c, r_r = ([s[i] for s in steps] for i in range(3))
-                metrics["accuracy"] = _step_mean(diff, lambda x: (x > 0).float().mean(1))
-                metrics["margin"] = _step_mean(diff, lambda x: x.mean(1))
-                metrics["rewards/chosen"] = _step_mean(r_c, lambda x: x.mean(1))
-                metrics["rewards/rejected"] = _step_mean(r_r, lambda x: x.mean(1))
+                metrics["accuracy"] = step_mean(diff, lambda x: (x > 0).float().mean(1))
+                metrics["margin"] = step_mean(diff, lambda x: x.mean(1))
+                metrics["rewards/chosen"] = step_mean(r_c, lambda x: x.mean(1))
+                metrics["rewards/rejected"] = step_mean(r_r, lambda x: x.mean(1))
                 applied = [s[3] for s in steps if s[3] is not None]
                 if applied:
-                    metrics["margin_applied"] = _step_mean(applied, lambda x: x.mean(1))
+                    metrics["margin_applied"] = step_mean(applied, lambda x: x.mean(1))
             if device_ot:
                 metrics.update({f"ot/{k}": v for k, v in device_stats(device_ot).items()})
             return metrics
@@ -347,17 +344,6 @@ def _make_trainer_class():
             return loss.detach(), logits, torch.zeros(logits.shape[0], device=logits.device)
 
     return RewardTrainer
-
-
-def _step_mean(values: list, reduce):
-    """Mean over steps of `reduce` applied to each step's tensor, with one stack per tensor shape (the
-    last batch of an epoch may be smaller)."""
-    import torch
-
-    groups: dict[tuple, list] = {}
-    for value in values:
-        groups.setdefault(tuple(value.shape), []).append(value)
-    return sum(reduce(torch.stack(group)).sum() for group in groups.values()) / len(values)
 
 
 def _mean_metrics(metrics: dict[str, list]) -> dict[str, float]:
@@ -674,10 +660,12 @@ def _ot_summary(trainer) -> dict[str, Any]:
     totals["converged"] = _count([c for c, _ in trainer._ot_flags])
     totals["fallbacks"] = _count([f for _, f in trainer._ot_flags])
     if trainer.margin_fn is not None:
+        import torch
+
         solver = trainer.margin_fn.solver_for(trainer.args.device)
         device = trainer.margin_fn.device_solver
         totals["solver"] = ("pot-cpu-float64" if solver == "pot" else
-                            f"torch-{torch_device_type(trainer.args.device)}-float32-{device.name}")
+                            f"torch-{torch.device(trainer.args.device).type}-float32-{device.name}")
         if solver == "torch":
             totals["routes"], totals["setup_seconds"] = dict(device.routes), round(device.setup_seconds, 4)
             if device.errors:
@@ -695,12 +683,6 @@ def _count(flags: list) -> int:
     tensors = [f for f in flags if isinstance(f, torch.Tensor)]
     total = int(torch.stack(tensors).sum()) if tensors else 0
     return total + sum(bool(f) for f in flags if not isinstance(f, torch.Tensor))
-
-
-def torch_device_type(device) -> str:
-    import torch
-
-    return torch.device(device).type
 
 
 def _save(trainer, tokenizer, cfg: TrainConfig, out_dir: Path, pair_ids) -> list[dict[str, Any]]:

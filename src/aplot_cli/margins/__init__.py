@@ -1,26 +1,27 @@
 """APLOT's adaptive margin: `ot` builds the cost matrix and solves the entropic OT plan (POT,
-log-domain Sinkhorn on the CPU, or the same updates as a captured CUDA graph on the accelerator);
-`adaptive` turns the plan into a per-pair constant margin."""
+log-domain Sinkhorn on the CPU, or the same updates on the accelerator: `fused` as one Triton kernel,
+else a captured CUDA graph); `adaptive` turns the plan into a per-pair constant margin."""
 
 from aplot_cli.margins.adaptive import (
-                                       AplotMargin,
-                                       AplotSettings,
-                                       MarginResult,
-                                       device_stats,
-                                       gather_rows,
-                                       plan_margin,
-                                       zscore,
+    AplotMargin,
+    AplotSettings,
+    MarginResult,
+    device_stats,
+    gather_rows,
+    plan_margin,
+    step_mean,
+    zscore,
 )
 from aplot_cli.margins.ot import (
-                                       DeviceSinkhorn,
-                                       OTResult,
-                                       cost_matrix,
-                                       reward_cost,
-                                       semantic_cost,
-                                       sinkhorn,
-                                       sinkhorn_log_torch,
+    DeviceSinkhorn,
+    OTResult,
+    cost_matrix,
+    reward_cost,
+    semantic_cost,
+    sinkhorn,
+    sinkhorn_log_torch,
 )
 
-__all__ = ["AplotMargin", "AplotSettings", "DeviceSinkhorn", "MarginResult", "OTResult", "cost_matrix", "device_stats",
-           "gather_rows",
-           "plan_margin", "reward_cost", "semantic_cost", "sinkhorn", "sinkhorn_log_torch", "zscore"]
+__all__ = ["AplotMargin", "AplotSettings", "DeviceSinkhorn", "MarginResult", "OTResult", "cost_matrix",
+           "device_stats", "gather_rows", "plan_margin", "reward_cost", "semantic_cost", "sinkhorn",
+           "sinkhorn_log_torch", "step_mean", "zscore"]

@@ -99,7 +99,7 @@ class AplotMargin:
         self.device_solver = DeviceSinkhorn(settings.reg, settings.num_iter, settings.tol)
 
     def solver_for(self, device: torch.device) -> str:
-        """`pot` (CPU, float64, early stop) or `torch` (float32 on `device`, a CUDA graph on CUDA)."""
+        """`pot` (CPU, float64, early stop) or `torch` (float32 on `device`: fused kernel or graph on CUDA)."""
         if self.settings.solver == "auto":
             return "torch" if torch.device(device).type == "cuda" else "pot"
         return self.settings.solver
@@ -160,16 +160,17 @@ class AplotMargin:
                             fallback=~result.finite, full=full)
 
 
+def step_mean(values: list[torch.Tensor], reduce) -> torch.Tensor:
+    """0-d mean over steps of `reduce((S, ...) -> (S,))` applied to the steps' tensors, with one stack per
+    tensor shape (a run's last batch may be smaller) and no host read."""
+    groups: dict[tuple, list[torch.Tensor]] = {}
+    for value in values:
+        groups.setdefault(tuple(value.shape), []).append(value)
+    return sum(reduce(torch.stack(group)).sum() for group in groups.values()) / len(values)
+
+
 def device_stats(results: list[MarginResult]) -> dict[str, torch.Tensor]:
-    """`_stats` averaged over many device-path steps, as 0-d tensors: each step's statistic, then the
-    mean over steps, computed with one stack per batch shape (a run's last batch may be smaller)."""
-
-    def step_mean(values: list[torch.Tensor], reduce) -> torch.Tensor:
-        groups: dict[tuple, list[torch.Tensor]] = {}
-        for value in values:
-            groups.setdefault(tuple(value.shape), []).append(value)
-        return sum(reduce(torch.stack(group)).sum() for group in groups.values()) / len(values)
-
+    """`_stats` averaged over many device-path steps, as 0-d tensors (`step_mean` of each statistic)."""
     flat = lambda x: x.reshape(x.shape[0], -1)  # noqa: E731 - (S, ...) -> (S, n)
     errors = [r.ot.marginal_error for r in results]
     return {

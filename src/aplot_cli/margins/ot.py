@@ -159,19 +159,27 @@ class DeviceSinkhorn:
             self.setup_seconds += time.perf_counter() - start
         return self._cache[key]
 
-    def _solve(self, cost: torch.Tensor) -> tuple[str, torch.Tensor, torch.Tensor]:
+    def _fused(self, size_of: torch.Tensor, **inputs):
+        """`fused.solve(**inputs)`, or None where the fused route does not apply or has failed (the
+        failure is kept and the route not tried again). The first call's compile counts as setup."""
         from aplot_cli.margins import fused
 
-        if self.fused and "fused" not in self.errors and fused.available(cost):
-            try:
-                first = "fused" not in self.routes
-                start = time.perf_counter()
-                plan, error = fused.sinkhorn_log_fused(cost, self.reg, self.num_iter)
-                if first:  # the first call compiles the kernel
-                    self.setup_seconds += time.perf_counter() - start
-                return "fused", plan, error
-            except Exception as exc:  # noqa: BLE001 - any compile/launch failure: use the graph route
-                self.errors["fused"] = f"{type(exc).__name__}: {str(exc)[:300]}"
+        if not (self.fused and "fused" not in self.errors and fused.available(size_of)):
+            return None
+        start = time.perf_counter()
+        try:
+            out = fused.solve(self.reg, self.num_iter, **inputs)
+        except Exception as exc:  # noqa: BLE001 - any compile/launch failure: use the graph route
+            self.errors["fused"] = f"{type(exc).__name__}: {str(exc)[:300]}"
+            return None
+        if "fused" not in self.routes:
+            self.setup_seconds += time.perf_counter() - start
+        return out
+
+    def _solve(self, cost: torch.Tensor) -> tuple[str, torch.Tensor, torch.Tensor]:
+        out = self._fused(cost, cost=cost)
+        if out is not None:
+            return "fused", out.plan, out.error
         if self.graphs and cost.device.type == "cuda" and "cuda-graph" not in self.errors:
             try:
                 graph, static, (plan_out, error_out) = self._graph(cost)
@@ -188,23 +196,14 @@ class DeviceSinkhorn:
         """(the solve, the raw margin (B,) or None) from rewards and a cosine matrix: on the fused route
         the cost, plan and margin come from one launch; on the others the cost is built here and solved by
         `__call__`, and the margin is left to the caller (None)."""
-        from aplot_cli.margins import fused
-
         r_c, r_r = r_c.detach().float(), r_r.detach().float()
-        if self.fused and "fused" not in self.errors and fused.available(r_c):
-            first = "fused" not in self.routes
-            start = time.perf_counter()
-            try:
-                out = fused.solve(self.reg, self.num_iter, r_c=r_c, r_r=r_r, similarity=similarity, w_rew=w_rew,
-                                  w_sem=w_sem, margin_from=margin_from)
-            except Exception as exc:  # noqa: BLE001 - any compile/launch failure: use the graph route
-                self.errors["fused"] = f"{type(exc).__name__}: {str(exc)[:300]}"
-            else:
-                seconds = time.perf_counter() - start
-                if first:  # the first call compiles the kernel
-                    self.setup_seconds, seconds = self.setup_seconds + seconds, 0.0
-                self.routes["fused"] = self.routes.get("fused", 0) + 1
-                return self._result(out.plan, out.cost, out.error, seconds), out.raw
+        start, setup = time.perf_counter(), self.setup_seconds
+        out = self._fused(r_c, r_c=r_c, r_r=r_r, similarity=similarity, w_rew=w_rew, w_sem=w_sem,
+                          margin_from=margin_from)
+        if out is not None:
+            self.routes["fused"] = self.routes.get("fused", 0) + 1
+            seconds = time.perf_counter() - start - (self.setup_seconds - setup)
+            return self._result(out.plan, out.cost, out.error, seconds), out.raw
         cost = cost_matrix(r_c, r_r, w_rew=w_rew, w_sem=w_sem)
         if similarity is not None:
             cost = cost + w_sem * similarity.float()

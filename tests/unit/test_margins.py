@@ -197,7 +197,7 @@ def test_cuda_solver_routes_match_pot(fused):
         assert bool(result.converged)
     assert not solver.errors, solver.errors
     if fused:
-        assert solver.routes == {"fused": 5}
+        assert solver.routes == {"fused": 5} and solver._block == 32  # the last two reuse the B 32 kernel
     else:
         assert solver.routes == {"cuda-graph": 5} and len(solver._cache) == 3
 
@@ -254,6 +254,21 @@ for n in (12, 33):
         assert margin.device_solver.routes == {"fused": 2}, margin.device_solver.routes
 nan = AplotMargin(AplotSettings(solver="torch"))(torch.tensor([0.0, float("nan"), 1.0]), torch.zeros(3))
 assert bool(nan.fallback) and torch.equal(nan.margin, torch.zeros(3))
+# an epoch's smaller last batch reuses the tile compiled (and checked) for the larger one
+import dataclasses
+from aplot_cli.margins import DeviceSinkhorn, fused
+solver = DeviceSinkhorn(0.1, 50)
+for n in (33, 12):
+    gen = torch.Generator().manual_seed(n)
+    cost = cost_matrix(torch.randn(n, generator=gen), torch.randn(n, generator=gen))
+    np.testing.assert_allclose(solver(cost).plan.numpy(), sinkhorn(cost, 0.1, 50, tol=0.0).plan, rtol=1e-4, atol=1e-7)
+assert solver._block == 64 and solver.routes == {"fused": 2} and len(solver._verified) == 1, solver._verified
+# a kernel that runs but computes wrongly is caught on its first result and the next route is used
+real = fused.solve
+fused.solve = lambda *args, **kwargs: dataclasses.replace(out := real(*args, **kwargs), plan=out.plan * 1.01)
+broken = DeviceSinkhorn(0.1, 50)
+np.testing.assert_allclose(broken(cost).plan.numpy(), sinkhorn(cost, 0.1, 50, tol=0.0).plan, rtol=1e-4, atol=1e-7)
+assert broken.routes == {"eager": 1} and "plan differs from the eager solve" in broken.errors["fused"], broken.errors
 print("ok")
 """
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

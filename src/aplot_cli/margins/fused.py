@@ -87,12 +87,14 @@ def _kernel():
 @dataclass(frozen=True)
 class FusedSolve:
     """plan (B, B); cost (B, B) the matrix solved for; raw (B,) the margin before normalisation
-    (`margin_from`); error: 0-d marginal error, inf when the plan or margin is not finite."""
+    (`margin_from`); error: 0-d marginal error, inf when the plan or margin is not finite; block: the
+    tile the kernel was compiled for (one compile per tile and flags)."""
 
     plan: torch.Tensor
     cost: torch.Tensor
     raw: torch.Tensor
     error: torch.Tensor
+    block: int
 
 
 def available(tensor: torch.Tensor) -> bool:
@@ -104,10 +106,11 @@ def available(tensor: torch.Tensor) -> bool:
 
 def solve(reg: float, num_iter: int, cost: torch.Tensor | None = None, r_c: torch.Tensor | None = None,
           r_r: torch.Tensor | None = None, similarity: torch.Tensor | None = None, w_rew: float = 0.9,
-          w_sem: float = 0.1, margin_from: str = "row") -> FusedSolve:
+          w_sem: float = 0.1, margin_from: str = "row", min_block: int = 16) -> FusedSolve:
     """One launch: the cost (given, or built from rewards (B,) and a cosine matrix (B, B)), POT's
     `sinkhorn_log` updates for `num_iter` iterations in float32, the plan, the per-row margin and the
-    marginal error."""
+    marginal error. `min_block`: the smallest tile to use, so a caller that has compiled for a larger
+    batch reuses that kernel for a smaller one (an epoch's last batch) instead of compiling again."""
     import triton
 
     from_rewards = cost is None
@@ -123,12 +126,12 @@ def solve(reg: float, num_iter: int, cost: torch.Tensor | None = None, r_c: torc
     error = torch.empty((), dtype=torch.float32, device=cost.device)
     has_sim = from_rewards and similarity is not None
     sim = similarity.detach().float().contiguous() if has_sim else cost
-    block = max(16, triton.next_power_of_2(max(n_rows, n_cols)))
+    block = max(16, min_block, triton.next_power_of_2(max(n_rows, n_cols)))
     _kernel()[(1,)](cost, r_c, r_r, sim, plan, raw, error, n_rows, n_cols, w_rew, w_sem, 1.0 / reg,
                     -math.log(n_rows), -math.log(n_cols), 1.0 / n_rows, 1.0 / n_cols, FROM_REWARDS=from_rewards,
                     HAS_SIM=has_sim, DIAG=margin_from == "diag", NUM_ITER=num_iter, BLOCK=block,
                     num_warps=4 if block <= 64 else 8)
-    return FusedSolve(plan=plan, cost=cost, raw=raw, error=error)
+    return FusedSolve(plan=plan, cost=cost, raw=raw, error=error, block=block)
 
 
 def sinkhorn_log_fused(cost: torch.Tensor, reg: float = 0.1, num_iter: int = 50) -> tuple[torch.Tensor, torch.Tensor]:

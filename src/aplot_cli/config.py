@@ -147,7 +147,7 @@ class TrainConfig:
     eval_steps: int = 0                  # 0: evaluate on the test split at the end only
     save_steps: int = 200
     save_total_limit: int | None = 2
-    group_by_length: bool = False        # length-grouped batches (less padding)
+    group_by_length: bool = False        # length-grouped batches (less padding; changes which pairs share an OT plan)
     chat_template: bool = True           # render conversational pairs with the tokenizer's template
     max_train_pairs: int | None = None
     max_eval_pairs: int | None = None
@@ -163,6 +163,7 @@ class TrainConfig:
     report_to: tuple[str, ...] = ()      # tensorboard, wandb, ...; empty: none
     device: str = "auto"                 # auto, cpu, cuda
     bf16: bool = False                   # mixed precision on GPU only; float32 on CPU always
+    fp16: bool = False                   # fp16 mixed precision (GPUs without bf16); GPU only
     gradient_checkpointing: bool = False
     dataloader_workers: int = 0
     trust_remote_code: bool = False

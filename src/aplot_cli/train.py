@@ -34,20 +34,87 @@ MARGINS_FILE = "margins.parquet"
 # ----------------------------------------------------------------------------------------- validation
 
 
+DEVICES = ("auto", "cpu", "cuda")
+
+
 def validate(cfg: TrainConfig, has_embeddings: bool) -> losses.LossSpec:
+    """Check every value before anything is loaded; errors name the config key, its value and the rule."""
     spec = losses.parse_losses("+".join(cfg.loss))
     if spec.aplot and cfg.semantic_source == "embeddings" and cfg.w_sem != 0.0 and not has_embeddings:
         raise ConfigError("the APLOT semantic cost needs sentence embeddings and no --embeddings was given",
                           hint="pass --embeddings DIR from `aplot embed`, or --semantic-source backbone|none")
-    checks = [(cfg.batch_size >= 1, "--batch-size must be >= 1"), (cfg.grad_accum >= 1, "--grad-accum must be >= 1"),
-              (cfg.max_length >= 16, "--max-length must be >= 16"), (cfg.ot_reg > 0, "--ot-reg must be > 0"),
-              (cfg.ot_iters >= 1, "--ot-iters must be >= 1"), (cfg.logging_steps >= 1, "--logging-steps must be >= 1"),
-              (cfg.save_steps >= 1, "--save-steps must be >= 1"), (0 <= cfg.warmup_ratio < 1, "--warmup-ratio in [0, 1)"),
-              (cfg.max_steps != 0, "--max-steps must be > 0 (or -1 for epochs)"), (cfg.epochs > 0, "--epochs must be > 0")]
-    for ok, message in checks:
+    optional = [(name, getattr(cfg, name)) for name in ("max_train_pairs", "max_eval_pairs", "save_total_limit")]
+    rules = [(name, value >= 1, ">= 1") for name, value in optional if value is not None]
+    rules += [(name, getattr(cfg, name) >= 1, ">= 1") for name in (
+        "batch_size", "eval_batch_size", "grad_accum", "ot_iters", "logging_steps", "save_steps", "train_eval_pairs",
+        "lora_r")]
+    rules += [(name, getattr(cfg, name) >= 0, ">= 0") for name in (
+        "eval_steps", "margin_warmup_steps", "center_eta", "focal_gamma", "weight_decay", "max_grad_norm",
+        "dataloader_workers", "lora_alpha")]
+    rules += [(name, getattr(cfg, name) > 0, "> 0") for name in ("ot_reg", "ot_tol", "learning_rate", "epochs")]
+    rules += [("max_length", cfg.max_length >= 16, ">= 16"),
+              ("max_steps", cfg.max_steps > 0 or cfg.max_steps == -1, "> 0, or -1 to train for `epochs`"),
+              ("warmup_ratio", 0 <= cfg.warmup_ratio < 1, "a fraction in [0, 1)"),
+              ("label_smooth_eps", 0 <= cfg.label_smooth_eps < 1, "in [0, 1)"),
+              ("lora_dropout", 0 <= cfg.lora_dropout < 1, "in [0, 1)"),
+              ("device", cfg.device in DEVICES, f"one of {', '.join(DEVICES)}")]
+    for name, ok, rule in rules:
         if not ok:
-            raise ConfigError(message)
+            raise ConfigError(f"train-rm: `{name}` is {getattr(cfg, name)!r}; it must be {rule}",
+                              hint=f"set `{name}:` in the --config YAML, or its --{name.replace('_', '-')} flag "
+                                   "where train-rm has one")
+    if cfg.bf16 and cfg.fp16:
+        raise ConfigError("train-rm: `bf16` and `fp16` are both on", hint="choose one mixed-precision mode")
+    _check_choice("scheduler", cfg.scheduler, _schedulers())
+    for target in cfg.report_to:
+        _check_choice("report_to", target, _report_targets())
     return spec
+
+
+def _schedulers() -> list[str]:
+    from transformers import SchedulerType
+
+    return [s.value for s in SchedulerType]
+
+
+def _report_targets() -> list[str]:
+    from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
+
+    return ["all", "none", *INTEGRATION_TO_CALLBACK]
+
+
+def _check_choice(name: str, value: str, known: list[str]) -> None:
+    import difflib
+
+    if value not in known:
+        close = difflib.get_close_matches(value, known, n=1, cutoff=0.5)
+        raise ConfigError(f"train-rm: `{name}` is {value!r}, which transformers does not know",
+                          hint=(f"did you mean {close[0]!r}? " if close else "") + f"known: {', '.join(known)}")
+
+
+def check_dataset_margin(frame, pairs_dir: Path) -> dict[str, int]:
+    """The `margin` loss reads the pairs' `margin` column: refuse a train split that has none (the loss
+    would quietly be BT). Returns how many pairs have one, for the manifest (missing ones count as 0)."""
+    values = frame["margin"].to_numpy(dtype=np.float64, na_value=np.nan) if "margin" in frame else np.array([])
+    present = int(np.isfinite(values).sum())
+    if present == 0:
+        raise InputDataError(f"loss `margin` needs a per-pair `margin` column and the train split of {pairs_dir} "
+                             "has no finite margin",
+                             hint="prepare data with a margin field (a rating gap, see `aplot prepare --help`), "
+                                  "or use another loss")
+    return {"pairs": len(frame), "with_margin": present, "without_margin_as_zero": len(frame) - present}
+
+
+def check_embeddings_match(emb_art, pairs_art) -> None:
+    """Embeddings are looked up by pair id, and a pair id does not change when chosen and rejected are
+    swapped (e.g. another `--flip-ratio`): only embeddings made from this very pairs artifact are safe."""
+    recorded = (emb_art.manifest.get("inputs", {}).get("pairs") or {}).get("manifest_sha256")
+    if recorded != pairs_art.manifest_sha256():
+        raise ArtifactError(f"the embeddings in {emb_art.path} were made from another pairs artifact than "
+                            f"{pairs_art.path} (its manifest's pairs sha256 is {str(recorded)[:12]}, this one's "
+                            f"{pairs_art.manifest_sha256()[:12]})",
+                            hint=f"re-run `aplot embed {pairs_art.path} --out-dir DIR` (cached texts are not "
+                                 "encoded again)")
 
 
 # ---------------------------------------------------------------------------------------- data
@@ -186,6 +253,11 @@ def load_model(cfg: TrainConfig):
     formatting.prepare_tokenizer(tokenizer, model.config)
     if model.config.pad_token_id is None or model.config.pad_token_id >= model.config.vocab_size:
         raise ModelError(f"backbone {cfg.backbone!r} has no usable pad token", hint="use a tokenizer with a pad token")
+    limit = min(getattr(model.config, "max_position_embeddings", None) or math.inf,
+                tokenizer.model_max_length if tokenizer.model_max_length < 1e9 else math.inf)
+    if cfg.max_length > limit:
+        raise ConfigError(f"train-rm: `max_length` is {cfg.max_length} but backbone {cfg.backbone!r} reads at most "
+                          f"{int(limit)} tokens", hint=f"pass --max-length {int(limit)} or less")
     head = head_name(model)
     if cfg.lora:
         model = _wrap_lora(model, cfg)
@@ -225,7 +297,8 @@ def _make_trainer_class():
             self._device_ot: list = []            # per step: MarginResult from the device solver
             self._ot_flags: list[tuple] = []      # per step: (converged, fallback) 0-d device tensors
             self._pairs_since_log, self._last_log_time = 0, time.perf_counter()
-            self.ot_totals = {"solves": 0, "converged": 0, "fallbacks": 0, "seconds": 0.0}
+            self.ot_totals = {"solves": 0, "converged": 0, "fallbacks": 0, "seconds": 0.0, "pairs": 0, "max_pairs": 0}
+            self.ot_warnings: set[str] = set()
 
         def _backbone_embeddings(self, outputs, mask):
             """(2B, H) the last hidden state where the head reads: the last real token for decoders
@@ -272,8 +345,12 @@ def _make_trainer_class():
             self._steps.append((result.diff.detach(), r_c, r_r, applied))
             if result_ot is not None and result_ot.ot is not None:
                 self.ot_totals["solves"] += 1
+                self.ot_totals["pairs"] += result_ot.ot.plan.shape[0]  # a shape: no device read
+                self.ot_totals["max_pairs"] = max(self.ot_totals["max_pairs"], result_ot.ot.plan.shape[0])
                 self.ot_totals["seconds"] += result_ot.ot.seconds
                 self._ot_flags.append((result_ot.ot.converged, result_ot.fallback))
+                if result_ot.ot.warning and len(self.ot_warnings) < 5:  # POT's own words, for the manifest
+                    self.ot_warnings.add(result_ot.ot.warning)
                 if result_ot.full is not None:  # the device path: reduced at log time
                     self._device_ot.append(result_ot)
                 else:
@@ -500,7 +577,7 @@ def _training_args(cfg: TrainConfig, out_dir: Path, use_cpu: bool, has_eval: boo
         max_grad_norm=cfg.max_grad_norm, logging_steps=cfg.logging_steps,
         eval_strategy="steps" if cfg.eval_steps > 0 and has_eval else "no", eval_steps=cfg.eval_steps or None,
         save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=cfg.save_total_limit, seed=cfg.seed,
-        report_to=list(cfg.report_to) or "none", use_cpu=use_cpu, bf16=cfg.bf16 and not use_cpu,
+        report_to=list(cfg.report_to) or "none", use_cpu=use_cpu, bf16=cfg.bf16 and not use_cpu, fp16=cfg.fp16 and not use_cpu,
         remove_unused_columns=False, disable_tqdm=True, dataloader_num_workers=cfg.dataloader_workers,
         activation_checkpointing=cfg.gradient_checkpointing,
         ddp_backend="gloo" if use_cpu and distributed else None, label_names=[],
@@ -540,6 +617,8 @@ def run(cfg: TrainConfig, pairs_dir: Path, out_dir: Path, embeddings_dir: Path |
     spec = validate(cfg, embeddings_dir is not None)
     pairs_art = artifacts.open_artifact(pairs_dir, "prepare")
     emb_art = artifacts.open_artifact(embeddings_dir, "embed") if embeddings_dir is not None else None
+    if emb_art is not None:
+        check_embeddings_match(emb_art, pairs_art)
     use_cpu = _use_cpu(cfg.device)
     test_frame = _test_frame(pairs_art, cfg)
     out_dir = Path(out_dir)
@@ -552,6 +631,7 @@ def run(cfg: TrainConfig, pairs_dir: Path, out_dir: Path, embeddings_dir: Path |
     tokenizer, model, resolved, head = load_model(cfg)
     need_emb = spec.aplot and cfg.semantic_source == "embeddings" and emb_art is not None
     train_frame = _take(load_pairs(pairs_dir, "train"), cfg.max_train_pairs, cfg.seed)
+    dataset_margin = check_dataset_margin(train_frame, pairs_art.path) if spec.dataset_margin else None
     train = encode_split(train_frame, tokenizer, cfg, load_embeddings(emb_art.path, "train") if need_emb else None)
     test = encode_split(test_frame, tokenizer, cfg, split_id=1) if test_frame is not None else None
     info(f"[bold]train-rm[/] {cfg.backbone} loss={spec.name}: {len(train.records)} train pairs"
@@ -562,7 +642,7 @@ def run(cfg: TrainConfig, pairs_dir: Path, out_dir: Path, embeddings_dir: Path |
     t0 = time.perf_counter()
     train_output = trainer.train(resume_from_checkpoint=checkpoint)
     seconds = time.perf_counter() - t0
-    metrics = _final_metrics(trainer, train, test, train_output, seconds, cfg)
+    metrics = _final_metrics(trainer, train, test, train_output, seconds, cfg, resumed_step if checkpoint else -1)
     trainer.accelerator.wait_for_everyone()
     if not trainer.is_world_process_zero():
         return out_dir / artifacts.MANIFEST
@@ -571,16 +651,22 @@ def run(cfg: TrainConfig, pairs_dir: Path, out_dir: Path, embeddings_dir: Path |
     outputs.append(artifacts.describe_output(out_dir, "metrics.json"))
     inputs = {"pairs": pairs_art, **({"embeddings": emb_art} if emb_art is not None else {})}
     diagnostics = {"truncation": {"train": train.truncation, **({"test": test.truncation} if test else {})},
-                   "ot": _ot_summary(trainer), "resumed_from_step": resumed_step if checkpoint else None,
+                   "ot": _ot_summary(trainer),
+                   **({"test_loss": "the configured loss without the APLOT margin (no OT plan at evaluation)"}
+                      if test else {}),
+                   "resumed_from_step": resumed_step if checkpoint else None,
                    "device": "cpu" if use_cpu else "cuda", "world_size": trainer.accelerator.num_processes,
-                   "bf16": bool(cfg.bf16 and not use_cpu),
-                   "bf16_ignored_on_cpu": bool(cfg.bf16 and use_cpu)}
+                   "precision": "float32" if use_cpu or not (cfg.bf16 or cfg.fp16) else
+                                ("bf16" if cfg.bf16 else "fp16") + " mixed",
+                   "mixed_precision_ignored_on_cpu": bool((cfg.bf16 or cfg.fp16) and use_cpu),
+                   **({"dataset_margin": dataset_margin} if dataset_margin else {})}
     info(f"[bold]train-rm[/] done in {seconds:.1f}s: train accuracy {metrics.get('train_accuracy', float('nan')):.4f}"
          f", test accuracy {metrics.get('test_accuracy', float('nan')):.4f}")
     return artifacts.write_manifest(
         out_dir, stage=STAGE, config=config_to_dict(cfg), inputs=inputs, outputs=outputs, metrics=metrics,
         diagnostics=diagnostics,
         extra={"model": {"backbone": cfg.backbone, "resolved": _relative_or_id(resolved),
+                         "identity": models.identity(resolved),
                          "head": head,
                          "loss": spec.name, "path": "model", "lora": cfg.lora,
                          "chat_template": formatting.uses_chat_template(tokenizer, cfg.chat_template),
@@ -638,11 +724,12 @@ class _SplitCollator:
         return self.collators[features[0]["split"]](features)
 
 
-def _final_metrics(trainer, train, test, train_output, seconds, cfg) -> dict[str, Any]:
+def _final_metrics(trainer, train, test, train_output, seconds, cfg, resumed_step: int) -> dict[str, Any]:
     metrics: dict[str, Any] = {"train_loss": float(train_output.training_loss), "steps": trainer.state.global_step,
                                "epochs": float(trainer.state.epoch or 0.0), "train_seconds": round(seconds, 3),
                                "train_pairs": len(train.records)}
-    pairs_seen = trainer.state.global_step * cfg.batch_size * cfg.grad_accum * trainer.accelerator.num_processes
+    # the steps this process ran (after a resume, `seconds` covers only those)
+    pairs_seen = (trainer.state.global_step - max(resumed_step, 0)) * cfg.batch_size * cfg.grad_accum * trainer.accelerator.num_processes
     metrics["pairs_per_second"] = pairs_seen / max(seconds, 1e-9)
     if test is not None:
         result = trainer.evaluate(PairDataset(test), metric_key_prefix="test")
@@ -673,6 +760,10 @@ def _ot_summary(trainer) -> dict[str, Any]:
     if totals["solves"]:
         totals["converged_frac"] = totals["converged"] / totals["solves"]
         totals["mean_seconds"] = totals["seconds"] / totals["solves"]
+        # one plan per micro-batch (the global one under ot_scope=global): grad_accum does not widen it
+        totals["pairs_per_solve"] = totals["pairs"] / totals["solves"]
+    if trainer.ot_warnings:
+        totals["warnings"] = sorted(trainer.ot_warnings)
     return totals
 
 

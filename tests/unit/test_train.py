@@ -50,6 +50,8 @@ def test_aplot_run_writes_a_loadable_model_log_margins_and_manifest(tiny_bert_di
     assert manifest["metrics"]["steps"] == 4
     assert manifest["diagnostics"]["truncation"]["train"]["pairs"] == 180
     assert manifest["diagnostics"]["ot"]["solves"] == 4 and manifest["diagnostics"]["ot"]["fallbacks"] == 0
+    assert manifest["diagnostics"]["ot"]["pairs_per_solve"] == 8 and manifest["diagnostics"]["ot"]["max_pairs"] == 8
+    assert manifest["diagnostics"]["precision"] == "float32" and manifest["model"]["identity"].startswith("dir:")
     assert manifest["model"]["loss"] == "bt+aplot"
     train_logs = [r for r in read_log(out) if "loss" in r]
     assert [r["step"] for r in train_logs] == [2, 4]
@@ -181,6 +183,51 @@ def test_config_yaml_loss_string_and_validation(tmp_path, synthetic_pairs_dir):
         train.validate(TrainConfig(), has_embeddings=False)
     with pytest.raises(ConfigError, match="margin_norm"):
         build_config(TrainConfig, None, {"margin_norm": "l2"})
+
+
+@pytest.mark.parametrize(("changes", "named", "hint"), [
+    ({"ot_reg": 0.0}, "`ot_reg` is 0.0; it must be > 0", "ot_reg:"),
+    ({"ot_tol": 0.0}, "`ot_tol` is 0.0", "ot_tol:"),
+    ({"margin_warmup_steps": -1}, "`margin_warmup_steps` is -1; it must be >= 0", "margin_warmup_steps:"),
+    ({"label_smooth_eps": 1.0}, "`label_smooth_eps` is 1.0; it must be in [0, 1)", "label_smooth_eps:"),
+    ({"max_steps": -3}, "`max_steps` is -3", "--max-steps"),
+    ({"max_train_pairs": 0}, "`max_train_pairs` is 0", "max_train_pairs:"),
+    ({"device": "gpu"}, "`device` is 'gpu'; it must be one of auto, cpu, cuda", "--device"),
+    ({"scheduler": "cosinee"}, "`scheduler` is 'cosinee'", "did you mean 'cosine'"),
+    ({"report_to": ("tensorbord",)}, "`report_to` is 'tensorbord'", "did you mean 'tensorboard'"),
+    ({"bf16": True, "fp16": True}, "`bf16` and `fp16` are both on", "choose one"),
+])
+def test_validation_names_the_key_the_value_and_the_fix(changes, named, hint):
+    from aplot_cli.errors import ConfigError
+
+    with pytest.raises(ConfigError) as caught:
+        train.validate(TrainConfig(**changes), has_embeddings=True)
+    assert named in caught.value.message and hint in caught.value.hint, str(caught.value)
+
+
+def test_wrong_inputs_are_refused_before_training(tiny_bert_dir, synthetic_pairs_dir, embeddings_dir, tmp_path):
+    """margin loss on pairs without margins; embeddings of another pairs artifact; max_length past the
+    model's positions: each refused with the file or key named, and nothing left looking finished."""
+    from aplot_cli import embed, prepare
+    from aplot_cli.config import EmbedConfig, PrepareConfig
+    from aplot_cli.errors import ArtifactError, ConfigError, InputDataError
+
+    with pytest.raises(InputDataError, match="no finite margin") as caught:
+        train.run(tiny_cfg(tiny_bert_dir, loss=("margin",)), synthetic_pairs_dir, tmp_path / "a")
+    assert str(synthetic_pairs_dir) in caught.value.message
+    flipped = tmp_path / "flipped"
+    prepare.run(PrepareConfig(recipe="synthetic", synthetic_pairs=240, synthetic_ood_pairs=60, test_size=0.25,
+                              flip_ratio=0.25), flipped)
+    with pytest.raises(ArtifactError, match="another pairs artifact") as caught:
+        train.run(tiny_cfg(tiny_bert_dir), flipped, tmp_path / "b", embeddings_dir=embeddings_dir)
+    assert f"aplot embed {flipped}" in caught.value.hint
+    own = tmp_path / "own-emb"
+    embed.run(EmbedConfig(model=str(tiny_bert_dir), max_length=64), flipped, own)
+    assert train.run(tiny_cfg(tiny_bert_dir, max_steps=1), flipped, tmp_path / "ok", embeddings_dir=own).is_file()
+    with pytest.raises(ConfigError, match="`max_length` is 600 but .* reads at most 512 tokens"):
+        train.run(tiny_cfg(tiny_bert_dir, loss=("bt",), max_length=600), synthetic_pairs_dir, tmp_path / "c")
+    for out in ("a", "b", "c"):
+        assert not (tmp_path / out / "manifest.json").exists()
 
 
 @pytest.mark.parametrize("name", ["train-minilm.yaml", "train-smollm2.yaml"])

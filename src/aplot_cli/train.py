@@ -341,7 +341,7 @@ def _make_trainer_class():
         def _record(self, result, result_ot, num_tokens, rows, r_c, r_r) -> None:
             """Keeps references to this step's tensors and launches nothing on the accelerator: `log`
             reduces all steps since the last log at once (one stack per metric), and reads them then."""
-            applied = result.margin if result_ot is not None else None
+            applied = result.margin if result_ot is not None or self.spec.dataset_margin else None
             self._steps.append((result.diff.detach(), r_c, r_r, applied))
             if result_ot is not None and result_ot.ot is not None:
                 self.ot_totals["solves"] += 1
@@ -364,7 +364,7 @@ def _make_trainer_class():
             self.state.num_input_tokens_seen += num_tokens * self.accelerator.num_processes
             self._pairs_since_log += rows.shape[0] * self.accelerator.num_processes
             if self.margin_sink is not None:
-                self.margin_sink.add(self.state.global_step + 1, rows, result.margin, result.diff)
+                self.margin_sink.add(self.state.global_step + 1, rows, result.margin, r_c, r_r)
 
         def _fold_step_metrics(self) -> None:
             """Reduce the pending steps into `_metrics` (each step's share kept: the mean is per step)."""
@@ -529,21 +529,24 @@ class MarginSink:
             if int(part.stem.rsplit("-s", 1)[1]) > resumed_step:  # a fresh start (-1) keeps none
                 part.unlink()
 
-    def add(self, step: int, rows, margin, diff) -> None:
+    def add(self, step: int, rows, margin, r_c, r_r) -> None:
         """Keeps the tensors where they are (a few floats per pair) until the next checkpoint."""
-        self.rows.append((step, rows.detach(), margin.detach().float(), diff.detach().float()))
+        self.rows.append((step, rows.detach(), margin.detach().float(), r_c.detach().float(), r_r.detach().float()))
 
     def flush(self) -> None:
         import pandas as pd
 
         if not self.rows:
             return
-        self.rows = [(s, r.cpu().numpy(), m.cpu().numpy(), d.cpu().numpy()) for s, r, m, d in self.rows]
+        self.rows = [(s, *(t.cpu().numpy() for t in tensors)) for s, *tensors in self.rows]
+        steps, rows, margin, r_c, r_r = zip(*self.rows, strict=True)
         frame = pd.DataFrame({
-            "pair_id": [self.pair_ids[r] for _, rows, _, _ in self.rows for r in rows],
-            "step": np.concatenate([np.full(len(rows), s) for s, rows, _, _ in self.rows]).astype(np.int64),
-            "margin": np.concatenate([m for _, _, m, _ in self.rows]),
-            "reward_diff": np.concatenate([d for _, _, _, d in self.rows]),
+            "pair_id": [self.pair_ids[r] for part in rows for r in part],
+            "step": np.concatenate([np.full(len(part), s) for s, part in zip(steps, rows, strict=True)]).astype(np.int64),
+            "margin": np.concatenate(margin),
+            "reward_diff": np.concatenate(r_c) - np.concatenate(r_r),
+            "reward_chosen": np.concatenate(r_c),
+            "reward_rejected": np.concatenate(r_r),
         })
         frame.to_parquet(self.dir / f"part-r{self.rank}-s{int(frame['step'].max()):08d}.parquet", index=False)
         self.rows = []
@@ -553,7 +556,8 @@ class MarginSink:
 
         parts = sorted(self.dir.glob("part-*.parquet"))
         frame = (pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True) if parts
-                 else pd.DataFrame({"pair_id": [], "step": [], "margin": [], "reward_diff": []}))
+                 else pd.DataFrame({"pair_id": [], "step": [], "margin": [], "reward_diff": [], "reward_chosen": [],
+                                    "reward_rejected": []}))
         frame = frame.sort_values(["step", "pair_id"], kind="stable").reset_index(drop=True)
         frame.to_parquet(out_file, index=False)
         for part in parts:

@@ -76,3 +76,20 @@ def test_two_cpu_processes_global_scope(launcher, tiny_bert_dir, synthetic_pairs
 
     margins = pd.read_parquet(out / "margins.parquet")
     assert margins.groupby("step").size().tolist() == [8, 8, 8]  # both ranks' rows, every step
+    # each step's margins are the single-process margins of the global batch (both ranks' 8 pairs, with the
+    # rewards the ranks computed), not those of each rank's own 4
+    import torch
+
+    from aplot_cli.embed import load_embeddings
+    from aplot_cli.margins import AplotMargin, AplotSettings
+
+    table = load_embeddings(emb, "train")
+    index = {pid: i for i, pid in enumerate(table.pair_ids)}
+    single, local = AplotMargin(AplotSettings()), AplotMargin(AplotSettings())
+    for _, batch in margins.groupby("step"):
+        rows = [index[pid] for pid in batch["pair_id"]]
+        r_c, r_r, recorded = (torch.tensor(batch[c].to_numpy()) for c in ("reward_chosen", "reward_rejected", "margin"))
+        e_c, e_r = torch.from_numpy(table.chosen[rows]), torch.from_numpy(table.rejected[rows])
+        torch.testing.assert_close(single(r_c, r_r, e_c, e_r).margin.float(), recorded, rtol=0, atol=1e-5)
+        own = local(r_c[:4], r_r[:4], e_c[:4], e_r[:4]).margin.float()
+        assert not torch.allclose(own, recorded[:4], atol=1e-5)

@@ -49,6 +49,11 @@ class Artifact:
     def manifest_sha256(self) -> str:
         return sha256_file(self.path / MANIFEST)
 
+    def output_hashes(self) -> dict[str, str]:
+        """{output path: sha256} as its manifest records them: what the artifact's content is, apart
+        from how it was invoked (the manifest itself also holds argv and versions)."""
+        return {o["path"]: o["sha256"] for o in self.manifest.get("outputs", []) if "sha256" in o}
+
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     digest = hashlib.sha256()
@@ -68,28 +73,38 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
+def check_out_dir(out_dir: Path, overwrite: bool, resume: bool = False) -> bool:
+    """Whether `out_dir` may be written, touching nothing: raises the refusal `prepare_out_dir` would
+    give, and returns True when the directory holds files that it would keep (a resume)."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ArtifactError(f"--out-dir {out_dir} exists and is not a directory",
+                            hint="choose another path")
+    if not (out_dir.is_dir() and any(out_dir.iterdir())) or overwrite:
+        return False
+    if not resume:
+        raise ArtifactError(f"--out-dir {out_dir} is not empty",
+                            hint="pass --overwrite to replace it, or choose an empty directory")
+    if (out_dir / MANIFEST).exists():
+        raise ArtifactError(f"{out_dir} holds a finished run; there is nothing to resume",
+                            hint="pass --overwrite to redo it, or use another --out-dir")
+    return True
+
+
 def prepare_out_dir(out_dir: Path, overwrite: bool, resume: bool = False) -> Path:
     """Create `out_dir` or check that it may be written.
 
     A non-empty directory is refused unless `overwrite` (cleared first, manifest removed before
     anything else so that a crash mid-clear never leaves a finished-looking run) or `resume` (kept,
-    for stages that continue from checkpoints; a finished run is still refused)."""
+    for stages that continue from checkpoints; a finished run is still refused). A stage that can
+    still refuse its inputs after loading them calls `check_out_dir` first and this only once they
+    pass, so `--overwrite` never clears a finished run for a run that then stops."""
     out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ArtifactError(f"--out-dir {out_dir} exists and is not a directory",
-                            hint="choose another path")
-    if out_dir.is_dir() and any(out_dir.iterdir()):
-        if overwrite:
-            (out_dir / MANIFEST).unlink(missing_ok=True)
-            shutil.rmtree(out_dir)
-        elif resume:
-            if (out_dir / MANIFEST).exists():
-                raise ArtifactError(f"{out_dir} holds a finished run; there is nothing to resume",
-                                    hint="pass --overwrite to redo it, or use another --out-dir")
-            return out_dir
-        else:
-            raise ArtifactError(f"--out-dir {out_dir} is not empty",
-                                hint="pass --overwrite to replace it, or choose an empty directory")
+    if check_out_dir(out_dir, overwrite, resume):
+        return out_dir
+    if out_dir.is_dir() and any(out_dir.iterdir()):  # overwrite
+        (out_dir / MANIFEST).unlink(missing_ok=True)
+        shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     return out_dir
 
@@ -169,7 +184,8 @@ def write_manifest(out_dir: Path, *, stage: str, config: Any, inputs: dict[str, 
         "versions": package_versions(),
         "inputs": {
             name: {"path": os.path.relpath(art.path.resolve(), out_dir.resolve()),
-                   "stage": art.stage, "manifest_sha256": art.manifest_sha256()}
+                   "stage": art.stage, "manifest_sha256": art.manifest_sha256(),
+                   "outputs_sha256": art.output_hashes()}
             for name, art in (inputs or {}).items()
         },
         "outputs": outputs or [],

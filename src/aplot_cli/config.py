@@ -169,6 +169,14 @@ class TrainConfig:
     trust_remote_code: bool = False
 
 
+# The TrainConfig fields `aplot train-rm` also takes as flags (the rest are YAML only); tested against the CLI.
+TRAIN_FLAGS = frozenset({
+    "backbone", "loss", "semantic_source", "margin_norm", "margin_from", "margin_scale", "ot_scope", "ot_solver",
+    "learning_rate", "epochs", "max_steps", "batch_size", "grad_accum", "max_length", "max_train_pairs",
+    "max_eval_pairs", "eval_steps", "save_steps", "lora", "report_to", "device", "bf16", "fp16",
+    "trust_remote_code", "seed"})
+
+
 def config_to_dict(config: Any) -> dict[str, Any]:
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(config).items()}
 

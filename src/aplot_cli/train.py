@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from aplot_cli import artifacts, formatting, losses, models
-from aplot_cli.config import TrainConfig, config_to_dict
+from aplot_cli.config import TRAIN_FLAGS, TrainConfig, config_to_dict
 from aplot_cli.console import get_console, info, is_quiet
 from aplot_cli.errors import ArtifactError, ConfigError, InputDataError, ModelError, TrainingError
 
@@ -60,15 +60,20 @@ def validate(cfg: TrainConfig, has_embeddings: bool) -> losses.LossSpec:
               ("device", cfg.device in DEVICES, f"one of {', '.join(DEVICES)}")]
     for name, ok, rule in rules:
         if not ok:
-            raise ConfigError(f"train-rm: `{name}` is {getattr(cfg, name)!r}; it must be {rule}",
-                              hint=f"set `{name}:` in the --config YAML, or its --{name.replace('_', '-')} flag "
-                                   "where train-rm has one")
+            raise ConfigError(f"train-rm: `{name}` is {getattr(cfg, name)!r}; it must be {rule}", hint=_where(name))
     if cfg.bf16 and cfg.fp16:
-        raise ConfigError("train-rm: `bf16` and `fp16` are both on", hint="choose one mixed-precision mode")
+        raise ConfigError("train-rm: `bf16` and `fp16` are both on (one may come from the --config YAML)",
+                          hint="keep one: add --no-bf16 or --no-fp16, or set it false in the YAML")
     _check_choice("scheduler", cfg.scheduler, _schedulers())
     for target in cfg.report_to:
         _check_choice("report_to", target, _report_targets())
     return spec
+
+
+def _where(name: str) -> str:
+    """Where a train-rm value is set: the YAML key, and the flag where the CLI has one."""
+    flag = f" or pass --{name.replace('_', '-')}" if name in TRAIN_FLAGS else ""
+    return f"set `{name}:` in the --config YAML{flag}"
 
 
 def _schedulers() -> list[str]:
@@ -89,7 +94,8 @@ def _check_choice(name: str, value: str, known: list[str]) -> None:
     if value not in known:
         close = difflib.get_close_matches(value, known, n=1, cutoff=0.5)
         raise ConfigError(f"train-rm: `{name}` is {value!r}, which transformers does not know",
-                          hint=(f"did you mean {close[0]!r}? " if close else "") + f"known: {', '.join(known)}")
+                          hint=(f"did you mean {close[0]!r}? " if close else "") + f"known: {', '.join(known)}; "
+                               + _where(name))
 
 
 def check_dataset_margin(frame, pairs_dir: Path) -> dict[str, int]:
@@ -107,12 +113,17 @@ def check_dataset_margin(frame, pairs_dir: Path) -> dict[str, int]:
 
 def check_embeddings_match(emb_art, pairs_art) -> None:
     """Embeddings are looked up by pair id, and a pair id does not change when chosen and rejected are
-    swapped (e.g. another `--flip-ratio`): only embeddings made from this very pairs artifact are safe."""
-    recorded = (emb_art.manifest.get("inputs", {}).get("pairs") or {}).get("manifest_sha256")
-    if recorded != pairs_art.manifest_sha256():
-        raise ArtifactError(f"the embeddings in {emb_art.path} were made from another pairs artifact than "
-                            f"{pairs_art.path} (its manifest's pairs sha256 is {str(recorded)[:12]}, this one's "
-                            f"{pairs_art.manifest_sha256()[:12]})",
+    swapped (e.g. another `--flip-ratio`): only embeddings of this train split's content are safe. Older
+    embeddings artifacts record only the pairs manifest's hash, so for those that must match."""
+    recorded = emb_art.manifest.get("inputs", {}).get("pairs") or {}
+    split = "train.parquet"
+    if split in recorded.get("outputs_sha256", {}):
+        was, now, what = recorded["outputs_sha256"][split], pairs_art.output_hashes().get(split), f"{split} sha256"
+    else:
+        was, now, what = recorded.get("manifest_sha256"), pairs_art.manifest_sha256(), "manifest sha256"
+    if was != now:
+        raise ArtifactError(f"the embeddings in {emb_art.path} were made from other pairs than {pairs_art.path} "
+                            f"(their {what} {str(was)[:12]}, this one's {str(now)[:12]})",
                             hint=f"re-run `aplot embed {pairs_art.path} --out-dir DIR` (cached texts are not "
                                  "encoded again)")
 
@@ -253,11 +264,13 @@ def load_model(cfg: TrainConfig):
     formatting.prepare_tokenizer(tokenizer, model.config)
     if model.config.pad_token_id is None or model.config.pad_token_id >= model.config.vocab_size:
         raise ModelError(f"backbone {cfg.backbone!r} has no usable pad token", hint="use a tokenizer with a pad token")
-    limit = min(getattr(model.config, "max_position_embeddings", None) or math.inf,
-                tokenizer.model_max_length if tokenizer.model_max_length < 1e9 else math.inf)
-    if cfg.max_length > limit:
+    limits = {"its config's max_position_embeddings": getattr(model.config, "max_position_embeddings", None),
+              "its tokenizer's model_max_length": tokenizer.model_max_length}
+    limits = {name: value for name, value in limits.items() if isinstance(value, int) and 0 < value < 1_000_000}
+    if limits and cfg.max_length > min(limits.values()):
+        name, limit = min(limits.items(), key=lambda item: item[1])
         raise ConfigError(f"train-rm: `max_length` is {cfg.max_length} but backbone {cfg.backbone!r} reads at most "
-                          f"{int(limit)} tokens", hint=f"pass --max-length {int(limit)} or less")
+                          f"{limit} tokens ({name})", hint=f"pass --max-length {limit} or less")
     head = head_name(model)
     if cfg.lora:
         model = _wrap_lora(model, cfg)
@@ -623,19 +636,20 @@ def run(cfg: TrainConfig, pairs_dir: Path, out_dir: Path, embeddings_dir: Path |
     emb_art = artifacts.open_artifact(embeddings_dir, "embed") if embeddings_dir is not None else None
     if emb_art is not None:
         check_embeddings_match(emb_art, pairs_art)
+    out_dir = Path(out_dir)
+    artifacts.check_out_dir(out_dir, overwrite, resume=resume)  # refuse now; clear only once the inputs pass
     use_cpu = _use_cpu(cfg.device)
     test_frame = _test_frame(pairs_art, cfg)
-    out_dir = Path(out_dir)
+    train_frame = _take(load_pairs(pairs_dir, "train"), cfg.max_train_pairs, cfg.seed)
+    dataset_margin = check_dataset_margin(train_frame, pairs_art.path) if spec.dataset_margin else None
+    tokenizer, model, resolved, head = load_model(cfg)
     args = _training_args(cfg, out_dir, use_cpu, test_frame is not None)  # also joins the process group
     rank = args.process_index
     with args.main_process_first(desc="prepare the output directory"):
         if args.process_index == 0:
             artifacts.prepare_out_dir(out_dir, overwrite, resume=resume)
     checkpoint, resumed_step = _resume_step(out_dir, resume)
-    tokenizer, model, resolved, head = load_model(cfg)
     need_emb = spec.aplot and cfg.semantic_source == "embeddings" and emb_art is not None
-    train_frame = _take(load_pairs(pairs_dir, "train"), cfg.max_train_pairs, cfg.seed)
-    dataset_margin = check_dataset_margin(train_frame, pairs_art.path) if spec.dataset_margin else None
     train = encode_split(train_frame, tokenizer, cfg, load_embeddings(emb_art.path, "train") if need_emb else None)
     test = encode_split(test_frame, tokenizer, cfg, split_id=1) if test_frame is not None else None
     info(f"[bold]train-rm[/] {cfg.backbone} loss={spec.name}: {len(train.records)} train pairs"

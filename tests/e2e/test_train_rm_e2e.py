@@ -77,7 +77,7 @@ def test_two_cpu_processes_global_scope(launcher, tiny_bert_dir, synthetic_pairs
     margins = pd.read_parquet(out / "margins.parquet")
     assert margins.groupby("step").size().tolist() == [8, 8, 8]  # both ranks' rows, every step
     # each step's margins are the single-process margins of the global batch (both ranks' 8 pairs, with the
-    # rewards the ranks computed), not those of each rank's own 4
+    # rewards the ranks computed), not those of a plan over only 4 of them (what a rank-local plan would be)
     import torch
 
     from aplot_cli.embed import load_embeddings

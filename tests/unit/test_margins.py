@@ -197,7 +197,7 @@ def test_cuda_solver_routes_match_pot(fused):
         assert bool(result.converged)
     assert not solver.errors, solver.errors
     if fused:
-        assert solver.routes == {"fused": 5} and solver._block == 32  # the last two reuse the B 32 kernel
+        assert solver.routes == {"fused": 5} and solver._block == 32  # batches of 7 and 1 reuse the B 32 kernel
     else:
         assert solver.routes == {"cuda-graph": 5} and len(solver._cache) == 3
 
@@ -214,6 +214,47 @@ def test_cuda_margin_equals_pot_margin(settings):
     dev = margin(r_c.cuda(), r_r.cuda(), e_c.cuda(), e_r.cuda(), normalized=True)
     torch.testing.assert_close(dev.margin.cpu(), pot.margin, rtol=1e-4, atol=1e-5)
     assert not margin.device_solver.errors, margin.device_solver.errors
+
+
+def test_fused_route_is_checked_before_use_and_reuses_its_tile(monkeypatch):
+    """The fused route's bookkeeping on the CPU, with a stand-in for the kernel: a first batch that is not
+    finite is used unchecked (the margin falls back anyway) and the next finite one is checked; the tile
+    only grows; a result that disagrees with the eager solve is refused and the next route used."""
+    import dataclasses
+
+    from aplot_cli.margins import fused
+    from aplot_cli.margins.ot import sinkhorn_log_torch
+
+    calls = []
+
+    def stand_in(reg, num_iter, cost=None, min_block=16, **_):
+        block = max(16, min_block, 1 << (max(cost.shape) - 1).bit_length())
+        calls.append(block)
+        plan, error = sinkhorn_log_torch(cost.float(), reg, num_iter)
+        return fused.FusedSolve(plan=plan, cost=cost, raw=cost.new_zeros(cost.shape[0]), error=error, block=block)
+
+    monkeypatch.setattr(fused, "available", lambda tensor: True)
+    monkeypatch.setattr(fused, "solve", stand_in)
+    gen = torch.Generator().manual_seed(0)
+    costs = [cost_matrix(torch.randn(n, generator=gen), torch.randn(n, generator=gen)) for n in (5, 33, 12)]
+    solver = DeviceSinkhorn(0.1, 50)
+    assert not bool(solver(torch.tensor([[0.0, float("nan")], [0.1, 0.2]])).finite)
+    assert solver._verified == set()
+    for cost in costs:
+        np.testing.assert_allclose(solver(cost).plan.numpy(), sinkhorn(cost, 0.1, 50, tol=0.0).plan, rtol=1e-4,
+                                   atol=1e-7)
+    assert calls == [16, 16, 64, 64] and solver._block == 64  # 12 pairs reuse the 64 tile
+    assert solver._verified == {(16, True, False, False), (64, True, False, False)}
+    assert solver.routes == {"fused": 4} and not solver.errors
+
+    monkeypatch.setattr(fused, "solve", lambda *a, **k: dataclasses.replace(out := stand_in(*a, **k),
+                                                                              plan=out.plan * 1.01))
+    broken = DeviceSinkhorn(0.1, 50)
+    result = broken(costs[0])
+    np.testing.assert_allclose(result.plan.numpy(), sinkhorn(costs[0], 0.1, 50, tol=0.0).plan, rtol=1e-4, atol=1e-7)
+    assert broken.routes == {"eager": 1} and "plan differs from the eager solve" in broken.errors["fused"]
+    broken(costs[1])
+    assert broken.routes == {"eager": 2}  # not tried again
 
 
 TRITON = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs triton (CUDA torch builds have it)")

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from aplot_cli import train
-from aplot_cli.config import TrainConfig, build_config
+from aplot_cli.config import TRAIN_FLAGS, TrainConfig, build_config
 
 LOG_NAMES = ("loss", "accuracy", "margin", "rewards/chosen", "rewards/rejected", "ot/margin_mean", "ot/margin_std",
              "ot/cost_mean", "ot/margin_spread", "ot/converged_frac", "ot/seconds", "num_tokens", "pairs_per_second")
@@ -195,7 +195,7 @@ def test_config_yaml_loss_string_and_validation(tmp_path, synthetic_pairs_dir):
     ({"device": "gpu"}, "`device` is 'gpu'; it must be one of auto, cpu, cuda", "--device"),
     ({"scheduler": "cosinee"}, "`scheduler` is 'cosinee'", "did you mean 'cosine'"),
     ({"report_to": ("tensorbord",)}, "`report_to` is 'tensorbord'", "did you mean 'tensorboard'"),
-    ({"bf16": True, "fp16": True}, "`bf16` and `fp16` are both on", "choose one"),
+    ({"bf16": True, "fp16": True}, "`bf16` and `fp16` are both on", "--no-bf16"),
 ])
 def test_validation_names_the_key_the_value_and_the_fix(changes, named, hint):
     from aplot_cli.errors import ConfigError
@@ -203,6 +203,20 @@ def test_validation_names_the_key_the_value_and_the_fix(changes, named, hint):
     with pytest.raises(ConfigError) as caught:
         train.validate(TrainConfig(**changes), has_embeddings=True)
     assert named in caught.value.message and hint in caught.value.hint, str(caught.value)
+    key = next(iter(changes))
+    if key != "bf16":  # a flag is named only where train-rm has it
+        assert (f"--{key.replace('_', '-')}" in caught.value.hint) == (key in TRAIN_FLAGS), caught.value.hint
+
+
+def test_train_flags_are_the_cli_options():
+    import typer
+
+    from aplot_cli.cli import app
+
+    command = next(c for c in typer.main.get_command(app).commands.values() if c.name == "train-rm")
+    options = {p.name for p in command.params} - {"pairs", "out_dir", "embeddings", "resume", "config", "overwrite",
+                                                    "quiet"}
+    assert options == TRAIN_FLAGS
 
 
 def test_wrong_inputs_are_refused_before_training(tiny_bert_dir, synthetic_pairs_dir, embeddings_dir, tmp_path):
@@ -218,16 +232,27 @@ def test_wrong_inputs_are_refused_before_training(tiny_bert_dir, synthetic_pairs
     flipped = tmp_path / "flipped"
     prepare.run(PrepareConfig(recipe="synthetic", synthetic_pairs=240, synthetic_ood_pairs=60, test_size=0.25,
                               flip_ratio=0.25), flipped)
-    with pytest.raises(ArtifactError, match="another pairs artifact") as caught:
+    with pytest.raises(ArtifactError, match="made from other pairs than") as caught:
         train.run(tiny_cfg(tiny_bert_dir), flipped, tmp_path / "b", embeddings_dir=embeddings_dir)
     assert f"aplot embed {flipped}" in caught.value.hint
     own = tmp_path / "own-emb"
     embed.run(EmbedConfig(model=str(tiny_bert_dir), max_length=64), flipped, own)
-    assert train.run(tiny_cfg(tiny_bert_dir, max_steps=1), flipped, tmp_path / "ok", embeddings_dir=own).is_file()
-    with pytest.raises(ConfigError, match="`max_length` is 600 but .* reads at most 512 tokens"):
+    done = train.run(tiny_cfg(tiny_bert_dir, max_steps=1, fp16=True), flipped, tmp_path / "ok", embeddings_dir=own)
+    diagnostics = json.loads(done.read_text())["diagnostics"]
+    assert diagnostics["precision"] == "float32" and diagnostics["mixed_precision_ignored_on_cpu"] is True
+    # the same pairs prepared again (another manifest: argv differs) keep their embeddings
+    again = tmp_path / "again"
+    prepare.run(PrepareConfig(recipe="synthetic", synthetic_pairs=240, synthetic_ood_pairs=60, test_size=0.25), again)
+    assert train.run(tiny_cfg(tiny_bert_dir, max_steps=1), again, tmp_path / "d", embeddings_dir=embeddings_dir).is_file()
+    with pytest.raises(ConfigError, match=r"`max_length` is 600 but .* reads at most 512 tokens \(its"):
         train.run(tiny_cfg(tiny_bert_dir, loss=("bt",), max_length=600), synthetic_pairs_dir, tmp_path / "c")
     for out in ("a", "b", "c"):
         assert not (tmp_path / out / "manifest.json").exists()
+    # --overwrite over a finished run: a run refused on its inputs leaves the finished one as it was
+    for bad in (tiny_cfg(tiny_bert_dir, loss=("margin",)), tiny_cfg(tiny_bert_dir, loss=("bt",), max_length=600)):
+        with pytest.raises((InputDataError, ConfigError)):
+            train.run(bad, flipped, tmp_path / "ok", overwrite=True)
+        assert done.read_text() and (tmp_path / "ok" / "model" / "config.json").is_file()
 
 
 @pytest.mark.parametrize("name", ["train-minilm.yaml", "train-smollm2.yaml"])

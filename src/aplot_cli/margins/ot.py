@@ -121,6 +121,13 @@ def sinkhorn_log_torch(cost: torch.Tensor, reg: float = 0.1, num_iter: int = 50)
     return plan, error
 
 
+def _cost_from_rewards(r_c: torch.Tensor, r_r: torch.Tensor, similarity: torch.Tensor | None, w_rew: float,
+                       w_sem: float) -> torch.Tensor:
+    """`cost_matrix` from rewards and a precomputed cosine matrix (B, B) (what the fused kernel builds)."""
+    cost = cost_matrix(r_c, r_r, w_rew=w_rew, w_sem=w_sem)
+    return cost if similarity is None else cost + w_sem * similarity.float()
+
+
 class DeviceSinkhorn:
     """`sinkhorn_log_torch`'s updates in float32 on the accelerator with no host sync, by the cheapest
     route that works: on CUDA one fused Triton kernel (`margins.fused`, B <= 128, when Triton is there),
@@ -195,9 +202,7 @@ class DeviceSinkhorn:
         from aplot_cli.margins.adaptive import plan_margin
 
         if cost is None:
-            cost = cost_matrix(r_c, r_r, w_rew=w_rew, w_sem=w_sem)
-            if similarity is not None:
-                cost = cost + w_sem * similarity.float()
+            cost = _cost_from_rewards(r_c, r_r, similarity, w_rew, w_sem)
         plan, error = sinkhorn_log_torch(cost.float(), self.reg, self.num_iter)
         if not bool(torch.isfinite(error)):
             return False
@@ -239,10 +244,7 @@ class DeviceSinkhorn:
             self.routes["fused"] = self.routes.get("fused", 0) + 1
             seconds = time.perf_counter() - start - (self.setup_seconds - setup)
             return self._result(out.plan, out.cost, out.error, seconds), out.raw
-        cost = cost_matrix(r_c, r_r, w_rew=w_rew, w_sem=w_sem)
-        if similarity is not None:
-            cost = cost + w_sem * similarity.float()
-        return self(cost), None
+        return self(_cost_from_rewards(r_c, r_r, similarity, w_rew, w_sem)), None
 
     def _result(self, plan: torch.Tensor, cost: torch.Tensor, error: torch.Tensor, seconds: float) -> OTResult:
         finite = torch.isfinite(error)

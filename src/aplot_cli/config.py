@@ -181,9 +181,15 @@ def config_to_dict(config: Any) -> dict[str, Any]:
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(config).items()}
 
 
-def _suggest(name: str, known: list[str]) -> str:
+def closest(name: str, known: list[str]) -> str | None:
+    """The known name a mistyped one most likely meant, if any is close."""
     close = difflib.get_close_matches(name, known, n=1, cutoff=0.5)
-    return f"did you mean `{close[0]}`?" if close else f"known keys: {', '.join(sorted(known))}"
+    return close[0] if close else None
+
+
+def _suggest(name: str, known: list[str]) -> str:
+    close = closest(name, known)
+    return f"did you mean `{close}`?" if close else f"known keys: {', '.join(sorted(known))}"
 
 
 def _coerce(name: str, value: Any, hint: Any, source: str) -> Any:

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from aplot_cli import artifacts, formatting, losses, models
-from aplot_cli.config import TRAIN_FLAGS, TrainConfig, config_to_dict
+from aplot_cli.config import TRAIN_FLAGS, TrainConfig, closest, config_to_dict
 from aplot_cli.console import get_console, info, is_quiet
 from aplot_cli.errors import ArtifactError, ConfigError, InputDataError, ModelError, TrainingError
 
@@ -89,12 +89,10 @@ def _report_targets() -> list[str]:
 
 
 def _check_choice(name: str, value: str, known: list[str]) -> None:
-    import difflib
-
     if value not in known:
-        close = difflib.get_close_matches(value, known, n=1, cutoff=0.5)
+        close = closest(value, known)
         raise ConfigError(f"train-rm: `{name}` is {value!r}, which transformers does not know",
-                          hint=(f"did you mean {close[0]!r}? " if close else "") + f"known: {', '.join(known)}; "
+                          hint=(f"did you mean {close!r}? " if close else "") + f"known: {', '.join(known)}; "
                                + _where(name))
 
 
@@ -553,13 +551,14 @@ class MarginSink:
             return
         self.rows = [(s, *(t.cpu().numpy() for t in tensors)) for s, *tensors in self.rows]
         steps, rows, margin, r_c, r_r = zip(*self.rows, strict=True)
+        r_c, r_r = np.concatenate(r_c), np.concatenate(r_r)
         frame = pd.DataFrame({
             "pair_id": [self.pair_ids[r] for part in rows for r in part],
             "step": np.concatenate([np.full(len(part), s) for s, part in zip(steps, rows, strict=True)]).astype(np.int64),
             "margin": np.concatenate(margin),
-            "reward_diff": np.concatenate(r_c) - np.concatenate(r_r),
-            "reward_chosen": np.concatenate(r_c),
-            "reward_rejected": np.concatenate(r_r),
+            "reward_diff": r_c - r_r,
+            "reward_chosen": r_c,
+            "reward_rejected": r_r,
         })
         frame.to_parquet(self.dir / f"part-r{self.rank}-s{int(frame['step'].max()):08d}.parquet", index=False)
         self.rows = []
@@ -660,7 +659,7 @@ def run(cfg: TrainConfig, pairs_dir: Path, out_dir: Path, embeddings_dir: Path |
     t0 = time.perf_counter()
     train_output = trainer.train(resume_from_checkpoint=checkpoint)
     seconds = time.perf_counter() - t0
-    metrics = _final_metrics(trainer, train, test, train_output, seconds, cfg, resumed_step if checkpoint else -1)
+    metrics = _final_metrics(trainer, train, test, train_output, seconds, cfg, resumed_step)  # -1: a fresh start
     trainer.accelerator.wait_for_everyone()
     if not trainer.is_world_process_zero():
         return out_dir / artifacts.MANIFEST

@@ -159,11 +159,19 @@ def train_rm(
     backbone: Annotated[Optional[str], typer.Option(
         help="minilm-l6 (embedded), smollm2-135m (embedded), a local folder or a hub id. [default: minilm-l6]")] = None,
     loss: Annotated[Optional[str], typer.Option(
-        help="bt, margin, label_smooth, focal, aplot, center; join with + (aplot+center). [default: aplot]")] = None,
+        help="bt, margin, label_smooth, focal, aplot, constant_margin, center; join with + (aplot+center). "
+             "[default: aplot]")] = None,
     semantic_source: Annotated[Optional[str], typer.Option(help="embeddings, backbone or none.")] = None,
-    margin_norm: Annotated[Optional[str], typer.Option(help="none or zscore. [default: none]")] = None,
-    margin_from: Annotated[Optional[str], typer.Option(help="row or diag. [default: row]")] = None,
+    plan_on: Annotated[Optional[str], typer.Option(
+        help="cost (section 2: plan mass avoids hard cells) or hardness (mass goes to them). [default: cost]")] = None,
+    cost_norm: Annotated[Optional[str], typer.Option(
+        help="none, minmax or std: rescale the cost within the batch before Sinkhorn. [default: none]")] = None,
+    margin_norm: Annotated[Optional[str], typer.Option(help="none, zscore or minmax. [default: none]")] = None,
+    margin_from: Annotated[Optional[str], typer.Option(
+        help="row, diag, diag_rel or own_cost (no OT: the pair's own cost). [default: row]")] = None,
     margin_scale: Annotated[Optional[float], typer.Option(help="APLOT margin scale. [default: 1]")] = None,
+    constant_margin: Annotated[Optional[float], typer.Option(
+        help="c of --loss constant_margin (the same margin for every pair). [default: 0.5]")] = None,
     ot_scope: Annotated[Optional[str], typer.Option(help="local or global (across ranks). [default: local]")] = None,
     ot_solver: Annotated[Optional[str], typer.Option(
         help="auto (POT on CPU, a fused float32 GPU kernel on CUDA), pot, or torch. [default: auto]")] = None,
@@ -196,6 +204,7 @@ def train_rm(
     cfg = build_config(TrainConfig, config, _flags(
         backbone=backbone, loss=tuple(loss.split("+")) if loss else None, semantic_source=semantic_source,
         margin_norm=margin_norm, margin_from=margin_from, margin_scale=margin_scale, ot_scope=ot_scope, ot_solver=ot_solver,
+        plan_on=plan_on, cost_norm=cost_norm, constant_margin=constant_margin,
         learning_rate=learning_rate, epochs=epochs, max_steps=max_steps, batch_size=batch_size, grad_accum=grad_accum,
         max_length=max_length, max_train_pairs=max_train_pairs, max_eval_pairs=max_eval_pairs, eval_steps=eval_steps,
         save_steps=save_steps, lora=lora, report_to=tuple(report_to) if report_to else None, device=device, bf16=bf16,

@@ -120,9 +120,13 @@ class TrainConfig:
     ot_reg: float = 0.1
     ot_iters: int = 50
     ot_tol: float = 1e-6                 # Sinkhorn stops once the marginal error is below this
-    margin_from: Literal["row", "diag"] = "row"
-    margin_norm: Literal["none", "zscore"] = "none"
+    # the readings of method.md section 2b (defaults: section 2)
+    plan_on: Literal["cost", "hardness"] = "cost"          # Sinkhorn on H (mass avoids hard cells) or on 1 - H
+    cost_norm: Literal["none", "minmax", "std"] = "none"  # H = the cost rescaled within the batch
+    margin_from: Literal["row", "diag", "diag_rel", "own_cost"] = "row"
+    margin_norm: Literal["none", "zscore", "minmax"] = "none"
     margin_scale: float = 1.0
+    constant_margin: float = 0.5         # c of `--loss constant_margin`: -log sigmoid(d - c) for every pair
     margin_warmup_steps: int = 0
     ot_scope: Literal["local", "global"] = "local"
     ot_solver: Literal["auto", "pot", "torch"] = "auto"   # auto: POT on the CPU, the float32 GPU solver on CUDA
@@ -172,6 +176,7 @@ class TrainConfig:
 # The TrainConfig fields `aplot train-rm` also takes as flags (the rest are YAML only); tested against the CLI.
 TRAIN_FLAGS = frozenset({
     "backbone", "loss", "semantic_source", "margin_norm", "margin_from", "margin_scale", "ot_scope", "ot_solver",
+    "plan_on", "cost_norm", "constant_margin",
     "learning_rate", "epochs", "max_steps", "batch_size", "grad_accum", "max_length", "max_train_pairs",
     "max_eval_pairs", "eval_steps", "save_steps", "lora", "report_to", "device", "bf16", "fp16",
     "trust_remote_code", "seed"})

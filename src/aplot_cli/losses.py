@@ -9,9 +9,10 @@ With `d = r_c - r_r` (shape (B,)) and a per-pair margin `m` (shape (B,), zero wh
 | `focal` | `-(1 - sigmoid(d - m))^gamma log sigmoid(d - m)` |
 | `center` | adds `eta * mean((r_c + r_r)^2)` to the batch loss |
 
-`margin` (a dataset column) and `aplot` (an OT margin, see `aplot_cli.margins`) do not change the form
-of the loss: they supply `m`, and compose with any one base form (`bt` when none is named) and with
-`center`. Nothing here reads files, devices or configs."""
+`margin` (a dataset column), `aplot` (an OT margin, see `aplot_cli.margins`) and `constant_margin` (the
+same number `c` for every pair: "shifted BT", the baseline that separates a shift from adaptivity) do not
+change the form of the loss: they supply `m`, and compose with any one base form (`bt` when none is
+named) and with `center`. Nothing here reads files, devices or configs."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ import torch.nn.functional as F
 from aplot_cli.errors import ConfigError
 
 BASE_LOSSES = ("bt", "label_smooth", "focal")
-MARGIN_SOURCES = ("margin", "aplot")
+MARGIN_SOURCES = ("margin", "aplot", "constant_margin")
 PENALTIES = ("center",)
 ALL_LOSSES = BASE_LOSSES + MARGIN_SOURCES + PENALTIES
 
@@ -36,10 +37,12 @@ class LossSpec:
     dataset_margin: bool = False
     aplot: bool = False
     center: bool = False
+    constant_margin: bool = False
 
     @property
     def name(self) -> str:
         parts = [self.base] + [n for n, on in (("margin", self.dataset_margin), ("aplot", self.aplot),
+                                               ("constant_margin", self.constant_margin),
                                                ("center", self.center)) if on]
         return "+".join(parts)
 
@@ -63,7 +66,7 @@ def parse_losses(names: tuple[str, ...] | list[str] | str) -> LossSpec:
         raise ConfigError(f"losses {' and '.join(sorted(set(bases)))} are both base forms and do not compose",
                           hint="keep one of bt, label_smooth, focal; add margin, aplot or center to it")
     return LossSpec(base=bases[0] if bases else "bt", dataset_margin="margin" in names, aplot="aplot" in names,
-                    center="center" in names)
+                    center="center" in names, constant_margin="constant_margin" in names)
 
 
 @dataclass(frozen=True)

@@ -52,6 +52,8 @@ def validate(cfg: TrainConfig, has_embeddings: bool) -> losses.LossSpec:
         "eval_steps", "margin_warmup_steps", "center_eta", "focal_gamma", "weight_decay", "max_grad_norm",
         "dataloader_workers", "lora_alpha")]
     rules += [(name, getattr(cfg, name) > 0, "> 0") for name in ("ot_reg", "ot_tol", "learning_rate", "epochs")]
+    rules += [(name, math.isfinite(getattr(cfg, name)), "a finite number") for name in (
+        "margin_scale", "constant_margin", "w_rew", "w_sem")]
     rules += [("max_length", cfg.max_length >= 16, ">= 16"),
               ("max_steps", cfg.max_steps > 0 or cfg.max_steps == -1, "> 0, or -1 to train for `epochs`"),
               ("warmup_ratio", 0 <= cfg.warmup_ratio < 1, "a fraction in [0, 1)"),
@@ -61,6 +63,13 @@ def validate(cfg: TrainConfig, has_embeddings: bool) -> losses.LossSpec:
     for name, ok, rule in rules:
         if not ok:
             raise ConfigError(f"train-rm: `{name}` is {getattr(cfg, name)!r}; it must be {rule}", hint=_where(name))
+    if spec.aplot and cfg.margin_norm != "none" and cfg.batch_size < 3 and cfg.ot_scope == "local":
+        raise ConfigError(f"train-rm: `margin_norm: {cfg.margin_norm}` normalises the margins within one plan, and "
+                          f"`batch_size` {cfg.batch_size} puts fewer than 3 pairs in a plan (1 pair: always zero)",
+                          hint="raise --batch-size to 3 or more, or use --margin-norm none")
+    if spec.aplot and spec.constant_margin:
+        raise ConfigError("train-rm: `aplot` and `constant_margin` both supply the margin",
+                          hint="constant_margin is the baseline for aplot: train them as two runs")
     if cfg.bf16 and cfg.fp16:
         raise ConfigError("train-rm: `bf16` and `fp16` are both on (one may come from the --config YAML)",
                           hint="keep one: add --no-bf16 or --no-fp16, or set it false in the YAML")
@@ -330,6 +339,9 @@ def _make_trainer_class():
             rewards = outputs.logits[:, 0].float()
             r_c, r_r = rewards[:n], rewards[n:]
             margin = dataset_margin.to(r_c.dtype) if self.spec.dataset_margin else None
+            if self.spec.constant_margin:  # "shifted BT": the same c for every pair
+                constant = torch.full_like(r_c, self.cfg.constant_margin)
+                margin = constant if margin is None else margin + constant
             result_ot = None
             if self.spec.aplot and model.training:
                 e_c = e_r = None
@@ -352,7 +364,8 @@ def _make_trainer_class():
         def _record(self, result, result_ot, num_tokens, rows, r_c, r_r) -> None:
             """Keeps references to this step's tensors and launches nothing on the accelerator: `log`
             reduces all steps since the last log at once (one stack per metric), and reads them then."""
-            applied = result.margin if result_ot is not None or self.spec.dataset_margin else None
+            applied = (result.margin if result_ot is not None or self.spec.dataset_margin or self.spec.constant_margin
+                       else None)
             self._steps.append((result.diff.detach(), r_c, r_r, applied))
             if result_ot is not None and result_ot.ot is not None:
                 self.ot_totals["solves"] += 1
@@ -710,7 +723,8 @@ def _build_trainer(cfg, spec, model, head, tokenizer, train, test, out_dir, args
 
     margin_fn = AplotMargin(AplotSettings(
         w_rew=cfg.w_rew, w_sem=0.0 if cfg.semantic_source == "none" else cfg.w_sem, reg=cfg.ot_reg,
-        num_iter=cfg.ot_iters, tol=cfg.ot_tol, margin_from=cfg.margin_from, margin_norm=cfg.margin_norm,
+        num_iter=cfg.ot_iters, tol=cfg.ot_tol, plan_on=cfg.plan_on, cost_norm=cfg.cost_norm,
+        margin_from=cfg.margin_from, margin_norm=cfg.margin_norm,
         scale=cfg.margin_scale, warmup_steps=cfg.margin_warmup_steps, scope=cfg.ot_scope,
         solver=cfg.ot_solver)) if spec.aplot else None
     sink = MarginSink(out_dir, train.pair_ids, rank, resumed_step) if cfg.save_margins else None

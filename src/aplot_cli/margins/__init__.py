@@ -6,8 +6,10 @@ from aplot_cli.margins.adaptive import (
     AplotMargin,
     AplotSettings,
     MarginResult,
+    check_settings,
     device_stats,
     gather_rows,
+    normalize_margin,
     plan_margin,
     step_mean,
     zscore,
@@ -16,12 +18,13 @@ from aplot_cli.margins.ot import (
     DeviceSinkhorn,
     OTResult,
     cost_matrix,
+    normalize_cost,
     reward_cost,
     semantic_cost,
     sinkhorn,
     sinkhorn_log_torch,
 )
 
-__all__ = ["AplotMargin", "AplotSettings", "DeviceSinkhorn", "MarginResult", "OTResult", "cost_matrix",
-           "device_stats", "gather_rows", "plan_margin", "reward_cost", "semantic_cost", "sinkhorn",
-           "sinkhorn_log_torch", "step_mean", "zscore"]
+__all__ = ["AplotMargin", "AplotSettings", "DeviceSinkhorn", "MarginResult", "OTResult", "check_settings",
+           "cost_matrix", "device_stats", "gather_rows", "normalize_cost", "normalize_margin", "plan_margin",
+           "reward_cost", "semantic_cost", "sinkhorn", "sinkhorn_log_torch", "step_mean", "zscore"]

@@ -1,6 +1,13 @@
-"""From an OT plan to APLOT's per-pair margin (method.md section 2, steps 6-9), plus the switches that
-cover the paper's ambiguities: `margin_from` (row | diag), `margin_norm` (none | zscore), `scale`,
-warm-up, and `scope` (local batch or the global batch across data-parallel ranks).
+"""From an OT plan to APLOT's per-pair margin (method.md section 2, steps 6-9, and the readings of
+section 2b), plus the switches that cover the paper's ambiguities: `plan_on` (cost | hardness),
+`cost_norm` (none | minmax | std), `margin_from` (row | diag | diag_rel | own_cost), `margin_norm`
+(none | zscore | minmax), `scale`, warm-up, and `scope` (local batch or the global batch across
+data-parallel ranks).
+
+Hardness `H` is section 2's cost `C` (high where rewards are close and texts similar), rescaled within
+the batch by `cost_norm`. The plan is solved on `H` (`plan_on: cost`, section 2: mass avoids hard cells)
+or on `1 - H` (`plan_on: hardness`: each chosen response sends its mass to the rejected responses it is
+hardest to tell apart from), and the margin is read off the plan and `H`.
 
 `AplotMargin.__call__` is the whole recipe for one batch: detached rewards (and embeddings) in, a
 constant margin (B,) out, with the OT diagnostics the trainer logs. A non-finite plan gives a zero
@@ -13,7 +20,21 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from aplot_cli.margins.ot import DeviceSinkhorn, OTResult, cost_matrix, semantic_cost, sinkhorn
+from aplot_cli.margins.ot import (
+    COST_NORMS,
+    DeviceSinkhorn,
+    OTResult,
+    _cost_from_rewards,
+    cost_matrix,
+    normalize_cost,
+    semantic_cost,
+    sinkhorn,
+)
+
+PLAN_ON = ("cost", "hardness")
+MARGIN_FROM = ("row", "diag", "diag_rel", "own_cost")
+MARGIN_NORMS = ("none", "zscore", "minmax")
+MIN_NORM_PAIRS = 3  # zscore / minmax of fewer margins is meaningless (one pair: always zero)
 
 
 @dataclass(frozen=True)
@@ -25,8 +46,10 @@ class AplotSettings:
     reg: float = 0.1
     num_iter: int = 50
     tol: float = 1e-6
-    margin_from: str = "row"        # row: B * sum_j T[i,j] C[i,j]; diag: B * T[i,i] C[i,i]
-    margin_norm: str = "none"       # none | zscore
+    plan_on: str = "cost"           # cost: Sinkhorn on H (section 2); hardness: on 1 - H (mass to hard cells)
+    cost_norm: str = "none"         # none | minmax | std: H = C rescaled within the batch
+    margin_from: str = "row"        # row: B sum_j T[i,j] H[i,j]; diag: B T[i,i] H[i,i]; diag_rel; own_cost: H[i,i]
+    margin_norm: str = "none"       # none | zscore | minmax
     scale: float = 1.0
     warmup_steps: int = 0           # plain BT (zero margin) for the first steps
     scope: str = "local"            # local | global (gather across data-parallel ranks)
@@ -49,11 +72,14 @@ class MarginResult:
     fallback: bool | torch.Tensor = False
     stats: dict[str, float] = field(default_factory=dict)
     full: torch.Tensor | None = None
+    cost_mean: float | torch.Tensor | None = None  # mean of section 2's cost C (the plan's own cost may differ)
 
 
-def plan_margin(plan: torch.Tensor, cost: torch.Tensor, margin_from: str = "row") -> torch.Tensor:
-    """(B,) `B * sum_j T[i, j] C[i, j]` (row: the row's expected cost under the plan, since a row of T
-    sums to 1/B) or `B * T[i, i] C[i, i]` (diag)."""
+def plan_margin(plan: torch.Tensor, cost: torch.Tensor, margin_from: str = "row", plan_on: str = "cost") -> torch.Tensor:
+    """(B,) margin from a plan T (B, B) and the hardness H (`cost`, B, B): `row` `B sum_j T[i,j] H[i,j]` (the
+    row's expected hardness under the plan, since a row of T sums to 1/B); `diag` `B T[i,i] H[i,i]`;
+    `diag_rel` the share of its own match pair i's plan loses, `1 - B T[i,i]` (`plan_on: cost`), or gains,
+    `B T[i,i] - 1` (`plan_on: hardness`); `own_cost` `H[i,i]` (the plan unused: the no-OT ablation)."""
     if plan.shape != cost.shape or plan.dim() != 2:
         raise ValueError(f"plan and cost must be the same (B, B) shape, got {tuple(plan.shape)}, {tuple(cost.shape)}")
     n = plan.shape[0]
@@ -61,12 +87,59 @@ def plan_margin(plan: torch.Tensor, cost: torch.Tensor, margin_from: str = "row"
         return n * torch.diagonal(plan) * torch.diagonal(cost)
     if margin_from == "row":
         return n * (plan * cost).sum(dim=1)
-    raise ValueError(f"margin_from must be row or diag, got {margin_from!r}")
+    if margin_from == "diag_rel":
+        own = n * torch.diagonal(plan)
+        return own - 1.0 if plan_on == "hardness" else 1.0 - own
+    if margin_from == "own_cost":
+        return torch.diagonal(cost).clone()
+    raise ValueError(f"margin_from must be one of {', '.join(MARGIN_FROM)}, got {margin_from!r}")
 
 
 def zscore(margin: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
     """(B,) `scale * (m - mean(m)) / (std(m) + 1e-6)` (population std): hard pairs positive, easy negative."""
     return scale * (margin - margin.mean()) / (margin.std(unbiased=False) + 1e-6)
+
+
+def normalize_margin(margin: torch.Tensor, mode: str = "none", scale: float = 1.0) -> torch.Tensor:
+    """(B,) the margin after `margin_norm` and `scale`: `none` `scale * m`; `zscore` (see `zscore`);
+    `minmax` `scale * (m - min) / (max - min)`, in [0, scale] (hardest pair `scale`, easiest 0)."""
+    if mode == "zscore":
+        return zscore(margin, scale)
+    if mode == "minmax":
+        low, high = margin.amin(), margin.amax()
+        return scale * (margin - low) / (high - low).clamp_min(1e-12)
+    if mode == "none":
+        return margin if scale == 1.0 else scale * margin
+    raise ValueError(f"margin_norm must be one of {', '.join(MARGIN_NORMS)}, got {mode!r}")
+
+
+def is_section2(settings: AplotSettings) -> bool:
+    """The readings the fused GPU kernel computes in one launch: section 2's plan and a row or diag margin."""
+    return settings.plan_on == "cost" and settings.cost_norm == "none" and settings.margin_from in ("row", "diag")
+
+
+def check_settings(settings: AplotSettings) -> None:
+    """Raise ValueError naming the first switch whose value is not one of its choices."""
+    choices = {"plan_on": PLAN_ON, "cost_norm": COST_NORMS, "margin_from": MARGIN_FROM,
+               "margin_norm": MARGIN_NORMS, "scope": ("local", "global"), "solver": ("auto", "pot", "torch")}
+    for name, allowed in choices.items():
+        if getattr(settings, name) not in allowed:
+            raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(settings, name)!r}")
+
+
+def identity_result(hardness: torch.Tensor, as_numpy: bool) -> OTResult:
+    """The plan `own_cost` implies: each chosen matched to its own rejected, `T = I / B` (uniform marginals
+    exactly); no solve is run. `as_numpy`: the CPU solver's form (float64 arrays, Python flags); else the
+    device solver's (tensors where the rewards live)."""
+    n = hardness.shape[0]
+    plan = torch.eye(n, dtype=hardness.dtype, device=hardness.device) / n
+    finite = torch.isfinite(hardness).all()
+    if as_numpy:
+        return OTResult(plan=plan.double().numpy(), cost=hardness.double().numpy(), converged=bool(finite),
+                        finite=bool(finite), marginal_error=0.0, iterations=0, seconds=0.0)
+    zero = torch.zeros((), device=hardness.device)
+    return OTResult(plan=plan, cost=hardness, converged=finite, finite=finite, marginal_error=zero, iterations=0,
+                    seconds=0.0)
 
 
 def gather_rows(local: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -92,9 +165,7 @@ class AplotMargin:
     """Callable: (r_c, r_r, e_c, e_r, step) -> MarginResult, per the settings."""
 
     def __init__(self, settings: AplotSettings):
-        if (settings.margin_from not in ("row", "diag") or settings.margin_norm not in ("none", "zscore")
-                or settings.solver not in ("auto", "pot", "torch")):
-            raise ValueError(f"bad margin settings {settings}")
+        check_settings(settings)
         self.settings = settings
         self.device_solver = DeviceSinkhorn(settings.reg, settings.num_iter, settings.tol)
 
@@ -132,32 +203,55 @@ class AplotMargin:
             return self._on_device(r_c, r_r, similarity, n_local, offset)
         cost = cost_matrix(r_c.cpu(), r_r.cpu(), None if e_c is None else e_c.cpu(),
                            None if e_r is None else e_r.cpu(), s.w_rew, s.w_sem)
-        result = sinkhorn(cost, s.reg, s.num_iter, s.tol)
-        if not result.finite:
+        hardness = normalize_cost(cost, s.cost_norm)
+        result = self._solve_cpu(hardness)
+        cost_mean = float(cost.mean())
+        if not result.finite or (s.margin_norm != "none" and cost.shape[0] < MIN_NORM_PAIRS):
             zero = torch.zeros(n_local, dtype=torch.float32, device=r_c.device)
             return MarginResult(margin=zero, ot=result, raw=torch.zeros(cost.shape[0]), offset=offset,
-                                fallback=True, stats=_stats(result, zero, torch.zeros(1), fallback=True))
-        raw = plan_margin(torch.from_numpy(result.plan), torch.from_numpy(result.cost), s.margin_from).float()
-        full = zscore(raw, s.scale) if s.margin_norm == "zscore" else s.scale * raw
-        full = torch.nan_to_num(full, nan=0.0, posinf=0.0, neginf=0.0)
+                                fallback=True, cost_mean=cost_mean,
+                                stats=_stats(result, zero, torch.zeros(1), cost_mean, fallback=True))
+        raw = plan_margin(torch.as_tensor(result.plan), hardness.double(), s.margin_from, s.plan_on).float()
+        full = torch.nan_to_num(normalize_margin(raw, s.margin_norm, s.scale), nan=0.0, posinf=0.0, neginf=0.0)
         margin = full[offset:offset + n_local].to(r_c.device)
-        return MarginResult(margin=margin, ot=result, raw=raw, offset=offset, stats=_stats(result, full, raw))
+        return MarginResult(margin=margin, ot=result, raw=raw, offset=offset, cost_mean=cost_mean,
+                            stats=_stats(result, full, raw, cost_mean))
 
+    def _solve_cpu(self, hardness: torch.Tensor) -> OTResult:
+        """POT's plan for this reading: on H (`plan_on: cost`) or 1 - H (`hardness`); none for `own_cost`."""
+        s = self.settings
+        if s.margin_from == "own_cost":
+            return identity_result(hardness.cpu(), as_numpy=True)
+        return sinkhorn(hardness if s.plan_on == "cost" else 1.0 - hardness, s.reg, s.num_iter, s.tol)
 
     def _on_device(self, r_c: torch.Tensor, r_r: torch.Tensor, similarity: torch.Tensor | None, n_local: int,
                    offset: int) -> MarginResult:
         """Steps 4-9 where the rewards live, with no host sync: a non-finite plan zeroes the margin by
-        `torch.where` instead of a branch."""
+        `torch.where` instead of a branch. Section 2's readings take the fused kernel (cost, plan and margin
+        in one launch); the others build H here, solve it by the device routes and read the margin eagerly."""
         s = self.settings
-        result, raw = self.device_solver.margin(r_c, r_r, similarity, s.w_rew, s.w_sem, s.margin_from)
-        if raw is None:  # not the fused route
-            raw = plan_margin(result.plan, result.cost, s.margin_from)
-        full = zscore(raw, s.scale) if s.margin_norm == "zscore" else (raw if s.scale == 1.0 else s.scale * raw)
+        if is_section2(s):
+            result, raw = self.device_solver.margin(r_c, r_r, similarity, s.w_rew, s.w_sem, s.margin_from)
+            cost_mean = result.cost.mean()
+            if raw is None:  # not the fused route
+                raw = plan_margin(result.plan, result.cost, s.margin_from)
+        else:
+            cost = _cost_from_rewards(r_c, r_r, similarity, s.w_rew, s.w_sem)
+            hardness = normalize_cost(cost, s.cost_norm)
+            if s.margin_from == "own_cost":
+                result = identity_result(hardness, as_numpy=False)
+            else:
+                result = self.device_solver(hardness if s.plan_on == "cost" else 1.0 - hardness)
+            raw, cost_mean = plan_margin(result.plan, hardness, s.margin_from, s.plan_on), cost.mean()
+        full = normalize_margin(raw, s.margin_norm, s.scale)
         zero = torch.zeros((), dtype=full.dtype, device=full.device)
-        full = torch.where(result.finite & torch.isfinite(full), full, zero)
+        usable = result.finite & torch.isfinite(full).all()
+        if s.margin_norm != "none" and raw.shape[0] < MIN_NORM_PAIRS:  # too few margins to normalise
+            usable = torch.zeros_like(usable)
+        full = torch.where(usable, full, zero)
         raw = torch.where(result.finite, raw, zero)
         return MarginResult(margin=full[offset:offset + n_local], ot=result, raw=raw, offset=offset,
-                            fallback=~result.finite, full=full)
+                            fallback=~usable, full=full, cost_mean=cost_mean)
 
 
 def step_mean(values: list[torch.Tensor], reduce) -> torch.Tensor:
@@ -171,13 +265,12 @@ def step_mean(values: list[torch.Tensor], reduce) -> torch.Tensor:
 
 def device_stats(results: list[MarginResult]) -> dict[str, torch.Tensor]:
     """`_stats` averaged over many device-path steps, as 0-d tensors (`step_mean` of each statistic)."""
-    flat = lambda x: x.reshape(x.shape[0], -1)  # noqa: E731 - (S, ...) -> (S, n)
     errors = [r.ot.marginal_error for r in results]
     return {
         "margin_mean": step_mean([r.full for r in results], lambda x: x.mean(1)),
         "margin_std": step_mean([r.full for r in results], lambda x: x.std(1, unbiased=False)),
         "margin_spread": step_mean([r.raw for r in results], lambda x: x.std(1, unbiased=False)),
-        "cost_mean": step_mean([r.ot.cost for r in results], lambda x: flat(x).mean(1)),
+        "cost_mean": step_mean([r.cost_mean.reshape(1) for r in results], lambda x: x[:, 0]),
         "converged_frac": step_mean([r.ot.converged for r in results], lambda x: x.float()),
         "marginal_error": step_mean(errors, lambda x: torch.where(torch.isfinite(x), x, torch.full_like(x, -1.0))),
         "iterations": torch.tensor(float(np.mean([r.ot.iterations for r in results]))),
@@ -186,13 +279,14 @@ def device_stats(results: list[MarginResult]) -> dict[str, torch.Tensor]:
     }
 
 
-def _stats(result: OTResult, margin: torch.Tensor, raw: torch.Tensor, fallback: bool = False) -> dict[str, float]:
+def _stats(result: OTResult, margin: torch.Tensor, raw: torch.Tensor, cost_mean: float,
+           fallback: bool = False) -> dict[str, float]:
     """Per-step diagnostics with the log names of method.md section 2 (without the `ot/` prefix)."""
     return {
         "margin_mean": float(margin.mean()),
         "margin_std": float(margin.std(unbiased=False)),
         "margin_spread": float(raw.std(unbiased=False)),
-        "cost_mean": float(np.mean(result.cost)),
+        "cost_mean": cost_mean,
         "converged_frac": float(result.converged),
         "marginal_error": float(result.marginal_error) if np.isfinite(result.marginal_error) else -1.0,
         "iterations": float(result.iterations),

@@ -67,6 +67,24 @@ def cost_matrix(r_c: torch.Tensor, r_r: torch.Tensor, e_c: torch.Tensor | None =
     return cost
 
 
+COST_NORMS = ("none", "minmax", "std")
+
+
+def normalize_cost(cost: torch.Tensor, mode: str = "none") -> torch.Tensor:
+    """(B, B) the cost rescaled within the batch (method.md section 2b, `cost_norm`): `none` keeps it;
+    `minmax` maps it onto [0, 1] (`(C - min) / (max - min)`); `std` centres it and divides by its std.
+    Rescaling makes epsilon relative to the cost's range: section 2's cost spans a few hundredths, so
+    against epsilon 0.1 its plan stays near uniform. A constant matrix maps to zeros."""
+    if mode == "none":
+        return cost
+    if mode == "minmax":
+        low, high = cost.amin(), cost.amax()
+        return (cost - low) / (high - low).clamp_min(1e-12)
+    if mode == "std":
+        return (cost - cost.mean()) / (cost.std(unbiased=False) + 1e-6)
+    raise ValueError(f"cost_norm must be one of {', '.join(COST_NORMS)}, got {mode!r}")
+
+
 def sinkhorn(cost: torch.Tensor | np.ndarray, reg: float = 0.1, num_iter: int = 50, tol: float = 1e-6) -> OTResult:
     """Entropic OT with uniform marginals a = b = 1/B via `ot.sinkhorn(..., method="sinkhorn_log")`.
 

@@ -53,7 +53,7 @@ class Grid:
     methods: dict[str, TrainConfig]
     evals: tuple[EvalSet, ...]
     noise: tuple[float, ...] = (0.0,)
-    seeds: tuple[int, ...] = (0, 1, 2)
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)  # paired CIs need several seeds to exclude zero
     baseline: str = "bt"
     eval_batch_size: int = 64
     title: str = "aplot compare"
@@ -103,7 +103,7 @@ def load_grid(path: Path | str, seeds: tuple[int, ...] | None = None, methods: t
                              files=tuple(_resolve_paths(spec.get("files", []), here))))
     grid = Grid(data=data, embed=embed_cfg, methods=method_cfgs, evals=tuple(evals),
                 noise=tuple(float(n) for n in raw.get("noise", [0.0])),
-                seeds=tuple(seeds if seeds else raw.get("seeds", [0, 1, 2])),
+                seeds=tuple(seeds if seeds else raw.get("seeds", [0, 1, 2, 3, 4])),
                 baseline=raw.get("baseline", "bt"), eval_batch_size=int(raw.get("eval_batch_size", 64)),
                 title=raw.get("title", "aplot compare"), notes=raw.get("notes", ""), raw=raw)
     if grid.baseline not in grid.methods:

@@ -6,6 +6,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from aplot_cli import compare, report
@@ -56,7 +57,8 @@ def test_tiny_grid_end_to_end_and_resume(tmp_path, tiny_bert_dir):
     manifest = json.loads(compare.run(grid, out).read_text())
     assert manifest["stage"] == "compare" and manifest["diagnostics"]["missing_cells"] == []
     text = (out / "report" / "report.md").read_text()
-    for needle in ("| bt |", "| aplot |", "Hard vs easy", "Margin diagnostics", "Convergence"):
+    for needle in ("| bt |", "| aplot |", "Hard vs easy", "Margin diagnostics", "Convergence",
+                   "Paired differences against `bt`"):
         assert needle in text
     results = json.loads((out / "report" / "results.json").read_text())
     assert len(results["cells"]) == 2
@@ -74,3 +76,63 @@ def test_tiny_grid_end_to_end_and_resume(tmp_path, tiny_bert_dir):
     grid.write_text(grid.read_text().replace("learning_rate: 1.0e-3", "learning_rate: 2.0e-3"))
     with pytest.raises(ConfigError, match="learning_rate changed"):
         compare.run(grid, out)
+
+
+def test_paired_differences_pair_by_seed_and_ignore_unmatched_seeds():
+    method = {0: 0.70, 1: 0.64, 2: 0.66, 3: 0.72, 4: 0.61, 5: 0.99}
+    reference = {0: 0.68, 1: 0.62, 2: 0.65, 3: 0.70, 4: 0.60, 6: 0.10}
+    diffs = report.paired_differences(method, reference)
+    assert diffs == pytest.approx([0.02, 0.02, 0.01, 0.02, 0.01])
+    # paired, the seed-to-seed swing (0.60 .. 0.72) cancels: the interval of the differences excludes zero,
+    # while the two methods' own intervals overlap
+    mean, half, n = report.mean_ci(diffs)
+    assert n == 5 and mean == pytest.approx(0.016) and mean - half > 0
+    m_mean, m_half, _ = report.mean_ci([method[s] for s in range(5)])
+    r_mean, r_half, _ = report.mean_ci([reference[s] for s in range(5)])
+    assert m_mean - m_half < r_mean + r_half
+
+
+def test_bootstrap_ci_is_paired_over_test_pairs():
+    rng = np.random.default_rng(0)
+    base = (rng.random((5, 800)) < 0.6).astype(float)
+    better = base.copy()
+    flip = rng.random((5, 800)) < 0.05
+    better[flip] = 1.0  # the method gets some pairs right that the reference got wrong, never the reverse
+    mean, low, high = report.bootstrap_ci(better, base)
+    assert mean > 0 and low > 0 and high > low
+    mean_r, low_r, high_r = report.bootstrap_ci(base, better)  # swapped: the interval is mirrored
+    assert mean_r == pytest.approx(-mean) and high_r < 0
+    same = report.bootstrap_ci(base, base)
+    assert same == (0.0, 0.0, 0.0)
+
+
+def test_paired_table_uses_the_same_seed_and_the_bootstrap(tmp_path):
+    """Two methods, three seeds, hand-made predictions: the report's paired row equals the hand computation."""
+    import pandas as pd
+
+    cells = {}
+    scores = {"bt": [0.60, 0.70, 0.65], "x": [0.62, 0.73, 0.66]}
+    for method, accs in scores.items():
+        for seed, acc in enumerate(accs):
+            path = tmp_path / method / str(seed)
+            (path / "eval-id").mkdir(parents=True)
+            n_right = int(round(acc * 100))
+            rows = []
+            for i in range(100):
+                good = i < n_right
+                rows += [{"example_id": f"p{i}", "kind": "chosen", "score": 1.0 if good else 0.0},
+                         {"example_id": f"p{i}", "kind": "rejected", "score": 0.5}]
+            pd.DataFrame(rows).to_parquet(path / "eval-id" / "predictions.parquet")
+            cells.setdefault((0.0, method), []).append(
+                report.Cell(0.0, method, seed, {}, [], {"id": {"score": acc}}, path))
+
+    class G:
+        noise = (0.0,)
+        methods = {"bt": None, "x": None}
+        evals = (type("E", (), {"name": "id"}),)
+        baseline = "bt"
+
+    rows, records = report._paired_rows(G, cells, "bt")
+    assert len(rows) == 1 and rows[0][1] == "x"
+    assert records[0]["mean_diff"] == pytest.approx(0.02) and records[0]["seeds"] == 3
+    assert records[0]["bootstrap"]["low"] <= 0.02 <= records[0]["bootstrap"]["high"]

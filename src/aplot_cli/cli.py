@@ -318,6 +318,8 @@ def compare(
     methods: Annotated[Optional[str], typer.Option(help="Comma-separated subset of the grid's methods.")] = None,
     report_only: Annotated[bool, typer.Option(
         "--report-only", help="Rebuild the report from finished cells; train nothing.")] = False,
+    workers: Annotated[int, typer.Option(
+        help="Cells run at once, each in its own process with its share of the CPU threads.")] = 1,
     overwrite: Overwrite = False,
     quiet: Quiet = False,
 ) -> Path:
@@ -333,7 +335,7 @@ def compare(
         raise ConfigError(f"--seeds {seeds!r} is not a comma-separated list of integers") from None
     method_list = tuple(m.strip() for m in methods.split(",")) if methods else None
     return stage.run(grid, out_dir, overwrite=overwrite, seeds=seed_list, methods=method_list,
-                     report_only=report_only)
+                     report_only=report_only, workers=workers)
 
 
 def main() -> None:

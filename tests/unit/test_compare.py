@@ -136,3 +136,39 @@ def test_paired_table_uses_the_same_seed_and_the_bootstrap(tmp_path):
     assert len(rows) == 1 and rows[0][1] == "x"
     assert records[0]["mean_diff"] == pytest.approx(0.02) and records[0]["seeds"] == 3
     assert records[0]["bootstrap"]["low"] <= 0.02 <= records[0]["bootstrap"]["high"]
+
+
+def test_parallel_workers_give_the_sequential_result(tmp_path, tiny_bert_dir):
+    """Two worker processes train the same cells as one process does: identical scores for every test pair."""
+    import pandas as pd
+
+    grid = _grid(tmp_path, tiny_bert_dir)
+    compare.run(grid, tmp_path / "seq")
+    manifest = json.loads(compare.run(grid, tmp_path / "par", workers=2).read_text())
+    assert manifest["diagnostics"]["missing_cells"] == []
+    for method in ("bt", "aplot"):
+        for ev in ("id", "ood"):
+            rel = Path("cells/noise-0.00") / method / "seed-0" / f"eval-{ev}" / "predictions.parquet"
+            seq, par = pd.read_parquet(tmp_path / "seq" / rel), pd.read_parquet(tmp_path / "par" / rel)
+            assert seq["score"].tolist() == par["score"].tolist(), (method, ev)
+
+
+def test_a_cell_that_fails_twice_is_named_and_the_rest_still_run(tmp_path, tiny_bert_dir, monkeypatch):
+    from aplot_cli.errors import TrainingError
+
+    grid = _grid(tmp_path, tiny_bert_dir)
+    real, calls = compare._run_cell, []
+
+    def flaky(grid_, out_dir, noise, method, seed, data):
+        calls.append(method)
+        if method == "aplot":
+            raise RuntimeError("device lost")
+        return real(grid_, out_dir, noise, method, seed, data)
+
+    monkeypatch.setattr(compare, "_run_cell", flaky)
+    out = tmp_path / "out"
+    with pytest.raises(TrainingError, match="aplot/seed-0: RuntimeError: device lost"):
+        compare.run(grid, out)
+    assert calls.count("aplot") == 2 and calls.count("bt") == 1  # retried once; the other cell ran
+    assert (out / "cells" / "noise-0.00" / "bt" / "seed-0" / "train" / "manifest.json").is_file()
+    assert (out / "report" / "report.md").is_file() and not (out / "manifest.json").exists()  # unfinished grid

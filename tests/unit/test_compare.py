@@ -139,7 +139,9 @@ def test_paired_table_uses_the_same_seed_and_the_bootstrap(tmp_path):
 
 
 def test_parallel_workers_give_the_sequential_result(tmp_path, tiny_bert_dir):
-    """Two worker processes train the same cells as one process does: identical scores for every test pair."""
+    """Two worker processes train the same cells as one process does: the same score for every test pair
+    (up to float summation order, which follows the CPU thread count)."""
+    import numpy as np
     import pandas as pd
 
     grid = _grid(tmp_path, tiny_bert_dir)
@@ -150,7 +152,7 @@ def test_parallel_workers_give_the_sequential_result(tmp_path, tiny_bert_dir):
         for ev in ("id", "ood"):
             rel = Path("cells/noise-0.00") / method / "seed-0" / f"eval-{ev}" / "predictions.parquet"
             seq, par = pd.read_parquet(tmp_path / "seq" / rel), pd.read_parquet(tmp_path / "par" / rel)
-            assert seq["score"].tolist() == par["score"].tolist(), (method, ev)
+            np.testing.assert_allclose(par["score"], seq["score"], rtol=1e-4, atol=1e-6, err_msg=f"{method} {ev}")
 
 
 def test_a_cell_that_fails_twice_is_named_and_the_rest_still_run(tmp_path, tiny_bert_dir, monkeypatch):

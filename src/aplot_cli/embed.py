@@ -144,8 +144,9 @@ class Encoder:
         if not self._loaded:
             self._load()
         fast = bool(getattr(self.tokenizer, "is_fast", False))
+        # verbose=False: the "longer than the model's maximum" warning is moot, the cut comes next
         batch = self.tokenizer([t.joined() for t in texts], return_special_tokens_mask=True,
-                               return_offsets_mapping=fast)
+                               return_offsets_mapping=fast, verbose=False)
         keys = [k for k in ("input_ids", "token_type_ids", "attention_mask") if k in batch]
         out = []
         for i, n_prompt in enumerate(self._prompt_tokens(texts, batch)):

@@ -252,3 +252,30 @@ def test_wide_official_predictions_convert(tmp_path):
     result = rewardbench2.score(long)
     assert result.subsets["Math"].accuracy == 0.5
     assert result.subsets["Ties"].accuracy == pytest.approx(1.0 + 0.01 * math.tanh(2.0))
+
+
+# ------------------------------------------------------------------------------------------ tie wording
+
+
+def test_report_states_each_benchmarks_own_tie_rule():
+    """metrics.md must not claim that a tie is wrong where the benchmark shares the credit (RB2)."""
+    from aplot_cli import evaluate
+
+    results = [rewardbench.score(_pred(_subset_with_accuracy("llmbar-natural", 1, 2))),
+               rewardbench2.score(_pred([("Math", 0, [1], [1, 0, 0]), ("Focus", 0, [2], [1, 0, 0])])),
+               hhh.score(_pred([("helpful", 0, [1.0], [1.0])]))]
+    texts = {}
+    for result in results:
+        metrics = evaluate.metrics_payload(result, None, {"name": "m", "source": "folder"}, {})
+        assert metrics["tie_rule"] == benchmarks.get(result.benchmark).TIE_RULE
+        texts[result.benchmark] = evaluate.markdown(metrics)
+    assert "shares the credit" in texts["rewardbench2"] and "counts as wrong" not in texts["rewardbench2"]
+    assert "counts as wrong" in texts["rewardbench"] and "shares" not in texts["rewardbench"]
+    assert "BIG-bench" in texts["hhh"] and "counts as wrong" in texts["hhh"]
+    for name in benchmarks.names():
+        assert benchmarks.get(name).TIE_RULE
+
+
+def test_hhh_tie_is_wrong_and_counted():
+    result = hhh.score(_pred([("helpful", 0, [1.0], [1.0]), ("helpful", 1, [2.0], [1.0])]))
+    assert result.subsets["helpful"].ties == 1 and result.final["accuracy"] == 0.5

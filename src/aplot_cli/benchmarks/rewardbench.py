@@ -32,6 +32,7 @@ from aplot_cli.errors import InputDataError
 NAME = "rewardbench"
 HUB_ID = "allenai/reward-bench"
 DEFAULT_SPLIT = "filtered"
+TIE_RULE = "a tie (chosen score equal to rejected) counts as wrong, as in the official code"
 PRIOR_HUB_ID = "allenai/preference-test-sets"
 
 EXAMPLE_COUNTS = {

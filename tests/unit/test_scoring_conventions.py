@@ -203,3 +203,16 @@ def test_added_special_tokens_are_not_truncated():
     enc = formatting.encode(tok, "name a colour " * 20, RESPONSES[1], 16, special_tokens=True)
     assert enc.prompt_truncated and len(enc.input_ids) == 16
     assert enc.input_ids[0] == tok.bos_token_id and enc.input_ids[-1] == tok.eos_token_id
+
+
+def test_model_convention_pads_with_the_id_the_head_skips():
+    """A config whose pad id differs from the tokenizer's keeps it (the head reads by the config's id), and
+    batches are padded with it, so a padded text reads where it reads alone."""
+    from types import SimpleNamespace
+
+    tok = _tokenizer(False, TEMPLATE)
+    config = SimpleNamespace(pad_token_id=tok.convert_tokens_to_ids(UNK))
+    assert formatting.keep_model_padding(tok, config) == tok.convert_tokens_to_ids(UNK)
+    assert tok.pad_token == EOS and config.pad_token_id == tok.convert_tokens_to_ids(UNK)
+    config = SimpleNamespace(pad_token_id=None)
+    assert formatting.keep_model_padding(tok, config) == tok.eos_token_id == config.pad_token_id

@@ -88,8 +88,8 @@ def encode(tokenizer: Any, prompt: str, response: str, max_length: int, prompt_m
 
 def _templated_with_special_tokens(tokenizer: Any, head: str, tail: str) -> tuple[list, list | None, list]:
     """`tokenizer(head + tail)` as RewardBench's pipeline calls it (special tokens added), with the
-    prompt / response split of the plain tokenisation: tokens the tokenizer adds in front belong to the
-    prompt, those it appends to the response. A leading BOS doubled by template + tokenizer is dropped."""
+    prompt / response split of the plain tokenisation; the tokens the tokenizer adds in front or behind
+    are never truncated. A leading BOS doubled by template + tokenizer is dropped (RewardBench masks it)."""
     batch = tokenizer(head + tail)
     ids, types = list(batch["input_ids"]), batch.get("token_type_ids")
     plain = tokenizer(head + tail, add_special_tokens=False)["input_ids"]

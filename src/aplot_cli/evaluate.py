@@ -11,7 +11,8 @@ with the benchmark's pure scorer, and write into `--out-dir`:
     manifest.json       written last
 
 metrics.json keys: schema, benchmark, primary, score (= final[primary]), final, sections, subsets
-({name: {accuracy, correct, total, ties}}), counts, ties, weights, notes, extra (benchmark-specific:
+({name: {accuracy, correct, total, ties}}), counts, ties, tie_rule (what a tie earns in this benchmark),
+weights, notes, extra (benchmark-specific:
 RM-Bench matrices, RB2 Ties parts), length_bias, model, data, scoring (throughput, truncation)."""
 
 from __future__ import annotations
@@ -169,14 +170,15 @@ def metrics_payload(result: BenchmarkResult, bias, model_info, data_info) -> dic
         "score": result.final.get(result.primary), "final": result.final, "sections": result.sections,
         "subsets": {name: {"accuracy": s.accuracy, "correct": s.correct, "total": s.total, "ties": s.ties}
                     for name, s in result.subsets.items()},
-        "counts": result.counts, "ties": result.counts.get("ties", 0), "weights": result.weights,
+        "counts": result.counts, "ties": result.counts.get("ties", 0),
+        "tie_rule": benchmarks.get(result.benchmark).TIE_RULE, "weights": result.weights,
         "notes": result.notes, "extra": result.extra, "length_bias": bias, "model": model_info, "data": data_info,
     })
 
 
 def markdown(metrics: dict[str, Any]) -> str:
     lines = [f"# eval-rm: {metrics['benchmark']}", "", f"Model: `{metrics['model'].get('name')}` "
-             f"({metrics['model'].get('source')}). Scores in percent; a tie counts as wrong.", "",
+             f"({metrics['model'].get('source')}). Scores in percent; {metrics['tie_rule']}.", "",
              "| score | value |", "| --- | ---: |"]
     lines += [f"| {k}{' (primary)' if k == metrics['primary'] else ''} | {_fmt(v, True)} |"
               for k, v in metrics["final"].items()]

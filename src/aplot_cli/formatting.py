@@ -7,7 +7,14 @@ model is always scored the way it was trained.
   encoders).
 - Truncation is explicit: when prompt + response exceed `max_length`, the prompt is cut from the left
   first (keeping the turns nearest the response); only when the response alone does not fit is it cut
-  from the right. Both are counted in `Encoded` so callers can report them."""
+  from the right. Both are counted in `Encoded` so callers can report them.
+- Two input conventions. `aplot` (models trained by train-rm): the rendered template is tokenised as is
+  (it holds every special token) and the pad token is made distinct from EOS, so the score is read at
+  the last real token. `model` (any other reward model, as RewardBench's pipeline scores it): the
+  rendered template is tokenised with the tokenizer's own special tokens (a doubled leading BOS is
+  dropped; RewardBench masks it) and the model keeps its own pad token, so its sequence-classification
+  head reads where it was trained to read (the last token that is not the pad token; with pad == EOS
+  and a template ending in EOS, the token before that EOS)."""
 
 from __future__ import annotations
 
@@ -47,22 +54,61 @@ def split_text(tokenizer: Any, prompt: str, response: str, prompt_messages: Any 
     full = tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": response}], tokenize=False)
     if full.startswith(head):
         return head, full[len(head):]
-    return head, response  # a template that rewrites earlier turns: fall back to the plain response
+    # The generation prompt is not a prefix of the full rendering (a template that rewrites earlier turns
+    # or renders the assistant header differently): split the full rendering where the two part, so the
+    # input is still exactly the template's, end-of-turn tokens included.
+    cut = _common_prefix_length(head, full)
+    return full[:cut], full[cut:]
+
+
+def _common_prefix_length(a: str, b: str) -> int:
+    n = min(len(a), len(b))
+    return next((i for i in range(n) if a[i] != b[i]), n)
 
 
 def encode(tokenizer: Any, prompt: str, response: str, max_length: int, prompt_messages: Any = None,
-           chat_template: bool = True) -> Encoded:
-    """Token ids for one (prompt, response), truncated as the module docstring says."""
+           chat_template: bool = True, special_tokens: bool = False) -> Encoded:
+    """Token ids for one (prompt, response), truncated as the module docstring says. `special_tokens`
+    (the `model` convention) adds the tokenizer's own special tokens to a rendered template."""
     templated = uses_chat_template(tokenizer, chat_template)
     head, tail = split_text(tokenizer, prompt, response, prompt_messages, chat_template)
-    if templated:  # the template already holds every special token
+    if templated and special_tokens:
+        ids, types, seq = _templated_with_special_tokens(tokenizer, head, tail)
+    elif templated:  # the template already holds every special token
         batch = tokenizer(head + tail, add_special_tokens=False)
         n_head = len(tokenizer(head, add_special_tokens=False)["input_ids"])
         seq = [0 if i < n_head else 1 for i in range(len(batch["input_ids"]))]
+        ids, types = batch["input_ids"], batch.get("token_type_ids")
     else:  # a text pair, special tokens placed by the tokenizer's own post-processor
         batch = tokenizer(head, tail)
         seq = batch.sequence_ids()
-    ids, types = batch["input_ids"], batch.get("token_type_ids")
+        ids, types = batch["input_ids"], batch.get("token_type_ids")
+    return _truncate(list(ids), None if types is None else list(types), seq, max_length)
+
+
+def _templated_with_special_tokens(tokenizer: Any, head: str, tail: str) -> tuple[list, list | None, list]:
+    """`tokenizer(head + tail)` as RewardBench's pipeline calls it (special tokens added), with the
+    prompt / response split of the plain tokenisation; the tokens the tokenizer adds in front or behind
+    are never truncated. A leading BOS doubled by template + tokenizer is dropped (RewardBench masks it)."""
+    batch = tokenizer(head + tail)
+    ids, types = list(batch["input_ids"]), batch.get("token_type_ids")
+    plain = tokenizer(head + tail, add_special_tokens=False)["input_ids"]
+    n_head = len(tokenizer(head, add_special_tokens=False)["input_ids"])
+    offset = next((k for k in range(len(ids) - len(plain) + 1) if ids[k:k + len(plain)] == plain), None)
+    if offset is None:  # the added tokens are not only in front and behind: split by the plain count
+        seq = [0 if i < n_head else 1 for i in range(len(ids))]
+    else:  # added tokens are never truncated (None), like a text pair's special tokens
+        seq = [None if i < offset or i >= offset + len(plain) else 0 if i < offset + n_head else 1
+               for i in range(len(ids))]
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if bos is not None and len(ids) > 1 and ids[0] == ids[1] == bos:
+        del ids[1], seq[1]
+        types = None if types is None else [t for i, t in enumerate(types) if i != 1]
+    return ids, None if types is None else list(types), seq
+
+
+def _truncate(ids: list[int], types: list[int] | None, seq: list, max_length: int) -> Encoded:
+    """Cut the prompt (seq 0) from the left, then the response (seq 1) from the right, to max_length."""
     n_prompt, n_resp = seq.count(0), seq.count(1)
     over = len(ids) - max_length
     cut_resp = max(0, over - max(n_prompt - MIN_PROMPT_TOKENS, 0)) if over > 0 else 0
@@ -92,3 +138,24 @@ def prepare_tokenizer(tokenizer: Any, model_config: Any = None) -> Any:
     if model_config is not None:
         model_config.pad_token_id = tokenizer.pad_token_id
     return tokenizer
+
+
+def keep_model_padding(tokenizer: Any, model_config: Any) -> int:
+    """The `model` convention, as RewardBench's `run_rm.py` sets a reward model up: the tokenizer's own
+    pad token (EOS when it has none), the config's own pad id (the tokenizer's when it has none). Returns
+    the id to pad with: the config's, the one the sequence-classification head skips, so a padded text
+    scores as it does alone. Right padding (the head reads the rightmost non-pad token either way)."""
+    tokenizer.padding_side = "right"
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is not None:
+            tokenizer.pad_token = tokenizer.eos_token
+        else:  # no pad, no EOS: any token absent from real text reads like an unpadded input
+            prepare_tokenizer(tokenizer)
+    if getattr(model_config, "pad_token_id", None) is None:
+        model_config.pad_token_id = tokenizer.pad_token_id
+    if model_config.pad_token_id is None:
+        from aplot_cli.errors import ModelError
+
+        raise ModelError("the reward model's tokenizer has no pad, EOS or unknown token to pad with",
+                         hint="set `pad_token_id` in the model's config.json (a token that never occurs in text)")
+    return int(model_config.pad_token_id)

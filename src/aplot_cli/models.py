@@ -50,12 +50,23 @@ def smollm2_gguf() -> Path:
     return files[0]
 
 
+def smollm2_converted(cache_dir: Path | None = None) -> Path | None:
+    """The converted SmolLM2 folder if it is already in the cache, else None (never converts)."""
+    target = _smollm2_target(cache_dir)
+    return target if (target / "config.json").is_file() and any(target.glob("*.safetensors")) else None
+
+
+def _smollm2_target(cache_dir: Path | None) -> Path:
+    gguf_file = smollm2_gguf()
+    return (cache_dir or cache_root() / "models") / f"smollm2-135m-instruct-{gguf_file.stat().st_size}"
+
+
 def smollm2_path(cache_dir: Path | None = None) -> Path:
     """The converted SmolLM2 folder, converting on first use (about 40 s; atomic rename)."""
     gguf_file = smollm2_gguf()
-    target = (cache_dir or cache_root() / "models") / f"smollm2-135m-instruct-{gguf_file.stat().st_size}"
-    if (target / "config.json").is_file() and any(target.glob("*.safetensors")):
-        return target
+    if (ready := smollm2_converted(cache_dir)) is not None:
+        return ready
+    target = _smollm2_target(cache_dir)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".convert-"))
     try:

@@ -2,8 +2,11 @@
 folder, or a hub id) and batch scoring (prompt, response) texts. Used by eval-rm and by PPO.
 
 r(x, y) = logits[0] of `AutoModelForSequenceClassification` on `formatting.encode(x, y)`, float32.
-Inputs are encoded exactly as train-rm encodes them (same chat template switch and max length, read
-from the artifact's manifest), padded on the right with an attention mask, so a text's score does not
+A model trained by train-rm (its manifest says so) is scored with inputs encoded exactly as train-rm
+encoded them (same chat template switch and max length, read from the manifest; the `aplot` convention
+of `formatting`). Any other model is scored as RewardBench's pipeline scores it (the `model`
+convention): its own tokenizer's special tokens and its own pad token, so its head reads the token it
+was trained to read. Inputs are padded on the right with an attention mask, so a text's score does not
 depend on what it is batched with (checked to 1e-4 between batch sizes 1 and 32). Texts are deduplicated
 by token ids and batched by length (longest first, so an out-of-memory error shows at once and padding
 stays small); scores come back in input order."""
@@ -36,6 +39,8 @@ class RewardModel:
     chat_template: bool        # asked for; `uses_chat_template` says whether the tokenizer has one
     device: str
     artifact: artifacts.Artifact | None = None
+    convention: str = "aplot"  # "aplot" (trained by train-rm) | "model" (its own tokens; see formatting)
+    pad_id: int | None = None  # what batches are padded with: the id the head skips
 
     def describe(self) -> dict[str, Any]:
         from aplot_cli.formatting import uses_chat_template
@@ -44,7 +49,10 @@ class RewardModel:
                 "architecture": type(self.model).__name__, "max_length": self.max_length,
                 "chat_template": self.chat_template,
                 "chat_template_applied": uses_chat_template(self.tokenizer, self.chat_template),
-                "padding_side": self.tokenizer.padding_side, "pad_token": self.tokenizer.pad_token,
+                "input_convention": self.convention, "padding_side": self.tokenizer.padding_side,
+                "pad_token": self.tokenizer.pad_token, "pad_token_id": self.pad_id,
+                "pad_is_eos": self.pad_id is not None and self.pad_id == self.tokenizer.eos_token_id,
+                "scored_at": "the last token that is not the pad token (the model's head)",
                 "dtype": "float32", "device": self.device}
 
 
@@ -95,11 +103,12 @@ def _default_max_length(model: Any, tokenizer: Any) -> int:
 def load_reward_model(name: str, max_length: int | None = None, chat_template: bool | None = None,
                       device: str = "auto", trust_remote_code: bool = False) -> RewardModel:
     """Explicit arguments win; then the train-rm manifest's `max_length` / `chat_template`; then
-    chat template on and max length = min(2048, the model's limits)."""
+    chat template on and max length = min(2048, the model's limits). A train-rm artifact gets the `aplot`
+    input convention, anything else the `model` convention (module docstring)."""
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from aplot_cli.formatting import prepare_tokenizer
+    from aplot_cli.formatting import keep_model_padding, prepare_tokenizer
 
     path, source, art = _locate(name)
     trained = art.config if art is not None else {}
@@ -114,7 +123,11 @@ def load_reward_model(name: str, max_length: int | None = None, chat_template: b
     if model.config.num_labels != 1:
         raise ModelError(f"{name!r} has {model.config.num_labels} output labels; a reward model has 1",
                          hint="pass a single-score reward model (AutoModelForSequenceClassification, num_labels=1)")
-    prepare_tokenizer(tokenizer, model.config)
+    if art is not None:  # trained by aplot: pad distinct from EOS, as at training
+        prepare_tokenizer(tokenizer, model.config)
+        convention, pad_id = "aplot", tokenizer.pad_token_id
+    else:  # someone else's model: keep its own pad token so its head reads where it was trained to
+        convention, pad_id = "model", keep_model_padding(tokenizer, model.config)
     if max_length is None:
         max_length = trained.get("max_length") or _default_max_length(model, tokenizer)
     if max_length < 8:
@@ -123,7 +136,8 @@ def load_reward_model(name: str, max_length: int | None = None, chat_template: b
         chat_template = bool(trained.get("chat_template", True))
     device = _pick_device(device)
     model.to(device).eval()
-    return RewardModel(model, tokenizer, name, source, path, int(max_length), chat_template, device, art)
+    return RewardModel(model, tokenizer, name, source, path, int(max_length), chat_template, device, art,
+                       convention, pad_id)
 
 
 def _collate(batch: list[Any], pad_id: int, device: str) -> dict[str, Any]:
@@ -169,7 +183,8 @@ def score_encoded(rm: RewardModel, encoded: list[Any], batch_size: int = 32, sta
         for b in range(0, len(unique), batch_size):
             chunk = unique[b:b + batch_size]
             batch = [encoded[i] for i in chunk]
-            inputs = _collate(batch, rm.tokenizer.pad_token_id, rm.device)
+            pad_id = rm.pad_id if rm.pad_id is not None else rm.tokenizer.pad_token_id
+            inputs = _collate(batch, pad_id, rm.device)
             with torch.inference_mode():
                 logits = rm.model(**inputs).logits.float()
             for i, value in zip(chunk, logits[:, 0].cpu().numpy()):
@@ -195,7 +210,8 @@ def encode_texts(rm: RewardModel, prompts: list[str], responses: list[str],
     from aplot_cli.formatting import encode
 
     messages = prompt_messages if prompt_messages is not None else [None] * len(prompts)
-    encoded = [encode(rm.tokenizer, p, r, rm.max_length, m, rm.chat_template)
+    special = rm.convention == "model"
+    encoded = [encode(rm.tokenizer, p, r, rm.max_length, m, rm.chat_template, special_tokens=special)
                for p, r, m in zip(prompts, responses, messages)]
     if stats is not None:
         stats.prompt_truncated += sum(e.prompt_truncated for e in encoded)

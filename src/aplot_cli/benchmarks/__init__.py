@@ -1,5 +1,6 @@
-"""Benchmark registry: name -> module with `NAME`, `HUB_ID`, `DEFAULT_SPLIT`, `load(sources, split,
-prior_sets) -> items DataFrame` and a pure `score(predictions) -> BenchmarkResult` (see `common`).
+"""Benchmark registry: name -> module with `NAME`, `HUB_ID`, `DEFAULT_SPLIT`, `TIE_RULE` (what a tie earns,
+in words, for reports), `load(sources, split, prior_sets) -> items DataFrame` and a pure
+`score(predictions) -> BenchmarkResult` (see `common`).
 Modules are imported on lookup only."""
 
 from __future__ import annotations

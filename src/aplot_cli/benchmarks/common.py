@@ -32,7 +32,8 @@ PREDICTION_COLUMNS = ("example_id", "subset", "kind", "position", "score", "resp
 @dataclass(frozen=True)
 class SubsetScore:
     """One subset: `accuracy = correct / total`; `correct` may be fractional (RB2 partial credit).
-    `ties` counts examples whose chosen score equals the best rejected score (wrong under strict `>`)."""
+    `ties` counts examples whose chosen score equals the best rejected score; what a tie earns is the
+    benchmark's `TIE_RULE` (wrong under strict `>`, shared credit in RewardBench 2's best-of-4)."""
 
     accuracy: float
     correct: float | None   # None where the score is not a count (RB2 Ties)

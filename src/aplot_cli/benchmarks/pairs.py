@@ -13,6 +13,7 @@ from aplot_cli.errors import ConfigError
 NAME = "pairs"
 HUB_ID = None
 DEFAULT_SPLIT = "test"
+TIE_RULE = "a tie counts as wrong (strict >)"
 
 
 def score(pred) -> BenchmarkResult:

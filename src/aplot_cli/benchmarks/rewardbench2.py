@@ -35,6 +35,8 @@ from aplot_cli.errors import InputDataError
 NAME = "rewardbench2"
 HUB_ID = "allenai/reward-bench-2"
 DEFAULT_SPLIT = "test"
+TIE_RULE = ("best-of-4 subsets: a tie at the top shares the credit (1/k for k tied); the Ties subset "
+            "has its own formula")
 SUBSETS = ("Factuality", "Precise IF", "Math", "Safety", "Focus", "Ties")
 _TIES_ID = re.compile(r"^([^:]+):(\d+)(?:#\d+)?$")  # "ref:N"; any other type counts as tied, as officially
 

@@ -34,6 +34,7 @@ from aplot_cli.errors import InputDataError
 NAME = "rm-bench"
 HUB_ID = "THU-KEG/RM-Bench"
 DEFAULT_SPLIT = "train"
+TIE_RULE = "a tie in a style comparison counts as wrong (strict >), as in the official code"
 DOMAINS = ("chat", "math", "code", "safety")
 STYLES = ("concise", "detailed_plain", "detailed_markdown")
 

@@ -4,7 +4,12 @@ Each family makes prompts whose answer a gold checker `verify(prompt, response)`
 prompt text alone, a correct (chosen) response, and a wrong (rejected) one at a recorded difficulty:
 `hard` (near-identical text with one small error) or `easy` (clearly wrong, of similar length, so that
 length is no cue). `OOD_FAMILIES` are reserved for the out-of-distribution split. Everything is
-deterministic by seed; no network, no files."""
+deterministic by seed; no network, no files.
+
+Every rejected response differs from its chosen one by more than letter case, so that an uncased
+tokenizer (MiniLM's) still sees two different texts. The checkers accept the forms a model writes
+besides the one the prompt asks for: thousands separators ("55,000 grams"), markdown emphasis
+("**Answer:** 730"), a lower-case label ("answer: 730"), quotes or backticks around a string."""
 
 from __future__ import annotations
 
@@ -34,6 +39,23 @@ class Item:
 
 def _word(rng: random.Random) -> str:
     return "".join(rng.choice(_SYLLABLES) for _ in range(rng.randint(2, 4)))
+
+
+# A number as models write it: optional sign, digits with or without thousands separators, an optional
+# all-zero fraction ("730.0"). `_to_int` reads it; None for a fraction that is not whole.
+_NUMBER = r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?"
+_EMPHASIS = r"[*_`\s]*"   # markdown bold / italics / code marks around a label or a value
+
+
+def _to_int(text: str) -> int | None:
+    whole, _, fraction = text.replace(",", "").partition(".")
+    return int(whole) if not fraction.strip("0") else None
+
+
+def _last_labelled(label: str, response: str) -> int | None:
+    """The last number written after `label:` or `label is` (any case, markdown marks around both)."""
+    found = re.findall(rf"\b{label}{_EMPHASIS}(?::|\s+is\b){_EMPHASIS}({_NUMBER})", response, flags=re.IGNORECASE)
+    return _to_int(found[-1]) if found else None
 
 
 def _nudge(value: int, rng: random.Random) -> int:
@@ -71,8 +93,7 @@ def arithmetic(rng: random.Random) -> Item:
 
 def verify_arithmetic(prompt: str, response: str) -> bool:
     a, b, c = map(int, _ARITH.search(prompt).groups())
-    answers = re.findall(r"Answer:\s*(-?\d+)", response)
-    return bool(answers) and int(answers[-1]) == a + b * c
+    return _last_labelled("answer", response) == a + b * c
 
 
 # --- sorting ----------------------------------------------------------------------------------
@@ -86,7 +107,7 @@ def sorting(rng: random.Random) -> Item:
     i = rng.randrange(len(ordered) - 1)
     swapped = ordered[:i] + [ordered[i + 1], ordered[i]] + ordered[i + 2:]
     shuffled = ordered[:]
-    while shuffled == ordered or shuffled == swapped:
+    while shuffled[::-1] in (ordered, swapped):  # the easy answer, reversed, must not be (nearly) right
         rng.shuffle(shuffled)
     fmt = ", ".join
     return Item(prompt, fmt(map(str, ordered)), fmt(map(str, swapped)), fmt(map(str, shuffled[::-1])))
@@ -114,8 +135,8 @@ def unit_conversion(rng: random.Random) -> Item:
 def verify_unit_conversion(prompt: str, response: str) -> bool:
     amount, src, dst = _CONV.search(prompt).groups()
     expected = int(amount) * _UNITS[(src, dst)]
-    found = re.findall(rf"(-?\d+)\s*{dst}", response)
-    return bool(found) and int(found[-1]) == expected
+    found = re.findall(rf"({_NUMBER}){_EMPHASIS}{dst}\b", response, flags=re.IGNORECASE)
+    return bool(found) and _to_int(found[-1]) == expected
 
 
 # --- string reversal --------------------------------------------------------------------------
@@ -139,8 +160,11 @@ def string_reverse(rng: random.Random) -> Item:
 
 
 def verify_string_reverse(prompt: str, response: str) -> bool:
+    """The reply is the reversed string, alone or after a label ("Reversed: ..."), in any case, with
+    quotes, backticks or markdown emphasis around it and a final full stop allowed."""
     word = _REV.search(prompt).group(1)
-    return response.strip().strip("'\".").lower() == word[::-1]
+    reply = response.strip().rsplit(":", 1)[-1] if ":" in response else response
+    return reply.strip().strip("'\"`*_.").strip().lower() == word[::-1]
 
 
 # --- letter counting (reserved: out of distribution) ------------------------------------------
@@ -161,8 +185,7 @@ def letter_count(rng: random.Random) -> Item:
 
 def verify_letter_count(prompt: str, response: str) -> bool:
     letter, word = _COUNT.search(prompt).groups()
-    found = re.findall(r"Count:\s*(\d+)", response)
-    return bool(found) and int(found[-1]) == word.count(letter)
+    return _last_labelled("count", response) == word.count(letter)
 
 
 # --- format constraint (reserved: out of distribution) ----------------------------------------
@@ -176,10 +199,21 @@ def format_constraint(rng: random.Random) -> Item:
               f"{', '.join(f.lower() for f in offered)}.")
     fruits = rng.sample(offered, n)
     correct = "\n".join(fruits)
-    i = rng.randrange(n)
-    hard = "\n".join(f.lower() if j == i else f for j, f in enumerate(fruits))
     easy = ", ".join(f.lower() for f in fruits) + "."
-    return Item(prompt, correct, hard, easy)
+    return Item(prompt, correct, _format_slip(fruits, offered, rng), easy)
+
+
+def _format_slip(fruits: list[str], offered: list[str], rng: random.Random) -> str:
+    """The chosen list with one small error of the same length that no tokenizer can miss (not a change
+    of case: MiniLM's tokenizer is uncased): two fruits on one line joined by a comma, or one fruit
+    swapped for one of the same length that was not offered."""
+    swaps = [(j, alt) for j, f in enumerate(fruits) for alt in _FRUITS if len(alt) == len(f) and alt not in offered]
+    if swaps and rng.random() < 0.5:
+        j, alt = rng.choice(swaps)
+        return "\n".join(alt if k == j else f for k, f in enumerate(fruits))
+    j = rng.randrange(len(fruits) - 1)
+    lines = fruits[:j] + [f"{fruits[j]},{fruits[j + 1]}"] + fruits[j + 2:]
+    return "\n".join(lines)
 
 
 def verify_format_constraint(prompt: str, response: str) -> bool:

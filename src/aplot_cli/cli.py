@@ -93,7 +93,7 @@ def prepare(
     on_bad_rows: Annotated[Optional[str], typer.Option(
         help="error: stop at the first bad row; skip: drop and count it. [default: error]")] = None,
     test_size: Annotated[Optional[float], typer.Option(help="Fraction of prompts held out. [default: 0.1]")] = None,
-    max_pairs: Annotated[Optional[int], typer.Option(help="Keep at most this many valid pairs.")] = None,
+    max_pairs: Annotated[Optional[int], typer.Option(help="Keep a seeded random sample (--seed) of this many valid pairs, in source order; every row is still validated.")] = None,
     every_nth: Annotated[Optional[int], typer.Option(help="Read every n-th source row. [default: 1]")] = None,
     flip_ratio: Annotated[Optional[float], typer.Option(
         help="Swap chosen/rejected on this fraction of training pairs (label noise). [default: 0]")] = None,

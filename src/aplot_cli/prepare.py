@@ -32,6 +32,7 @@ class Tally:
 
     read: int = 0
     filtered: int = 0                       # dropped on purpose by the recipe's protocol
+    sampled_out: int = 0                    # valid pairs left out by --max-pairs' seeded sample
     bad: Counter = field(default_factory=Counter)
     examples: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
 
@@ -104,9 +105,17 @@ def _valid_pairs(cfg: PrepareConfig, pairs: Iterator[Pair], tally: Tally) -> lis
                 continue
             seen[pid] = pair.location
             kept.append(pair)
-            if cfg.max_pairs is not None and len(kept) >= cfg.max_pairs:
-                break
-    return kept
+    return _sample(kept, cfg.max_pairs, cfg.seed, tally)
+
+
+def _sample(pairs: list[Pair], max_pairs: int | None, seed: int, tally: Tally) -> list[Pair]:
+    """`--max-pairs N`: a seeded random sample of the valid pairs, in source order (the first N rows of a
+    file are often one subset, e.g. one judge)."""
+    if max_pairs is None or len(pairs) <= max_pairs:
+        return pairs
+    keep = sorted(random.Random(f"aplot-sample|{seed}").sample(range(len(pairs)), max_pairs))
+    tally.sampled_out = len(pairs) - max_pairs
+    return [pairs[i] for i in keep]
 
 
 def split_by_prompt(pairs: list[Pair], test_size: float, seed: int) -> dict[str, list[Pair]]:
@@ -183,7 +192,7 @@ def run(cfg: PrepareConfig, out_dir: Path, overwrite: bool = False) -> Path:
         outputs.append(artifacts.describe_output(out_dir, f"{name}.parquet", rows=len(frame)))
         counts[name] = {"pairs": len(frame), "prompts": int(frame["prompt"].nunique()),
                         "flipped": len(flipped)}
-    metrics = {"rows_read": tally.read, "rows_filtered": tally.filtered,
+    metrics = {"rows_read": tally.read, "rows_filtered": tally.filtered, "pairs_sampled_out": tally.sampled_out,
                "rows_bad": dict(tally.bad), "pairs_written": len(pairs), "splits": counts}
     info(f"[bold]prepare[/] read {tally.read} rows -> {len(pairs)} pairs "
          + ", ".join(f"{k}: {v['pairs']}" for k, v in counts.items())

@@ -86,7 +86,22 @@ def test_every_nth_and_max_pairs(tmp_path):
     m = json.loads(prepare.run(PrepareConfig(files=(str(src),), every_nth=4, test_size=0.0), tmp_path / "a").read_text())
     assert m["metrics"]["rows_read"] == 25
     m = json.loads(prepare.run(PrepareConfig(files=(str(src),), max_pairs=7, test_size=0.0), tmp_path / "b").read_text())
-    assert m["metrics"]["pairs_written"] == 7
+    assert m["metrics"]["pairs_written"] == 7 and m["metrics"]["pairs_sampled_out"] == 93
+
+
+def test_max_pairs_is_a_seeded_sample_of_the_whole_file(tmp_path):
+    src = _write_jsonl(tmp_path / "d.jsonl", _rows(100))
+
+    def prompts(seed: int, name: str) -> list[str]:
+        prepare.run(PrepareConfig(files=(str(src),), max_pairs=10, test_size=0.0, seed=seed), tmp_path / name)
+        return pd.read_parquet(tmp_path / name / "train.parquet")["chosen"].tolist()
+
+    first = [r["chosen"] for r in _rows(100)]
+    a, again, other = prompts(0, "a"), prompts(0, "b"), prompts(1, "c")
+    assert a == again and a != other                       # seeded
+    assert a != first[:10]                                 # not the head of the file
+    assert max(first.index(p) for p in a) >= 50            # drawn from the whole file
+    assert [first.index(p) for p in a] == sorted(first.index(p) for p in a)  # source order kept
 
 
 @pytest.mark.parametrize("kind", ["parquet", "csv", "json"])

@@ -13,8 +13,9 @@ Design choices, written down because PPO has many variants:
 - Reference: a frozen copy of the initial policy, used only for the per-token k1 KL penalty.
 - The policy and the reward model need not share a tokenizer: responses are decoded to text and
   re-encoded for the reward model with `formatting.encode` (as train-rm and eval-rm do).
-- Sampling is plain temperature sampling (top-k off, optional top-p); log-probabilities are taken from
-  logits / temperature so they are those of the sampling distribution.
+- Sampling is plain temperature sampling (top-k off, optional top-p, every other logits processor off,
+  whatever the policy's own generation_config ships); log-probabilities are taken from logits /
+  temperature so they are those of the sampling distribution.
 - Score per response: the RM score, normalised (`reward_norm`: none, whiten per batch, or running
   mean/std over all updates), minus `missing_eos_penalty` when the response has no EOS.
 - Devices come from accelerate (`Accelerator`); one process (multi-process PPO is refused)."""
@@ -26,6 +27,8 @@ import math
 import random
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -252,21 +255,51 @@ class Samples:
     texts: list[str]
 
 
-@torch.no_grad()
-def sample(cfg: PPOConfig, policy: nn.Module, tokenizer: Any, prompts: list[Prompt], device: torch.device) -> Samples:
-    """One sampled response per prompt (temperature, top-p, no top-k), cut after the first EOS."""
+def rollout_generation_config(cfg: PPOConfig, tokenizer: Any, eos_ids: list[int]) -> Any:
+    """Plain sampling from softmax(logits / temperature) (nucleus only when `top_p` < 1): every field that
+    could reshape the distribution is set to its neutral value, because the log-probabilities, KL and
+    ratios are all computed from logits / temperature."""
     from transformers import GenerationConfig
 
+    return GenerationConfig(
+        do_sample=True, num_beams=1, num_beam_groups=1, num_return_sequences=1, temperature=cfg.temperature,
+        top_k=0, top_p=cfg.top_p, min_p=None, typical_p=1.0, epsilon_cutoff=0.0, eta_cutoff=0.0,
+        repetition_penalty=1.0, encoder_repetition_penalty=1.0, no_repeat_ngram_size=0,
+        encoder_no_repeat_ngram_size=0, bad_words_ids=None, suppress_tokens=None, begin_suppress_tokens=None,
+        sequence_bias=None, forced_bos_token_id=None, forced_eos_token_id=None, diversity_penalty=0.0,
+        exponential_decay_length_penalty=None, renormalize_logits=False, remove_invalid_values=False,
+        guidance_scale=None, watermarking_config=None, stop_strings=None, min_length=0, min_new_tokens=None,
+        max_new_tokens=cfg.max_new_tokens, pad_token_id=tokenizer.pad_token_id, eos_token_id=eos_ids,
+        bos_token_id=tokenizer.bos_token_id, use_cache=True, output_scores=False, return_dict_in_generate=False)
+
+
+@contextmanager
+def _generation_config_of(model: nn.Module, generation: Any) -> Iterator[None]:
+    """Make `generation` the model's own generation config for one `generate` call. transformers fills
+    every field a passed config leaves unset (and, before v5, every field left at its global default) from
+    the model's generation_config, so a policy that ships repetition_penalty, no_repeat_ngram_size,
+    suppress_tokens, min_new_tokens... would otherwise keep them during rollouts."""
+    saved = model.generation_config
+    model.generation_config = generation
+    try:
+        yield
+    finally:
+        model.generation_config = saved
+
+
+@torch.no_grad()
+def sample(cfg: PPOConfig, policy: nn.Module, tokenizer: Any, prompts: list[Prompt], device: torch.device) -> Samples:
+    """One response per prompt sampled from softmax(logits / temperature) (top-p if asked, nothing else,
+    whatever the policy's own generation config says), cut after the first EOS."""
     texts, add_special = query_texts(tokenizer, prompts, cfg.chat_template)
     enc = tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=cfg.max_prompt_length,
                     add_special_tokens=add_special).to(device)
     eos_ids = eos_token_ids(policy, tokenizer)
-    generation = GenerationConfig(do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p, top_k=0,
-                                  max_new_tokens=cfg.max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                                  eos_token_id=eos_ids, bos_token_id=tokenizer.bos_token_id)
+    generation = rollout_generation_config(cfg, tokenizer, eos_ids)
     policy.eval()
-    sequences = policy.generate(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
-                                generation_config=generation)
+    with _generation_config_of(policy, generation):
+        sequences = policy.generate(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
+                                    generation_config=generation)
     response = sequences[:, enc["input_ids"].shape[1]:]
     mask, has_eos = response_mask(response, eos_ids)
     response = torch.where(mask.bool(), response, torch.full_like(response, tokenizer.pad_token_id))

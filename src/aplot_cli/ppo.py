@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from aplot_cli import artifacts, formatting, models
-from aplot_cli.config import PPOConfig, config_to_dict
+from aplot_cli.config import PPO_FLAGS, PPOConfig, config_to_dict
 from aplot_cli.console import get_console, info
 from aplot_cli.errors import ArtifactError, ConfigError, InputDataError, ModelError, TrainingError
 from aplot_cli.rl import core
@@ -490,23 +490,51 @@ def _truncate_jsonl(path: Path, keep: int, key: str = "update") -> None:
 
 
 # --- the stage ----------------------------------------------------------------------------------------
-def _check(cfg: PPOConfig) -> None:
+DEVICES = ("auto", "cpu", "cuda")
+REWARD_NORMS = ("none", "whiten", "running")
+
+
+def validate(cfg: PPOConfig) -> None:
+    """Check every value before anything is loaded; errors name the config key, its value and the rule."""
     if not cfg.reward_model:
         raise ConfigError("no reward model given", hint="pass --reward-model (a train-rm artifact or RM folder)")
     if not cfg.prompts:
         raise ConfigError("no prompts given", hint="pass --prompts (a pairs artifact or a jsonl of prompts)")
-    for name in ("batch_size", "mini_batch_size", "ppo_epochs", "updates", "max_new_tokens"):
-        if getattr(cfg, name) < 1:
-            raise ConfigError(f"`{name}` must be at least 1, got {getattr(cfg, name)}")
+
+    def value(name: str) -> Any:
+        return getattr(cfg, name)
+
+    rules = [(name, value(name) >= 1, ">= 1") for name in (
+        "batch_size", "mini_batch_size", "ppo_epochs", "updates", "max_new_tokens", "max_prompt_length",
+        "rm_batch_size")]
+    rules += [(name, value(name) is None or value(name) >= 1, ">= 1 (or unset)") for name in (
+        "max_prompts", "rm_max_length")]
+    rules += [(name, value(name) >= 0, ">= 0") for name in ("save_every", "sample_size")]
+    rules += [(name, _finite(value(name)) and value(name) > 0, "a finite number > 0") for name in (
+        "lr", "temperature", "cliprange", "cliprange_value", "max_grad_norm")]
+    rules += [(name, _finite(value(name)) and value(name) >= 0, "a finite number >= 0") for name in (
+        "kl_coef", "vf_coef", "missing_eos_penalty")]
+    rules += [(name, _finite(value(name)) and 0 <= value(name) <= 1, "in [0, 1]") for name in ("gamma", "lam")]
+    rules += [("top_p", _finite(cfg.top_p) and 0 < cfg.top_p <= 1, "in (0, 1]"),
+              ("reward_norm", cfg.reward_norm in REWARD_NORMS, f"one of {', '.join(REWARD_NORMS)}"),
+              ("device", cfg.device in DEVICES, f"one of {', '.join(DEVICES)}")]
+    for name, ok, rule in rules:
+        if not ok:
+            raise ConfigError(f"ppo: `{name}` is {value(name)!r}; it must be {rule}", hint=_where(name))
     if cfg.mini_batch_size > cfg.batch_size:
-        raise ConfigError(f"mini_batch_size {cfg.mini_batch_size} exceeds batch_size {cfg.batch_size}",
-                          hint="a mini-batch is a slice of one batch of rollouts")
-    if cfg.temperature <= 0 or not 0 < cfg.top_p <= 1:
-        raise ConfigError(f"temperature must be > 0 and top_p in (0, 1], got {cfg.temperature}, {cfg.top_p}",
-                          hint="PPO needs sampled responses")
-    if cfg.device not in ("auto", "cpu", "cuda"):
-        raise ConfigError(f"device {cfg.device!r} is not one of auto, cpu, cuda",
-                          hint="pick a GPU with CUDA_VISIBLE_DEVICES")
+        raise ConfigError(f"ppo: `mini_batch_size` {cfg.mini_batch_size} exceeds `batch_size` {cfg.batch_size}",
+                          hint="a mini-batch is a slice of one batch of rollouts: lower --mini-batch-size or "
+                               "raise --batch-size")
+
+
+def _finite(x: float) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def _where(name: str) -> str:
+    """Where a ppo value is set: the YAML key, and the flag where the CLI has one."""
+    flag = f" or pass --{name.replace('_', '-')}" if name in PPO_FLAGS else ""
+    return f"set `{name}:` in the --config YAML{flag}"
 
 
 def _accelerator(device: str) -> Any:
@@ -557,7 +585,7 @@ def run(cfg: PPOConfig, out_dir: Path, overwrite: bool = False, resume: bool = F
     """Train the policy for `cfg.updates` PPO updates; returns the manifest path."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    _check(cfg)
+    validate(cfg)
     if overwrite and resume:
         raise ConfigError("--overwrite and --resume together", hint="pick one")
     out_dir = artifacts.prepare_out_dir(out_dir, overwrite, resume=resume)

@@ -438,9 +438,12 @@ def save_checkpoint(out_dir: Path, done: int, actor: PolicyWithValue, tokenizer:
               tmp / "value_head.safetensors")
     tensors, meta = _optimizer_tensors(optimizer)
     save_file(tensors, tmp / "optimizer.safetensors")
-    save_file({"torch": torch.get_rng_state()}, tmp / "rng.safetensors")
+    rng_tensors, rng_meta = rng_state()
+    save_file(rng_tensors, tmp / "rng.safetensors")
+    # state.json is written last: a checkpoint folder without it (or without the files above) is incomplete.
     artifacts.write_json_atomic(tmp / "state.json", {"updates_done": done, "moments": moments.state(),
-                                                     "optimizer": meta, "config": config_to_dict(cfg)})
+                                                     "optimizer": meta, "rng": rng_meta,
+                                                     "config": config_to_dict(cfg)})
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
     for old in root.glob("update-*"):
@@ -449,9 +452,58 @@ def save_checkpoint(out_dir: Path, done: int, actor: PolicyWithValue, tokenizer:
     return final
 
 
-def latest_checkpoint(out_dir: Path) -> Path | None:
-    found = sorted((out_dir / CHECKPOINTS).glob("update-*"))
-    return found[-1] if found else None
+CHECKPOINT_FILES = ("state.json", "value_head.safetensors", "optimizer.safetensors", "rng.safetensors",
+                    f"{POLICY_DIR}/config.json")
+
+
+def checkpoint_problem(path: Path) -> str | None:
+    """Why a checkpoint folder cannot be resumed from (a kill during its save), or None if it is complete."""
+    missing = [name for name in CHECKPOINT_FILES if not (path / name).is_file()]
+    if not any((path / POLICY_DIR).glob("*.safetensors")):
+        missing.append(f"{POLICY_DIR}/*.safetensors")
+    if missing:
+        return f"missing {', '.join(missing)}"
+    try:
+        json.loads((path / "state.json").read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return "state.json is not valid JSON"
+    return None
+
+
+@dataclass(frozen=True)
+class CheckpointSearch:
+    """The newest complete checkpoint (None if there is none) and the newer, incomplete ones passed over."""
+
+    path: Path | None
+    skipped: list[tuple[Path, str]]
+
+
+def latest_checkpoint(out_dir: Path) -> CheckpointSearch:
+    found = [p for p in (out_dir / CHECKPOINTS).glob("update-*") if p.is_dir() and p.name[7:].isdigit()]
+    skipped = []
+    for path in sorted(found, key=lambda p: int(p.name[7:]), reverse=True):
+        problem = checkpoint_problem(path)
+        if problem is None:
+            return CheckpointSearch(path, skipped)
+        skipped.append((path, problem))
+    return CheckpointSearch(None, skipped)
+
+
+def resume_checkpoint(out_dir: Path) -> Path:
+    """The checkpoint `--resume` continues from, checked before anything is loaded or written: a finished
+    run or a folder without a complete checkpoint is refused (no silent restart from update 0)."""
+    artifacts.check_out_dir(out_dir, overwrite=False, resume=True)
+    search = latest_checkpoint(out_dir)
+    for path, problem in search.skipped:
+        info(f"[bold]ppo[/] skipping the incomplete checkpoint {path.name} ({problem}; the run was stopped "
+             "while saving it)")
+    if search.path is None:
+        passed = f" (incomplete: {', '.join(p.name for p, _ in search.skipped)})" if search.skipped else ""
+        raise ArtifactError(f"--resume: {out_dir} holds no complete PPO checkpoint{passed}, so there is nothing "
+                            "to continue from",
+                            hint="start the run again with --overwrite (checkpoints are written every "
+                                 "--save-every updates), or pass the --out-dir of the run to resume")
+    return search.path
 
 
 _RESUMABLE = {"updates", "save_every", "device"}  # may change between a run and its resume
@@ -477,8 +529,46 @@ def load_checkpoint(path: Path, actor: PolicyWithValue, optimizer: torch.optim.O
                             f"unexpected {unexpected[:3]})", hint="resume with the same --policy")
     actor.value_head.load_state_dict(load_file(path / "value_head.safetensors"))
     _load_optimizer(optimizer, load_file(path / "optimizer.safetensors"), state["optimizer"])
-    torch.set_rng_state(load_file(path / "rng.safetensors")["torch"])
+    set_rng_state(load_file(path / "rng.safetensors"), state.get("rng", {}))
     return int(state["updates_done"]), core.RunningMoments(**state["moments"])
+
+
+def rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Every random stream a resumed run must continue: torch CPU, each CUDA device (sampling on a GPU
+    draws from these), numpy and Python's `random`; tensors for safetensors plus JSON (no pickle)."""
+    import numpy as np
+
+    tensors = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        tensors.update({f"cuda.{i}": state for i, state in enumerate(torch.cuda.get_rng_state_all())})
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    tensors["numpy"] = torch.from_numpy(keys.astype(np.int64))
+    version, internal, gauss_next = random.getstate()
+    return tensors, {"numpy": [kind, int(pos), int(has_gauss), float(cached)],
+                     "python": [version, list(internal), gauss_next]}
+
+
+def set_rng_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    import numpy as np
+
+    torch.set_rng_state(tensors["torch"])
+    cuda = [tensors[f"cuda.{i}"] for i in range(sum(name.startswith("cuda.") for name in tensors))]
+    if cuda and torch.cuda.is_available():
+        count = torch.cuda.device_count()
+        if len(cuda) != count:
+            info(f"[bold]ppo[/] the checkpoint holds RNG states for {len(cuda)} CUDA devices and {count} are "
+                 "visible: the resumed run will not repeat the uninterrupted one exactly")
+        for i, state in enumerate(cuda[:count]):
+            torch.cuda.set_rng_state(state, i)
+    elif cuda:
+        info("[bold]ppo[/] the checkpoint was written on CUDA and no CUDA device is visible: the resumed run "
+             "will not repeat the uninterrupted one exactly")
+    if "numpy" in tensors and "numpy" in meta:
+        kind, pos, has_gauss, cached = meta["numpy"]
+        np.random.set_state((kind, tensors["numpy"].numpy().astype(np.uint32), pos, has_gauss, cached))
+    if "python" in meta:
+        version, internal, gauss_next = meta["python"]
+        random.setstate((version, tuple(internal), gauss_next))
 
 
 def _truncate_jsonl(path: Path, keep: int, key: str = "update") -> None:
@@ -588,6 +678,7 @@ def run(cfg: PPOConfig, out_dir: Path, overwrite: bool = False, resume: bool = F
     validate(cfg)
     if overwrite and resume:
         raise ConfigError("--overwrite and --resume together", hint="pick one")
+    checkpoint = resume_checkpoint(out_dir) if resume else None
     out_dir = artifacts.prepare_out_dir(out_dir, overwrite, resume=resume)
     torch.manual_seed(cfg.seed)
     accelerator = _accelerator(cfg.device)
@@ -599,16 +690,12 @@ def run(cfg: PPOConfig, out_dir: Path, overwrite: bool = False, resume: bool = F
     actor = PolicyWithValue(policy)
     optimizer = torch.optim.AdamW(actor.parameters(), lr=cfg.lr, eps=1e-5)
     done, moments = 0, core.RunningMoments()
-    checkpoint = latest_checkpoint(out_dir) if resume else None
     if checkpoint is not None:
         done, moments = load_checkpoint(checkpoint, actor, optimizer, cfg)
         if done > cfg.updates:
             raise ConfigError(f"the checkpoint has {done} updates done, more than --updates {cfg.updates}",
                               hint=f"resume with --updates {done} or more")
         info(f"[bold]ppo[/] resuming from {checkpoint.name} ({done} updates done)")
-    elif resume:
-        for name in (LOG, ROLLOUTS):
-            (out_dir / name).unlink(missing_ok=True)
     _truncate_jsonl(out_dir / LOG, done)
     _truncate_jsonl(out_dir / ROLLOUTS, done)
     actor, optimizer = accelerator.prepare(actor, optimizer)
@@ -638,17 +725,18 @@ def run(cfg: PPOConfig, out_dir: Path, overwrite: bool = False, resume: bool = F
 
 def _finish(cfg: PPOConfig, out_dir: Path, actor: PolicyWithValue, tokenizer: Any, prompt_set: PromptSet,
             rm_art: artifacts.Artifact | None, moments: core.RunningMoments) -> Path:
+    """Check the log, write the policy and the manifest; only then remove the checkpoints, so a run that
+    fails or is killed here can still be resumed."""
     from safetensors.torch import save_file
 
+    rows = [json.loads(ln) for ln in (out_dir / LOG).read_text(encoding="utf-8").splitlines() if ln.strip()]
+    if [r.get("update") for r in rows] != list(range(1, cfg.updates + 1)):
+        raise ArtifactError(f"{out_dir / LOG} holds updates {[r.get('update') for r in rows][:8]}..., expected "
+                            f"1..{cfg.updates}", hint="re-run with --overwrite (the checkpoints are kept)")
     actor.policy.save_pretrained(out_dir / POLICY_DIR, safe_serialization=True)
     tokenizer.save_pretrained(out_dir / POLICY_DIR)
     save_file({k: v.detach().cpu().contiguous() for k, v in actor.value_head.state_dict().items()},
               out_dir / "value_head.safetensors")
-    shutil.rmtree(out_dir / CHECKPOINTS, ignore_errors=True)
-    rows = [json.loads(ln) for ln in (out_dir / LOG).read_text(encoding="utf-8").splitlines() if ln.strip()]
-    if len(rows) != cfg.updates:
-        raise ArtifactError(f"{out_dir / LOG} holds {len(rows)} updates, expected {cfg.updates}",
-                            hint="re-run with --overwrite")
     summary = _summary(rows)
     first, last = summary["first_quarter"], summary["last_quarter"]
     info(f"[bold]ppo[/] score {first['score']:+.3f} -> {last['score']:+.3f}, KL {last['kl']:.3f}"
@@ -661,8 +749,10 @@ def _finish(cfg: PPOConfig, out_dir: Path, actor: PolicyWithValue, tokenizer: An
                 artifacts.describe_output(out_dir, ROLLOUTS, rows=sum(
                     1 for ln in (out_dir / ROLLOUTS).read_text(encoding="utf-8").splitlines() if ln.strip()))]
     inputs = {name: art for name, art in (("reward_model", rm_art), ("prompts", prompt_set.artifact)) if art}
-    return artifacts.write_manifest(
+    manifest = artifacts.write_manifest(
         out_dir, stage=STAGE, config=config_to_dict(cfg), inputs=inputs, outputs=outputs, metrics=summary,
         diagnostics={"reward_moments": moments.state(), "gold_metric": prompt_set.synthetic},
         extra={"policy": {"path": POLICY_DIR, "base": cfg.policy,
                           "value_model": "shared trunk + zero-initialised linear head (value_head.safetensors)"}})
+    shutil.rmtree(out_dir / CHECKPOINTS, ignore_errors=True)
+    return manifest

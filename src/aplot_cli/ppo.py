@@ -31,7 +31,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -161,6 +161,15 @@ def load_policy(name: str, trust_remote_code: bool) -> tuple[nn.Module, Any]:
         raise ModelError(f"the policy tokenizer of {name!r} has no EOS token",
                          hint="PPO needs an EOS token to end responses")
     return model, tokenizer
+
+
+class Scorer(Protocol):
+    """What PPO needs from a reward: one float score per (prompt, response). `RewardScorer` wraps a reward
+    model; any other reward (a gold checker, a toy reward in tests) can stand in for it."""
+
+    def score(self, prompts: list[Prompt], responses: list[str]) -> torch.Tensor:
+        """(N,) float scores, higher is better."""
+        ...
 
 
 class RewardScorer:
@@ -309,7 +318,7 @@ def sample(cfg: PPOConfig, policy: nn.Module, tokenizer: Any, prompts: list[Prom
 
 
 @torch.no_grad()
-def collect(cfg: PPOConfig, actor: PolicyWithValue, ref: nn.Module, tokenizer: Any, scorer: RewardScorer,
+def collect(cfg: PPOConfig, actor: PolicyWithValue, ref: nn.Module, tokenizer: Any, scorer: Scorer,
             prompts: list[Prompt], device: torch.device) -> Rollout:
     """Sample a response per prompt, score it, and record log-probs, values and entropy."""
     from aplot_cli.data.synthetic import verify
@@ -377,7 +386,7 @@ def ppo_step(cfg: PPOConfig, actor: PolicyWithValue, optimizer: torch.optim.Opti
     return {k: v / steps for k, v in sums.items()}
 
 
-def update(cfg: PPOConfig, actor: PolicyWithValue, ref: nn.Module, tokenizer: Any, scorer: RewardScorer,
+def update(cfg: PPOConfig, actor: PolicyWithValue, ref: nn.Module, tokenizer: Any, scorer: Scorer,
            optimizer: torch.optim.Optimizer, accelerator: Any, prompts: list[Prompt],
            moments: core.RunningMoments) -> tuple[dict[str, Any], Rollout]:
     """One PPO update: collect, shape rewards, GAE, optimise. Returns the log row and the rollouts."""

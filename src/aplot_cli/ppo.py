@@ -548,7 +548,7 @@ def rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     import numpy as np
 
     tensors = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
+    if torch.cuda.is_available() and torch.cuda.is_initialized():  # an uninitialised CUDA has drawn nothing
         tensors.update({f"cuda.{i}": state for i, state in enumerate(torch.cuda.get_rng_state_all())})
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     tensors["numpy"] = torch.from_numpy(keys.astype(np.int64))

@@ -100,6 +100,28 @@ def tiny_llama_lm_dir(tmp_path_factory, smollm2_tokenizer_dir) -> Path:
     return _save_tiny(model, tokenizer, tmp_path_factory.mktemp("tiny-llama-lm"))
 
 
+TINY_WORDS = ("<pad>", "<s>", "</s>", "<unk>", "a", "b", "c", "d", "e", "f", "g", "good")
+
+
+@pytest.fixture(scope="session")
+def tiny_vocab_lm_dir(tmp_path_factory) -> Path:
+    """A 2-layer Llama causal LM over a 12-word vocabulary (words split on spaces, no chat template): a
+    policy that PPO can move in a few updates, and whose distribution a test can compare exactly."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    word_level = Tokenizer(models.WordLevel({w: i for i, w in enumerate(TINY_WORDS)}, unk_token="<unk>"))
+    word_level.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=word_level, pad_token="<pad>", bos_token="<s>",
+                                        eos_token="</s>", unk_token="<unk>")
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(TINY_WORDS), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                         num_key_value_heads=1, intermediate_size=64, max_position_embeddings=64,
+                         pad_token_id=0, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)
+    return _save_tiny(LlamaForCausalLM(config), tokenizer, tmp_path_factory.mktemp("tiny-vocab-lm"))
+
+
 @pytest.fixture(scope="session")
 def synthetic_pairs_dir(tmp_path_factory) -> Path:
     """A small synthetic pairs artifact (train/test/ood), made through the real stage entry point."""

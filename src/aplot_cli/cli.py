@@ -268,7 +268,8 @@ def ppo(
     batch_size: Annotated[Optional[int], typer.Option(help="Rollouts per update. [default: 8]")] = None,
     mini_batch_size: Annotated[Optional[int], typer.Option(help="Rollouts per gradient step. [default: 4]")] = None,
     ppo_epochs: Annotated[Optional[int], typer.Option(help="Passes over each batch. [default: 2]")] = None,
-    lr: Annotated[Optional[float], typer.Option(help="AdamW learning rate. [default: 1e-5]")] = None,
+    lr: Annotated[Optional[float], typer.Option(
+        "--lr", "--learning-rate", help="AdamW learning rate. [default: 1e-5]")] = None,
     kl_coef: Annotated[Optional[float], typer.Option(help="Per-token KL penalty beta. [default: 0.05]")] = None,
     gamma: Annotated[Optional[float], typer.Option(help="GAE discount. [default: 1.0]")] = None,
     lam: Annotated[Optional[float], typer.Option(help="GAE lambda. [default: 0.95]")] = None,

@@ -181,6 +181,13 @@ TRAIN_FLAGS = frozenset({
     "max_eval_pairs", "eval_steps", "save_steps", "lora", "report_to", "device", "bf16", "fp16",
     "trust_remote_code", "seed"})
 
+# The PPOConfig fields `aplot ppo` also takes as flags (the rest are YAML only); tested against the CLI.
+PPO_FLAGS = frozenset({
+    "policy", "reward_model", "prompts", "prompts_split", "max_prompts", "updates", "batch_size", "mini_batch_size",
+    "ppo_epochs", "lr", "kl_coef", "gamma", "lam", "cliprange", "cliprange_value", "vf_coef", "max_new_tokens",
+    "temperature", "top_p", "missing_eos_penalty", "reward_norm", "save_every", "sample_size", "chat_template",
+    "device", "trust_remote_code", "seed"})
+
 
 def config_to_dict(config: Any) -> dict[str, Any]:
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(config).items()}
@@ -288,5 +295,5 @@ def replace(config: C, **changes: Any) -> C:
     return dataclasses.replace(config, **changes)
 
 
-__all__ = ["PrepareConfig", "EmbedConfig", "PPOConfig", "build_config", "config_to_dict", "load_yaml", "replace",
+__all__ = ["PrepareConfig", "EmbedConfig", "PPOConfig", "PPO_FLAGS", "build_config", "config_to_dict", "load_yaml", "replace",
            "field"]

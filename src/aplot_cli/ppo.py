@@ -13,8 +13,9 @@ Design choices, written down because PPO has many variants:
 - Reference: a frozen copy of the initial policy, used only for the per-token k1 KL penalty.
 - The policy and the reward model need not share a tokenizer: responses are decoded to text and
   re-encoded for the reward model with `formatting.encode` (as train-rm and eval-rm do).
-- Sampling is plain temperature sampling (top-k off, optional top-p); log-probabilities are taken from
-  logits / temperature so they are those of the sampling distribution.
+- Sampling is plain temperature sampling (top-k off, optional top-p, every other logits processor off,
+  whatever the policy's own generation_config ships); log-probabilities are taken from logits /
+  temperature so they are those of the sampling distribution.
 - Score per response: the RM score, normalised (`reward_norm`: none, whiten per batch, or running
   mean/std over all updates), minus `missing_eos_penalty` when the response has no EOS.
 - Devices come from accelerate (`Accelerator`); one process (multi-process PPO is refused)."""
@@ -26,15 +27,17 @@ import math
 import random
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 
 from aplot_cli import artifacts, formatting, models
-from aplot_cli.config import PPOConfig, config_to_dict
+from aplot_cli.config import PPO_FLAGS, PPOConfig, config_to_dict
 from aplot_cli.console import get_console, info
 from aplot_cli.errors import ArtifactError, ConfigError, InputDataError, ModelError, TrainingError
 from aplot_cli.rl import core
@@ -160,6 +163,15 @@ def load_policy(name: str, trust_remote_code: bool) -> tuple[nn.Module, Any]:
     return model, tokenizer
 
 
+class Scorer(Protocol):
+    """What PPO needs from a reward: one float score per (prompt, response). `RewardScorer` wraps a reward
+    model; any other reward (a gold checker, a toy reward in tests) can stand in for it."""
+
+    def score(self, prompts: list[Prompt], responses: list[str]) -> torch.Tensor:
+        """(N,) float scores, higher is better."""
+        ...
+
+
 class RewardScorer:
     """Scores (prompt, response) with `aplot_cli.scoring` (inputs built by `formatting.encode`, exactly as
     train-rm and eval-rm build them)."""
@@ -252,21 +264,51 @@ class Samples:
     texts: list[str]
 
 
-@torch.no_grad()
-def sample(cfg: PPOConfig, policy: nn.Module, tokenizer: Any, prompts: list[Prompt], device: torch.device) -> Samples:
-    """One sampled response per prompt (temperature, top-p, no top-k), cut after the first EOS."""
+def rollout_generation_config(cfg: PPOConfig, tokenizer: Any, eos_ids: list[int]) -> Any:
+    """Plain sampling from softmax(logits / temperature) (nucleus only when `top_p` < 1): every field that
+    could reshape the distribution is set to its neutral value, because the log-probabilities, KL and
+    ratios are all computed from logits / temperature."""
     from transformers import GenerationConfig
 
+    return GenerationConfig(
+        do_sample=True, num_beams=1, num_beam_groups=1, num_return_sequences=1, temperature=cfg.temperature,
+        top_k=0, top_p=cfg.top_p, min_p=None, typical_p=1.0, epsilon_cutoff=0.0, eta_cutoff=0.0,
+        repetition_penalty=1.0, encoder_repetition_penalty=1.0, no_repeat_ngram_size=0,
+        encoder_no_repeat_ngram_size=0, bad_words_ids=None, suppress_tokens=None, begin_suppress_tokens=None,
+        sequence_bias=None, forced_bos_token_id=None, forced_eos_token_id=None, diversity_penalty=0.0,
+        exponential_decay_length_penalty=None, renormalize_logits=False, remove_invalid_values=False,
+        guidance_scale=None, watermarking_config=None, stop_strings=None, min_length=0, min_new_tokens=None,
+        max_new_tokens=cfg.max_new_tokens, pad_token_id=tokenizer.pad_token_id, eos_token_id=eos_ids,
+        bos_token_id=tokenizer.bos_token_id, use_cache=True, output_scores=False, return_dict_in_generate=False)
+
+
+@contextmanager
+def _generation_config_of(model: nn.Module, generation: Any) -> Iterator[None]:
+    """Make `generation` the model's own generation config for one `generate` call. transformers fills
+    every field a passed config leaves unset (and, before v5, every field left at its global default) from
+    the model's generation_config, so a policy that ships repetition_penalty, no_repeat_ngram_size,
+    suppress_tokens, min_new_tokens... would otherwise keep them during rollouts."""
+    saved = model.generation_config
+    model.generation_config = generation
+    try:
+        yield
+    finally:
+        model.generation_config = saved
+
+
+@torch.no_grad()
+def sample(cfg: PPOConfig, policy: nn.Module, tokenizer: Any, prompts: list[Prompt], device: torch.device) -> Samples:
+    """One response per prompt sampled from softmax(logits / temperature) (top-p if asked, nothing else,
+    whatever the policy's own generation config says), cut after the first EOS."""
     texts, add_special = query_texts(tokenizer, prompts, cfg.chat_template)
     enc = tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=cfg.max_prompt_length,
                     add_special_tokens=add_special).to(device)
     eos_ids = eos_token_ids(policy, tokenizer)
-    generation = GenerationConfig(do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p, top_k=0,
-                                  max_new_tokens=cfg.max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                                  eos_token_id=eos_ids, bos_token_id=tokenizer.bos_token_id)
+    generation = rollout_generation_config(cfg, tokenizer, eos_ids)
     policy.eval()
-    sequences = policy.generate(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
-                                generation_config=generation)
+    with _generation_config_of(policy, generation):
+        sequences = policy.generate(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
+                                    generation_config=generation)
     response = sequences[:, enc["input_ids"].shape[1]:]
     mask, has_eos = response_mask(response, eos_ids)
     response = torch.where(mask.bool(), response, torch.full_like(response, tokenizer.pad_token_id))
@@ -276,7 +318,7 @@ def sample(cfg: PPOConfig, policy: nn.Module, tokenizer: Any, prompts: list[Prom
 
 
 @torch.no_grad()
-def collect(cfg: PPOConfig, actor: PolicyWithValue, ref: nn.Module, tokenizer: Any, scorer: RewardScorer,
+def collect(cfg: PPOConfig, actor: PolicyWithValue, ref: nn.Module, tokenizer: Any, scorer: Scorer,
             prompts: list[Prompt], device: torch.device) -> Rollout:
     """Sample a response per prompt, score it, and record log-probs, values and entropy."""
     from aplot_cli.data.synthetic import verify
@@ -344,7 +386,7 @@ def ppo_step(cfg: PPOConfig, actor: PolicyWithValue, optimizer: torch.optim.Opti
     return {k: v / steps for k, v in sums.items()}
 
 
-def update(cfg: PPOConfig, actor: PolicyWithValue, ref: nn.Module, tokenizer: Any, scorer: RewardScorer,
+def update(cfg: PPOConfig, actor: PolicyWithValue, ref: nn.Module, tokenizer: Any, scorer: Scorer,
            optimizer: torch.optim.Optimizer, accelerator: Any, prompts: list[Prompt],
            moments: core.RunningMoments) -> tuple[dict[str, Any], Rollout]:
     """One PPO update: collect, shape rewards, GAE, optimise. Returns the log row and the rollouts."""
@@ -405,9 +447,12 @@ def save_checkpoint(out_dir: Path, done: int, actor: PolicyWithValue, tokenizer:
               tmp / "value_head.safetensors")
     tensors, meta = _optimizer_tensors(optimizer)
     save_file(tensors, tmp / "optimizer.safetensors")
-    save_file({"torch": torch.get_rng_state()}, tmp / "rng.safetensors")
+    rng_tensors, rng_meta = rng_state()
+    save_file(rng_tensors, tmp / "rng.safetensors")
+    # state.json is written last: a checkpoint folder without it (or without the files above) is incomplete.
     artifacts.write_json_atomic(tmp / "state.json", {"updates_done": done, "moments": moments.state(),
-                                                     "optimizer": meta, "config": config_to_dict(cfg)})
+                                                     "optimizer": meta, "rng": rng_meta,
+                                                     "config": config_to_dict(cfg)})
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
     for old in root.glob("update-*"):
@@ -416,9 +461,58 @@ def save_checkpoint(out_dir: Path, done: int, actor: PolicyWithValue, tokenizer:
     return final
 
 
-def latest_checkpoint(out_dir: Path) -> Path | None:
-    found = sorted((out_dir / CHECKPOINTS).glob("update-*"))
-    return found[-1] if found else None
+CHECKPOINT_FILES = ("state.json", "value_head.safetensors", "optimizer.safetensors", "rng.safetensors",
+                    f"{POLICY_DIR}/config.json")
+
+
+def checkpoint_problem(path: Path) -> str | None:
+    """Why a checkpoint folder cannot be resumed from (a kill during its save), or None if it is complete."""
+    missing = [name for name in CHECKPOINT_FILES if not (path / name).is_file()]
+    if not any((path / POLICY_DIR).glob("*.safetensors")):
+        missing.append(f"{POLICY_DIR}/*.safetensors")
+    if missing:
+        return f"missing {', '.join(missing)}"
+    try:
+        json.loads((path / "state.json").read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return "state.json is not valid JSON"
+    return None
+
+
+@dataclass(frozen=True)
+class CheckpointSearch:
+    """The newest complete checkpoint (None if there is none) and the newer, incomplete ones passed over."""
+
+    path: Path | None
+    skipped: list[tuple[Path, str]]
+
+
+def latest_checkpoint(out_dir: Path) -> CheckpointSearch:
+    found = [p for p in (out_dir / CHECKPOINTS).glob("update-*") if p.is_dir() and p.name[7:].isdigit()]
+    skipped = []
+    for path in sorted(found, key=lambda p: int(p.name[7:]), reverse=True):
+        problem = checkpoint_problem(path)
+        if problem is None:
+            return CheckpointSearch(path, skipped)
+        skipped.append((path, problem))
+    return CheckpointSearch(None, skipped)
+
+
+def resume_checkpoint(out_dir: Path) -> Path:
+    """The checkpoint `--resume` continues from, checked before anything is loaded or written: a finished
+    run or a folder without a complete checkpoint is refused (no silent restart from update 0)."""
+    artifacts.check_out_dir(out_dir, overwrite=False, resume=True)
+    search = latest_checkpoint(out_dir)
+    for path, problem in search.skipped:
+        info(f"[bold]ppo[/] skipping the incomplete checkpoint {path.name} ({problem}; the run was stopped "
+             "while saving it)")
+    if search.path is None:
+        passed = f" (incomplete: {', '.join(p.name for p, _ in search.skipped)})" if search.skipped else ""
+        raise ArtifactError(f"--resume: {out_dir} holds no complete PPO checkpoint{passed}, so there is nothing "
+                            "to continue from",
+                            hint="start the run again with --overwrite (checkpoints are written every "
+                                 "--save-every updates), or pass the --out-dir of the run to resume")
+    return search.path
 
 
 _RESUMABLE = {"updates", "save_every", "device"}  # may change between a run and its resume
@@ -444,8 +538,46 @@ def load_checkpoint(path: Path, actor: PolicyWithValue, optimizer: torch.optim.O
                             f"unexpected {unexpected[:3]})", hint="resume with the same --policy")
     actor.value_head.load_state_dict(load_file(path / "value_head.safetensors"))
     _load_optimizer(optimizer, load_file(path / "optimizer.safetensors"), state["optimizer"])
-    torch.set_rng_state(load_file(path / "rng.safetensors")["torch"])
+    set_rng_state(load_file(path / "rng.safetensors"), state.get("rng", {}))
     return int(state["updates_done"]), core.RunningMoments(**state["moments"])
+
+
+def rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Every random stream a resumed run must continue: torch CPU, each CUDA device (sampling on a GPU
+    draws from these), numpy and Python's `random`; tensors for safetensors plus JSON (no pickle)."""
+    import numpy as np
+
+    tensors = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():  # an uninitialised CUDA has drawn nothing
+        tensors.update({f"cuda.{i}": state for i, state in enumerate(torch.cuda.get_rng_state_all())})
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    tensors["numpy"] = torch.from_numpy(keys.astype(np.int64))
+    version, internal, gauss_next = random.getstate()
+    return tensors, {"numpy": [kind, int(pos), int(has_gauss), float(cached)],
+                     "python": [version, list(internal), gauss_next]}
+
+
+def set_rng_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    import numpy as np
+
+    torch.set_rng_state(tensors["torch"])
+    cuda = [tensors[f"cuda.{i}"] for i in range(sum(name.startswith("cuda.") for name in tensors))]
+    if cuda and torch.cuda.is_available():
+        count = torch.cuda.device_count()
+        if len(cuda) != count:
+            info(f"[bold]ppo[/] the checkpoint holds RNG states for {len(cuda)} CUDA devices and {count} are "
+                 "visible: the resumed run will not repeat the uninterrupted one exactly")
+        for i, state in enumerate(cuda[:count]):
+            torch.cuda.set_rng_state(state, i)
+    elif cuda:
+        info("[bold]ppo[/] the checkpoint was written on CUDA and no CUDA device is visible: the resumed run "
+             "will not repeat the uninterrupted one exactly")
+    if "numpy" in tensors and "numpy" in meta:
+        kind, pos, has_gauss, cached = meta["numpy"]
+        np.random.set_state((kind, tensors["numpy"].numpy().astype(np.uint32), pos, has_gauss, cached))
+    if "python" in meta:
+        version, internal, gauss_next = meta["python"]
+        random.setstate((version, tuple(internal), gauss_next))
 
 
 def _truncate_jsonl(path: Path, keep: int, key: str = "update") -> None:
@@ -457,23 +589,51 @@ def _truncate_jsonl(path: Path, keep: int, key: str = "update") -> None:
 
 
 # --- the stage ----------------------------------------------------------------------------------------
-def _check(cfg: PPOConfig) -> None:
+DEVICES = ("auto", "cpu", "cuda")
+REWARD_NORMS = ("none", "whiten", "running")
+
+
+def validate(cfg: PPOConfig) -> None:
+    """Check every value before anything is loaded; errors name the config key, its value and the rule."""
     if not cfg.reward_model:
         raise ConfigError("no reward model given", hint="pass --reward-model (a train-rm artifact or RM folder)")
     if not cfg.prompts:
         raise ConfigError("no prompts given", hint="pass --prompts (a pairs artifact or a jsonl of prompts)")
-    for name in ("batch_size", "mini_batch_size", "ppo_epochs", "updates", "max_new_tokens"):
-        if getattr(cfg, name) < 1:
-            raise ConfigError(f"`{name}` must be at least 1, got {getattr(cfg, name)}")
+
+    def value(name: str) -> Any:
+        return getattr(cfg, name)
+
+    rules = [(name, value(name) >= 1, ">= 1") for name in (
+        "batch_size", "mini_batch_size", "ppo_epochs", "updates", "max_new_tokens", "max_prompt_length",
+        "rm_batch_size")]
+    rules += [(name, value(name) is None or value(name) >= 1, ">= 1 (or unset)") for name in (
+        "max_prompts", "rm_max_length")]
+    rules += [(name, value(name) >= 0, ">= 0") for name in ("save_every", "sample_size")]
+    rules += [(name, _finite(value(name)) and value(name) > 0, "a finite number > 0") for name in (
+        "lr", "temperature", "cliprange", "cliprange_value", "max_grad_norm")]
+    rules += [(name, _finite(value(name)) and value(name) >= 0, "a finite number >= 0") for name in (
+        "kl_coef", "vf_coef", "missing_eos_penalty")]
+    rules += [(name, _finite(value(name)) and 0 <= value(name) <= 1, "in [0, 1]") for name in ("gamma", "lam")]
+    rules += [("top_p", _finite(cfg.top_p) and 0 < cfg.top_p <= 1, "in (0, 1]"),
+              ("reward_norm", cfg.reward_norm in REWARD_NORMS, f"one of {', '.join(REWARD_NORMS)}"),
+              ("device", cfg.device in DEVICES, f"one of {', '.join(DEVICES)}")]
+    for name, ok, rule in rules:
+        if not ok:
+            raise ConfigError(f"ppo: `{name}` is {value(name)!r}; it must be {rule}", hint=_where(name))
     if cfg.mini_batch_size > cfg.batch_size:
-        raise ConfigError(f"mini_batch_size {cfg.mini_batch_size} exceeds batch_size {cfg.batch_size}",
-                          hint="a mini-batch is a slice of one batch of rollouts")
-    if cfg.temperature <= 0 or not 0 < cfg.top_p <= 1:
-        raise ConfigError(f"temperature must be > 0 and top_p in (0, 1], got {cfg.temperature}, {cfg.top_p}",
-                          hint="PPO needs sampled responses")
-    if cfg.device not in ("auto", "cpu", "cuda"):
-        raise ConfigError(f"device {cfg.device!r} is not one of auto, cpu, cuda",
-                          hint="pick a GPU with CUDA_VISIBLE_DEVICES")
+        raise ConfigError(f"ppo: `mini_batch_size` {cfg.mini_batch_size} exceeds `batch_size` {cfg.batch_size}",
+                          hint="a mini-batch is a slice of one batch of rollouts: lower --mini-batch-size or "
+                               "raise --batch-size")
+
+
+def _finite(x: float) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def _where(name: str) -> str:
+    """Where a ppo value is set: the YAML key, and the flag where the CLI has one."""
+    flag = f" or pass --{name.replace('_', '-')}" if name in PPO_FLAGS else ""
+    return f"set `{name}:` in the --config YAML{flag}"
 
 
 def _accelerator(device: str) -> Any:
@@ -524,9 +684,10 @@ def run(cfg: PPOConfig, out_dir: Path, overwrite: bool = False, resume: bool = F
     """Train the policy for `cfg.updates` PPO updates; returns the manifest path."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    _check(cfg)
+    validate(cfg)
     if overwrite and resume:
         raise ConfigError("--overwrite and --resume together", hint="pick one")
+    checkpoint = resume_checkpoint(out_dir) if resume else None
     out_dir = artifacts.prepare_out_dir(out_dir, overwrite, resume=resume)
     torch.manual_seed(cfg.seed)
     accelerator = _accelerator(cfg.device)
@@ -538,16 +699,12 @@ def run(cfg: PPOConfig, out_dir: Path, overwrite: bool = False, resume: bool = F
     actor = PolicyWithValue(policy)
     optimizer = torch.optim.AdamW(actor.parameters(), lr=cfg.lr, eps=1e-5)
     done, moments = 0, core.RunningMoments()
-    checkpoint = latest_checkpoint(out_dir) if resume else None
     if checkpoint is not None:
         done, moments = load_checkpoint(checkpoint, actor, optimizer, cfg)
         if done > cfg.updates:
             raise ConfigError(f"the checkpoint has {done} updates done, more than --updates {cfg.updates}",
                               hint=f"resume with --updates {done} or more")
         info(f"[bold]ppo[/] resuming from {checkpoint.name} ({done} updates done)")
-    elif resume:
-        for name in (LOG, ROLLOUTS):
-            (out_dir / name).unlink(missing_ok=True)
     _truncate_jsonl(out_dir / LOG, done)
     _truncate_jsonl(out_dir / ROLLOUTS, done)
     actor, optimizer = accelerator.prepare(actor, optimizer)
@@ -577,17 +734,18 @@ def run(cfg: PPOConfig, out_dir: Path, overwrite: bool = False, resume: bool = F
 
 def _finish(cfg: PPOConfig, out_dir: Path, actor: PolicyWithValue, tokenizer: Any, prompt_set: PromptSet,
             rm_art: artifacts.Artifact | None, moments: core.RunningMoments) -> Path:
+    """Check the log, write the policy and the manifest; only then remove the checkpoints, so a run that
+    fails or is killed here can still be resumed."""
     from safetensors.torch import save_file
 
+    rows = [json.loads(ln) for ln in (out_dir / LOG).read_text(encoding="utf-8").splitlines() if ln.strip()]
+    if [r.get("update") for r in rows] != list(range(1, cfg.updates + 1)):
+        raise ArtifactError(f"{out_dir / LOG} holds updates {[r.get('update') for r in rows][:8]}..., expected "
+                            f"1..{cfg.updates}", hint="re-run with --overwrite (the checkpoints are kept)")
     actor.policy.save_pretrained(out_dir / POLICY_DIR, safe_serialization=True)
     tokenizer.save_pretrained(out_dir / POLICY_DIR)
     save_file({k: v.detach().cpu().contiguous() for k, v in actor.value_head.state_dict().items()},
               out_dir / "value_head.safetensors")
-    shutil.rmtree(out_dir / CHECKPOINTS, ignore_errors=True)
-    rows = [json.loads(ln) for ln in (out_dir / LOG).read_text(encoding="utf-8").splitlines() if ln.strip()]
-    if len(rows) != cfg.updates:
-        raise ArtifactError(f"{out_dir / LOG} holds {len(rows)} updates, expected {cfg.updates}",
-                            hint="re-run with --overwrite")
     summary = _summary(rows)
     first, last = summary["first_quarter"], summary["last_quarter"]
     info(f"[bold]ppo[/] score {first['score']:+.3f} -> {last['score']:+.3f}, KL {last['kl']:.3f}"
@@ -600,8 +758,10 @@ def _finish(cfg: PPOConfig, out_dir: Path, actor: PolicyWithValue, tokenizer: An
                 artifacts.describe_output(out_dir, ROLLOUTS, rows=sum(
                     1 for ln in (out_dir / ROLLOUTS).read_text(encoding="utf-8").splitlines() if ln.strip()))]
     inputs = {name: art for name, art in (("reward_model", rm_art), ("prompts", prompt_set.artifact)) if art}
-    return artifacts.write_manifest(
+    manifest = artifacts.write_manifest(
         out_dir, stage=STAGE, config=config_to_dict(cfg), inputs=inputs, outputs=outputs, metrics=summary,
         diagnostics={"reward_moments": moments.state(), "gold_metric": prompt_set.synthetic},
         extra={"policy": {"path": POLICY_DIR, "base": cfg.policy,
                           "value_model": "shared trunk + zero-initialised linear head (value_head.safetensors)"}})
+    shutil.rmtree(out_dir / CHECKPOINTS, ignore_errors=True)
+    return manifest

@@ -122,3 +122,51 @@ def test_score_normalisation_and_missing_eos_penalty(norm):
     out = ppo.normalise_scores(cfg, raw, has_eos, core.RunningMoments())
     base = raw if norm == "none" else (raw - raw.mean()) / raw.std(unbiased=False)
     torch.testing.assert_close(out, base - 0.5 * torch.tensor([0.0, 0.0, 1.0, 0.0]), atol=1e-4, rtol=1e-4)
+
+
+@pytest.fixture
+def opinionated_policy_dir(tiny_vocab_lm_dir, tmp_path):
+    """The tiny-vocabulary policy shipping a generation config that reshapes sampling, as many hub models do."""
+    import shutil
+
+    from transformers import GenerationConfig
+
+    path = tmp_path / "opinionated"
+    shutil.copytree(tiny_vocab_lm_dir, path)
+    GenerationConfig(bos_token_id=1, eos_token_id=2, pad_token_id=0, do_sample=True, repetition_penalty=2.0,
+                     no_repeat_ngram_size=2, top_k=3, top_p=0.5, min_new_tokens=4, suppress_tokens=[11],
+                     ).save_pretrained(path)
+    return path
+
+
+def test_rollouts_sample_from_logits_over_temperature_whatever_the_policy_ships(opinionated_policy_dir):
+    """The distribution generate() samples each response token from equals softmax(logits / T) from the
+    forward pass, on every position and over the whole vocabulary: none of the policy's repetition
+    penalty, n-gram ban, top-k/top-p, suppressed tokens or minimum length reaches the rollouts."""
+    cfg = PPOConfig(max_new_tokens=8, temperature=0.7, chat_template=False)
+    policy, tokenizer = ppo.load_policy(str(opinionated_policy_dir), False)
+    assert policy.generation_config.repetition_penalty == 2.0  # the fixture does ship them
+    seen = []
+    real_generate = policy.generate
+
+    def recording_generate(**kwargs):
+        """generate() with its per-step processed scores (the logits it samples from) recorded."""
+        generation = kwargs["generation_config"]
+        generation.output_scores, generation.return_dict_in_generate = True, True
+        out = real_generate(**kwargs)
+        seen.append(torch.stack(out.scores, dim=1))  # (B, T, V)
+        return out.sequences
+
+    policy.generate = recording_generate
+    prompts = [ppo.Prompt(t) for t in ("a b a", "good good", "c d e f g a b c", "b")]
+    torch.manual_seed(0)
+    out = ppo.sample(cfg, policy, tokenizer, prompts, torch.device("cpu"))
+    assert policy.generation_config.repetition_penalty == 2.0  # the policy's own config is left as it was
+    ids, mask = torch.cat([out.query, out.response], 1), torch.cat([out.query_mask, out.mask], 1)
+    with torch.no_grad():
+        logits, _ = ppo.PolicyWithValue(policy)(ids, mask, out.response.shape[1], cfg.temperature)
+    sampled_from = torch.log_softmax(seen[0].float(), -1)
+    expected = torch.log_softmax(logits, -1)
+    real = out.mask.bool()
+    assert real.sum() >= 8
+    torch.testing.assert_close(sampled_from[real], expected[real], atol=1e-4, rtol=1e-4)

@@ -28,7 +28,8 @@ import numpy as np
 
 from aplot_cli import artifacts, models
 from aplot_cli.config import EmbedConfig, config_to_dict
-from aplot_cli.console import get_console, info
+from aplot_cli.console import info
+from aplot_cli.console import progress as progress_display
 from aplot_cli.errors import ConfigError, ModelError
 from aplot_cli.formatting import MIN_PROMPT_TOKENS
 
@@ -237,8 +238,6 @@ class EmbedStats:
 def embed_texts(texts: list[Text], encoder: Encoder, cache: EmbeddingCache, batch_size: int,
                 stats: EmbedStats) -> Encoded:
     """Embed `texts` (duplicates computed once), reading/writing the cache; length-sorted batches."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
     unique = list(dict.fromkeys(texts))
     keys = {t: cache.key(encoder.identity, t) for t in unique}
     have = cache.get_many(list(keys.values()))
@@ -247,9 +246,8 @@ def embed_texts(texts: list[Text], encoder: Encoder, cache: EmbeddingCache, batc
     stats.unique += len(unique)
     stats.cache_hits += len(unique) - len(missing)
     start = time.perf_counter()
-    with Progress(TextColumn("embed"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  console=get_console(), transient=True, disable=not missing) as progress:
-        task = progress.add_task("embed", total=len(missing))
+    with progress_display("embed", unit="texts", disable=not missing) as progress:
+        task = progress.add_task("", total=len(missing))
         for i in range(0, len(missing), batch_size):
             chunk = missing[i:i + batch_size]
             encoded = encoder.encode_texts(chunk)

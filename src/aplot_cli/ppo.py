@@ -38,7 +38,8 @@ from torch import nn
 
 from aplot_cli import artifacts, formatting, models
 from aplot_cli.config import PPO_FLAGS, PPOConfig, config_to_dict
-from aplot_cli.console import get_console, info
+from aplot_cli.console import info
+from aplot_cli.console import progress as progress_display
 from aplot_cli.errors import ArtifactError, ConfigError, InputDataError, ModelError, TrainingError
 from aplot_cli.rl import core
 
@@ -682,8 +683,6 @@ def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def run(cfg: PPOConfig, out_dir: Path, overwrite: bool = False, resume: bool = False) -> Path:
     """Train the policy for `cfg.updates` PPO updates; returns the manifest path."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     validate(cfg)
     if overwrite and resume:
         raise ConfigError("--overwrite and --resume together", hint="pick one")
@@ -713,9 +712,8 @@ def run(cfg: PPOConfig, out_dir: Path, overwrite: bool = False, resume: bool = F
     info(f"[bold]ppo[/] {len(prompt_set.prompts)} prompts, policy {cfg.policy}, RM {cfg.reward_model}, "
          f"{cfg.updates} updates x {cfg.batch_size} rollouts on {accelerator.device}")
 
-    with Progress(TextColumn("ppo"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TextColumn("{task.fields[status]}"), console=get_console(), transient=False) as bar:
-        task = bar.add_task("ppo", total=cfg.updates, completed=done, status="")
+    with progress_display("ppo", unit="updates", transient=False, elapsed=True, status=True) as bar:
+        task = bar.add_task("", total=cfg.updates, completed=done, status="")
         for step in range(done, cfg.updates):
             row, batch = update(cfg, actor, ref, tokenizer, scorer, optimizer, accelerator,
                                 _batch_prompts(prompt_set.prompts, step, cfg.batch_size, cfg.seed), moments)

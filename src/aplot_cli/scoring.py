@@ -163,9 +163,8 @@ def score_encoded(rm: RewardModel, encoded: list[Any], batch_size: int = 32, sta
                   label: str = "score") -> np.ndarray:
     """Scores (N,) float32 for already encoded texts, in input order; identical inputs scored once."""
     import torch
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from aplot_cli.console import get_console
+    from aplot_cli.console import progress as progress_display
 
     if batch_size < 1:
         raise ConfigError(f"--batch-size is {batch_size}, expected >= 1")
@@ -177,9 +176,8 @@ def score_encoded(rm: RewardModel, encoded: list[Any], batch_size: int = 32, sta
     unique = sorted(first.values(), key=lambda i: len(encoded[i].input_ids), reverse=True)
     values: dict[int, float] = {}
     start = time.perf_counter()
-    with Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  console=get_console(), transient=True, disable=not unique) as progress:
-        task = progress.add_task(label, total=len(unique))
+    with progress_display(label, unit="texts", disable=not unique) as progress:
+        task = progress.add_task("", total=len(unique))
         for b in range(0, len(unique), batch_size):
             chunk = unique[b:b + batch_size]
             batch = [encoded[i] for i in chunk]

@@ -22,7 +22,8 @@ import numpy as np
 
 from aplot_cli import artifacts, formatting, losses, models
 from aplot_cli.config import TRAIN_FLAGS, TrainConfig, closest, config_to_dict
-from aplot_cli.console import get_console, info, is_quiet
+from aplot_cli.console import info, is_quiet
+from aplot_cli.console import progress as progress_display
 from aplot_cli.errors import ArtifactError, ConfigError, InputDataError, ModelError, TrainingError
 
 STAGE = "train-rm"
@@ -504,11 +505,7 @@ def _callbacks(out_dir: Path, resumed_step: int, sink, is_main: bool):
 
         def on_train_begin(self, args, state, control, **kwargs):
             if state.is_world_process_zero and not is_quiet():
-                from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-                self.progress = Progress(TextColumn("train-rm"), BarColumn(), MofNCompleteColumn(),
-                                         TimeRemainingColumn(), TextColumn("{task.description}"),
-                                         console=get_console())
+                self.progress = progress_display("train-rm", unit="steps", transient=False)
                 self.progress.start()
                 self.task = self.progress.add_task("", total=state.max_steps, completed=state.global_step)
 
@@ -519,7 +516,8 @@ def _callbacks(out_dir: Path, resumed_step: int, sink, is_main: bool):
         def on_log(self, args, state, control, logs=None, **kwargs):
             if self.progress is not None and logs:
                 if "loss" in logs:
-                    self.last = f"loss {logs['loss']:.4f} acc {logs.get('accuracy', float('nan')):.3f}"
+                    self.last = (f"loss {logs['loss']:.4f} acc {logs.get('accuracy', float('nan')):.3f} "
+                                 f"(logged at step {state.global_step})")
                 if "eval_accuracy" in logs:
                     self.progress.console.print(f"step {state.global_step}: test accuracy {logs['eval_accuracy']:.4f}")
 

@@ -47,3 +47,9 @@ class TrainingError(AplotError):
     """Training or evaluation failed for a reason a user can act on (e.g. NaN loss)."""
 
     exit_code = 6
+
+
+class HubUnreachableError(AplotError):
+    """A hub dataset or model is needed, the Hugging Face Hub cannot be reached, and it is not cached."""
+
+    exit_code = 7

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from aplot_cli.errors import InputDataError
+from aplot_cli.errors import HubUnreachableError, InputDataError
 
 ITEM_COLUMNS = ("example_id", "subset", "kind", "position", "prompt", "prompt_messages", "response")
 PREDICTION_COLUMNS = ("example_id", "subset", "kind", "position", "score", "response_chars")
@@ -78,6 +78,9 @@ def read_rows(sources: tuple[str, ...] | list[str], hub_id: str, config: str | N
     records = read_hub(hub_id, config, split)
     try:
         first = next(records, None)
+    except HubUnreachableError as exc:
+        raise HubUnreachableError(exc.message, hint="download it on a machine with network (copy "
+                                                    "~/.cache/huggingface over), or pass --data FILE") from None
     except InputDataError as exc:  # re-hint for eval-rm's own flags
         raise InputDataError(exc.message, hint="pass --data with local files in the benchmark's hub schema, or "
                                                "--split for another split; offline, only cached datasets load") from None

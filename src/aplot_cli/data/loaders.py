@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aplot_cli.errors import InputDataError
+from aplot_cli import hub
+from aplot_cli.errors import HubUnreachableError, InputDataError
 
 SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".parquet": "parquet",
             ".csv": "csv"}
@@ -128,9 +129,17 @@ def read_hub(dataset_id: str, config: str | None, split: str, every_nth: int = 1
     import datasets
 
     datasets.disable_progress_bars()  # our own console reports counts
+    online = hub.check(dataset_id)
     try:
         ds = datasets.load_dataset(dataset_id, config, split=split)
     except Exception as exc:  # datasets raises many types: connection, missing config, bad split
+        if not online:
+            host, _ = hub.endpoint()
+            raise HubUnreachableError(
+                f"the Hugging Face Hub ({host}) is unreachable and dataset {dataset_id!r} "
+                f"(config={config!r}, split={split!r}) is not in the local cache",
+                hint="download it on a machine with network (any aplot command that reads it fills the cache; copy "
+                     "~/.cache/huggingface over), or pass --files FILE in the dataset's schema") from None
         raise InputDataError(
             f"cannot load dataset {dataset_id!r} (config={config!r}, split={split!r}): {exc}",
             hint="check the id, --dataset-config and --dataset-split; offline (HF_HUB_OFFLINE=1) only "

@@ -111,6 +111,7 @@ def length_bias(pred) -> dict[str, Any] | None:
                   "spearman": _corr(_ranks(d_score), _ranks(d_len)),
                   "longer_preferred": float(np.mean(np.sign(d_score[unequal]) == np.sign(d_len[unequal])))
                   if unequal.any() else None,
+                  "longer_preferred_n": int(unequal.sum()),  # the pairs `longer_preferred` is over
                   "chosen_longer": float(np.mean(d_len > 0)) if d_len.size else None},
     }
 
@@ -120,26 +121,39 @@ def plot_length_bias(pred, bias: dict[str, Any], path: Path, title: str) -> None
 
     matplotlib.use("Agg")  # files only; never a display
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4.5))
     for kind, colour in (("chosen", "tab:blue"), ("rejected", "tab:orange")):
         part = pred[pred["kind"] == kind]
         left.scatter(np.maximum(part["response_chars"], 1), part["score"], s=6, alpha=0.5, c=colour, label=kind)
     left.set_xscale("log")
     left.set(xlabel="response length (characters)", ylabel="score",
-             title=f"texts: pearson {_fmt(bias['texts']['pearson'])}, spearman {_fmt(bias['texts']['spearman'])}")
+             title=f"texts (n={bias['texts']['n']}): pearson {_fmt(bias['texts']['pearson'])}, "
+                   f"spearman {_fmt(bias['texts']['spearman'])}")
     left.legend(loc="best", fontsize=8)
     d_score, d_len = pair_deltas(pred)
     right.scatter(d_len, d_score, s=6, alpha=0.5, c="tab:green")
     right.axhline(0, color="grey", lw=0.5)
     right.axvline(0, color="grey", lw=0.5)
     right.set(xlabel="length(chosen) - length(rejected)", ylabel="score(chosen) - score(rejected)",
-              title=f"pairs: pearson {_fmt(bias['pairs']['pearson'])}, "
-                    f"longer preferred {_fmt(bias['pairs']['longer_preferred'])}")
+              title=f"pairs (n={bias['pairs']['n']}): pearson {_fmt(bias['pairs']['pearson'])}\n"
+                    f"longer preferred {_fmt(bias['pairs']['longer_preferred'], True)}% "
+                    f"of {bias['pairs']['longer_preferred_n']} of unequal length")
+    left.title.set_fontsize(9)
+    right.title.set_fontsize(9)
+    right.xaxis.set_major_locator(MaxNLocator(nbins=5))
+    right.tick_params(axis="x", labelrotation=30)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def short_name(name: str) -> str:
+    """A model path as a figure title: its last two parts, not a full path."""
+    parts = Path(str(name)).parts
+    return "/".join(parts[-2:]) if len(parts) > 2 else str(name)
 
 
 def _fmt(value: float | None, pct: bool = False) -> str:
@@ -179,6 +193,8 @@ def metrics_payload(result: BenchmarkResult, bias, model_info, data_info) -> dic
 def markdown(metrics: dict[str, Any]) -> str:
     lines = [f"# eval-rm: {metrics['benchmark']}", "", f"Model: `{metrics['model'].get('name')}` "
              f"({metrics['model'].get('source')}). Scores in percent; {metrics['tie_rule']}.", "",
+             *([f"Training run report: {metrics['model']['run_report']}", ""] if metrics["model"].get("run_report")
+               else []),
              "| score | value |", "| --- | ---: |"]
     lines += [f"| {k}{' (primary)' if k == metrics['primary'] else ''} | {_fmt(v, True)} |"
               for k, v in metrics["final"].items()]
@@ -194,7 +210,9 @@ def markdown(metrics: dict[str, Any]) -> str:
         lines += ["", f"Length bias (characters): score vs length pearson {_fmt(bias['texts']['pearson'])}, "
                       f"spearman {_fmt(bias['texts']['spearman'])}; within pairs pearson "
                       f"{_fmt(bias['pairs']['pearson'])}, longer response preferred "
-                      f"{_fmt(bias['pairs']['longer_preferred'], True)}%, chosen longer "
+                      f"{_fmt(bias['pairs']['longer_preferred'], True)}% (of the "
+                      f"{bias['pairs'].get('longer_preferred_n', '?')} pairs of unequal length; a score tie counts "
+                      f"as not preferred), chosen longer "
                       f"{_fmt(bias['pairs']['chosen_longer'], True)}%."]
     lines += [""] + [f"Note: {n}" for n in metrics["notes"]]
     return "\n".join(lines).rstrip() + "\n"
@@ -253,6 +271,8 @@ def run(cfg: EvalConfig, model: str | None, out_dir: Path, overwrite: bool = Fal
         pred, model_info, rm = _score_items(cfg, model, items)
         if rm.artifact is not None:
             inputs["model"] = rm.artifact
+            if (Path(model) / "report.md").is_file():  # a train-rm run's page (run_report.py)
+                model_info["run_report"] = str((Path(model) / "report.md").resolve())
     result = bench.score(pred)
     bias = length_bias(pred)
     columns = [c for c in (*PREDICTION_COLUMNS, "n_tokens") if c in pred.columns]
@@ -263,7 +283,7 @@ def run(cfg: EvalConfig, model: str | None, out_dir: Path, overwrite: bool = Fal
     outputs = [artifacts.describe_output(out_dir, "metrics.json"), artifacts.describe_output(out_dir, "metrics.md"),
                artifacts.describe_output(out_dir, "predictions.parquet", rows=len(pred))]
     if bias is not None:
-        plot_length_bias(pred, bias, out_dir / "length_bias.png", f"{bench.NAME}: {model_info['name']}")
+        plot_length_bias(pred, bias, out_dir / "length_bias.png", f"{bench.NAME}: {short_name(model_info['name'])}")
         outputs.append(artifacts.describe_output(out_dir, "length_bias.png"))
     print_table(metrics)
     return artifacts.write_manifest(

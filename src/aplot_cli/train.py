@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from aplot_cli import artifacts, formatting, losses, models
+from aplot_cli import artifacts, formatting, losses, models, run_report
 from aplot_cli.config import TRAIN_FLAGS, TrainConfig, closest, config_to_dict
 from aplot_cli.console import info, is_quiet
 from aplot_cli.console import progress as progress_display
@@ -677,12 +677,17 @@ def run(cfg: TrainConfig, pairs_dir: Path, out_dir: Path, embeddings_dir: Path |
     outputs = _save(trainer, tokenizer, cfg, out_dir, train.pair_ids if trainer.margin_sink else None)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     outputs.append(artifacts.describe_output(out_dir, "metrics.json"))
+    pictures = run_report.write(out_dir, config_to_dict(cfg), metrics, LOG_FILE)
+    outputs += [artifacts.describe_output(out_dir, name) for name in pictures.files]
+    for warning in pictures.warnings:
+        info(f"[bold yellow]train-rm warning:[/] {warning}")
     inputs = {"pairs": pairs_art, **({"embeddings": emb_art} if emb_art is not None else {})}
     diagnostics = {"truncation": {"train": train.truncation, **({"test": test.truncation} if test else {})},
                    "ot": _ot_summary(trainer),
                    **({"test_loss": "the configured loss without the APLOT margin (no OT plan at evaluation)"}
                       if test else {}),
                    "resumed_from_step": resumed_step if checkpoint else None,
+                   "warnings": pictures.warnings,
                    "device": "cpu" if use_cpu else "cuda", "world_size": trainer.accelerator.num_processes,
                    "precision": "float32" if use_cpu or not (cfg.bf16 or cfg.fp16) else
                                 ("bf16" if cfg.bf16 else "fp16") + " mixed",

@@ -148,3 +148,16 @@ def test_hhh_through_datasets_load_dataset_on_hub_layout(tiny_bert_dir, tmp_path
     metrics = json.loads((evaluate.run(cfg, str(tiny_bert_dir), tmp_path / "o").parent / "metrics.json").read_text())
     assert set(metrics["subsets"]) == {"harmless", "helpful", "honest", "other"}
     assert metrics["data"]["sources"] == [str(hub)]
+
+
+def test_length_bias_counts_the_pairs_it_is_over():
+    # 4 pairs: 2 of unequal length (the longer wins in one), 2 of equal length
+    rows = []
+    for i, (len_c, len_r, s_c, s_r) in enumerate([(10, 5, 1.0, 0.0), (5, 10, 1.0, 0.0), (7, 7, 1.0, 0.0),
+                                                  (7, 7, 0.0, 1.0)]):
+        rows += [{"subset": "s", "example_id": str(i), "kind": "chosen", "score": s_c, "response_chars": len_c},
+                 {"subset": "s", "example_id": str(i), "kind": "rejected", "score": s_r, "response_chars": len_r}]
+    bias = evaluate.length_bias(pd.DataFrame(rows))
+    assert bias["pairs"]["n"] == 4 and bias["pairs"]["longer_preferred_n"] == 2
+    assert bias["pairs"]["longer_preferred"] == 0.5
+    assert evaluate.short_name("/home/me/runs/rm-bt/model") == "rm-bt/model"

@@ -45,6 +45,7 @@ def test_trained_model_on_llmbar_and_rewardbench(trained_rm, shared_data, tmp_pa
     metrics = _eval([str(trained_rm), "--benchmark", "pairs", "--data", str(shared_data / "llmbar-natural.jsonl"),
                      "--out-dir", str(tmp_path / "llmbar")])
     assert metrics["model"]["source"] == "train-rm artifact"
+    assert metrics["model"]["run_report"] == str((trained_rm / "report.md").resolve())
     assert metrics["model"]["max_length"] == 48 and metrics["model"]["chat_template"] is False  # from the manifest
     assert metrics["counts"]["examples"] == 100 and 0.0 <= metrics["score"] <= 1.0
 

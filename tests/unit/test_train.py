@@ -60,6 +60,8 @@ def test_aplot_run_writes_a_loadable_model_log_margins_and_manifest(tiny_bert_di
     margins = pd.read_parquet(out / "margins.parquet")
     assert list(margins.columns[:3]) == ["pair_id", "step", "margin"] and len(margins) == 4 * 8
     assert sorted(margins["step"].unique()) == [1, 2, 3, 4] and margins["margin"].notna().all()
+    listed = {o["path"] for o in manifest["outputs"]}
+    assert {"training_curves.png", "report.md"} <= listed and (out / "training_curves.png").stat().st_size > 10_000
     tok = AutoTokenizer.from_pretrained(out / "model")
     model = AutoModelForSequenceClassification.from_pretrained(out / "model")
     initial = AutoModelForSequenceClassification.from_pretrained(tiny_bert_dir)

@@ -79,10 +79,10 @@ class Encoder:
 class EmbeddingCache:
     """Content-addressed vector store: key = sha256(encoder identity + NUL + text)."""
 
-    def __init__(self, directory: Path):
+    def __init__(self, directory: Path, filename: str = "embeddings.sqlite"):
         directory.mkdir(parents=True, exist_ok=True)
-        self.path = directory / "embeddings.sqlite"
-        self.db = sqlite3.connect(self.path)
+        self.path = directory / filename
+        self.db = sqlite3.connect(self.path, timeout=60)  # parallel compare workers share one file
         self.db.execute("CREATE TABLE IF NOT EXISTS vectors (key TEXT PRIMARY KEY, dim INTEGER, vec BLOB)")
 
     @staticmethod

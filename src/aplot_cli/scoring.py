@@ -36,16 +36,20 @@ class RewardModel:
     chat_template: bool        # asked for; `uses_chat_template` says whether the tokenizer has one
     device: str
     artifact: artifacts.Artifact | None = None
+    fast: Any = None           # frozen.FastPath: a frozen-backbone artifact scored from cached features
 
     def describe(self) -> dict[str, Any]:
         from aplot_cli.formatting import uses_chat_template
 
-        return {"name": self.name, "source": self.source, "identity": models.identity(self.path),
-                "architecture": type(self.model).__name__, "max_length": self.max_length,
-                "chat_template": self.chat_template,
-                "chat_template_applied": uses_chat_template(self.tokenizer, self.chat_template),
-                "padding_side": self.tokenizer.padding_side, "pad_token": self.tokenizer.pad_token,
-                "dtype": "float32", "device": self.device}
+        described = {"name": self.name, "source": self.source, "identity": models.identity(self.path),
+                     "architecture": type(self.model).__name__, "max_length": self.max_length,
+                     "chat_template": self.chat_template,
+                     "chat_template_applied": uses_chat_template(self.tokenizer, self.chat_template),
+                     "padding_side": self.tokenizer.padding_side, "pad_token": self.tokenizer.pad_token,
+                     "dtype": "float32", "device": self.device}
+        if self.fast is not None:
+            described["frozen_backbone"] = self.fast.describe()
+        return described
 
 
 @dataclass
@@ -123,7 +127,12 @@ def load_reward_model(name: str, max_length: int | None = None, chat_template: b
         chat_template = bool(trained.get("chat_template", True))
     device = _pick_device(device)
     model.to(device).eval()
-    return RewardModel(model, tokenizer, name, source, path, int(max_length), chat_template, device, art)
+    fast = None
+    if art is not None and (art.manifest.get("model") or {}).get("frozen_backbone"):
+        from aplot_cli import frozen
+
+        fast = frozen.fast_path_for(model, art.manifest)
+    return RewardModel(model, tokenizer, name, source, path, int(max_length), chat_template, device, art, fast)
 
 
 def _collate(batch: list[Any], pad_id: int, device: str) -> dict[str, Any]:
@@ -148,11 +157,6 @@ def _collate(batch: list[Any], pad_id: int, device: str) -> dict[str, Any]:
 def score_encoded(rm: RewardModel, encoded: list[Any], batch_size: int = 32, stats: ScoreStats | None = None,
                   label: str = "score") -> np.ndarray:
     """Scores (N,) float32 for already encoded texts, in input order; identical inputs scored once."""
-    import torch
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    from aplot_cli.console import get_console
-
     if batch_size < 1:
         raise ConfigError(f"--batch-size is {batch_size}, expected >= 1")
     stats = stats if stats is not None else ScoreStats()
@@ -161,8 +165,36 @@ def score_encoded(rm: RewardModel, encoded: list[Any], batch_size: int = 32, sta
     for i, key in enumerate(keys):
         first.setdefault(key, i)
     unique = sorted(first.values(), key=lambda i: len(encoded[i].input_ids), reverse=True)
-    values: dict[int, float] = {}
     start = time.perf_counter()
+    if rm.fast is not None:  # a frozen-backbone artifact: its head on cached backbone features
+        from aplot_cli import frozen
+
+        scores = frozen.score_fast(rm, rm.fast, [encoded[i] for i in unique], batch_size)
+        values = dict(zip(unique, (float(v) for v in scores), strict=True))
+        stats.tokens += sum(len(encoded[i].input_ids) for i in unique)
+    else:
+        values = _forward_scores(rm, encoded, unique, batch_size, stats, label)
+    stats.seconds += time.perf_counter() - start
+    stats.texts += len(encoded)
+    stats.unique += len(unique)
+    out = np.array([values[first[key]] for key in keys], dtype=np.float32)
+    if not np.isfinite(out).all():
+        from aplot_cli.errors import TrainingError
+
+        raise TrainingError(f"the reward model returned {int((~np.isfinite(out)).sum())} NaN/inf scores",
+                            hint="check the model weights (a diverged training run?)")
+    return out
+
+
+def _forward_scores(rm: RewardModel, encoded: list[Any], unique: list[int], batch_size: int, stats: ScoreStats,
+                    label: str) -> dict[int, float]:
+    """{index: score} for `unique` indices of `encoded`, by the model's forward pass in batches."""
+    import torch
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from aplot_cli.console import get_console
+
+    values: dict[int, float] = {}
     with Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=get_console(), transient=True, disable=not unique) as progress:
         task = progress.add_task(label, total=len(unique))
@@ -178,16 +210,7 @@ def score_encoded(rm: RewardModel, encoded: list[Any], batch_size: int = 32, sta
             stats.padded_tokens += inputs["input_ids"].numel()
             stats.tokens += int(inputs["attention_mask"].sum())
             progress.advance(task, len(chunk))
-    stats.seconds += time.perf_counter() - start
-    stats.texts += len(encoded)
-    stats.unique += len(unique)
-    out = np.array([values[first[key]] for key in keys], dtype=np.float32)
-    if not np.isfinite(out).all():
-        from aplot_cli.errors import TrainingError
-
-        raise TrainingError(f"the reward model returned {int((~np.isfinite(out)).sum())} NaN/inf scores",
-                            hint="check the model weights (a diverged training run?)")
-    return out
+    return values
 
 
 def encode_texts(rm: RewardModel, prompts: list[str], responses: list[str],

@@ -1,0 +1,69 @@
+"""Copy the raw results of an `aplot compare` run into a small committed tree that `aplot compare
+--report-only` rebuilds the whole report from (every number in docs/results comes from these files).
+
+Kept per cell: train manifest, metrics, train_log.jsonl, margins.parquet thinned to every `--margin-every`-th
+step (all pairs of the kept steps), and per evaluation set metrics.json and predictions.parquet (the
+per-pair scores the paired bootstrap and correlations use). Kept per noise level: the training pairs'
+`pair_id` and `difficulty` (no texts). Nothing else (no models, no checkpoints, no texts).
+
+Usage: python experiments/export_raw.py RUN_DIR DEST_DIR [--margin-every 100]"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from pathlib import Path
+
+import pandas as pd
+
+PRED_COLUMNS = ["example_id", "subset", "kind", "score"]
+
+
+def export(run: Path, dest: Path, margin_every: int) -> int:
+    files = 0
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(run / "grid.yaml", dest / "grid.yaml")
+    for pairs in sorted((run / "data").glob("noise-*/pairs/train.parquet")):
+        frame = pd.read_parquet(pairs)
+        keep = [c for c in ("pair_id", "difficulty", "flipped") if c in frame.columns]
+        target = dest / pairs.relative_to(run)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        frame[keep].to_parquet(target, index=False)
+        files += 1
+    for train in sorted((run / "cells").glob("noise-*/*/seed-*/train")):
+        if not (train / "manifest.json").is_file():
+            continue  # an unfinished cell is reported as missing, not exported
+        cell = dest / train.parent.relative_to(run)
+        (cell / "train").mkdir(parents=True, exist_ok=True)
+        for name in ("manifest.json", "metrics.json", "train_log.jsonl"):
+            if (train / name).is_file():
+                shutil.copy2(train / name, cell / "train" / name)
+                files += 1
+        if (train / "margins.parquet").is_file():
+            margins = pd.read_parquet(train / "margins.parquet")
+            margins = margins[margins["step"] % margin_every == 0]
+            margins.to_parquet(cell / "train" / "margins.parquet", index=False, compression="zstd")
+            files += 1
+        for ev in sorted(train.parent.glob("eval-*")):
+            if not (ev / "metrics.json").is_file():
+                continue
+            (cell / ev.name).mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ev / "metrics.json", cell / ev.name / "metrics.json")
+            pred = pd.read_parquet(ev / "predictions.parquet")
+            pred[[c for c in PRED_COLUMNS if c in pred.columns]].to_parquet(
+                cell / ev.name / "predictions.parquet", index=False, compression="zstd")
+            files += 2
+    return files
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", type=Path)
+    parser.add_argument("dest", type=Path)
+    parser.add_argument("--margin-every", type=int, default=100)
+    args = parser.parse_args()
+    print(f"exported {export(args.run, args.dest, args.margin_every)} files to {args.dest}")
+
+
+if __name__ == "__main__":
+    main()

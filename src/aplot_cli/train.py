@@ -10,6 +10,7 @@ one forward pass and applies `losses.reward_loss` with the margin from `margins.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -439,6 +440,12 @@ def _make_trainer_class():
                                             lengths=dataset["length"])
             return super()._get_train_sampler(train_dataset)
 
+        def evaluate(self, *args, **kwargs):
+            # Evaluation draws from the global RNGs (each DataLoader iterator draws a base seed): without
+            # this, a run with --eval-steps would train with other dropout masks than one without.
+            with _rng_kept():
+                return super().evaluate(*args, **kwargs)
+
         def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
             with torch.no_grad():
                 loss, out = self.compute_loss(model, inputs, return_outputs=True)
@@ -446,6 +453,25 @@ def _make_trainer_class():
             return loss.detach(), logits, torch.zeros(logits.shape[0], device=logits.device)
 
     return RewardTrainer
+
+
+@contextlib.contextmanager
+def _rng_kept():
+    """Restore the python, numpy and torch (CPU and every initialised CUDA device) RNG states on exit."""
+    import random
+
+    import torch
+
+    states = (random.getstate(), np.random.get_state(), torch.get_rng_state(),
+              torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None)
+    try:
+        yield
+    finally:
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        torch.set_rng_state(states[2])
+        if states[3] is not None:
+            torch.cuda.set_rng_state_all(states[3])
 
 
 def _mean_metrics(metrics: dict[str, list]) -> dict[str, float]:

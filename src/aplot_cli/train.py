@@ -11,6 +11,7 @@ one forward pass and applies `losses.reward_loss` with the margin from `margins.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -45,8 +46,11 @@ def validate(cfg: TrainConfig, has_embeddings: bool) -> losses.LossSpec:
     if spec.aplot and cfg.semantic_source == "embeddings" and cfg.w_sem != 0.0 and not has_embeddings:
         raise ConfigError("the APLOT semantic cost needs sentence embeddings and no --embeddings was given",
                           hint="pass --embeddings DIR from `aplot embed`, or --semantic-source backbone|none")
+    # first, so that `inf` and `nan` are named as such rather than failing a range rule (or passing `> 0`)
+    rules = [(f.name, math.isfinite(getattr(cfg, f.name)), "a finite number") for f in dataclasses.fields(cfg)
+             if isinstance(getattr(cfg, f.name), float)]
     optional = [(name, getattr(cfg, name)) for name in ("max_train_pairs", "max_eval_pairs", "save_total_limit")]
-    rules = [(name, value >= 1, ">= 1") for name, value in optional if value is not None]
+    rules += [(name, value >= 1, ">= 1") for name, value in optional if value is not None]
     rules += [(name, getattr(cfg, name) >= 1, ">= 1") for name in (
         "batch_size", "eval_batch_size", "grad_accum", "ot_iters", "logging_steps", "save_steps", "train_eval_pairs",
         "lora_r")]
@@ -54,8 +58,6 @@ def validate(cfg: TrainConfig, has_embeddings: bool) -> losses.LossSpec:
         "eval_steps", "margin_warmup_steps", "center_eta", "focal_gamma", "weight_decay", "max_grad_norm",
         "dataloader_workers", "lora_alpha")]
     rules += [(name, getattr(cfg, name) > 0, "> 0") for name in ("ot_reg", "ot_tol", "learning_rate", "epochs")]
-    rules += [(name, math.isfinite(getattr(cfg, name)), "a finite number") for name in (
-        "margin_scale", "constant_margin", "w_rew", "w_sem")]
     rules += [("max_length", cfg.max_length >= 16, ">= 16"),
               ("max_steps", cfg.max_steps > 0 or cfg.max_steps == -1, "> 0, or -1 to train for `epochs`"),
               ("warmup_ratio", 0 <= cfg.warmup_ratio < 1, "a fraction in [0, 1)"),
@@ -318,6 +320,7 @@ def _make_trainer_class():
             self._steps: list[tuple] = []        # per step: (diff, r_c, r_r, margin applied or None)
             self._device_ot: list = []            # per step: MarginResult from the device solver
             self._ot_flags: list[tuple] = []      # per step: (converged, fallback) 0-d device tensors
+            self._losses: list[tuple] = []        # per micro-batch since the last check: (step, 0-d loss)
             self._pairs_since_log, self._last_log_time = 0, time.perf_counter()
             self.ot_totals = {"solves": 0, "converged": 0, "fallbacks": 0, "seconds": 0.0, "pairs": 0, "max_pairs": 0}
             self.ot_warnings: set[str] = set()
@@ -369,6 +372,7 @@ def _make_trainer_class():
             applied = (result.margin if result_ot is not None or self.spec.dataset_margin or self.spec.constant_margin
                        else None)
             self._steps.append((result.diff.detach(), r_c, r_r, applied))
+            self._losses.append((self.state.global_step + 1, result.loss.detach()))
             if result_ot is not None and result_ot.ot is not None:
                 self.ot_totals["solves"] += 1
                 self.ot_totals["pairs"] += result_ot.ot.plan.shape[0]  # a shape: no device read
@@ -387,6 +391,7 @@ def _make_trainer_class():
                     self._metrics.setdefault(f"ot/{key}", []).append(value)
             if len(self._steps) >= PENDING_STEPS:  # a long logging interval: reduce now, keep no step tensors
                 self._fold_step_metrics()
+                self._check_loss()
             self.state.num_input_tokens_seen += num_tokens * self.accelerator.num_processes
             self._pairs_since_log += rows.shape[0] * self.accelerator.num_processes
             if self.margin_sink is not None:
@@ -418,11 +423,29 @@ def _make_trainer_class():
                 metrics.update({f"ot/{k}": v for k, v in device_stats(device_ot).items()})
             return metrics
 
+        def _check_loss(self) -> None:
+            """Stop at a non-finite training loss. Trainer's `logging_nan_inf_filter` replaces it in the
+            logged `loss` by the running mean, so it is checked here, one host read per log or save."""
+            if not self._losses:
+                return
+            losses_, self._losses = self._losses, []
+            values = torch.stack([loss.float().reshape(()) for _, loss in losses_])
+            bad = (~torch.isfinite(values)).nonzero()
+            if bad.numel():
+                first = int(bad[0, 0])
+                raise TrainingError(
+                    f"the training loss is {float(values[first])} at step {losses_[first][0]} (learning_rate "
+                    f"{self.cfg.learning_rate:g}): training stopped, as the weights from there on are not usable",
+                    hint="start again with --overwrite and a lower --learning-rate (or warm-up, or a lower "
+                         "max_grad_norm); check the data for empty or extreme texts")
+
+        def _save_checkpoint(self, model, trial) -> None:
+            self._check_loss()  # a checkpoint never holds weights past a non-finite loss
+            super()._save_checkpoint(model, trial)
+
         def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+            self._check_loss()
             if "loss" in logs and (self._steps or self._metrics):  # a training log: attach the step metrics
-                if not math.isfinite(logs["loss"]):
-                    raise TrainingError(f"the training loss is {logs['loss']} at step {self.state.global_step}",
-                                        hint="lower --learning-rate, or check the data for empty texts")
                 self._fold_step_metrics()
                 logs.update(_mean_metrics(self._metrics))
                 now = time.perf_counter()

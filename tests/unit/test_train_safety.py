@@ -39,3 +39,56 @@ def test_periodic_evaluation_does_not_change_the_trained_weights(tiny_bert_dir, 
     assert a.keys() == b.keys()
     for name in a:
         assert torch.equal(a[name], b[name]), name
+
+
+@pytest.mark.parametrize("changes", [{"learning_rate": float("inf")}, {"learning_rate": float("nan")},
+                                     {"epochs": float("inf")}, {"max_grad_norm": float("nan")},
+                                     {"warmup_ratio": float("nan")}])
+def test_non_finite_values_are_refused_at_validation(changes):
+    from aplot_cli.errors import ConfigError
+
+    (key, value), = changes.items()
+    with pytest.raises(ConfigError) as caught:
+        train.validate(TrainConfig(loss=("bt",), **changes), has_embeddings=False)
+    assert f"`{key}` is {value!r}; it must be a finite number" in caught.value.message
+
+
+def test_non_finite_and_yaml_numbers_in_the_config_file(tmp_path):
+    from aplot_cli.config import build_config
+    from aplot_cli.errors import ConfigError
+
+    path = tmp_path / "c.yaml"
+    path.write_text("learning_rate: 1e-4\nw_sem: 5E-2\n")  # YAML 1.1 reads these as strings
+    cfg = build_config(TrainConfig, path)
+    assert cfg.learning_rate == 1e-4 and cfg.w_sem == 0.05
+    path.write_text("ot_reg: .inf\n")
+    with pytest.raises(ConfigError, match=r"`ot_reg` is inf; it must be a finite number"):
+        build_config(TrainConfig, path)
+    path.write_text("learning_rate: fast\n")
+    with pytest.raises(ConfigError, match="must be a number"):
+        build_config(TrainConfig, path)
+
+
+def test_cli_refuses_learning_rate_inf(synthetic_pairs_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from aplot_cli.cli import app
+
+    out = tmp_path / "rm"
+    result = CliRunner().invoke(app, ["train-rm", str(synthetic_pairs_dir), "--out-dir", str(out), "--loss", "bt",
+                                      "--learning-rate", "inf", "-q"])
+    assert result.exit_code == 2 and "`learning_rate` is inf; it must be a finite number" in result.output
+    assert not out.exists()
+
+
+def test_a_non_finite_training_loss_stops_the_run(tiny_bert_dir, synthetic_pairs_dir, tmp_path):
+    """lr 1e30 sends the weights to inf after one step; Trainer's logging_nan_inf_filter would log a finite
+    running mean instead of the NaN loss, and the run used to end in a manifest JSON error."""
+    from aplot_cli.errors import TrainingError
+
+    out = tmp_path / "rm"
+    with pytest.raises(TrainingError, match=r"the training loss is nan at step 2 \(learning_rate 1e\+30\)"):
+        train.run(tiny_cfg(tiny_bert_dir, learning_rate=1e30, max_steps=6, logging_steps=3, save_steps=2),
+                  synthetic_pairs_dir, out)
+    assert not (out / "manifest.json").exists()
+    assert not list((out / "checkpoints").glob("checkpoint-*"))  # no checkpoint holds the broken weights

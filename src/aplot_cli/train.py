@@ -15,6 +15,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -673,15 +674,29 @@ def _use_cpu(device: str) -> bool:
 
 
 def _resume_step(out_dir: Path, resume: bool) -> tuple[str | None, int]:
-    from transformers.trainer_utils import get_last_checkpoint
-
+    """The newest complete checkpoint and its step ((None, -1): start afresh). Trainer writes
+    `trainer_state.json` last, so a checkpoint without a readable one was cut short by a kill while it
+    was saved: it is skipped, and said so (Trainer writes over it when it reaches that step again)."""
     ckpt_dir = out_dir / "checkpoints"
     if not resume or not ckpt_dir.is_dir():
         return None, -1
-    last = get_last_checkpoint(str(ckpt_dir))
-    if last is None:
-        return None, -1
-    return last, int(Path(last).name.split("-")[-1])
+    found = sorted(((int(p.name.split("-")[1]), p) for p in ckpt_dir.iterdir()
+                    if p.is_dir() and re.fullmatch(r"checkpoint-\d+", p.name)), reverse=True)
+    for step, path in found:
+        if _complete_checkpoint(path):
+            return str(path), step
+        info(f"[bold]train-rm[/] skipping {path.name} in {ckpt_dir}: it has no readable trainer_state.json (the run was stopped "
+             "while saving it)")
+    if found:
+        info(f"[bold]train-rm[/] no complete checkpoint in {ckpt_dir}: training starts from step 0")
+    return None, -1
+
+
+def _complete_checkpoint(path: Path) -> bool:
+    try:
+        return isinstance(json.loads((path / "trainer_state.json").read_text()).get("global_step"), int)
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def run(cfg: TrainConfig, pairs_dir: Path, out_dir: Path, embeddings_dir: Path | None = None,

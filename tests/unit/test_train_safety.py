@@ -92,3 +92,52 @@ def test_a_non_finite_training_loss_stops_the_run(tiny_bert_dir, synthetic_pairs
                   synthetic_pairs_dir, out)
     assert not (out / "manifest.json").exists()
     assert not list((out / "checkpoints").glob("checkpoint-*"))  # no checkpoint holds the broken weights
+
+
+class _KillAfterSave:
+    """A crash right after the checkpoint at `step` was written (a TrainerCallback, built lazily)."""
+
+    def __new__(cls, step):
+        from transformers import TrainerCallback
+
+        class Kill(TrainerCallback):
+            def on_save(self, args, state, control, **kwargs):
+                if state.global_step == step:
+                    raise KeyboardInterrupt
+
+        return Kill()
+
+
+def test_resume_skips_a_checkpoint_cut_short_by_a_kill(tiny_bert_dir, synthetic_pairs_dir, tmp_path, capsys):
+    cfg = tiny_cfg(tiny_bert_dir, max_steps=6, save_steps=2, save_total_limit=None)
+    whole = tmp_path / "whole"
+    train.run(cfg, synthetic_pairs_dir, whole)
+    out = tmp_path / "killed"
+    with pytest.raises(KeyboardInterrupt):
+        train.run(cfg, synthetic_pairs_dir, out, extra_callbacks=(_KillAfterSave(4),))
+    (out / "checkpoints" / "checkpoint-4" / "trainer_state.json").unlink()  # as if killed while saving it
+    capsys.readouterr()
+    manifest = json.loads(train.run(cfg, synthetic_pairs_dir, out, resume=True).read_text())
+    err = capsys.readouterr().err.replace("\n", "")  # the console wraps long lines
+    assert "skipping checkpoint-4" in err and "no readable trainer_state.json" in err
+    assert manifest["diagnostics"]["resumed_from_step"] == 2
+    a, b = weights(whole), weights(out)
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+def test_resume_step_picks_the_newest_complete_checkpoint(tmp_path, capsys):
+    ckpts = tmp_path / "checkpoints"
+    for step, state in ((2, '{"global_step": 2}'), (4, '{"global_step": 4}'), (6, '{"global_st'), (8, None)):
+        (ckpts / f"checkpoint-{step}").mkdir(parents=True)
+        if state is not None:
+            (ckpts / f"checkpoint-{step}" / "trainer_state.json").write_text(state)
+    (ckpts / "checkpoint-10.tmp").mkdir()  # not a checkpoint name
+    assert train._resume_step(tmp_path, resume=True) == (str(ckpts / "checkpoint-4"), 4)
+    err = capsys.readouterr().err.replace("\n", "")
+    assert "checkpoint-8" in err and "checkpoint-6" in err and "checkpoint-4 " not in err
+    assert train._resume_step(tmp_path, resume=False) == (None, -1)
+    for step in (2, 4):
+        (ckpts / f"checkpoint-{step}" / "trainer_state.json").unlink()
+    assert train._resume_step(tmp_path, resume=True) == (None, -1)
+    assert "training starts from step 0" in capsys.readouterr().err

@@ -33,6 +33,13 @@ STAGE = "train-rm"
 PENDING_STEPS = 256  # step tensors kept for the next log before they are reduced early
 LOG_FILE = "train_log.jsonl"
 MARGINS_FILE = "margins.parquet"
+RUN_CONFIG = "run_config.json"  # the resolved config and inputs a run started with; --resume is checked against it
+# May differ between a run and its --resume: how long it trains, how often it logs, evaluates and saves,
+# what it scores at the end, and where it runs. Any other change would train another model than the one
+# the checkpoint belongs to.
+RESUMABLE = frozenset({"max_steps", "epochs", "logging_steps", "eval_steps", "save_steps", "save_total_limit",
+                       "report_to", "max_eval_pairs", "eval_batch_size", "train_eval_pairs", "device", "ot_solver",
+                       "dataloader_workers", "gradient_checkpointing", "trust_remote_code"})
 
 
 # ----------------------------------------------------------------------------------------- validation
@@ -699,6 +706,43 @@ def _complete_checkpoint(path: Path) -> bool:
         return False
 
 
+def run_record(cfg: TrainConfig, pairs_art, emb_art) -> dict[str, Any]:
+    """What `run_config.json` holds: the resolved config and the hashes of the training inputs."""
+    inputs = {"pairs/train.parquet": pairs_art.output_hashes().get("train.parquet")}
+    if emb_art is not None:
+        inputs.update({f"embeddings/{name}": sha for name, sha in emb_art.output_hashes().items()})
+    return {"config": config_to_dict(cfg), "inputs": inputs}
+
+
+def check_resume(out_dir: Path, record: dict[str, Any]) -> dict[str, dict[str, Any]] | None:
+    """Refuse a --resume whose training-relevant settings or inputs differ from the run's start (named,
+    with both values); returns the allowed changes (`RESUMABLE`) for the manifest, or None when the run
+    has no `run_config.json` to compare with (started by an older aplot)."""
+    path = out_dir / RUN_CONFIG
+    if not path.is_file():
+        info(f"[bold]train-rm[/] {out_dir} has no {RUN_CONFIG} (a run started by an older aplot): the resumed "
+             "settings cannot be checked against the first start's")
+        return None
+    try:
+        first = json.loads(path.read_text(encoding="utf-8"))
+        was_config, was_inputs = first["config"], first["inputs"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ArtifactError(f"{path} is not a readable run config ({exc})",
+                            hint="start the run again with --overwrite") from exc
+    defaults = config_to_dict(TrainConfig())  # keys a newer aplot added: the first start had their default
+    changed = {key: (was_config.get(key, defaults.get(key)), now) for key, now in record["config"].items()
+               if was_config.get(key, defaults.get(key)) != now}
+    refused = [f"{key} {was!r} -> {now!r}" for key, (was, now) in changed.items() if key not in RESUMABLE]
+    refused += [f"input {name} sha256 {str(was_inputs.get(name))[:12]} -> {str(sha)[:12]}"
+                for name, sha in record["inputs"].items() if was_inputs.get(name) != sha]
+    if refused:
+        raise ConfigError(f"--resume of {out_dir} with other settings than the run started with ({path}): "
+                          + "; ".join(refused),
+                          hint=f"resume with the first start's settings and inputs (only {', '.join(sorted(RESUMABLE))} "
+                               "may change), or start again with --overwrite")
+    return {key: {"first_start": was, "resumed": now} for key, (was, now) in changed.items()}
+
+
 def run(cfg: TrainConfig, pairs_dir: Path, out_dir: Path, embeddings_dir: Path | None = None,
         overwrite: bool = False, resume: bool = False, extra_callbacks: tuple = ()) -> Path:
     """Train a reward model; returns the manifest path (written last, by the main process)."""
@@ -711,7 +755,10 @@ def run(cfg: TrainConfig, pairs_dir: Path, out_dir: Path, embeddings_dir: Path |
     if emb_art is not None:
         check_embeddings_match(emb_art, pairs_art)
     out_dir = Path(out_dir)
-    artifacts.check_out_dir(out_dir, overwrite, resume=resume)  # refuse now; clear only once the inputs pass
+    kept = artifacts.check_out_dir(out_dir, overwrite, resume=resume)  # refuse now; clear only once the inputs pass
+    checkpoint, resumed_step = _resume_step(out_dir, kept)
+    record = run_record(cfg, pairs_art, emb_art)
+    resume_changes = check_resume(out_dir, record) if checkpoint else None
     use_cpu = _use_cpu(cfg.device)
     test_frame = _test_frame(pairs_art, cfg)
     train_frame = _take(load_pairs(pairs_dir, "train"), cfg.max_train_pairs, cfg.seed)
@@ -722,7 +769,8 @@ def run(cfg: TrainConfig, pairs_dir: Path, out_dir: Path, embeddings_dir: Path |
     with args.main_process_first(desc="prepare the output directory"):
         if args.process_index == 0:
             artifacts.prepare_out_dir(out_dir, overwrite, resume=resume)
-    checkpoint, resumed_step = _resume_step(out_dir, resume)
+            if not (out_dir / RUN_CONFIG).is_file() or not checkpoint:  # a resume keeps its first start's
+                artifacts.write_json_atomic(out_dir / RUN_CONFIG, {**record, "from_step": max(resumed_step, 0)})
     need_emb = spec.aplot and cfg.semantic_source == "embeddings" and emb_art is not None
     train = encode_split(train_frame, tokenizer, cfg, load_embeddings(emb_art.path, "train") if need_emb else None)
     test = encode_split(test_frame, tokenizer, cfg, split_id=1) if test_frame is not None else None
@@ -739,6 +787,7 @@ def run(cfg: TrainConfig, pairs_dir: Path, out_dir: Path, embeddings_dir: Path |
     if not trainer.is_world_process_zero():
         return out_dir / artifacts.MANIFEST
     outputs = _save(trainer, tokenizer, cfg, out_dir, train.pair_ids if trainer.margin_sink else None)
+    outputs.append(artifacts.describe_output(out_dir, RUN_CONFIG))
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     outputs.append(artifacts.describe_output(out_dir, "metrics.json"))
     inputs = {"pairs": pairs_art, **({"embeddings": emb_art} if emb_art is not None else {})}
@@ -747,6 +796,8 @@ def run(cfg: TrainConfig, pairs_dir: Path, out_dir: Path, embeddings_dir: Path |
                    **({"test_loss": "the configured loss without the APLOT margin (no OT plan at evaluation)"}
                       if test else {}),
                    "resumed_from_step": resumed_step if checkpoint else None,
+                   **({"resume": {"settings_checked": resume_changes is not None,
+                                  "changed": resume_changes or {}}} if checkpoint else {}),
                    "device": "cpu" if use_cpu else "cuda", "world_size": trainer.accelerator.num_processes,
                    "precision": "float32" if use_cpu or not (cfg.bf16 or cfg.fp16) else
                                 ("bf16" if cfg.bf16 else "fp16") + " mixed",

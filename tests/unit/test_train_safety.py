@@ -116,11 +116,14 @@ def test_resume_skips_a_checkpoint_cut_short_by_a_kill(tiny_bert_dir, synthetic_
     with pytest.raises(KeyboardInterrupt):
         train.run(cfg, synthetic_pairs_dir, out, extra_callbacks=(_KillAfterSave(4),))
     (out / "checkpoints" / "checkpoint-4" / "trainer_state.json").unlink()  # as if killed while saving it
+    (out / train.RUN_CONFIG).unlink()  # as a run started by an older aplot
     capsys.readouterr()
     manifest = json.loads(train.run(cfg, synthetic_pairs_dir, out, resume=True).read_text())
     err = capsys.readouterr().err.replace("\n", "")  # the console wraps long lines
     assert "skipping checkpoint-4" in err and "no readable trainer_state.json" in err
     assert manifest["diagnostics"]["resumed_from_step"] == 2
+    assert "cannot be checked" in err and manifest["diagnostics"]["resume"]["settings_checked"] is False
+    assert json.loads((out / train.RUN_CONFIG).read_text())["from_step"] == 2  # recorded now, for later resumes
     a, b = weights(whole), weights(out)
     for name in a:
         assert torch.equal(a[name], b[name]), name
@@ -141,3 +144,42 @@ def test_resume_step_picks_the_newest_complete_checkpoint(tmp_path, capsys):
         (ckpts / f"checkpoint-{step}" / "trainer_state.json").unlink()
     assert train._resume_step(tmp_path, resume=True) == (None, -1)
     assert "training starts from step 0" in capsys.readouterr().err
+
+
+def test_resume_refuses_changed_training_settings_and_records_allowed_ones(tiny_bert_dir, synthetic_pairs_dir,
+                                                                         tmp_path):
+    from aplot_cli import prepare
+    from aplot_cli.config import PrepareConfig, config_to_dict
+    from aplot_cli.errors import ConfigError
+
+    cfg = tiny_cfg(tiny_bert_dir, max_train_pairs=96, max_steps=4)
+    out = tmp_path / "rm"
+    with pytest.raises(KeyboardInterrupt):
+        train.run(cfg, synthetic_pairs_dir, out, extra_callbacks=(_KillAfterSave(2),))
+    started = json.loads((out / train.RUN_CONFIG).read_text())
+    assert started["config"] == json.loads(json.dumps(config_to_dict(cfg)))
+    assert started["inputs"]["pairs/train.parquet"]
+    changed = TrainConfig(**{**cfg.__dict__, "loss": ("bt", "center"), "learning_rate": 2e-3, "seed": 7,
+                             "max_train_pairs": 64, "max_steps": 6})
+    with pytest.raises(ConfigError) as caught:
+        train.run(changed, synthetic_pairs_dir, out, resume=True)
+    message = caught.value.message
+    for named in ("loss ['bt'] -> ['bt', 'center']", "learning_rate 0.001 -> 0.002", "seed 3 -> 7",
+                  "max_train_pairs 96 -> 64"):
+        assert named in message, message
+    assert "max_steps" not in message and "max_steps" in caught.value.hint and "--overwrite" in caught.value.hint
+    other = tmp_path / "other-pairs"
+    prepare.run(PrepareConfig(recipe="synthetic", synthetic_pairs=240, synthetic_ood_pairs=60, test_size=0.25,
+                              flip_ratio=0.25), other)
+    with pytest.raises(ConfigError, match=r"input pairs/train.parquet sha256 \w{12} -> \w{12}"):
+        train.run(cfg, other, out, resume=True)
+    assert not (out / "manifest.json").exists()
+    extended = TrainConfig(**{**cfg.__dict__, "max_steps": 6, "logging_steps": 3, "eval_steps": 3})
+    manifest = json.loads(train.run(extended, synthetic_pairs_dir, out, resume=True).read_text())
+    assert manifest["metrics"]["steps"] == 6 and manifest["config"]["max_steps"] == 6
+    assert manifest["diagnostics"]["resumed_from_step"] == 2
+    assert manifest["diagnostics"]["resume"] == {"settings_checked": True, "changed": {
+        "max_steps": {"first_start": 4, "resumed": 6}, "logging_steps": {"first_start": 2, "resumed": 3},
+        "eval_steps": {"first_start": 0, "resumed": 3}}}
+    assert json.loads((out / train.RUN_CONFIG).read_text()) == started  # still the first start's
+    assert train.RUN_CONFIG in {o["path"] for o in manifest["outputs"]}

@@ -21,6 +21,19 @@ def tiny_cfg(backbone, **changes) -> TrainConfig:
     return TrainConfig(**base)
 
 
+@pytest.fixture
+def stderr_lines(monkeypatch, capsys):
+    """What the stage says on stderr, one message a line: a fresh, wide, not quiet console (an earlier
+    CLI test's -q stays set in this process)."""
+    from aplot_cli import console
+
+    monkeypatch.setenv("COLUMNS", "100000")
+    console.set_quiet(False)
+    capsys.readouterr()
+    yield lambda: capsys.readouterr().err
+    console.set_quiet(False)
+
+
 def weights(out: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
@@ -108,7 +121,7 @@ class _KillAfterSave:
         return Kill()
 
 
-def test_resume_skips_a_checkpoint_cut_short_by_a_kill(tiny_bert_dir, synthetic_pairs_dir, tmp_path, capsys):
+def test_resume_skips_a_checkpoint_cut_short_by_a_kill(tiny_bert_dir, synthetic_pairs_dir, tmp_path, stderr_lines):
     cfg = tiny_cfg(tiny_bert_dir, max_steps=6, save_steps=2, save_total_limit=None)
     whole = tmp_path / "whole"
     train.run(cfg, synthetic_pairs_dir, whole)
@@ -117,9 +130,9 @@ def test_resume_skips_a_checkpoint_cut_short_by_a_kill(tiny_bert_dir, synthetic_
         train.run(cfg, synthetic_pairs_dir, out, extra_callbacks=(_KillAfterSave(4),))
     (out / "checkpoints" / "checkpoint-4" / "trainer_state.json").unlink()  # as if killed while saving it
     (out / train.RUN_CONFIG).unlink()  # as a run started by an older aplot
-    capsys.readouterr()
+    stderr_lines()
     manifest = json.loads(train.run(cfg, synthetic_pairs_dir, out, resume=True).read_text())
-    err = capsys.readouterr().err.replace("\n", "")  # the console wraps long lines
+    err = stderr_lines()
     assert "skipping checkpoint-4" in err and "no readable trainer_state.json" in err
     assert manifest["diagnostics"]["resumed_from_step"] == 2
     assert "cannot be checked" in err and manifest["diagnostics"]["resume"]["settings_checked"] is False
@@ -129,7 +142,7 @@ def test_resume_skips_a_checkpoint_cut_short_by_a_kill(tiny_bert_dir, synthetic_
         assert torch.equal(a[name], b[name]), name
 
 
-def test_resume_step_picks_the_newest_complete_checkpoint(tmp_path, capsys):
+def test_resume_step_picks_the_newest_complete_checkpoint(tmp_path, stderr_lines):
     ckpts = tmp_path / "checkpoints"
     for step, state in ((2, '{"global_step": 2}'), (4, '{"global_step": 4}'), (6, '{"global_st'), (8, None)):
         (ckpts / f"checkpoint-{step}").mkdir(parents=True)
@@ -137,13 +150,13 @@ def test_resume_step_picks_the_newest_complete_checkpoint(tmp_path, capsys):
             (ckpts / f"checkpoint-{step}" / "trainer_state.json").write_text(state)
     (ckpts / "checkpoint-10.tmp").mkdir()  # not a checkpoint name
     assert train._resume_step(tmp_path, resume=True) == (str(ckpts / "checkpoint-4"), 4)
-    err = capsys.readouterr().err.replace("\n", "")
+    err = stderr_lines()
     assert "checkpoint-8" in err and "checkpoint-6" in err and "checkpoint-4 " not in err
     assert train._resume_step(tmp_path, resume=False) == (None, -1)
     for step in (2, 4):
         (ckpts / f"checkpoint-{step}" / "trainer_state.json").unlink()
     assert train._resume_step(tmp_path, resume=True) == (None, -1)
-    assert "training starts from step 0" in capsys.readouterr().err
+    assert "training starts from step 0" in stderr_lines()
 
 
 def test_resume_refuses_changed_training_settings_and_records_allowed_ones(tiny_bert_dir, synthetic_pairs_dir,

@@ -75,9 +75,11 @@ def validate(cfg: TrainConfig, has_embeddings: bool) -> losses.LossSpec:
     for name, ok, rule in rules:
         if not ok:
             raise ConfigError(f"train-rm: `{name}` is {getattr(cfg, name)!r}; it must be {rule}", hint=_where(name))
-    if spec.aplot and cfg.margin_norm != "none" and cfg.batch_size < 3 and cfg.ot_scope == "local":
+    world = int(os.environ.get("WORLD_SIZE", "1")) if cfg.ot_scope == "global" else 1  # a global plan spans ranks
+    if spec.aplot and cfg.margin_norm != "none" and cfg.batch_size * world < 3:
+        placed = f"`batch_size` {cfg.batch_size}" + (f" x {world} processes (ot_scope global)" if world > 1 else "")
         raise ConfigError(f"train-rm: `margin_norm: {cfg.margin_norm}` normalises the margins within one plan, and "
-                          f"`batch_size` {cfg.batch_size} puts fewer than 3 pairs in a plan (1 pair: always zero)",
+                          f"{placed} puts fewer than 3 pairs in a plan (1 pair: always zero)",
                           hint="raise --batch-size to 3 or more, or use --margin-norm none")
     if spec.aplot and spec.constant_margin:
         raise ConfigError("train-rm: `aplot` and `constant_margin` both supply the margin",
@@ -507,18 +509,23 @@ def _rng_kept():
 
 def _mean_metrics(metrics: dict[str, list]) -> dict[str, float]:
     """Mean of each metric's per-step values (floats or 0-d tensors, on any device): one stack and one
-    host read per device, at log time only."""
+    host read per device, at log time only. The OT diagnostics average their finite values only: one
+    fallback step (counted in `ot/fallback`) must not turn a whole interval's `ot/cost_mean` into NaN."""
     import torch
+
+    from aplot_cli.margins import finite_mean
 
     means, by_device = {}, {}
     for key, values in metrics.items():
         tensors = [v for v in values if isinstance(v, torch.Tensor)]
         if not tensors:
-            means[key] = float(np.mean(values))
+            array = np.asarray(values, dtype=np.float64)
+            array = array[np.isfinite(array)] if key.startswith("ot/") else array
+            means[key] = float(array.mean()) if array.size else float("nan")
             continue
         device = tensors[0].device
         stacked = torch.stack([torch.as_tensor(v, dtype=torch.float32, device=device).reshape(()) for v in values])
-        by_device.setdefault(device, []).append((key, stacked.float().mean()))
+        by_device.setdefault(device, []).append((key, finite_mean(stacked) if key.startswith("ot/") else stacked.mean()))
     for items in by_device.values():
         for (key, _), value in zip(items, torch.stack([v for _, v in items]).tolist(), strict=True):
             means[key] = float(value)

@@ -196,3 +196,45 @@ def test_resume_refuses_changed_training_settings_and_records_allowed_ones(tiny_
         "eval_steps": {"first_start": 0, "resumed": 3}}}
     assert json.loads((out / train.RUN_CONFIG).read_text()) == started  # still the first start's
     assert train.RUN_CONFIG in {o["path"] for o in manifest["outputs"]}
+
+
+@pytest.mark.parametrize("norm", ["zscore", "minmax"])
+@pytest.mark.parametrize("scope", ["local", "global"])
+def test_normalising_margins_of_fewer_than_three_pairs_per_plan_is_refused(norm, scope, monkeypatch):
+    from aplot_cli.errors import ConfigError
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    with pytest.raises(ConfigError, match=r"`batch_size` 2 puts fewer than 3 pairs in a plan"):
+        train.validate(TrainConfig(margin_norm=norm, ot_scope=scope, batch_size=2), has_embeddings=True)
+    train.validate(TrainConfig(margin_norm=norm, ot_scope=scope, batch_size=3), has_embeddings=True)
+    train.validate(TrainConfig(margin_norm="none", ot_scope=scope, batch_size=1), has_embeddings=True)
+    monkeypatch.setenv("WORLD_SIZE", "2")  # a global plan holds every rank's pairs: 2 x 2
+    if scope == "global":
+        train.validate(TrainConfig(margin_norm=norm, ot_scope=scope, batch_size=2), has_embeddings=True)
+    else:
+        with pytest.raises(ConfigError):
+            train.validate(TrainConfig(margin_norm=norm, ot_scope=scope, batch_size=2), has_embeddings=True)
+
+
+def test_ot_diagnostics_average_only_finite_steps():
+    """One fallback step (here: a NaN reward) used to make `ot/cost_mean` NaN for its whole log interval."""
+    from aplot_cli.margins import AplotMargin, AplotSettings, device_stats
+
+    r_c, r_r = torch.tensor([1.0, 0.2, 0.5, -0.3]), torch.tensor([0.1, 0.4, -0.2, 0.0])
+    solver = AplotMargin(AplotSettings(w_sem=0.0, solver="torch"))
+    good = solver(r_c, r_r)
+    bad = solver(torch.tensor([1.0, float("nan"), 0.5, -0.3]), r_r)
+    assert bool(bad.fallback) and not torch.isfinite(bad.cost_mean)
+    stats = device_stats([good, bad, good])
+    assert float(stats["cost_mean"]) == pytest.approx(float(good.cost_mean))
+    assert float(stats["fallback"]) == pytest.approx(1 / 3)
+    assert torch.isnan(device_stats([bad])["cost_mean"])  # nothing finite to report: NaN, not a made-up 0
+    pot = AplotMargin(AplotSettings(w_sem=0.0))
+    cpu_steps = [pot(r_c, r_r).stats, pot(torch.tensor([1.0, float("nan"), 0.5, -0.3]), r_r).stats]
+    logged = train._mean_metrics({"ot/cost_mean": [s["cost_mean"] for s in cpu_steps],
+                                  "ot/cost_mean_dev": [good.cost_mean, bad.cost_mean],
+                                  "accuracy": [torch.tensor(1.0), torch.tensor(float("nan"))], "loss": [0.5, 0.7]})
+    assert logged["ot/cost_mean"] == pytest.approx(cpu_steps[0]["cost_mean"])
+    assert logged["ot/cost_mean_dev"] == pytest.approx(float(good.cost_mean))
+    assert logged["loss"] == pytest.approx(0.6)
+    assert logged["accuracy"] != logged["accuracy"]  # training metrics keep their NaN: it is not a diagnostic

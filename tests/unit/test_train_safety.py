@@ -74,9 +74,10 @@ def test_non_finite_and_yaml_numbers_in_the_config_file(tmp_path):
     path.write_text("learning_rate: 1e-4\nw_sem: 5E-2\n")  # YAML 1.1 reads these as strings
     cfg = build_config(TrainConfig, path)
     assert cfg.learning_rate == 1e-4 and cfg.w_sem == 0.05
-    path.write_text("ot_reg: .inf\n")
-    with pytest.raises(ConfigError, match=r"`ot_reg` is inf; it must be a finite number"):
-        build_config(TrainConfig, path)
+    path.write_text("ot_reg: .inf\n")  # read; the stage's validation names it with the flag or YAML key
+    with pytest.raises(ConfigError, match=r"`ot_reg` is inf; it must be a finite number") as caught:
+        train.validate(build_config(TrainConfig, path), has_embeddings=True)
+    assert "`ot_reg:`" in caught.value.hint
     path.write_text("learning_rate: fast\n")
     with pytest.raises(ConfigError, match="must be a number"):
         build_config(TrainConfig, path)
@@ -91,6 +92,7 @@ def test_cli_refuses_learning_rate_inf(synthetic_pairs_dir, tmp_path):
     result = CliRunner().invoke(app, ["train-rm", str(synthetic_pairs_dir), "--out-dir", str(out), "--loss", "bt",
                                       "--learning-rate", "inf", "-q"])
     assert result.exit_code == 2 and "`learning_rate` is inf; it must be a finite number" in result.output
+    assert "--learning-rate" in result.output
     assert not out.exists()
 
 

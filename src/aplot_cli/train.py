@@ -10,9 +10,12 @@ one forward pass and applies `losses.reward_loss` with the margin from `margins.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import math
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +33,13 @@ STAGE = "train-rm"
 PENDING_STEPS = 256  # step tensors kept for the next log before they are reduced early
 LOG_FILE = "train_log.jsonl"
 MARGINS_FILE = "margins.parquet"
+RUN_CONFIG = "run_config.json"  # the resolved config and inputs a run started with; --resume is checked against it
+# May differ between a run and its --resume: how long it trains, how often it logs, evaluates and saves,
+# what it scores at the end, and where it runs. Any other change would train another model than the one
+# the checkpoint belongs to.
+RESUMABLE = frozenset({"max_steps", "epochs", "logging_steps", "eval_steps", "save_steps", "save_total_limit",
+                       "report_to", "max_eval_pairs", "eval_batch_size", "train_eval_pairs", "device", "ot_solver",
+                       "dataloader_workers", "gradient_checkpointing", "trust_remote_code"})
 
 
 # ----------------------------------------------------------------------------------------- validation
@@ -44,8 +54,11 @@ def validate(cfg: TrainConfig, has_embeddings: bool) -> losses.LossSpec:
     if spec.aplot and cfg.semantic_source == "embeddings" and cfg.w_sem != 0.0 and not has_embeddings:
         raise ConfigError("the APLOT semantic cost needs sentence embeddings and no --embeddings was given",
                           hint="pass --embeddings DIR from `aplot embed`, or --semantic-source backbone|none")
+    # first, so that `inf` and `nan` are named as such rather than failing a range rule (or passing `> 0`)
+    rules = [(f.name, math.isfinite(getattr(cfg, f.name)), "a finite number") for f in dataclasses.fields(cfg)
+             if isinstance(getattr(cfg, f.name), float)]
     optional = [(name, getattr(cfg, name)) for name in ("max_train_pairs", "max_eval_pairs", "save_total_limit")]
-    rules = [(name, value >= 1, ">= 1") for name, value in optional if value is not None]
+    rules += [(name, value >= 1, ">= 1") for name, value in optional if value is not None]
     rules += [(name, getattr(cfg, name) >= 1, ">= 1") for name in (
         "batch_size", "eval_batch_size", "grad_accum", "ot_iters", "logging_steps", "save_steps", "train_eval_pairs",
         "lora_r")]
@@ -53,8 +66,6 @@ def validate(cfg: TrainConfig, has_embeddings: bool) -> losses.LossSpec:
         "eval_steps", "margin_warmup_steps", "center_eta", "focal_gamma", "weight_decay", "max_grad_norm",
         "dataloader_workers", "lora_alpha")]
     rules += [(name, getattr(cfg, name) > 0, "> 0") for name in ("ot_reg", "ot_tol", "learning_rate", "epochs")]
-    rules += [(name, math.isfinite(getattr(cfg, name)), "a finite number") for name in (
-        "margin_scale", "constant_margin", "w_rew", "w_sem")]
     rules += [("max_length", cfg.max_length >= 16, ">= 16"),
               ("max_steps", cfg.max_steps > 0 or cfg.max_steps == -1, "> 0, or -1 to train for `epochs`"),
               ("warmup_ratio", 0 <= cfg.warmup_ratio < 1, "a fraction in [0, 1)"),
@@ -64,9 +75,11 @@ def validate(cfg: TrainConfig, has_embeddings: bool) -> losses.LossSpec:
     for name, ok, rule in rules:
         if not ok:
             raise ConfigError(f"train-rm: `{name}` is {getattr(cfg, name)!r}; it must be {rule}", hint=_where(name))
-    if spec.aplot and cfg.margin_norm != "none" and cfg.batch_size < 3 and cfg.ot_scope == "local":
+    world = int(os.environ.get("WORLD_SIZE", "1")) if cfg.ot_scope == "global" else 1  # a global plan spans ranks
+    if spec.aplot and cfg.margin_norm != "none" and cfg.batch_size * world < 3:
+        placed = f"`batch_size` {cfg.batch_size}" + (f" x {world} processes (ot_scope global)" if world > 1 else "")
         raise ConfigError(f"train-rm: `margin_norm: {cfg.margin_norm}` normalises the margins within one plan, and "
-                          f"`batch_size` {cfg.batch_size} puts fewer than 3 pairs in a plan (1 pair: always zero)",
+                          f"{placed} puts fewer than 3 pairs in a plan (1 pair: always zero)",
                           hint="raise --batch-size to 3 or more, or use --margin-norm none")
     if spec.aplot and spec.constant_margin:
         raise ConfigError("train-rm: `aplot` and `constant_margin` both supply the margin",
@@ -321,6 +334,7 @@ def _make_trainer_class():
             self._steps: list[tuple] = []        # per step: (diff, r_c, r_r, margin applied or None)
             self._device_ot: list = []            # per step: MarginResult from the device solver
             self._ot_flags: list[tuple] = []      # per step: (converged, fallback) 0-d device tensors
+            self._losses: list[tuple] = []        # per micro-batch since the last check: (step, 0-d loss)
             self._pairs_since_log, self._last_log_time = 0, time.perf_counter()
             self.ot_totals = {"solves": 0, "converged": 0, "fallbacks": 0, "seconds": 0.0, "pairs": 0, "max_pairs": 0}
             self.ot_warnings: set[str] = set()
@@ -372,6 +386,7 @@ def _make_trainer_class():
             applied = (result.margin if result_ot is not None or self.spec.dataset_margin or self.spec.constant_margin
                        else None)
             self._steps.append((result.diff.detach(), r_c, r_r, applied))
+            self._losses.append((self.state.global_step + 1, result.loss.detach()))
             if result_ot is not None and result_ot.ot is not None:
                 self.ot_totals["solves"] += 1
                 self.ot_totals["pairs"] += result_ot.ot.plan.shape[0]  # a shape: no device read
@@ -390,6 +405,7 @@ def _make_trainer_class():
                     self._metrics.setdefault(f"ot/{key}", []).append(value)
             if len(self._steps) >= PENDING_STEPS:  # a long logging interval: reduce now, keep no step tensors
                 self._fold_step_metrics()
+                self._check_loss()
             self.state.num_input_tokens_seen += num_tokens * self.accelerator.num_processes
             self._pairs_since_log += rows.shape[0] * self.accelerator.num_processes
             if self.margin_sink is not None:
@@ -421,11 +437,29 @@ def _make_trainer_class():
                 metrics.update({f"ot/{k}": v for k, v in device_stats(device_ot).items()})
             return metrics
 
+        def _check_loss(self) -> None:
+            """Stop at a non-finite training loss. Trainer's `logging_nan_inf_filter` replaces it in the
+            logged `loss` by the running mean, so it is checked here, one host read per log or save."""
+            if not self._losses:
+                return
+            losses_, self._losses = self._losses, []
+            values = torch.stack([loss.float().reshape(()) for _, loss in losses_])
+            bad = (~torch.isfinite(values)).nonzero()
+            if bad.numel():
+                first = int(bad[0, 0])
+                raise TrainingError(
+                    f"the training loss is {float(values[first])} at step {losses_[first][0]} (learning_rate "
+                    f"{self.cfg.learning_rate:g}): training stopped, as the weights from there on are not usable",
+                    hint="start again with --overwrite and a lower --learning-rate (or warm-up, or a lower "
+                         "max_grad_norm); check the data for empty or extreme texts")
+
+        def _save_checkpoint(self, model, trial) -> None:
+            self._check_loss()  # a checkpoint never holds weights past a non-finite loss
+            super()._save_checkpoint(model, trial)
+
         def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+            self._check_loss()
             if "loss" in logs and (self._steps or self._metrics):  # a training log: attach the step metrics
-                if not math.isfinite(logs["loss"]):
-                    raise TrainingError(f"the training loss is {logs['loss']} at step {self.state.global_step}",
-                                        hint="lower --learning-rate, or check the data for empty texts")
                 self._fold_step_metrics()
                 logs.update(_mean_metrics(self._metrics))
                 now = time.perf_counter()
@@ -443,6 +477,12 @@ def _make_trainer_class():
                                             lengths=dataset["length"])
             return super()._get_train_sampler(train_dataset)
 
+        def evaluate(self, *args, **kwargs):
+            # Evaluation draws from the global RNGs (each DataLoader iterator draws a base seed): without
+            # this, a run with --eval-steps would train with other dropout masks than one without.
+            with _rng_kept():
+                return super().evaluate(*args, **kwargs)
+
         def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
             with torch.no_grad():
                 loss, out = self.compute_loss(model, inputs, return_outputs=True)
@@ -452,20 +492,44 @@ def _make_trainer_class():
     return RewardTrainer
 
 
+@contextlib.contextmanager
+def _rng_kept():
+    """Restore the python, numpy and torch (CPU and every initialised CUDA device) RNG states on exit."""
+    import random
+
+    import torch
+
+    states = (random.getstate(), np.random.get_state(), torch.get_rng_state(),
+              torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None)
+    try:
+        yield
+    finally:
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        torch.set_rng_state(states[2])
+        if states[3] is not None:
+            torch.cuda.set_rng_state_all(states[3])
+
+
 def _mean_metrics(metrics: dict[str, list]) -> dict[str, float]:
     """Mean of each metric's per-step values (floats or 0-d tensors, on any device): one stack and one
-    host read per device, at log time only."""
+    host read per device, at log time only. The OT diagnostics average their finite values only: one
+    fallback step (counted in `ot/fallback`) must not turn a whole interval's `ot/cost_mean` into NaN."""
     import torch
+
+    from aplot_cli.margins import finite_mean
 
     means, by_device = {}, {}
     for key, values in metrics.items():
         tensors = [v for v in values if isinstance(v, torch.Tensor)]
         if not tensors:
-            means[key] = float(np.mean(values))
+            array = np.asarray(values, dtype=np.float64)
+            array = array[np.isfinite(array)] if key.startswith("ot/") else array
+            means[key] = float(array.mean()) if array.size else float("nan")
             continue
         device = tensors[0].device
         stacked = torch.stack([torch.as_tensor(v, dtype=torch.float32, device=device).reshape(()) for v in values])
-        by_device.setdefault(device, []).append((key, stacked.float().mean()))
+        by_device.setdefault(device, []).append((key, finite_mean(stacked) if key.startswith("ot/") else stacked.mean()))
     for items in by_device.values():
         for (key, _), value in zip(items, torch.stack([v for _, v in items]).tolist(), strict=True):
             means[key] = float(value)
@@ -628,15 +692,66 @@ def _use_cpu(device: str) -> bool:
 
 
 def _resume_step(out_dir: Path, resume: bool) -> tuple[str | None, int]:
-    from transformers.trainer_utils import get_last_checkpoint
-
+    """The newest complete checkpoint and its step ((None, -1): start afresh). Trainer writes
+    `trainer_state.json` last, so a checkpoint without a readable one was cut short by a kill while it
+    was saved: it is skipped, and said so (Trainer writes over it when it reaches that step again)."""
     ckpt_dir = out_dir / "checkpoints"
     if not resume or not ckpt_dir.is_dir():
         return None, -1
-    last = get_last_checkpoint(str(ckpt_dir))
-    if last is None:
-        return None, -1
-    return last, int(Path(last).name.split("-")[-1])
+    found = sorted(((int(p.name.split("-")[1]), p) for p in ckpt_dir.iterdir()
+                    if p.is_dir() and re.fullmatch(r"checkpoint-\d+", p.name)), reverse=True)
+    for step, path in found:
+        if _complete_checkpoint(path):
+            return str(path), step
+        info(f"[bold]train-rm[/] skipping {path.name} in {ckpt_dir}: it has no readable trainer_state.json "
+             "(the run was stopped while saving it)")
+    if found:
+        info(f"[bold]train-rm[/] no complete checkpoint in {ckpt_dir}: training starts from step 0")
+    return None, -1
+
+
+def _complete_checkpoint(path: Path) -> bool:
+    try:
+        return isinstance(json.loads((path / "trainer_state.json").read_text()).get("global_step"), int)
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def run_record(cfg: TrainConfig, pairs_art, emb_art) -> dict[str, Any]:
+    """What `run_config.json` holds: the resolved config and the hashes of the training inputs."""
+    inputs = {"pairs/train.parquet": pairs_art.output_hashes().get("train.parquet")}
+    if emb_art is not None:
+        inputs.update({f"embeddings/{name}": sha for name, sha in emb_art.output_hashes().items()})
+    return {"config": config_to_dict(cfg), "inputs": inputs}
+
+
+def check_resume(out_dir: Path, record: dict[str, Any]) -> dict[str, dict[str, Any]] | None:
+    """Refuse a --resume whose training-relevant settings or inputs differ from the run's start (named,
+    with both values); returns the allowed changes (`RESUMABLE`) for the manifest, or None when the run
+    has no `run_config.json` to compare with (started by an older aplot)."""
+    path = out_dir / RUN_CONFIG
+    if not path.is_file():
+        info(f"[bold]train-rm[/] {out_dir} has no {RUN_CONFIG} (a run started by an older aplot): the resumed "
+             "settings cannot be checked against the first start's")
+        return None
+    try:
+        first = json.loads(path.read_text(encoding="utf-8"))
+        was_config, was_inputs = first["config"], first["inputs"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ArtifactError(f"{path} is not a readable run config ({exc})",
+                            hint="start the run again with --overwrite") from exc
+    defaults = config_to_dict(TrainConfig())  # keys a newer aplot added: the first start had their default
+    changed = {key: (was_config.get(key, defaults.get(key)), now) for key, now in record["config"].items()
+               if was_config.get(key, defaults.get(key)) != now}
+    refused = [f"{key} {was!r} -> {now!r}" for key, (was, now) in changed.items() if key not in RESUMABLE]
+    refused += [f"input {name} sha256 {str(was_inputs.get(name))[:12]} -> {str(sha)[:12]}"
+                for name, sha in record["inputs"].items() if was_inputs.get(name) != sha]
+    if refused:
+        raise ConfigError(f"--resume of {out_dir} with other settings than the run started with ({path}): "
+                          + "; ".join(refused),
+                          hint=f"resume with the first start's settings and inputs (only {', '.join(sorted(RESUMABLE))} "
+                               "may change), or start again with --overwrite")
+    return {key: {"first_start": was, "resumed": now} for key, (was, now) in changed.items()}
 
 
 def run(cfg: TrainConfig, pairs_dir: Path, out_dir: Path, embeddings_dir: Path | None = None,
@@ -651,7 +766,10 @@ def run(cfg: TrainConfig, pairs_dir: Path, out_dir: Path, embeddings_dir: Path |
     if emb_art is not None:
         check_embeddings_match(emb_art, pairs_art)
     out_dir = Path(out_dir)
-    artifacts.check_out_dir(out_dir, overwrite, resume=resume)  # refuse now; clear only once the inputs pass
+    kept = artifacts.check_out_dir(out_dir, overwrite, resume=resume)  # refuse now; clear only once the inputs pass
+    checkpoint, resumed_step = _resume_step(out_dir, kept)
+    record = run_record(cfg, pairs_art, emb_art)
+    resume_changes = check_resume(out_dir, record) if checkpoint else None
     use_cpu = _use_cpu(cfg.device)
     test_frame = _test_frame(pairs_art, cfg)
     train_frame = _take(load_pairs(pairs_dir, "train"), cfg.max_train_pairs, cfg.seed)
@@ -662,7 +780,8 @@ def run(cfg: TrainConfig, pairs_dir: Path, out_dir: Path, embeddings_dir: Path |
     with args.main_process_first(desc="prepare the output directory"):
         if args.process_index == 0:
             artifacts.prepare_out_dir(out_dir, overwrite, resume=resume)
-    checkpoint, resumed_step = _resume_step(out_dir, resume)
+            if not (out_dir / RUN_CONFIG).is_file() or not checkpoint:  # a resume keeps its first start's
+                artifacts.write_json_atomic(out_dir / RUN_CONFIG, {**record, "from_step": max(resumed_step, 0)})
     need_emb = spec.aplot and cfg.semantic_source == "embeddings" and emb_art is not None
     train = encode_split(train_frame, tokenizer, cfg, load_embeddings(emb_art.path, "train") if need_emb else None)
     test = encode_split(test_frame, tokenizer, cfg, split_id=1) if test_frame is not None else None
@@ -687,6 +806,7 @@ def run(cfg: TrainConfig, pairs_dir: Path, out_dir: Path, embeddings_dir: Path |
     if not trainer.is_world_process_zero():
         return out_dir / artifacts.MANIFEST
     outputs = _save(trainer, tokenizer, cfg, out_dir, train.pair_ids if trainer.margin_sink else None)
+    outputs.append(artifacts.describe_output(out_dir, RUN_CONFIG))
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     outputs.append(artifacts.describe_output(out_dir, "metrics.json"))
     pictures = run_report.write(out_dir, config_to_dict(cfg), metrics, LOG_FILE)
@@ -700,6 +820,8 @@ def run(cfg: TrainConfig, pairs_dir: Path, out_dir: Path, embeddings_dir: Path |
                       if test else {}),
                    "resumed_from_step": resumed_step if checkpoint else None,
                    "warnings": pictures.warnings,
+                   **({"resume": {"settings_checked": resume_changes is not None,
+                                  "changed": resume_changes or {}}} if checkpoint else {}),
                    "device": "cpu" if use_cpu else "cuda", "world_size": trainer.accelerator.num_processes,
                    "precision": "float32" if use_cpu or not (cfg.bf16 or cfg.fp16) else
                                 ("bf16" if cfg.bf16 else "fp16") + " mixed",

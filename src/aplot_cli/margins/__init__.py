@@ -8,6 +8,7 @@ from aplot_cli.margins.adaptive import (
     MarginResult,
     check_settings,
     device_stats,
+    finite_mean,
     gather_rows,
     normalize_margin,
     plan_margin,
@@ -26,5 +27,5 @@ from aplot_cli.margins.ot import (
 )
 
 __all__ = ["AplotMargin", "AplotSettings", "DeviceSinkhorn", "MarginResult", "OTResult", "check_settings",
-           "cost_matrix", "device_stats", "gather_rows", "normalize_cost", "normalize_margin", "plan_margin",
+           "cost_matrix", "device_stats", "finite_mean", "gather_rows", "normalize_cost", "normalize_margin", "plan_margin",
            "reward_cost", "semantic_cost", "sinkhorn", "sinkhorn_log_torch", "step_mean", "zscore"]

@@ -263,6 +263,12 @@ def step_mean(values: list[torch.Tensor], reduce) -> torch.Tensor:
     return sum(reduce(torch.stack(group)).sum() for group in groups.values()) / len(values)
 
 
+def finite_mean(values: torch.Tensor) -> torch.Tensor:
+    """0-d mean of the finite entries of `values` (NaN when none is), with no host read."""
+    finite = torch.isfinite(values)
+    return torch.where(finite, values, torch.zeros_like(values)).sum() / finite.sum()
+
+
 def device_stats(results: list[MarginResult]) -> dict[str, torch.Tensor]:
     """`_stats` averaged over many device-path steps, as 0-d tensors (`step_mean` of each statistic)."""
     errors = [r.ot.marginal_error for r in results]
@@ -270,7 +276,8 @@ def device_stats(results: list[MarginResult]) -> dict[str, torch.Tensor]:
         "margin_mean": step_mean([r.full for r in results], lambda x: x.mean(1)),
         "margin_std": step_mean([r.full for r in results], lambda x: x.std(1, unbiased=False)),
         "margin_spread": step_mean([r.raw for r in results], lambda x: x.std(1, unbiased=False)),
-        "cost_mean": step_mean([r.cost_mean.reshape(1) for r in results], lambda x: x[:, 0]),
+        # a fallback step's cost may be NaN (non-finite rewards): it is counted in `fallback`, not averaged
+        "cost_mean": finite_mean(torch.stack([r.cost_mean.reshape(()).float() for r in results])),
         "converged_frac": step_mean([r.ot.converged for r in results], lambda x: x.float()),
         "marginal_error": step_mean(errors, lambda x: torch.where(torch.isfinite(x), x, torch.full_like(x, -1.0))),
         "iterations": torch.tensor(float(np.mean([r.ot.iterations for r in results]))),

@@ -48,3 +48,82 @@ def test_yaml_exponent_in_a_grid_file(tmp_path):
                     "methods:\n  bt: {loss: bt, weight_decay: 1e-2}\n")
     method = load_grid(grid).methods["bt"]
     assert method.learning_rate == 2e-4 and method.weight_decay == 1e-2
+
+
+# ------------------------------------------------------------------------------------------- input rows
+
+GOOD = [{"prompt": f"question {i}?", "chosen": f"good answer {i}", "rejected": f"bad answer {i}"} for i in range(4)]
+
+
+def _prepare(files: list[Path], out: Path, *extra: str) -> list[str]:
+    return ["prepare", *[a for f in files for a in ("--files", str(f))], "--test-size", "0", "--out-dir", str(out),
+            *extra]
+
+
+def _bad_rows(manifest: Path) -> dict[str, int]:
+    return json.loads(manifest.read_text())["metrics"]["rows_bad"]
+
+
+def test_lone_surrogate_is_a_row_error_and_skippable(tmp_path):
+    # the file holds the six characters \ud800: valid JSON, but not a character UTF-8 (or parquet) can store
+    data = _jsonl(tmp_path / "s.jsonl", [*GOOD[:2], '{"prompt": "q", "chosen": "x\\ud800y", "rejected": "z"}', GOOD[2]])
+    assert "\\ud800" in data.read_text()
+    _fails(_prepare([data], tmp_path / "a"), 3, f"{data}:3", "surrogate", "--on-bad-rows skip")
+    assert not (tmp_path / "a" / "manifest.json").exists()
+    result = runner.invoke(app, _prepare([data], tmp_path / "b", "--on-bad-rows", "skip"))
+    assert result.exit_code == 0, result.stderr
+    assert _bad_rows(Path(result.stdout.strip())) == {"lone_surrogate": 1}
+
+
+def test_deeply_nested_json_is_a_row_error_and_skippable(tmp_path):
+    data = _jsonl(tmp_path / "d.jsonl", [GOOD[0], "[" * 100_000, GOOD[1], GOOD[2]])
+    _fails(_prepare([data], tmp_path / "a"), 3, f"{data}:2", "nested too deeply")
+    result = runner.invoke(app, _prepare([data], tmp_path / "b", "--on-bad-rows", "skip"))
+    assert result.exit_code == 0, result.stderr
+    assert _bad_rows(Path(result.stdout.strip())) == {"too_deep": 1}
+
+
+def test_deeply_nested_json_file_names_the_file(tmp_path):
+    data = tmp_path / "d.json"
+    data.write_text("[" * 100_000)
+    _fails(_prepare([data], tmp_path / "a"), 3, str(data), "nested too deeply")
+
+
+def test_utf8_bom_is_accepted_in_jsonl_and_json(tmp_path):
+    jsonl = tmp_path / "bom.jsonl"
+    jsonl.write_text("".join(json.dumps(r) + "\n" for r in GOOD), encoding="utf-8-sig")
+    as_json = tmp_path / "bom.json"
+    as_json.write_text(json.dumps(GOOD), encoding="utf-8-sig")
+    for data in (jsonl, as_json):
+        assert data.read_bytes().startswith(b"\xef\xbb\xbf")
+        result = runner.invoke(app, _prepare([data], tmp_path / data.suffix[1:]))
+        assert result.exit_code == 0, result.stderr
+        assert json.loads(Path(result.stdout.strip()).read_text())["metrics"]["pairs_written"] == len(GOOD)
+
+
+def test_empty_and_header_only_files_are_named(tmp_path):
+    good = _jsonl(tmp_path / "good.jsonl", GOOD)
+    empty = {suffix: tmp_path / f"empty{suffix}" for suffix in (".jsonl", ".json", ".csv")}
+    for path in empty.values():
+        path.write_bytes(b"")
+    header = tmp_path / "header.csv"
+    header.write_text("prompt,chosen,rejected\n")
+    blank = tmp_path / "blank.jsonl"
+    blank.write_text("\n\n")
+    for path in empty.values():
+        # next to a good file, too: an empty shard is named, not silently read as nothing
+        _fails(_prepare([good, path], tmp_path / "out"), 3, str(path), "is empty")
+    _fails(_prepare([header], tmp_path / "out"), 3, str(header), "header (prompt, chosen, rejected) but no rows")
+    _fails(_prepare([blank], tmp_path / "out"), 3, str(blank), "only blank lines")
+
+
+def test_directory_and_symlink_loop_as_files_say_what_they_are(tmp_path):
+    folder = tmp_path / "data.jsonl"
+    folder.mkdir()
+    loop = tmp_path / "loop.jsonl"
+    loop.symlink_to(loop)
+    dangling = tmp_path / "gone.jsonl"
+    dangling.symlink_to(tmp_path / "nowhere.jsonl")
+    _fails(_prepare([folder], tmp_path / "out"), 3, str(folder), "is a directory")
+    _fails(_prepare([loop], tmp_path / "out"), 3, str(loop), "symbolic link loop")
+    _fails(_prepare([dangling], tmp_path / "out"), 3, str(dangling), "symbolic link to", "nowhere.jsonl")

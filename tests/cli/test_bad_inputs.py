@@ -4,9 +4,12 @@ runs, YAML exponents. Issue 11, "Clear errors instead of tracebacks"."""
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from aplot_cli.cli import app
@@ -127,3 +130,120 @@ def test_directory_and_symlink_loop_as_files_say_what_they_are(tmp_path):
     _fails(_prepare([folder], tmp_path / "out"), 3, str(folder), "is a directory")
     _fails(_prepare([loop], tmp_path / "out"), 3, str(loop), "symbolic link loop")
     _fails(_prepare([dangling], tmp_path / "out"), 3, str(dangling), "symbolic link to", "nowhere.jsonl")
+
+
+# ------------------------------------------------------------------------------------------- artifacts
+
+
+@pytest.fixture
+def pairs_dir(tmp_path) -> Path:
+    """A small pairs artifact with train and test splits, made through the CLI."""
+    rows = [{"prompt": f"question {i}?", "chosen": f"a careful answer to {i}", "rejected": f"no {i}"} for i in range(12)]
+    data = _jsonl(tmp_path / "pairs.jsonl", rows)
+    result = runner.invoke(app, ["prepare", "--files", str(data), "--test-size", "0.25", "--out-dir",
+                                 str(tmp_path / "pairs")])
+    assert result.exit_code == 0, result.stderr
+    return tmp_path / "pairs"
+
+
+def test_missing_data_file_is_an_unfinished_or_damaged_artifact(pairs_dir, tmp_path):
+    (pairs_dir / "test.parquet").unlink()
+    _fails(["embed", str(pairs_dir), "--out-dir", str(tmp_path / "e")], 4,
+           "unfinished or damaged artifact", "test.parquet is missing")
+    assert not (tmp_path / "e").exists()
+
+
+def test_cut_short_data_file_is_a_damaged_artifact(pairs_dir, tmp_path):
+    train = pairs_dir / "train.parquet"
+    train.write_bytes(train.read_bytes()[:100])
+    _fails(["train-rm", str(pairs_dir), "--out-dir", str(tmp_path / "rm"), "--loss", "bt"], 4,
+           "unfinished or damaged artifact", "train.parquet has 100 bytes")
+
+
+def test_eval_rm_on_an_unfinished_train_rm_run_says_so(tiny_bert_dir, pairs_dir, tmp_path):
+    from transformers import TrainerCallback
+
+    from aplot_cli import train
+
+    class Kill(TrainerCallback):  # a crash right after the first checkpoint, before the manifest
+        def on_save(self, args, state, control, **kwargs):
+            raise KeyboardInterrupt
+
+    run = tmp_path / "rm"
+    cfg = TrainConfig(backbone=str(tiny_bert_dir), loss=("bt",), max_steps=2, save_steps=1, batch_size=4,
+                      max_length=32, save_margins=False, device="cpu")
+    with pytest.raises(KeyboardInterrupt):
+        train.run(cfg, pairs_dir, run, extra_callbacks=(Kill(),))
+    assert not (run / "manifest.json").exists() and (run / "checkpoints").is_dir()
+    _fails(["eval-rm", str(run), "--benchmark", "pairs", "--data", str(pairs_dir), "--out-dir", str(tmp_path / "ev")],
+           4, f"{run} is an unfinished run", "--resume", "finished run")
+
+
+# --------------------------------------------------------------------------------------------- devices
+
+
+def test_unknown_device_is_refused_before_the_cache_serves(tiny_bert_dir, pairs_dir, tmp_path):
+    common = ["embed", str(pairs_dir), "--model", str(tiny_bert_dir), "--cache-dir", str(tmp_path / "cache")]
+    warm = runner.invoke(app, [*common, "--out-dir", str(tmp_path / "e1"), "--device", "cpu"])
+    assert warm.exit_code == 0, warm.stderr
+    # every vector is now cached: a run needing no model must still refuse the device
+    _fails([*common, "--out-dir", str(tmp_path / "e2"), "--device", "tpu9"], 2, "tpu9", "auto, cpu, cuda")
+    assert not (tmp_path / "e2").exists()
+    _fails(["eval-rm", str(tiny_bert_dir), "--benchmark", "pairs", "--data", str(pairs_dir), "--out-dir",
+            str(tmp_path / "ev"), "--device", "tpu9"], 2, "tpu9", "auto, cpu, cuda")
+
+
+# ----------------------------------------------------------------------------------------- disk full
+
+
+def _enospc(*_args, **_kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_prepare_on_a_full_disk_names_the_file_and_leaves_no_manifest(tmp_path, monkeypatch):
+    import pandas as pd
+
+    data = _jsonl(tmp_path / "d.jsonl", GOOD)
+    monkeypatch.setattr(pd.DataFrame, "to_parquet", _enospc)
+    _fails(_prepare([data], tmp_path / "out"), 8, f"no space left on the disk holding {tmp_path / 'out' / 'train.parquet'}")
+    assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_manifest_write_on_a_full_disk_names_the_out_dir(tmp_path, monkeypatch):
+    from aplot_cli import artifacts
+
+    data = _jsonl(tmp_path / "d.jsonl", GOOD)
+    monkeypatch.setattr(artifacts, "write_json_atomic", _enospc)
+    _fails(_prepare([data], tmp_path / "out"), 8, f"no space left on the disk holding {tmp_path / 'out'}")
+    assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_embed_on_a_full_disk_names_the_file(tiny_bert_dir, pairs_dir, tmp_path, monkeypatch):
+    import numpy as np
+
+    monkeypatch.setattr(np, "save", _enospc)
+    out = tmp_path / "e"
+    _fails(["embed", str(pairs_dir), "--model", str(tiny_bert_dir), "--cache-dir", str(tmp_path / "cache"),
+            "--out-dir", str(out)], 8, f"no space left on the disk holding {out / 'train_chosen.npy'}")
+    assert not (out / "manifest.json").exists()
+
+
+def test_embedding_cache_on_a_full_disk_names_the_cache(tiny_bert_dir, pairs_dir, tmp_path, monkeypatch):
+    import sqlite3
+
+    from aplot_cli import embed
+
+    real_connect = sqlite3.connect
+
+    def full_after_the_schema(path, *args, **kwargs):
+        # SQLite itself answers 'database or disk is full' once the file would outgrow this many pages
+        db = real_connect(path, *args, **kwargs)
+        db.execute("PRAGMA max_page_count = 5")
+        return db
+
+    monkeypatch.setattr(embed.sqlite3, "connect", full_after_the_schema)
+    cache, out = tmp_path / "cache", tmp_path / "e"
+    _fails(["embed", str(pairs_dir), "--model", str(tiny_bert_dir), "--cache-dir", str(cache), "--out-dir", str(out)],
+           8, f"no space left on the disk holding {cache / 'embeddings.sqlite'}", "database or disk is full",
+           "--cache-dir")
+    assert not (out / "manifest.json").exists()

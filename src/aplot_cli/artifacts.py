@@ -133,7 +133,26 @@ def open_artifact(path: Path | str, stage: str | tuple[str, ...], redo: str | No
     if manifest.get("schema_version", 0) > SCHEMA_VERSION:
         raise ArtifactError(f"{path} was written by a newer aplot (schema {manifest['schema_version']})",
                             hint="upgrade aplot")
+    _check_outputs_present(path, manifest, redo)
     return Artifact(path=path, manifest=manifest)
+
+
+def _check_outputs_present(path: Path, manifest: dict[str, Any], redo: str) -> None:
+    """Every output the manifest lists is there with its recorded size (a cheap check; hashes are not
+    re-read): a deleted or cut-short file is named here, not met as a library traceback later."""
+    for entry in manifest.get("outputs") or []:
+        name = entry.get("path") if isinstance(entry, dict) else None
+        if not isinstance(name, str):
+            continue
+        file = path / name
+        problem = None
+        if not file.is_file():
+            problem = "is missing"
+        elif isinstance(entry.get("bytes"), int) and file.stat().st_size != entry["bytes"]:
+            problem = f"has {file.stat().st_size} bytes, its manifest records {entry['bytes']}"
+        if problem:
+            raise ArtifactError(f"{path} is an unfinished or damaged artifact: {name} {problem}",
+                                hint=f"restore the file, or re-run `{redo} --out-dir {path} --overwrite`")
 
 
 def describe_output(out_dir: Path, name: str, rows: int | None = None) -> dict[str, Any]:

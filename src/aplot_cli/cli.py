@@ -55,7 +55,7 @@ def stage_command(func: Callable[..., Path]) -> Callable[..., None]:
         set_quiet(bool(kwargs.get("quiet")))
         _quiet_libraries()
         try:
-            manifest = func(*args, **kwargs)
+            manifest = _disk_full_named(func, args, kwargs)
         except AplotError as exc:
             console = get_console()
             console.print(f"[bold red]error:[/] {exc.message}", markup=True, highlight=False, soft_wrap=True)
@@ -72,6 +72,22 @@ def stage_command(func: Callable[..., Path]) -> Callable[..., None]:
             typer.echo(str(manifest))
 
     return wrapper
+
+
+def _disk_full_named(func: Callable[..., Path], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Path:
+    """Run a stage; a full disk that the stage did not name itself (the manifest, checkpoints) becomes a
+    DiskFullError naming the file the OS names, else the --out-dir."""
+    import sqlite3
+
+    from aplot_cli.errors import disk_full_error
+
+    try:
+        return func(*args, **kwargs)
+    except (OSError, sqlite3.Error) as exc:
+        error = disk_full_error(exc, getattr(exc, "filename", None) or kwargs.get("out_dir"))
+        if error is None:
+            raise
+        raise error from exc
 
 
 def _flags(**kwargs: Any) -> dict[str, Any]:

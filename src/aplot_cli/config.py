@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import re
 import types
 import typing
@@ -261,6 +262,29 @@ def _coerce(name: str, value: Any, hint: Any, source: str) -> Any:
     return value
 
 
+# YAML 1.1 (PyYAML) reads `1e-4` and `5E+3` as strings: its float pattern needs a dot. Config, grid and
+# recipe files also read these YAML 1.2 forms as floats (`learning_rate: 1e-4` is a number).
+_EXPONENT_FLOAT = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9][0-9_]*)[eE][-+]?[0-9]+$")
+
+
+@functools.cache
+def _loader() -> type:
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        """safe_load, plus floats written with an exponent and no dot."""
+
+    Loader.add_implicit_resolver("tag:yaml.org,2002:float", _EXPONENT_FLOAT, list("-+0123456789."))
+    return Loader
+
+
+def parse_yaml(text: str) -> Any:
+    """`yaml.safe_load` that also reads `1e-4` as a float (what config, grid and recipe files use)."""
+    import yaml
+
+    return yaml.load(text, Loader=_loader())  # noqa: S506 - a SafeLoader subclass
+
+
 def load_yaml(path: Path | str) -> dict[str, Any]:
     import yaml
 
@@ -268,7 +292,7 @@ def load_yaml(path: Path | str) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist", hint="check the --config path")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = parse_yaml(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
     if not isinstance(data, dict):

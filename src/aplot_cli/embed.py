@@ -30,7 +30,7 @@ from aplot_cli import artifacts, models
 from aplot_cli.config import EmbedConfig, config_to_dict
 from aplot_cli.console import info
 from aplot_cli.console import progress as progress_display
-from aplot_cli.errors import ConfigError, ModelError
+from aplot_cli.errors import ConfigError, ModelError, disk_full_names
 from aplot_cli.formatting import MIN_PROMPT_TOKENS
 
 STAGE = "embed"
@@ -40,6 +40,8 @@ SEPARATOR = "\n\n"
 # from the right, dropping the response of long prompts).
 TEXT_RULE = 2
 POOLING = "mean-l2"
+_CACHE_FULL = ("free space there, or pass --cache-dir on another disk; vectors already stored are kept, so a "
+               "re-run (with --overwrite) computes only the rest")
 
 
 @dataclass(frozen=True)
@@ -77,14 +79,6 @@ class Encoded:
     response_cut: np.ndarray     # (N,) bool: the response was cut from the right
 
 
-def pick_device(device: str) -> str:
-    import torch
-
-    if device != "auto":
-        return device
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def cut_sizes(over: int, n_prompt: int, n_response: int) -> tuple[int, int]:
     """(prompt tokens to drop from the left, response tokens to drop from the right) to remove `over`
     tokens: the prompt first, down to MIN_PROMPT_TOKENS when there is a response, then the response
@@ -104,7 +98,7 @@ class Encoder:
     def __init__(self, model: str, max_length: int = 256, device: str = "auto", trust_remote_code: bool = False):
         self.name, self.resolved = model, models.resolve(model)
         self.trust_remote_code = trust_remote_code
-        self.device = pick_device(device)
+        self.device = models.pick_device(device)
         self.max_length = max_length
         self.identity = (f"{models.identity(self.resolved)}|maxlen={max_length}|pool={POOLING}"
                          f"|text-rule={TEXT_RULE}")
@@ -190,12 +184,13 @@ class EmbeddingCache:
     is stored with what truncation cut, so a run served from the cache still counts its cuts."""
 
     def __init__(self, directory: Path, filename: str = "embeddings.sqlite"):
-        directory.mkdir(parents=True, exist_ok=True)
         self.path = directory / filename
-        self.db = sqlite3.connect(self.path, timeout=60)  # parallel compare workers share one file
-        self.db.execute("CREATE TABLE IF NOT EXISTS vectors (key TEXT PRIMARY KEY, dim INTEGER, vec BLOB)")
-        self.db.execute("CREATE TABLE IF NOT EXISTS truncation "
-                        "(key TEXT PRIMARY KEY, prompt_cut INTEGER, response_cut INTEGER)")
+        with disk_full_names(self.path, _CACHE_FULL):
+            directory.mkdir(parents=True, exist_ok=True)
+            self.db = sqlite3.connect(self.path, timeout=60)  # parallel compare workers share one file
+            self.db.execute("CREATE TABLE IF NOT EXISTS vectors (key TEXT PRIMARY KEY, dim INTEGER, vec BLOB)")
+            self.db.execute("CREATE TABLE IF NOT EXISTS truncation "
+                            "(key TEXT PRIMARY KEY, prompt_cut INTEGER, response_cut INTEGER)")
 
     @staticmethod
     def key(identity: str, text: Text) -> str:
@@ -215,7 +210,8 @@ class EmbeddingCache:
         return found
 
     def put_many(self, items: list[tuple[str, Cached]]) -> None:
-        with self.db:  # one transaction: a vector is never stored without its truncation record
+        # one transaction: a vector is never stored without its truncation record
+        with disk_full_names(self.path, _CACHE_FULL), self.db:
             self.db.executemany("INSERT OR REPLACE INTO vectors VALUES (?, ?, ?)",
                                 [(k, int(c.vector.shape[0]),
                                   np.ascontiguousarray(c.vector, dtype=np.float32).tobytes()) for k, c in items])
@@ -290,6 +286,7 @@ def run(cfg: EmbedConfig, pairs_dir: Path, out_dir: Path, overwrite: bool = Fals
 
     if cfg.batch_size < 1 or cfg.max_length < 8:
         raise ConfigError("--batch-size must be >= 1 and --max-length >= 8")
+    models.pick_device(cfg.device)  # a bad --device stops the run before the cache serves any vector
     pairs_art = artifacts.open_artifact(pairs_dir, "prepare")
     out_dir = artifacts.prepare_out_dir(out_dir, overwrite)
     encoder = Encoder(cfg.model, cfg.max_length, cfg.device, cfg.trust_remote_code)
@@ -308,10 +305,12 @@ def run(cfg: EmbedConfig, pairs_dir: Path, out_dir: Path, overwrite: bool = Fals
                 sides[name] = embed_texts(texts, encoder, cache, cfg.batch_size, stats)
                 vectors = sides[name].vectors
                 dim = vectors.shape[1]
-                np.save(out_dir / f"{split}_{name}.npy", vectors)
+                with disk_full_names(out_dir / f"{split}_{name}.npy"):
+                    np.save(out_dir / f"{split}_{name}.npy", vectors)
                 outputs.append(artifacts.describe_output(out_dir, f"{split}_{name}.npy", rows=len(vectors)))
             truncation[split] = _truncation(sides)
-            (out_dir / f"{split}_pair_ids.json").write_text(json.dumps(list(frame["pair_id"])))
+            with disk_full_names(out_dir / f"{split}_pair_ids.json"):
+                (out_dir / f"{split}_pair_ids.json").write_text(json.dumps(list(frame["pair_id"])))
             outputs.append(artifacts.describe_output(out_dir, f"{split}_pair_ids.json", rows=len(frame)))
     finally:
         cache.close()

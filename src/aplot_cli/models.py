@@ -17,9 +17,31 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from aplot_cli.errors import ModelError
+from aplot_cli.errors import ConfigError, ModelError
 
 EMBEDDED = ("minilm-l6", "smollm2-135m")
+DEVICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
+
+
+def pick_device(device: str) -> str:
+    """The torch device for `--device` (auto: cuda when visible, else cpu), checked before any model or
+    cache is touched: an unknown name, or an accelerator this machine lacks, is a ConfigError."""
+    import torch
+
+    name, _, index = device.partition(":")
+    known = name in ("cpu", "cuda", "mps", "auto") and (not index or (name == "cuda" and index.isdigit()))
+    if not known:
+        raise ConfigError(f"--device is {device!r}, not a device aplot can use",
+                          hint=f"use one of {', '.join(DEVICES)}")
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and int(index or 0) >= torch.cuda.device_count():
+        visible = torch.cuda.device_count()
+        seen = f"only cuda:0 to cuda:{visible - 1} are visible" if visible else "no CUDA device is visible"
+        raise ConfigError(f"--device {device} but {seen}", hint="use --device auto or cpu")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("--device mps but MPS is not available here", hint="use --device auto or cpu")
+    return device
 
 
 def cache_root() -> Path:

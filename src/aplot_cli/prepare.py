@@ -20,7 +20,7 @@ from aplot_cli.data import loaders, synthetic
 from aplot_cli.data.recipes import Recipe, load_recipe
 from aplot_cli.data.schema import Pair, messages_json
 from aplot_cli.data.transforms import TRANSFORMS, RowProblem
-from aplot_cli.errors import ConfigError, InputDataError
+from aplot_cli.errors import ConfigError, InputDataError, disk_full_names
 
 STAGE = "prepare"
 _FIX = "fix the row, or pass --on-bad-rows skip to drop such rows (they are counted in the manifest)"
@@ -188,7 +188,8 @@ def run(cfg: PrepareConfig, out_dir: Path, overwrite: bool = False) -> Path:
     for name, split_pairs in splits.items():
         flipped = _flip(split_pairs, cfg.flip_ratio, cfg.seed) if name == "train" else set()
         frame = _frame(split_pairs, name, flipped)
-        frame.to_parquet(out_dir / f"{name}.parquet", index=False)
+        with disk_full_names(out_dir / f"{name}.parquet"):
+            frame.to_parquet(out_dir / f"{name}.parquet", index=False)
         outputs.append(artifacts.describe_output(out_dir, f"{name}.parquet", rows=len(frame)))
         counts[name] = {"pairs": len(frame), "prompts": int(frame["prompt"].nunique()),
                         "flipped": len(flipped)}

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from aplot_cli import artifacts, models
-from aplot_cli.errors import ConfigError, ModelError
+from aplot_cli.errors import ArtifactError, ConfigError, ModelError
 
 DEFAULT_MAX_LENGTH = 2048  # RewardBench's own default; capped by the model's position embeddings
 
@@ -73,14 +73,6 @@ class ScoreStats:
     lengths: list[int] = field(default_factory=list, repr=False)  # tokens per input text, input order
 
 
-def _pick_device(device: str) -> str:
-    import torch
-
-    if device != "auto":
-        return device
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def _locate(name: str) -> tuple[str, str, artifacts.Artifact | None]:
     """(path for from_pretrained, source kind, artifact or None)."""
     path = Path(name).expanduser()
@@ -90,8 +82,20 @@ def _locate(name: str) -> tuple[str, str, artifacts.Artifact | None]:
             raise ModelError(f"train-rm artifact {path} has no model/ folder",
                              hint=f"re-run `aplot train-rm --out-dir {path} --overwrite`")
         return str(path / "model"), "train-rm artifact", art
+    if path.is_dir() and not (path / "config.json").is_file() and _train_run_traces(path):
+        raise ArtifactError(
+            f"{path} is an unfinished run: a train-rm folder ({', '.join(_train_run_traces(path))}) with no "
+            f"{artifacts.MANIFEST}, so training stopped before the end",
+            hint=f"resume it with `aplot train-rm PAIRS --out-dir {path} --resume` and the same options, or pass "
+                 "a finished run")
     resolved = models.resolve(name)
     return resolved, ("folder" if Path(resolved).exists() else "hub"), None
+
+
+def _train_run_traces(path: Path) -> list[str]:
+    """What train-rm writes into its --out-dir before the manifest, found in `path`."""
+    return [name for name in ("checkpoints/", "model/", "train_log.jsonl", "margins.parquet")
+            if (path / name.rstrip("/")).exists()]
 
 
 def _default_max_length(model: Any, tokenizer: Any) -> int:
@@ -114,6 +118,7 @@ def load_reward_model(name: str, max_length: int | None = None, chat_template: b
 
     from aplot_cli.formatting import keep_model_padding, prepare_tokenizer
 
+    device = models.pick_device(device)
     path, source, art = _locate(name)
     trained = art.config if art is not None else {}
     try:
@@ -138,7 +143,6 @@ def load_reward_model(name: str, max_length: int | None = None, chat_template: b
         raise ConfigError(f"--max-length is {max_length}, expected >= 8")
     if chat_template is None:
         chat_template = bool(trained.get("chat_template", True))
-    device = _pick_device(device)
     model.to(device).eval()
     fast = None
     if art is not None and (art.manifest.get("model") or {}).get("frozen_backbone"):

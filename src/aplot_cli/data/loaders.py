@@ -6,7 +6,10 @@ instead of raising here: the validator decides, per `--on-bad-rows`, whether the
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,40 +30,91 @@ class RawRecord:
     detail: str = ""
 
 
+def _lone_surrogate(data: Any) -> str | None:
+    """The first string (key or value) holding a lone UTF-16 surrogate, which JSON's `\\ud800` escapes can
+    produce but UTF-8 cannot store; walked without recursion, as the data may nest deeply."""
+    stack = [data]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                return item[max(exc.start - 10, 0):exc.end + 10].encode("utf-8", "backslashreplace").decode()
+    return None
+
+
+def _surrogate_detail(near: str) -> str:
+    return f'holds a lone surrogate escape (\\ud800-\\udfff, not a character) in "{near}"'
+
+
+def _parse(text: str) -> tuple[Any, str | None, str]:
+    """(data, problem, detail) for one JSON document: broken or too deeply nested JSON and lone
+    surrogates are problems, not exceptions."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        return None, "broken_json", f"not valid JSON ({exc.msg}, column {exc.colno})"
+    except RecursionError:
+        return None, "too_deep", "JSON nested too deeply to read"
+    bad = _lone_surrogate(data)
+    if bad is not None:
+        return None, "lone_surrogate", _surrogate_detail(bad)
+    return data, None, ""
+
+
 def _jsonl(path: Path) -> Iterator[RawRecord]:
-    with open(path, "rb") as handle:
+    rows = 0
+    with _open(path) as handle:
         for number, raw in enumerate(handle, start=1):
             where = f"{path}:{number}"
             try:
-                line = raw.decode("utf-8")
+                # a UTF-8 BOM on the first line is accepted, as pandas accepts it in CSV
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
             except UnicodeDecodeError as exc:
                 yield RawRecord(where, None, "undecodable", f"bytes are not UTF-8 ({exc.reason} at "
                                                             f"byte {exc.start})")
                 continue
             if not line.strip():
                 continue
-            try:
-                data = json.loads(line)
-            except json.JSONDecodeError as exc:
-                yield RawRecord(where, None, "broken_json", f"not valid JSON ({exc.msg}, column "
-                                                            f"{exc.colno})")
+            rows += 1
+            data, problem, detail = _parse(line)
+            if problem:
+                yield RawRecord(where, None, problem, detail)
                 continue
             if not isinstance(data, dict):
                 yield RawRecord(where, None, "not_an_object", f"a JSON {type(data).__name__}, not an "
                                                               "object")
                 continue
             yield RawRecord(where, data)
+    if not rows:
+        raise _empty(path, "holds only blank lines")
 
 
 def _json(path: Path) -> Iterator[RawRecord]:
+    with _open(path) as handle:
+        raw = handle.read()
     try:
-        data = json.loads(path.read_bytes().decode("utf-8"))
+        text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise InputDataError(f"{path}: bytes are not UTF-8 ({exc.reason} at byte {exc.start})",
                              hint="re-encode the file as UTF-8") from exc
+    if not text.strip():
+        raise _empty(path)
+    try:
+        data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise InputDataError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})",
                              hint="fix the file, or write one object per line as .jsonl") from exc
+    except RecursionError as exc:
+        raise InputDataError(f"{path}: JSON nested too deeply to read",
+                             hint="fix the file, or write one object per line as .jsonl "
+                                  "(then --on-bad-rows skip can drop such rows)") from exc
     if isinstance(data, dict):
         for key in ("data", "rows", "examples"):
             if isinstance(data.get(key), list):
@@ -69,9 +123,14 @@ def _json(path: Path) -> Iterator[RawRecord]:
     if not isinstance(data, list):
         raise InputDataError(f"{path}: expected a JSON list of objects (or {{\"data\": [...]}})",
                              hint="write one object per line as .jsonl instead")
+    if not data:
+        raise _empty(path, "holds an empty list")
     for number, item in enumerate(data):
         where = f"{path}[{number}]"
-        if isinstance(item, dict):
+        bad = _lone_surrogate(item)
+        if bad is not None:
+            yield RawRecord(where, None, "lone_surrogate", _surrogate_detail(bad))
+        elif isinstance(item, dict):
             yield RawRecord(where, item)
         else:
             yield RawRecord(where, None, "not_an_object", f"a JSON {type(item).__name__}")
@@ -89,6 +148,9 @@ def _table(path: Path, kind: str) -> Iterator[RawRecord]:
     except Exception as exc:  # pandas/pyarrow raise many types for unreadable files
         raise InputDataError(f"{path}: cannot read as {kind} ({exc})",
                              hint=f"check that the file is a valid {kind} file") from exc
+    if frame.empty:
+        raise _empty(path, f"has a header ({', '.join(map(str, frame.columns))}) but no rows" if kind == "csv"
+                     else "holds no rows")
     offset = 2 if kind == "csv" else 0  # csv: line 1 is the header
     for number, row in enumerate(frame.to_dict(orient="records")):
         yield RawRecord(f"{path}:{number + offset}" if kind == "csv" else f"{path}#row{number}",
@@ -106,15 +168,49 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _empty(path: Path, what: str = "is empty (0 bytes)") -> InputDataError:
+    return InputDataError(f"input file {path} {what}",
+                          hint="check that it was written completely, or leave it out of --files")
+
+
+def _open(path: Path):
+    try:
+        return open(path, "rb")
+    except OSError as exc:
+        raise InputDataError(f"input file {path} cannot be read ({exc.strerror})",
+                             hint="check the path and its permissions") from exc
+
+
+def check_file(path: Path) -> str:
+    """The reader kind of an input file, or an InputDataError that says what the path is instead."""
+    try:
+        info = path.stat()
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise InputDataError(f"input file {path} is a symbolic link loop ({exc.strerror})",
+                                 hint="point the link at a real file") from exc
+        if path.is_symlink():
+            raise InputDataError(f"input file {path} is a symbolic link to {os.readlink(path)}, which does "
+                                 "not exist", hint="point the link at a real file") from exc
+        raise InputDataError(f"input file {path} does not exist", hint="check the path") from exc
+    if stat.S_ISDIR(info.st_mode):
+        raise InputDataError(f"input file {path} is a directory, not a file",
+                             hint=f"pass the files in it, e.g. --files {path}/*.jsonl")
+    if not stat.S_ISREG(info.st_mode):
+        raise InputDataError(f"input file {path} is not a regular file", hint="pass a jsonl/json/parquet/csv file")
+    kind = SUFFIXES.get(path.suffix.lower())
+    if kind is None:
+        raise InputDataError(f"{path}: unknown file type {path.suffix!r}",
+                             hint=f"use one of {', '.join(sorted(SUFFIXES))}")
+    if info.st_size == 0:
+        raise _empty(path)
+    return kind
+
+
 def read_files(paths: list[str] | tuple[str, ...]) -> Iterator[RawRecord]:
     for name in paths:
         path = Path(name)
-        if not path.is_file():
-            raise InputDataError(f"input file {path} does not exist", hint="check the path")
-        kind = SUFFIXES.get(path.suffix.lower())
-        if kind is None:
-            raise InputDataError(f"{path}: unknown file type {path.suffix!r}",
-                                 hint=f"use one of {', '.join(sorted(SUFFIXES))}")
+        kind = check_file(path)
         if kind == "jsonl":
             yield from _jsonl(path)
         elif kind == "json":

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from aplot_cli.config import parse_yaml
 from aplot_cli.errors import ConfigError
 
 _KNOWN_TRANSFORMS = ("pairwise", "hh_transcript", "rated_pair", "multiple_choice", "synthetic")
@@ -44,8 +45,6 @@ def available() -> list[str]:
 
 
 def load_recipe(name_or_path: str) -> Recipe:
-    import yaml
-
     path = Path(name_or_path)
     if not (path.suffix in (".yaml", ".yml") and path.is_file()):
         path = recipes_dir() / f"{name_or_path}.yaml"
@@ -54,7 +53,7 @@ def load_recipe(name_or_path: str) -> Recipe:
             raise ConfigError(f"unknown recipe {name_or_path!r}",
                               hint=(f"did you mean `{close[0]}`? " if close else "")
                               + f"available: {', '.join(available())}, or a path to a recipe .yaml")
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    data = parse_yaml(path.read_text(encoding="utf-8")) or {}
     unknown = set(data) - _KEYS
     if unknown:
         key = sorted(unknown)[0]

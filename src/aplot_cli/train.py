@@ -651,7 +651,9 @@ def run(cfg: TrainConfig, pairs_dir: Path, out_dir: Path, embeddings_dir: Path |
     if emb_art is not None:
         check_embeddings_match(emb_art, pairs_art)
     out_dir = Path(out_dir)
-    artifacts.check_out_dir(out_dir, overwrite, resume=resume)  # refuse now; clear only once the inputs pass
+    claim = {"stage": STAGE, "overwrite": overwrite, "resume": resume,
+             "inputs": [("PAIRS", pairs_dir), ("--embeddings", embeddings_dir), ("--backbone", cfg.backbone)]}
+    artifacts.check_out_dir(out_dir, **claim)  # refuse now; clear only once the inputs pass
     use_cpu = _use_cpu(cfg.device)
     test_frame = _test_frame(pairs_art, cfg)
     train_frame = _take(load_pairs(pairs_dir, "train"), cfg.max_train_pairs, cfg.seed)
@@ -661,7 +663,7 @@ def run(cfg: TrainConfig, pairs_dir: Path, out_dir: Path, embeddings_dir: Path |
     rank = args.process_index
     with args.main_process_first(desc="prepare the output directory"):
         if args.process_index == 0:
-            artifacts.prepare_out_dir(out_dir, overwrite, resume=resume)
+            artifacts.prepare_out_dir(out_dir, **claim)
     checkpoint, resumed_step = _resume_step(out_dir, resume)
     need_emb = spec.aplot and cfg.semantic_source == "embeddings" and emb_art is not None
     train = encode_split(train_frame, tokenizer, cfg, load_embeddings(emb_art.path, "train") if need_emb else None)
@@ -726,10 +728,9 @@ def _relative_or_id(resolved: str) -> str:
 
 
 def _test_frame(pairs_art, cfg: TrainConfig):
-    from aplot_cli.prepare import load_pairs
+    from aplot_cli.prepare import load_pairs, split_files
 
-    names = [o["path"] for o in pairs_art.manifest["outputs"]]
-    if "test.parquet" not in names:
+    if "test.parquet" not in split_files(pairs_art):
         return None
     return _take(load_pairs(pairs_art.path, "test"), cfg.max_eval_pairs, cfg.seed)
 

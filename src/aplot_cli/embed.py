@@ -291,7 +291,7 @@ def run(cfg: EmbedConfig, pairs_dir: Path, out_dir: Path, overwrite: bool = Fals
     if cfg.batch_size < 1 or cfg.max_length < 8:
         raise ConfigError("--batch-size must be >= 1 and --max-length >= 8")
     cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
-    inputs = [("PAIRS", pairs_dir), ("--model", cfg.model), ("--cache-dir", cache_dir)]
+    inputs = [("PAIRS", pairs_dir), ("--model", cfg.model), ("embedding cache", cache_dir)]
     artifacts.check_out_dir(out_dir, stage=STAGE, inputs=inputs, overwrite=overwrite)
     pairs_art = artifacts.open_artifact(pairs_dir, "prepare")
     splits = {name.removesuffix(".parquet"): load_pairs(pairs_dir, name.removesuffix(".parquet"))

@@ -261,7 +261,7 @@ def run(cfg: EvalConfig, model: str | None, out_dir: Path, overwrite: bool = Fal
     bench = benchmarks.get(cfg.benchmark)
     claim = {"stage": STAGE, "overwrite": overwrite,
              "inputs": [("MODEL", model), ("--from-predictions", cfg.from_predictions),
-                        *(("--data", source) for source in cfg.data)]}
+                        ("--prior-sets", cfg.prior_sets), *(("--data", source) for source in cfg.data)]}
     artifacts.check_out_dir(out_dir, **claim)
     data_info, inputs = _data_info(cfg, bench)
     if cfg.from_predictions is not None:

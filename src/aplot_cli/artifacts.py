@@ -142,7 +142,7 @@ def _listing(out_dir: Path, entries: list[Path]) -> str:
 
 def _what_is_there(out_dir: Path, owner: str | None, finished: bool, entries: list[Path]) -> str:
     if owner is not None:
-        return f"a {'finished' if finished else 'unfinished'} `{owner}` artifact ({_listing(out_dir, entries)})"
+        return f"{'a finished' if finished else 'an unfinished'} `{owner}` artifact ({_listing(out_dir, entries)})"
     return f"files aplot did not write ({_listing(out_dir, entries)})"
 
 
@@ -170,7 +170,7 @@ def check_out_dir(out_dir: Path, *, stage: str, inputs: InputPaths = (), overwri
         if owner == stage:
             return False
         raise ArtifactError(f"--out-dir {out_dir} holds {_what_is_there(out_dir, owner, finished, entries)}; "
-                            f"--overwrite replaces only an empty folder or a `{stage}` artifact",
+                            f"--overwrite replaces only an empty folder or an artifact of `{stage}`",
                             hint="choose a new or empty --out-dir (nothing was deleted)")
     if (resume or reopen) and owner == stage:
         if finished and not reopen:
@@ -182,7 +182,7 @@ def check_out_dir(out_dir: Path, *, stage: str, inputs: InputPaths = (), overwri
                             f"{_what_is_there(out_dir, owner, finished, entries)}",
                             hint="pass --overwrite to replace it, or choose a new or empty directory")
     raise ArtifactError(f"--out-dir {out_dir} is not empty: it holds {_what_is_there(out_dir, owner, finished, entries)}",
-                        hint=f"choose a new or empty directory (--overwrite replaces only a `{stage}` artifact)")
+                        hint=f"choose a new or empty directory (--overwrite replaces only an artifact of `{stage}`)")
 
 
 def prepare_out_dir(out_dir: Path, *, stage: str, inputs: InputPaths = (), overwrite: bool = False,

@@ -238,4 +238,9 @@ def load_pairs(artifact_dir: Path | str, split: str | None = None):
             raise InputDataError(f"{art.path} has no `{split}` split",
                                  hint=f"available: {', '.join(n.removesuffix('.parquet') for n in names)}")
         names = [f"{split}.parquet"]
+    for name in names:
+        if not (art.path / name).is_file():
+            raise ArtifactError(f"{art.path} lists {name} in its manifest but the file is missing: "
+                                "an unfinished or damaged artifact",
+                                hint=f"re-run `aplot {STAGE} --out-dir {art.path} --overwrite`")
     return pd.concat([pd.read_parquet(art.path / n) for n in names], ignore_index=True)

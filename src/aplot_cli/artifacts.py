@@ -3,7 +3,9 @@
 Every stage writes into its own `--out-dir`. The manifest is written last, atomically (temp file +
 `os.replace`), so a directory without one is an unfinished run. Downstream stages open inputs through
 `open_artifact`, which refuses unfinished runs and the wrong stage with a message naming the fix.
-Paths inside manifests are relative to the artifact directory."""
+Paths inside manifests are relative to the artifact directory, and file names read from one must stay
+inside it. `check_out_dir` / `prepare_out_dir` decide what a stage may write to and what `--overwrite`
+may delete: only an empty folder or an artifact of the same stage, never an input."""
 
 from __future__ import annotations
 
@@ -133,17 +135,17 @@ def _check_inputs(out_dir: Path, inputs: InputPaths) -> None:
                                 hint="write the artifact to a new folder outside every input (and not holding one)")
 
 
-def _listing(out_dir: Path, entries: list[Path]) -> str:
+def _listing(entries: list[Path]) -> str:
     shown = [e for e in entries if e.name != STAGE_MARKER] or entries
     names = [e.name + ("/" if e.is_dir() and not e.is_symlink() else "") for e in shown[:_SHOWN]]
     more = f" and {len(shown) - _SHOWN} more" if len(shown) > _SHOWN else ""
     return ", ".join(names) + more
 
 
-def _what_is_there(out_dir: Path, owner: str | None, finished: bool, entries: list[Path]) -> str:
+def _what_is_there(owner: str | None, finished: bool, entries: list[Path]) -> str:
     if owner is not None:
-        return f"{'a finished' if finished else 'an unfinished'} `{owner}` artifact ({_listing(out_dir, entries)})"
-    return f"files aplot did not write ({_listing(out_dir, entries)})"
+        return f"{'a finished' if finished else 'an unfinished'} `{owner}` artifact ({_listing(entries)})"
+    return f"files aplot did not write ({_listing(entries)})"
 
 
 def check_out_dir(out_dir: Path, *, stage: str, inputs: InputPaths = (), overwrite: bool = False,
@@ -162,14 +164,18 @@ def check_out_dir(out_dir: Path, *, stage: str, inputs: InputPaths = (), overwri
     _check_inputs(out_dir, inputs)
     if out_dir.exists() and not out_dir.is_dir():
         raise ArtifactError(f"--out-dir {out_dir} exists and is not a directory", hint="choose another path")
-    entries = sorted(out_dir.iterdir()) if out_dir.is_dir() else []
+    try:
+        entries = sorted(out_dir.iterdir()) if out_dir.is_dir() else []
+    except OSError as exc:
+        raise ArtifactError(f"cannot read --out-dir {out_dir}: {exc.strerror or exc}",
+                            hint="choose a folder you can read and write") from exc
     if not entries:
         return False
     owner, finished = folder_stage(out_dir)
     if overwrite:
         if owner == stage:
             return False
-        raise ArtifactError(f"--out-dir {out_dir} holds {_what_is_there(out_dir, owner, finished, entries)}; "
+        raise ArtifactError(f"--out-dir {out_dir} holds {_what_is_there(owner, finished, entries)}; "
                             f"--overwrite replaces only an empty folder or an artifact of `{stage}`",
                             hint="choose a new or empty --out-dir (nothing was deleted)")
     if (resume or reopen) and owner == stage:
@@ -179,9 +185,9 @@ def check_out_dir(out_dir: Path, *, stage: str, inputs: InputPaths = (), overwri
         return True
     if owner == stage:
         raise ArtifactError(f"--out-dir {out_dir} is not empty: it holds "
-                            f"{_what_is_there(out_dir, owner, finished, entries)}",
+                            f"{_what_is_there(owner, finished, entries)}",
                             hint="pass --overwrite to replace it, or choose a new or empty directory")
-    raise ArtifactError(f"--out-dir {out_dir} is not empty: it holds {_what_is_there(out_dir, owner, finished, entries)}",
+    raise ArtifactError(f"--out-dir {out_dir} is not empty: it holds {_what_is_there(owner, finished, entries)}",
                         hint=f"choose a new or empty directory (--overwrite replaces only an artifact of `{stage}`)")
 
 

@@ -325,3 +325,15 @@ def test_member_names():
     assert all(artifacts.is_member_name(n) for n in good)
     assert not any(artifacts.is_member_name(n) for n in bad)
     assert not artifacts.is_member_name("model/model.safetensors", flat=True)
+
+
+@pytest.mark.parametrize("overwrite", [True, False])
+def test_compare_neither_clears_nor_continues_into_a_folder_it_did_not_make(tmp_path, overwrite):
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(f"data:\n  files: [{_jsonl(tmp_path / 'd.jsonl')}]\nseeds: [0]\n")
+    thesis = tmp_path / "thesis"
+    thesis.mkdir()
+    (thesis / "thesis.tex").write_text("x")
+    result = _invoke("compare", grid, "--out-dir", thesis, *(["--overwrite"] if overwrite else []))
+    assert result.exit_code == 4 and "files aplot did not write (thesis.tex)" in result.stderr
+    assert sorted(p.name for p in thesis.iterdir()) == ["thesis.tex"]

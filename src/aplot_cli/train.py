@@ -652,7 +652,8 @@ def run(cfg: TrainConfig, pairs_dir: Path, out_dir: Path, embeddings_dir: Path |
         check_embeddings_match(emb_art, pairs_art)
     out_dir = Path(out_dir)
     claim = {"stage": STAGE, "overwrite": overwrite, "resume": resume,
-             "inputs": [("PAIRS", pairs_dir), ("--embeddings", embeddings_dir), ("--backbone", cfg.backbone)]}
+             "inputs": [("PAIRS", pairs_dir), ("--embeddings", embeddings_dir), ("--backbone", cfg.backbone),
+                        ("feature cache", cfg.feature_cache_dir)]}
     artifacts.check_out_dir(out_dir, **claim)  # refuse now; clear only once the inputs pass
     use_cpu = _use_cpu(cfg.device)
     test_frame = _test_frame(pairs_art, cfg)

@@ -3,7 +3,9 @@
 Every stage writes into its own `--out-dir`. The manifest is written last, atomically (temp file +
 `os.replace`), so a directory without one is an unfinished run. Downstream stages open inputs through
 `open_artifact`, which refuses unfinished runs and the wrong stage with a message naming the fix.
-Paths inside manifests are relative to the artifact directory."""
+Paths inside manifests are relative to the artifact directory, and file names read from one must stay
+inside it. `check_out_dir` / `prepare_out_dir` decide what a stage may write to and what `--overwrite`
+may delete: only an empty folder or an artifact of the same stage, never an input."""
 
 from __future__ import annotations
 
@@ -15,9 +17,10 @@ import platform
 import shutil
 import sys
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib import metadata
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 from aplot_cli.errors import ArtifactError
@@ -73,40 +76,166 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def check_out_dir(out_dir: Path, overwrite: bool, resume: bool = False) -> bool:
-    """Whether `out_dir` may be written, touching nothing: raises the refusal `prepare_out_dir` would
-    give, and returns True when the directory holds files that it would keep (a resume)."""
+# --- the output directory ----------------------------------------------------------------------------
+# `--overwrite` deletes only what aplot itself wrote: a folder that is empty or holds an artifact of the
+# same stage. A finished artifact is known by its manifest; an unfinished one by STAGE_MARKER, which the
+# stage writes into the folder before any other output (and keeps while clearing, so a crash mid-clear
+# still leaves a folder that a later `--overwrite` may take).
+STAGE_MARKER = ".aplot-stage"
+_SHOWN = 5  # entries of a refused folder named in the error
+
+InputPaths = Iterable[tuple[str, "str | Path | None"]]
+
+
+def folder_stage(path: Path) -> tuple[str | None, bool]:
+    """(stage, finished) of the aplot artifact in `path`: the manifest's stage (finished), else the stage
+    marker's (unfinished), else (None, False) for a folder aplot did not make."""
+    manifest = path / MANIFEST
+    if manifest.is_file():
+        try:
+            stage = json.loads(manifest.read_text(encoding="utf-8")).get("stage")
+        except (OSError, ValueError, AttributeError):
+            stage = None
+        if isinstance(stage, str):
+            return stage, True
+    marker = path / STAGE_MARKER
+    if marker.is_file() and not marker.is_symlink():
+        try:
+            stage = marker.read_text(encoding="utf-8").strip()
+        except (OSError, ValueError):
+            stage = ""
+        if stage:
+            return stage, False
+    return None, False
+
+
+def _relation(out_real: Path, input_real: Path) -> str | None:
+    if out_real == input_real:
+        return "is"
+    if out_real in input_real.parents:
+        return "contains"
+    if input_real in out_real.parents:
+        return "lies inside"
+    return None
+
+
+def _check_inputs(out_dir: Path, inputs: InputPaths) -> None:
+    """Refuse an out-dir that is, contains or lies inside an input (compared as real paths, so a link or
+    `..` does not hide it). Inputs that do not exist on disk (hub ids) hold nothing to lose."""
+    out_real = Path(os.path.realpath(out_dir))
+    for label, value in inputs:
+        if value is None or str(value) == "":
+            continue
+        path = Path(value).expanduser()
+        if not (path.exists() or path.is_symlink()):
+            continue
+        relation = _relation(out_real, Path(os.path.realpath(path)))
+        if relation:
+            raise ArtifactError(f"--out-dir {out_dir} {relation} the input {label} {value}",
+                                hint="write the artifact to a new folder outside every input (and not holding one)")
+
+
+def _listing(entries: list[Path]) -> str:
+    shown = [e for e in entries if e.name != STAGE_MARKER] or entries
+    names = [e.name + ("/" if e.is_dir() and not e.is_symlink() else "") for e in shown[:_SHOWN]]
+    more = f" and {len(shown) - _SHOWN} more" if len(shown) > _SHOWN else ""
+    return ", ".join(names) + more
+
+
+def _what_is_there(owner: str | None, finished: bool, entries: list[Path]) -> str:
+    if owner is not None:
+        return f"{'a finished' if finished else 'an unfinished'} `{owner}` artifact ({_listing(entries)})"
+    return f"files aplot did not write ({_listing(entries)})"
+
+
+def check_out_dir(out_dir: Path, *, stage: str, inputs: InputPaths = (), overwrite: bool = False,
+                  resume: bool = False, reopen: bool = False) -> bool:
+    """Whether `out_dir` may be written by `stage`, touching nothing: raises the refusal
+    `prepare_out_dir` would give, and returns True when the folder holds files it would keep.
+
+    Refused: a symbolic link; a path that is, contains or lies inside an input; a non-empty folder
+    unless it holds an artifact of `stage` and `overwrite` (replace it), `resume` (continue an
+    unfinished one) or `reopen` (continue one, finished or not: compare) is given."""
     out_dir = Path(out_dir)
+    if out_dir.is_symlink():
+        raise ArtifactError(f"--out-dir {out_dir} is a symbolic link (to {os.readlink(out_dir)})",
+                            hint=f"pass the folder it points to ({os.path.realpath(out_dir)}) or a new path; "
+                                 "aplot does not write or delete through links")
+    _check_inputs(out_dir, inputs)
     if out_dir.exists() and not out_dir.is_dir():
-        raise ArtifactError(f"--out-dir {out_dir} exists and is not a directory",
-                            hint="choose another path")
-    if not (out_dir.is_dir() and any(out_dir.iterdir())) or overwrite:
+        raise ArtifactError(f"--out-dir {out_dir} exists and is not a directory", hint="choose another path")
+    try:
+        entries = sorted(out_dir.iterdir()) if out_dir.is_dir() else []
+    except OSError as exc:
+        raise ArtifactError(f"cannot read --out-dir {out_dir}: {exc.strerror or exc}",
+                            hint="choose a folder you can read and write") from exc
+    if not entries:
         return False
-    if not resume:
-        raise ArtifactError(f"--out-dir {out_dir} is not empty",
-                            hint="pass --overwrite to replace it, or choose an empty directory")
-    if (out_dir / MANIFEST).exists():
-        raise ArtifactError(f"{out_dir} holds a finished run; there is nothing to resume",
-                            hint="pass --overwrite to redo it, or use another --out-dir")
-    return True
+    owner, finished = folder_stage(out_dir)
+    if overwrite:
+        if owner == stage:
+            return False
+        raise ArtifactError(f"--out-dir {out_dir} holds {_what_is_there(owner, finished, entries)}; "
+                            f"--overwrite replaces only an empty folder or an artifact of `{stage}`",
+                            hint="choose a new or empty --out-dir (nothing was deleted)")
+    if (resume or reopen) and owner == stage:
+        if finished and not reopen:
+            raise ArtifactError(f"{out_dir} holds a finished run; there is nothing to resume",
+                                hint="pass --overwrite to redo it, or use another --out-dir")
+        return True
+    if owner == stage:
+        raise ArtifactError(f"--out-dir {out_dir} is not empty: it holds "
+                            f"{_what_is_there(owner, finished, entries)}",
+                            hint="pass --overwrite to replace it, or choose a new or empty directory")
+    raise ArtifactError(f"--out-dir {out_dir} is not empty: it holds {_what_is_there(owner, finished, entries)}",
+                        hint=f"choose a new or empty directory (--overwrite replaces only an artifact of `{stage}`)")
 
 
-def prepare_out_dir(out_dir: Path, overwrite: bool, resume: bool = False) -> Path:
-    """Create `out_dir` or check that it may be written.
+def prepare_out_dir(out_dir: Path, *, stage: str, inputs: InputPaths = (), overwrite: bool = False,
+                    resume: bool = False, reopen: bool = False) -> Path:
+    """Claim `out_dir` for `stage`: create it (or clear the `stage` artifact it holds, with
+    `overwrite`) and write the stage marker before any other output.
 
-    A non-empty directory is refused unless `overwrite` (cleared first, manifest removed before
-    anything else so that a crash mid-clear never leaves a finished-looking run) or `resume` (kept,
-    for stages that continue from checkpoints; a finished run is still refused). A stage that can
-    still refuse its inputs after loading them calls `check_out_dir` first and this only once they
-    pass, so `--overwrite` never clears a finished run for a run that then stops."""
+    Refusals are `check_out_dir`'s. A stage calls `check_out_dir` before its work and this only once its
+    inputs have passed, so a run that stops on a bad input never clears a finished one. While clearing,
+    the manifest goes first (a crash never leaves a finished-looking run) and the marker stays."""
     out_dir = Path(out_dir)
-    if check_out_dir(out_dir, overwrite, resume):
-        return out_dir
-    if out_dir.is_dir() and any(out_dir.iterdir()):  # overwrite
-        (out_dir / MANIFEST).unlink(missing_ok=True)
-        shutil.rmtree(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    keep = check_out_dir(out_dir, stage=stage, inputs=inputs, overwrite=overwrite, resume=resume, reopen=reopen)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        _write_marker(out_dir, stage)
+        if not keep:
+            _clear(out_dir)
+    except OSError as exc:
+        raise ArtifactError(f"cannot prepare --out-dir {out_dir}: {exc.strerror or exc}",
+                            hint="choose a writable path whose parents are folders") from exc
     return out_dir
+
+
+def _write_marker(out_dir: Path, stage: str) -> None:
+    marker = out_dir / STAGE_MARKER
+    if marker.is_file() and not marker.is_symlink() and marker.read_text(encoding="utf-8").strip() == stage:
+        return
+    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f"{STAGE_MARKER}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(stage + "\n")
+        os.replace(tmp, marker)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _clear(out_dir: Path) -> None:
+    """Delete everything in `out_dir` but the stage marker; links are removed, never followed."""
+    (out_dir / MANIFEST).unlink(missing_ok=True)
+    for entry in sorted(out_dir.iterdir()):
+        if entry.name == STAGE_MARKER:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
 
 
 def open_artifact(path: Path | str, stage: str | tuple[str, ...], redo: str | None = None) -> Artifact:
@@ -126,6 +255,8 @@ def open_artifact(path: Path | str, stage: str | tuple[str, ...], redo: str | No
     except json.JSONDecodeError as exc:
         raise ArtifactError(f"{manifest_path} is not valid JSON ({exc})",
                             hint=f"re-run `{redo}` into a fresh directory") from exc
+    if not isinstance(manifest, dict):
+        raise ArtifactError(f"{manifest_path} is not a JSON object", hint=f"re-run `{redo}` into a fresh directory")
     if manifest.get("stage") not in stages:
         raise ArtifactError(
             f"{path} is a `{manifest.get('stage')}` artifact, expected {' or '.join(stages)}",
@@ -133,6 +264,12 @@ def open_artifact(path: Path | str, stage: str | tuple[str, ...], redo: str | No
     if manifest.get("schema_version", 0) > SCHEMA_VERSION:
         raise ArtifactError(f"{path} was written by a newer aplot (schema {manifest['schema_version']})",
                             hint="upgrade aplot")
+    outputs = manifest.get("outputs", [])
+    if not isinstance(outputs, list) or not all(isinstance(o, dict) for o in outputs):
+        raise ArtifactError(f"{manifest_path}: `outputs` is not a list of entries",
+                            hint=f"the manifest is damaged; re-run `{redo}` into a fresh directory")
+    for i, entry in enumerate(outputs):
+        check_member(path, f"outputs[{i}].path", entry.get("path"), redo=redo)
     _check_outputs_present(path, manifest, redo)
     return Artifact(path=path, manifest=manifest)
 
@@ -153,6 +290,30 @@ def _check_outputs_present(path: Path, manifest: dict[str, Any], redo: str) -> N
         if problem:
             raise ArtifactError(f"{path} is an unfinished or damaged artifact: {name} {problem}",
                                 hint=f"restore the file, or re-run `{redo} --out-dir {path} --overwrite`")
+
+
+def is_member_name(value: Any, *, flat: bool = False) -> bool:
+    """Whether `value` names a file inside an artifact: a relative path of plain parts (no `..`, no
+    root, drive or backslash), a single name when `flat`."""
+    if not isinstance(value, str) or not value or "\\" in value or "\x00" in value:
+        return False
+    parts = value.split("/")
+    if flat and len(parts) != 1:
+        return False
+    if PurePosixPath(value).is_absolute() or PureWindowsPath(value).drive:
+        return False
+    return all(part not in ("", ".", "..") for part in parts)
+
+
+def check_member(artifact: Path, field: str, value: Any, *, flat: bool = False, redo: str = "aplot") -> str:
+    """`value` (a file name read from `artifact`'s manifest) if it names a file inside the artifact;
+    otherwise an ArtifactError naming the artifact, the field and the value, so a damaged or hostile
+    manifest never makes a stage read or write outside it."""
+    if not is_member_name(value, flat=flat):
+        kind = "a plain file name" if flat else "a relative path inside the artifact"
+        raise ArtifactError(f"{artifact / MANIFEST}: {field} is {value!r}, expected {kind}",
+                            hint=f"the manifest was edited or damaged; re-run `{redo}` into a fresh directory")
+    return value
 
 
 def describe_output(out_dir: Path, name: str, rows: int | None = None) -> dict[str, Any]:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -246,21 +245,32 @@ def _retry_failed(grid: Grid, out_dir: Path, data: dict[float, tuple[Path, Path]
     return errors
 
 
+def input_paths(grid: Grid, grid_path: Path | str) -> list[tuple[str, Any]]:
+    """The local paths a grid reads (what its --out-dir must stay clear of)."""
+    from aplot_cli import prepare
+
+    paths: list[tuple[str, Any]] = [("GRID", grid_path), ("embed.model", grid.embed.model),
+                                    ("embed.cache_dir", grid.embed.cache_dir)]
+    paths += [(f"data {label}", value) for label, value in prepare.input_paths(grid.data)]
+    paths += [(f"evals.{ev.name}.files", f) for ev in grid.evals for f in ev.files]
+    paths += [(f"methods.{name}.backbone", cfg.backbone) for name, cfg in grid.methods.items()]
+    return paths
+
+
 def run(grid_path: Path, out_dir: Path, overwrite: bool = False, seeds: tuple[int, ...] | None = None,
         methods: tuple[str, ...] | None = None, report_only: bool = False, workers: int = 1) -> Path:
     """Run (or resume) the grid and write the report; returns the manifest path."""
     from aplot_cli import report
 
-    grid = load_grid(grid_path, seeds, methods)
-    out_dir = Path(out_dir)
-    if overwrite and out_dir.exists():
-        (out_dir / artifacts.MANIFEST).unlink(missing_ok=True)
-        shutil.rmtree(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / artifacts.MANIFEST).unlink(missing_ok=True)  # unfinished until the report is written
-    (out_dir / "grid.yaml").write_text(Path(grid_path).read_text(encoding="utf-8"), encoding="utf-8")
     if workers < 1:
         raise ConfigError(f"compare: --workers is {workers}; it must be >= 1")
+    grid = load_grid(grid_path, seeds, methods)
+    grid_text = Path(grid_path).read_text(encoding="utf-8")
+    # without --overwrite a folder holding a compare run is continued (finished cells are kept)
+    out_dir = artifacts.prepare_out_dir(out_dir, stage=STAGE, inputs=input_paths(grid, grid_path),
+                                        overwrite=overwrite, reopen=True)
+    (out_dir / artifacts.MANIFEST).unlink(missing_ok=True)  # unfinished until the report is written
+    (out_dir / "grid.yaml").write_text(grid_text, encoding="utf-8")
     failed: dict[str, str] = {}
     if not report_only:
         failed = _run_cells(grid, out_dir, _prepare_data(grid, out_dir), workers)

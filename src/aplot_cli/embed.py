@@ -282,20 +282,23 @@ def default_cache_dir() -> Path:
 
 
 def run(cfg: EmbedConfig, pairs_dir: Path, out_dir: Path, overwrite: bool = False) -> Path:
-    from aplot_cli.prepare import load_pairs
+    from aplot_cli.prepare import load_pairs, split_files
 
     if cfg.batch_size < 1 or cfg.max_length < 8:
         raise ConfigError("--batch-size must be >= 1 and --max-length >= 8")
     models.pick_device(cfg.device)  # a bad --device stops the run before the cache serves any vector
+    cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
+    inputs = [("PAIRS", pairs_dir), ("--model", cfg.model), ("embedding cache", cache_dir)]
+    artifacts.check_out_dir(out_dir, stage=STAGE, inputs=inputs, overwrite=overwrite)
     pairs_art = artifacts.open_artifact(pairs_dir, "prepare")
-    out_dir = artifacts.prepare_out_dir(out_dir, overwrite)
+    splits = {name.removesuffix(".parquet"): load_pairs(pairs_dir, name.removesuffix(".parquet"))
+              for name in split_files(pairs_art)}
     encoder = Encoder(cfg.model, cfg.max_length, cfg.device, cfg.trust_remote_code)
-    cache = EmbeddingCache(Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir())
+    out_dir = artifacts.prepare_out_dir(out_dir, stage=STAGE, inputs=inputs, overwrite=overwrite)
+    cache = EmbeddingCache(cache_dir)
     stats, outputs, dim, truncation = EmbedStats(), [], None, {}
     try:
-        for entry in pairs_art.manifest["outputs"]:
-            split = entry["path"].removesuffix(".parquet")
-            frame = load_pairs(pairs_dir, split)
+        for split, frame in splits.items():
             columns = {"chosen": [compose(p, r, cfg.text) for p, r in zip(frame["prompt"], frame["chosen"])],
                        "rejected": [compose(p, r, cfg.text) for p, r in zip(frame["prompt"], frame["rejected"])]}
             if cfg.embed_prompt:

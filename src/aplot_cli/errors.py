@@ -39,8 +39,8 @@ class InputDataError(AplotError):
 
 
 class ArtifactError(AplotError):
-    """An input artifact directory is missing, unfinished, or of the wrong stage; or an output
-    directory is not empty."""
+    """An input artifact directory is missing, unfinished, damaged, or of the wrong stage; or an output
+    directory may not be written (not empty, another stage's or not aplot's, an input, a link)."""
 
     exit_code = 4
 

@@ -259,8 +259,11 @@ def run(cfg: EvalConfig, model: str | None, out_dir: Path, overwrite: bool = Fal
     """Load, score, compute and write; returns the manifest path."""
     _check(cfg, model)
     bench = benchmarks.get(cfg.benchmark)
+    claim = {"stage": STAGE, "overwrite": overwrite,
+             "inputs": [("MODEL", model), ("--from-predictions", cfg.from_predictions),
+                        ("--prior-sets", cfg.prior_sets), *(("--data", source) for source in cfg.data)]}
+    artifacts.check_out_dir(out_dir, **claim)
     data_info, inputs = _data_info(cfg, bench)
-    out_dir = artifacts.prepare_out_dir(out_dir, overwrite)
     if cfg.from_predictions is not None:
         pred = read_predictions(cfg.from_predictions)
         model_info = {"name": model or Path(cfg.from_predictions).name, "source": "predictions file"}
@@ -275,6 +278,7 @@ def run(cfg: EvalConfig, model: str | None, out_dir: Path, overwrite: bool = Fal
                 model_info["run_report"] = str((Path(model) / "report.md").resolve())
     result = bench.score(pred)
     bias = length_bias(pred)
+    out_dir = artifacts.prepare_out_dir(out_dir, **claim)  # only now that every input has been read and scored
     columns = [c for c in (*PREDICTION_COLUMNS, "n_tokens") if c in pred.columns]
     pred[columns].to_parquet(out_dir / "predictions.parquet", index=False)
     metrics = metrics_payload(result, bias, model_info, data_info)

@@ -11,7 +11,8 @@ from typing import Annotated, Optional
 import typer
 
 OutDir = Annotated[Path, typer.Option("--out-dir", "-o", help="Directory to write the artifact into.")]
-Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty --out-dir.")]
+Overwrite = Annotated[bool, typer.Option(
+    "--overwrite", help="Replace --out-dir if it holds an artifact of this same stage (nothing else is deleted).")]
 ConfigFile = Annotated[Optional[Path], typer.Option(
     "--config", "-c", help="YAML file of options; flags given on the command line override it.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but the manifest path.")]

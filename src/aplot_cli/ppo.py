@@ -502,7 +502,7 @@ def latest_checkpoint(out_dir: Path) -> CheckpointSearch:
 def resume_checkpoint(out_dir: Path) -> Path:
     """The checkpoint `--resume` continues from, checked before anything is loaded or written: a finished
     run or a folder without a complete checkpoint is refused (no silent restart from update 0)."""
-    artifacts.check_out_dir(out_dir, overwrite=False, resume=True)
+    artifacts.check_out_dir(out_dir, stage=STAGE, resume=True)
     search = latest_checkpoint(out_dir)
     for path, problem in search.skipped:
         info(f"[bold]ppo[/] skipping the incomplete checkpoint {path.name} ({problem}; the run was stopped "
@@ -686,8 +686,10 @@ def run(cfg: PPOConfig, out_dir: Path, overwrite: bool = False, resume: bool = F
     validate(cfg)
     if overwrite and resume:
         raise ConfigError("--overwrite and --resume together", hint="pick one")
+    claim = {"stage": STAGE, "overwrite": overwrite, "resume": resume,
+             "inputs": [("--prompts", cfg.prompts), ("--reward-model", cfg.reward_model), ("--policy", cfg.policy)]}
+    artifacts.check_out_dir(out_dir, **claim)
     checkpoint = resume_checkpoint(out_dir) if resume else None
-    out_dir = artifacts.prepare_out_dir(out_dir, overwrite, resume=resume)
     torch.manual_seed(cfg.seed)
     accelerator = _accelerator(cfg.device)
     prompt_set = load_prompts(cfg.prompts, cfg.prompts_split, cfg.max_prompts, cfg.seed)
@@ -695,6 +697,7 @@ def run(cfg: PPOConfig, out_dir: Path, overwrite: bool = False, resume: bool = F
     policy, tokenizer = load_policy(cfg.policy, cfg.trust_remote_code)
     ref, _ = load_policy(cfg.policy, cfg.trust_remote_code)
     ref.requires_grad_(False).eval()
+    out_dir = artifacts.prepare_out_dir(out_dir, **claim)  # every input has loaded: only now clear or claim it
     actor = PolicyWithValue(policy)
     optimizer = torch.optim.AdamW(actor.parameters(), lr=cfg.lr, eps=1e-5)
     done, moments = 0, core.RunningMoments()

@@ -20,7 +20,7 @@ from aplot_cli.data import loaders, synthetic
 from aplot_cli.data.recipes import Recipe, load_recipe
 from aplot_cli.data.schema import Pair, messages_json
 from aplot_cli.data.transforms import TRANSFORMS, RowProblem
-from aplot_cli.errors import ConfigError, InputDataError, disk_full_names
+from aplot_cli.errors import ArtifactError, ConfigError, InputDataError, disk_full_names
 
 STAGE = "prepare"
 _FIX = "fix the row, or pass --on-bad-rows skip to drop such rows (they are counted in the manifest)"
@@ -172,17 +172,26 @@ def recipe_defaults(recipe_name: str | None) -> dict[str, Any]:
     return dict(load_recipe(recipe_name).defaults) if recipe_name else {}
 
 
+def input_paths(cfg: PrepareConfig) -> list[tuple[str, str | None]]:
+    """The local paths this run reads (what its --out-dir must stay clear of)."""
+    recipe_file = cfg.recipe if cfg.recipe and Path(cfg.recipe).suffix in (".yaml", ".yml") else None
+    return [("--files", f) for f in cfg.files] + [("--dataset", cfg.dataset), ("--recipe", recipe_file)]
+
+
 def run(cfg: PrepareConfig, out_dir: Path, overwrite: bool = False) -> Path:
     """Read, validate, split and write; returns the manifest path."""
     _check(cfg)
+    inputs = input_paths(cfg)
+    artifacts.check_out_dir(out_dir, stage=STAGE, inputs=inputs, overwrite=overwrite)
     recipe = load_recipe(cfg.recipe) if cfg.recipe else None
-    out_dir = artifacts.prepare_out_dir(out_dir, overwrite)
     tally = Tally()
     pairs = _valid_pairs(cfg, _source_pairs(cfg, recipe, tally), tally)
     if not pairs:
         raise InputDataError("no valid pairs were read",
                              hint=f"rows read: {tally.read}, filtered: {tally.filtered}, "
                                   f"bad: {dict(tally.bad)}")
+    # every input has been read and validated: only now may --overwrite clear a finished artifact
+    out_dir = artifacts.prepare_out_dir(out_dir, stage=STAGE, inputs=inputs, overwrite=overwrite)
     splits = split_by_prompt(pairs, cfg.test_size, cfg.seed)
     outputs, counts = [], {}
     for name, split_pairs in splits.items():
@@ -205,15 +214,34 @@ def run(cfg: PrepareConfig, out_dir: Path, overwrite: bool = False) -> Path:
                                                       "hub_id": recipe.hub_id}})
 
 
+def split_files(art: artifacts.Artifact) -> list[str]:
+    """The split files a pairs artifact's manifest lists (`train.parquet`, ...): plain names, as the
+    split name is taken from them and reused in other artifacts' file names."""
+    names = []
+    for i, entry in enumerate(art.manifest["outputs"]):
+        name = artifacts.check_member(art.path, f"outputs[{i}].path", entry.get("path"), flat=True,
+                                      redo=f"aplot {STAGE}")
+        if not name.endswith(".parquet"):
+            raise ArtifactError(f"{art.path / artifacts.MANIFEST}: outputs[{i}].path is {name!r}, expected "
+                                "SPLIT.parquet", hint=f"re-run `aplot {STAGE}` into a fresh directory")
+        names.append(name)
+    return names
+
+
 def load_pairs(artifact_dir: Path | str, split: str | None = None):
     """Read a pairs artifact (all splits, or one) as a DataFrame; refuses unfinished runs."""
     import pandas as pd
 
     art = artifacts.open_artifact(artifact_dir, STAGE)
-    names = [o["path"] for o in art.manifest["outputs"]]
+    names = split_files(art)
     if split is not None:
         if f"{split}.parquet" not in names:
             raise InputDataError(f"{art.path} has no `{split}` split",
                                  hint=f"available: {', '.join(n.removesuffix('.parquet') for n in names)}")
         names = [f"{split}.parquet"]
+    for name in names:
+        if not (art.path / name).is_file():
+            raise ArtifactError(f"{art.path} lists {name} in its manifest but the file is missing: "
+                                "an unfinished or damaged artifact",
+                                hint=f"re-run `aplot {STAGE} --out-dir {art.path} --overwrite`")
     return pd.concat([pd.read_parquet(art.path / n) for n in names], ignore_index=True)

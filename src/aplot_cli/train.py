@@ -766,7 +766,10 @@ def run(cfg: TrainConfig, pairs_dir: Path, out_dir: Path, embeddings_dir: Path |
     if emb_art is not None:
         check_embeddings_match(emb_art, pairs_art)
     out_dir = Path(out_dir)
-    kept = artifacts.check_out_dir(out_dir, overwrite, resume=resume)  # refuse now; clear only once the inputs pass
+    claim = {"stage": STAGE, "overwrite": overwrite, "resume": resume,
+             "inputs": [("PAIRS", pairs_dir), ("--embeddings", embeddings_dir), ("--backbone", cfg.backbone),
+                        ("feature cache", cfg.feature_cache_dir)]}
+    kept = artifacts.check_out_dir(out_dir, **claim)  # refuse now; clear only once the inputs pass
     checkpoint, resumed_step = _resume_step(out_dir, kept)
     record = run_record(cfg, pairs_art, emb_art)
     resume_changes = check_resume(out_dir, record) if checkpoint else None
@@ -779,7 +782,7 @@ def run(cfg: TrainConfig, pairs_dir: Path, out_dir: Path, embeddings_dir: Path |
     rank = args.process_index
     with args.main_process_first(desc="prepare the output directory"):
         if args.process_index == 0:
-            artifacts.prepare_out_dir(out_dir, overwrite, resume=resume)
+            artifacts.prepare_out_dir(out_dir, **claim)
             if not (out_dir / RUN_CONFIG).is_file() or not checkpoint:  # a resume keeps its first start's
                 artifacts.write_json_atomic(out_dir / RUN_CONFIG, {**record, "from_step": max(resumed_step, 0)})
     need_emb = spec.aplot and cfg.semantic_source == "embeddings" and emb_art is not None
@@ -848,10 +851,9 @@ def _relative_or_id(resolved: str) -> str:
 
 
 def _test_frame(pairs_art, cfg: TrainConfig):
-    from aplot_cli.prepare import load_pairs
+    from aplot_cli.prepare import load_pairs, split_files
 
-    names = [o["path"] for o in pairs_art.manifest["outputs"]]
-    if "test.parquet" not in names:
+    if "test.parquet" not in split_files(pairs_art):
         return None
     return _take(load_pairs(pairs_art.path, "test"), cfg.max_eval_pairs, cfg.seed)
 

@@ -61,7 +61,7 @@ def test_resume_without_a_checkpoint_is_refused_before_anything_loads(cfg, tmp_p
     assert not (tmp_path / "never-ran").exists()
 
     stopped = tmp_path / "stopped"  # killed in update 1, before its first checkpoint
-    stopped.mkdir()
+    artifacts.prepare_out_dir(stopped, stage=ppo.STAGE)  # what the run did before update 1
     (stopped / ppo.LOG).write_text('{"update": 1}\n')
     with pytest.raises(ArtifactError, match="no complete PPO checkpoint") as caught:
         ppo.run(cfg, stopped, resume=True)

@@ -204,6 +204,11 @@ def test_refuses_non_empty_out_dir_and_unfinished_input(tmp_path):
     (tmp_path / "p" / "junk").write_text("x")
     with pytest.raises(ArtifactError, match="not empty"):
         prepare.run(PrepareConfig(files=(str(src),)), tmp_path / "p")
+    with pytest.raises(ArtifactError, match=r"files aplot did not write \(junk\)"):  # not its own: never cleared
+        prepare.run(PrepareConfig(files=(str(src),)), tmp_path / "p", overwrite=True)
+    assert (tmp_path / "p" / "junk").read_text() == "x"
+    (tmp_path / "p" / "junk").unlink()
+    prepare.run(PrepareConfig(files=(str(src),)), tmp_path / "p")
     prepare.run(PrepareConfig(files=(str(src),)), tmp_path / "p", overwrite=True)
     (tmp_path / "p" / "manifest.json").unlink()
     with pytest.raises(ArtifactError, match="unfinished"):

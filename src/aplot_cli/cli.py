@@ -200,7 +200,11 @@ def train_rm(
     max_train_pairs: Annotated[Optional[int], typer.Option(help="Train on a seeded sample of this many.")] = None,
     max_eval_pairs: Annotated[Optional[int], typer.Option(help="Evaluate on a seeded sample of this many.")] = None,
     eval_steps: Annotated[Optional[int], typer.Option(help="Test accuracy every n steps (0: at the end).")] = None,
-    save_steps: Annotated[Optional[int], typer.Option(help="Checkpoint every n steps. [default: 200]")] = None,
+    save_steps: Annotated[Optional[int], typer.Option(help="Checkpoint every n steps (for --resume after a kill). [default: 200]")] = None,
+    keep_checkpoints: Annotated[Optional[bool], typer.Option(
+        "--keep-checkpoints/--no-keep-checkpoints",
+        help="Keep checkpoints/ once the run has finished (default: removed, model/ is the result; no checkpoint "
+             "is written at the last step unless it is a multiple of --save-steps).")] = None,
     lora: Annotated[Optional[bool], typer.Option("--lora/--no-lora", help="LoRA adapters (peft).")] = None,
     frozen_backbone: Annotated[Optional[bool], typer.Option(
         "--frozen-backbone/--no-frozen-backbone",
@@ -226,7 +230,7 @@ def train_rm(
         plan_on=plan_on, cost_norm=cost_norm, constant_margin=constant_margin,
         learning_rate=learning_rate, epochs=epochs, max_steps=max_steps, batch_size=batch_size, grad_accum=grad_accum,
         max_length=max_length, max_train_pairs=max_train_pairs, max_eval_pairs=max_eval_pairs, eval_steps=eval_steps,
-        save_steps=save_steps, lora=lora, frozen_backbone=frozen_backbone,
+        save_steps=save_steps, keep_checkpoints=keep_checkpoints, lora=lora, frozen_backbone=frozen_backbone,
         report_to=tuple(report_to) if report_to else None, device=device, bf16=bf16,
         fp16=fp16, trust_remote_code=trust_remote_code, seed=seed))
     return stage.run(cfg, pairs, out_dir, embeddings_dir=embeddings, overwrite=overwrite, resume=resume)

@@ -153,6 +153,7 @@ class TrainConfig:
     eval_steps: int = 0                  # 0: evaluate on the test split at the end only
     save_steps: int = 200
     save_total_limit: int | None = 2
+    keep_checkpoints: bool = False       # keep checkpoints/ once the run has finished (else removed: model/ is the result)
     group_by_length: bool = False        # length-grouped batches (less padding; changes which pairs share an OT plan)
     chat_template: bool = True           # render conversational pairs with the tokenizer's template
     max_train_pairs: int | None = None
@@ -184,7 +185,7 @@ TRAIN_FLAGS = frozenset({
     "plan_on", "cost_norm", "constant_margin",
     "learning_rate", "epochs", "max_steps", "batch_size", "grad_accum", "max_length", "max_train_pairs",
     "max_eval_pairs", "eval_steps", "save_steps", "lora", "report_to", "device", "bf16", "fp16",
-    "trust_remote_code", "seed", "frozen_backbone"})
+    "trust_remote_code", "seed", "frozen_backbone", "keep_checkpoints"})
 
 # The PPOConfig fields `aplot ppo` also takes as flags (the rest are YAML only); tested against the CLI.
 PPO_FLAGS = frozenset({

@@ -16,6 +16,7 @@ import json
 import math
 import os
 import re
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,7 @@ RUN_CONFIG = "run_config.json"  # the resolved config and inputs a run started w
 # what it scores at the end, and where it runs. Any other change would train another model than the one
 # the checkpoint belongs to.
 RESUMABLE = frozenset({"max_steps", "epochs", "logging_steps", "eval_steps", "save_steps", "save_total_limit",
+                       "keep_checkpoints",
                        "report_to", "max_eval_pairs", "eval_batch_size", "train_eval_pairs", "device", "ot_solver",
                        "dataloader_workers", "gradient_checkpointing", "trust_remote_code"})
 
@@ -545,7 +547,7 @@ def pair_accuracy(eval_pred) -> dict[str, float]:
 # ---------------------------------------------------------------------------------------- callbacks
 
 
-def _callbacks(out_dir: Path, resumed_step: int, sink, is_main: bool):
+def _callbacks(out_dir: Path, resumed_step: int, sink, is_main: bool, keep_checkpoints: bool = False):
     from transformers import TrainerCallback
 
     class JsonlLog(TrainerCallback):
@@ -601,9 +603,19 @@ def _callbacks(out_dir: Path, resumed_step: int, sink, is_main: bool):
         def on_train_end(self, args, state, control, **kwargs):
             sink.flush()
 
+    class NoFinalCheckpoint(TrainerCallback):
+        """Trainer saves a checkpoint at the last step whatever `save_steps` says; a finished run needs none
+        (model/ is the result and a finished run is not resumed), so skip it unless `keep_checkpoints`."""
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step >= state.max_steps and state.global_step % args.save_steps:
+                control.should_save = False
+
     callbacks = [JsonlLog(), RichProgress()]
     if sink is not None:
         callbacks.append(FlushMargins())
+    if not keep_checkpoints:
+        callbacks.append(NoFinalCheckpoint())
     return callbacks
 
 
@@ -833,7 +845,7 @@ def run(cfg: TrainConfig, pairs_dir: Path, out_dir: Path, embeddings_dir: Path |
                    **({"frozen_backbone": attached.manifest()} if attached is not None else {})}
     info(f"[bold]train-rm[/] done in {seconds:.1f}s: train accuracy {metrics.get('train_accuracy', float('nan')):.4f}"
          f", test accuracy {metrics.get('test_accuracy', float('nan')):.4f}")
-    return artifacts.write_manifest(
+    manifest = artifacts.write_manifest(
         out_dir, stage=STAGE, config=config_to_dict(cfg), inputs=inputs, outputs=outputs, metrics=metrics,
         diagnostics=diagnostics,
         extra={"model": {"backbone": cfg.backbone, "resolved": _relative_or_id(resolved),
@@ -844,6 +856,9 @@ def run(cfg: TrainConfig, pairs_dir: Path, out_dir: Path, embeddings_dir: Path |
                          "chat_template": formatting.uses_chat_template(tokenizer, cfg.chat_template),
                          "max_length": cfg.max_length, "pad_token_id": tokenizer.pad_token_id,
                          "padding_side": tokenizer.padding_side}})
+    if not cfg.keep_checkpoints:  # finished: model/ is the result, and a finished run is not resumed
+        shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
+    return manifest
 
 
 def _relative_or_id(resolved: str) -> str:
@@ -875,7 +890,8 @@ def _build_trainer(cfg, spec, model, head, tokenizer, train, test, out_dir, args
         train_dataset=PairDataset(train), eval_dataset=PairDataset(test) if test else None,
         data_collator=_SplitCollator(train, test, tokenizer.pad_token_id), processing_class=tokenizer,
         compute_metrics=pair_accuracy,
-        callbacks=_callbacks(out_dir, resumed_step, sink, args.process_index == 0) + list(extra_callbacks),
+        callbacks=_callbacks(out_dir, resumed_step, sink, args.process_index == 0, cfg.keep_checkpoints)
+        + list(extra_callbacks),
         spec=spec, cfg=cfg, head=head, margin_fn=margin_fn, margin_sink=sink)
     from transformers import PrinterCallback, ProgressCallback
 

@@ -240,3 +240,28 @@ def test_ot_diagnostics_average_only_finite_steps():
     assert logged["ot/cost_mean_dev"] == pytest.approx(float(good.cost_mean))
     assert logged["loss"] == pytest.approx(0.6)
     assert logged["accuracy"] != logged["accuracy"]  # training metrics keep their NaN: it is not a diagnostic
+
+
+def test_a_finished_run_keeps_no_checkpoint_unless_asked(tiny_bert_dir, synthetic_pairs_dir, tmp_path):
+    """save_steps beyond max_steps: Trainer would still save at the last step; a finished run removes
+    checkpoints/ (model/ is the result) unless keep_checkpoints, which keeps what save_steps wrote."""
+    saved = []
+
+    class Saves:
+        def __new__(cls):
+            from transformers import TrainerCallback
+
+            class Record(TrainerCallback):
+                def on_save(self, args, state, control, **kwargs):
+                    saved.append(state.global_step)
+
+            return Record()
+
+    done = tmp_path / "done"
+    train.run(tiny_cfg(tiny_bert_dir, max_steps=3, save_steps=200), synthetic_pairs_dir, done,
+              extra_callbacks=(Saves(),))
+    assert saved == [] and not (done / "checkpoints").exists() and (done / "model" / "config.json").is_file()
+    kept = tmp_path / "kept"
+    train.run(tiny_cfg(tiny_bert_dir, max_steps=4, save_steps=2, keep_checkpoints=True), synthetic_pairs_dir,
+              kept)
+    assert sorted(p.name for p in (kept / "checkpoints").iterdir()) == ["checkpoint-2", "checkpoint-4"]

@@ -186,6 +186,9 @@ def train_rm(
     eval_steps: Annotated[Optional[int], typer.Option(help="Test accuracy every n steps (0: at the end).")] = None,
     save_steps: Annotated[Optional[int], typer.Option(help="Checkpoint every n steps. [default: 200]")] = None,
     lora: Annotated[Optional[bool], typer.Option("--lora/--no-lora", help="LoRA adapters (peft).")] = None,
+    frozen_backbone: Annotated[Optional[bool], typer.Option(
+        "--frozen-backbone/--no-frozen-backbone",
+        help="Train only the reward head on backbone features computed once and cached by content.")] = None,
     report_to: Annotated[Optional[list[str]], typer.Option(help="tensorboard, wandb, ... (repeat).")] = None,
     device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda. [default: auto]")] = None,
     bf16: Annotated[Optional[bool], typer.Option("--bf16/--no-bf16", help="bf16 mixed precision (GPU only).")] = None,
@@ -207,7 +210,8 @@ def train_rm(
         plan_on=plan_on, cost_norm=cost_norm, constant_margin=constant_margin,
         learning_rate=learning_rate, epochs=epochs, max_steps=max_steps, batch_size=batch_size, grad_accum=grad_accum,
         max_length=max_length, max_train_pairs=max_train_pairs, max_eval_pairs=max_eval_pairs, eval_steps=eval_steps,
-        save_steps=save_steps, lora=lora, report_to=tuple(report_to) if report_to else None, device=device, bf16=bf16,
+        save_steps=save_steps, lora=lora, frozen_backbone=frozen_backbone,
+        report_to=tuple(report_to) if report_to else None, device=device, bf16=bf16,
         fp16=fp16, trust_remote_code=trust_remote_code, seed=seed))
     return stage.run(cfg, pairs, out_dir, embeddings_dir=embeddings, overwrite=overwrite, resume=resume)
 

@@ -163,6 +163,9 @@ class TrainConfig:
     lora_alpha: int = 32
     lora_dropout: float = 0.05
     lora_target_modules: tuple[str, ...] = ()   # empty: peft's default for the architecture
+    # frozen backbone (aplot_cli.frozen): the head trains on cached backbone features
+    frozen_backbone: bool = False
+    feature_cache_dir: str | None = None  # default: $APLOT_CACHE/features (else ~/.cache/aplot/features)
     # runtime
     report_to: tuple[str, ...] = ()      # tensorboard, wandb, ...; empty: none
     device: str = "auto"                 # auto, cpu, cuda
@@ -179,7 +182,7 @@ TRAIN_FLAGS = frozenset({
     "plan_on", "cost_norm", "constant_margin",
     "learning_rate", "epochs", "max_steps", "batch_size", "grad_accum", "max_length", "max_train_pairs",
     "max_eval_pairs", "eval_steps", "save_steps", "lora", "report_to", "device", "bf16", "fp16",
-    "trust_remote_code", "seed"})
+    "trust_remote_code", "seed", "frozen_backbone"})
 
 # The PPOConfig fields `aplot ppo` also takes as flags (the rest are YAML only); tested against the CLI.
 PPO_FLAGS = frozenset({

@@ -71,6 +71,10 @@ def validate(cfg: TrainConfig, has_embeddings: bool) -> losses.LossSpec:
     if spec.aplot and spec.constant_margin:
         raise ConfigError("train-rm: `aplot` and `constant_margin` both supply the margin",
                           hint="constant_margin is the baseline for aplot: train them as two runs")
+    if cfg.frozen_backbone:
+        from aplot_cli import frozen
+
+        frozen.check_config(cfg)
     if cfg.bf16 and cfg.fp16:
         raise ConfigError("train-rm: `bf16` and `fp16` are both on (one may come from the --config YAML)",
                           hint="keep one: add --no-bf16 or --no-fp16, or set it false in the YAML")
@@ -662,11 +666,19 @@ def run(cfg: TrainConfig, pairs_dir: Path, out_dir: Path, embeddings_dir: Path |
     need_emb = spec.aplot and cfg.semantic_source == "embeddings" and emb_art is not None
     train = encode_split(train_frame, tokenizer, cfg, load_embeddings(emb_art.path, "train") if need_emb else None)
     test = encode_split(test_frame, tokenizer, cfg, split_id=1) if test_frame is not None else None
+    attached = None
+    if cfg.frozen_backbone:  # the head trains on cached backbone features (aplot_cli.frozen)
+        from aplot_cli import frozen
+
+        attached = frozen.attach(cfg, model, head, tokenizer.pad_token_id, [train, test], use_cpu)
+        model = attached.model
     info(f"[bold]train-rm[/] {cfg.backbone} loss={spec.name}: {len(train.records)} train pairs"
          f"{f', {len(test.records)} test pairs' if test else ''}; truncated pairs: "
          f"{train.truncation['pairs_truncated']} (max_length {cfg.max_length})")
     trainer = _build_trainer(cfg, spec, model, head, tokenizer, train, test, out_dir, args, rank, resumed_step,
                              extra_callbacks)
+    if attached is not None:
+        frozen.adapt_trainer(trainer, [train, test])
     t0 = time.perf_counter()
     train_output = trainer.train(resume_from_checkpoint=checkpoint)
     seconds = time.perf_counter() - t0
@@ -692,7 +704,8 @@ def run(cfg: TrainConfig, pairs_dir: Path, out_dir: Path, embeddings_dir: Path |
                    "precision": "float32" if use_cpu or not (cfg.bf16 or cfg.fp16) else
                                 ("bf16" if cfg.bf16 else "fp16") + " mixed",
                    "mixed_precision_ignored_on_cpu": bool((cfg.bf16 or cfg.fp16) and use_cpu),
-                   **({"dataset_margin": dataset_margin} if dataset_margin else {})}
+                   **({"dataset_margin": dataset_margin} if dataset_margin else {}),
+                   **({"frozen_backbone": attached.manifest()} if attached is not None else {})}
     info(f"[bold]train-rm[/] done in {seconds:.1f}s: train accuracy {metrics.get('train_accuracy', float('nan')):.4f}"
          f", test accuracy {metrics.get('test_accuracy', float('nan')):.4f}")
     return artifacts.write_manifest(
@@ -701,6 +714,7 @@ def run(cfg: TrainConfig, pairs_dir: Path, out_dir: Path, embeddings_dir: Path |
         extra={"model": {"backbone": cfg.backbone, "resolved": _relative_or_id(resolved),
                          "identity": models.identity(resolved),
                          "head": head,
+                         "frozen_backbone": attached.manifest() if attached is not None else None,
                          "loss": spec.name, "path": "model", "lora": cfg.lora,
                          "chat_template": formatting.uses_chat_template(tokenizer, cfg.chat_template),
                          "max_length": cfg.max_length, "pad_token_id": tokenizer.pad_token_id,

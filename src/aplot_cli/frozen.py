@@ -1,0 +1,389 @@
+"""Frozen-backbone reward models: `train-rm --frozen-backbone` and eval-rm's fast path.
+
+The backbone runs once per distinct input, under `torch.inference_mode` in eval mode, and what the
+reward head reads is cached: for an encoder (BERT) the pooled vector the `classifier` reads; for a
+decoder (GPT-2, Llama) the last hidden state at the token whose score the model returns (the last
+non-pad token, found as transformers finds it). The head is read through a forward pre-hook on the
+model's own head module, and every batch checks `head(features) == logits` of the full forward, so a
+cached feature is exactly what the head would have read.
+
+Cache: one SQLite file (`aplot_cli.embed.EmbeddingCache`) under `$APLOT_CACHE/features` (or the
+`feature_cache_dir` key), keyed by sha256 of (backbone digest, feature rule, the input's token ids and
+token type ids). The token ids already fix the text, the tokenizer, `max_length`, truncation and the
+chat template, so the key covers the pairs' content and the encoding rule; the backbone digest hashes
+the backbone's weights themselves (every state-dict tensor but the head's), so a trained frozen model,
+whose body is the original backbone bit for bit, finds the same cache entries at evaluation time. A
+flipped-label copy of the same pairs (another `--flip-ratio`) reuses every entry.
+
+Training: the head (`model.classifier` / `model.score`, as AutoModelForSequenceClassification built it,
+seeded exactly as in full training) is wrapped in `FeatureHead`, a module whose inputs are rows of the
+feature table. The pairs' token ids are replaced by their table rows, so `train.py`'s Trainer, loss,
+margins, logging, evaluation, checkpoints and resume run unchanged on the cached features; the same
+seed gives the same batches as full training. The saved model is the full backbone with the trained head
+(`save_pretrained`), so any tool loads it; dropout before the head is not applied (features are read
+in eval mode)."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from aplot_cli import models
+from aplot_cli.console import get_console, info
+from aplot_cli.errors import ConfigError, ModelError
+
+RULE_VERSION = "head-input-v1"
+RULES = ("pooled", "last_token", "first_token")
+CHECK_ATOL = 1e-4  # head(features) against the model's own logits (relative to the logits' scale)
+
+
+def default_cache_dir() -> Path:
+    return models.cache_root() / "features"
+
+
+@dataclass
+class FeatureStats:
+    """What the extraction did: `computed` == 0 means every feature came from the cache."""
+
+    sequences: int = 0
+    unique: int = 0
+    cache_hits: int = 0
+    computed: int = 0
+    seconds: float = 0.0
+    rule: str | None = None
+    backbone_digest: str | None = None
+
+
+# ------------------------------------------------------------------------------------ the head's input
+
+
+def backbone_digest(model, head: str) -> str:
+    """sha256 over the model's class and every state-dict tensor except the head's (name, dtype, shape,
+    bytes): what the features depend on, independent of where the weights were loaded from."""
+    import torch
+
+    digest = hashlib.sha256(type(model).__name__.encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        if name.startswith(f"{head}."):
+            continue
+        flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+        digest.update(f"{name}|{flat.dtype}|{tuple(tensor.shape)}".encode())
+        digest.update(flat.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:32]
+
+
+def apply_head(head_module, features, rule: str):
+    """(N,) rewards from the head on (N, H) features, as the model applies it under `rule`."""
+    if rule == "first_token":  # a head that reads x[:, 0] itself (RoBERTa-style classification head)
+        return head_module(features[:, None, :])[:, 0]
+    return head_module(features)[:, 0]
+
+
+def read_head_inputs(model, head: str, batch: dict[str, Any]):
+    """(features (B, H) float32, rule, logits (B,)) for one right-padded batch; raises ModelError when
+    `head(features)` does not reproduce the model's logits (an architecture this reading does not fit)."""
+    import torch
+
+    module = getattr(model, head)
+    captured: list = []
+    handle = module.register_forward_pre_hook(lambda _module, args: captured.append(args[0]))
+    try:
+        logits = model(**batch).logits[:, 0].float()
+    finally:
+        handle.remove()
+    if len(captured) != 1:
+        raise ModelError(f"{type(model).__name__}.{head} ran {len(captured)} times in one forward pass",
+                         hint="--frozen-backbone needs a head applied once per sequence; train without it")
+    x = captured[0].float()
+    rows = torch.arange(x.shape[0], device=x.device)
+    if x.dim() == 2:
+        features, rule = x, "pooled"
+    elif x.dim() == 3 and isinstance(module, torch.nn.Linear):
+        # the model scores every token and keeps the last non-pad one, found as transformers finds it
+        non_pad = (batch["input_ids"] != model.config.pad_token_id).to(torch.int64)
+        index = (torch.arange(x.shape[1], device=x.device) * non_pad).argmax(-1)
+        features, rule = x[rows, index], "last_token"
+    elif x.dim() == 3:
+        features, rule = x[:, 0], "first_token"
+    else:
+        raise ModelError(f"{type(model).__name__}.{head} reads a tensor of shape {tuple(x.shape)}",
+                         hint="--frozen-backbone supports heads that read one vector per sequence")
+    check = apply_head(module, features, rule).float()
+    tolerance = CHECK_ATOL * (1.0 + float(logits.abs().max()))
+    if not torch.allclose(check, logits, atol=tolerance, rtol=0.0):
+        worst = float((check - logits).abs().max())
+        raise ModelError(f"{type(model).__name__}: the head applied to the cached input ({rule}) differs from the "
+                         f"model's score by {worst:.2e}", hint="--frozen-backbone cannot read this architecture's "
+                                                               "head input; train without it")
+    return features.detach(), rule, logits.detach()
+
+
+def _key_text(enc: Any) -> str:
+    ids = ",".join(map(str, enc.input_ids))
+    types = "" if enc.token_type_ids is None else ",".join(map(str, enc.token_type_ids))
+    return f"{ids}|{types}"
+
+
+def _batch(encoded: list[Any], pad_id: int, device: str) -> dict[str, Any]:
+    from aplot_cli.scoring import _collate
+
+    return _collate(encoded, pad_id, device)
+
+
+def extract(model, head: str, encoded: list[Any], pad_id: int, cache, batch_size: int, stats: FeatureStats,
+            device: str = "cpu", label: str = "features") -> np.ndarray:
+    """(N, H) float32 head inputs for `encoded` (formatting.Encoded, any order; duplicates computed once),
+    read from `cache` where present; the rest computed with `model` (eval mode, no grad, length-sorted
+    batches) and stored batch by batch, so an interrupted extraction resumes."""
+    import torch
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    if stats.backbone_digest is None:
+        stats.backbone_digest = backbone_digest(model, head)
+    identity = f"{stats.backbone_digest}|{RULE_VERSION}"
+    texts = [_key_text(e) for e in encoded]
+    first: dict[str, int] = {}
+    for i, text in enumerate(texts):
+        first.setdefault(text, i)
+    keys = {text: cache.key(identity, text) for text in first}
+    have = cache.get_many(list(keys.values()))
+    missing = sorted((i for t, i in first.items() if keys[t] not in have),
+                     key=lambda i: len(encoded[i].input_ids), reverse=True)
+    stats.sequences += len(encoded)
+    stats.unique += len(first)
+    stats.cache_hits += len(first) - len(missing)
+    start = time.perf_counter()
+    if missing:
+        was_training = model.training
+        model.to(device).eval()
+        with Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                      console=get_console(), transient=True) as progress:
+            task = progress.add_task(label, total=len(missing))
+            for b in range(0, len(missing), batch_size):
+                chunk = missing[b:b + batch_size]
+                with torch.inference_mode():
+                    features, rule, _ = read_head_inputs(model, head, _batch([encoded[i] for i in chunk], pad_id,
+                                                                              device))
+                _check_rule(stats, rule)
+                items = [(keys[texts[i]], v) for i, v in zip(chunk, features.cpu().numpy(), strict=True)]
+                cache.put_many(items)
+                have.update(items)
+                progress.advance(task, len(chunk))
+        model.train(was_training)
+    stats.computed += len(missing)
+    stats.seconds += time.perf_counter() - start
+    return np.stack([have[keys[t]] for t in texts]).astype(np.float32)
+
+
+def _check_rule(stats: FeatureStats, rule: str) -> None:
+    if stats.rule is not None and stats.rule != rule:
+        raise ModelError(f"the head's input changed form between batches ({stats.rule} then {rule})")
+    stats.rule = rule
+
+
+def head_rule(model, head: str, pad_id: int, device: str = "cpu") -> str:
+    """The feature rule of this architecture, from one 3-token forward pass (for a run served wholly
+    from the cache, which computed no feature)."""
+    import torch
+
+    from aplot_cli.formatting import Encoded
+
+    probe = Encoded([t for t in (1, 2, 3, 4) if t != pad_id][:3], None, False, False)
+    model.to(device).eval()
+    with torch.inference_mode():
+        return read_head_inputs(model, head, _batch([probe], pad_id, device))[1]
+
+
+def open_cache(directory: str | Path | None):
+    from aplot_cli.embed import EmbeddingCache
+
+    return EmbeddingCache(Path(directory) if directory else default_cache_dir(), filename="features.sqlite")
+
+
+# ------------------------------------------------------------------------------------------- training
+
+
+def check_config(cfg) -> None:
+    """What --frozen-backbone cannot combine with (the body never trains, nothing runs through it)."""
+    clashes = [(cfg.lora, "lora", "LoRA adapts the backbone, which --frozen-backbone keeps fixed"),
+               (cfg.gradient_checkpointing, "gradient_checkpointing", "no backbone activations are kept")]
+    for on, name, why in clashes:
+        if on:
+            raise ConfigError(f"train-rm: `frozen_backbone` and `{name}` are both on: {why}",
+                              hint=f"drop one of them (--no-{name.replace('_', '-')} or `{name}: false`)")
+
+
+def make_feature_head(full_model, head: str, table, rule: str):
+    """A torch module that scores rows of `table` (N, H) with the model's own head: forward takes
+    `input_ids` (B, 1) holding table rows and returns `logits` (B, 1) (and the features as a one-token
+    `hidden_states` when asked, for `semantic_source: backbone`). Only the head is a parameter; the
+    table is a non-persistent buffer, so checkpoints hold the head alone. `save_pretrained` saves the
+    full model (backbone + trained head)."""
+    import torch
+    from transformers.modeling_outputs import SequenceClassifierOutput
+
+    class FeatureHead(torch.nn.Module):
+        main_input_name = "input_ids"
+
+        def __init__(self):
+            super().__init__()
+            self.head = getattr(full_model, head)
+            self.register_buffer("table", table, persistent=False)
+            self.rule = rule
+            self.config = full_model.config
+            self.__dict__["full_model"] = full_model  # not a submodule: the body stays out of the optimiser
+
+        def forward(self, input_ids, attention_mask=None, token_type_ids=None, output_hidden_states=False, **_):
+            features = self.table[input_ids[:, 0]]
+            logits = apply_head(self.head, features, self.rule)[:, None]
+            hidden = (features[:, None, :],) if output_hidden_states else None
+            return SequenceClassifierOutput(logits=logits, hidden_states=hidden)
+
+        def save_pretrained(self, *args, **kwargs):
+            self.full_model.to("cpu")  # the head may sit on an accelerator, the body on the CPU
+            return self.full_model.save_pretrained(*args, **kwargs)
+
+    for param in full_model.parameters():
+        param.requires_grad_(False)
+    for param in getattr(full_model, head).parameters():
+        param.requires_grad_(True)
+    full_model.eval()
+    return FeatureHead()
+
+
+@dataclass
+class Attached:
+    """What `attach` made: the module the Trainer trains, and the manifest's record."""
+
+    model: Any
+    stats: FeatureStats
+
+    def manifest(self) -> dict[str, Any]:
+        return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in asdict(self.stats).items()}
+
+
+def attach(cfg, model, head: str, pad_id: int, splits: list, use_cpu: bool) -> Attached:
+    """Replace each split's token ids by rows of a feature table (computed or cached) and return the
+    `FeatureHead` to train. `splits`: `train.EncodedSplit`s (None entries skipped), edited in place:
+    `input_ids_*` become `[table row]`, token type ids are dropped, `tokens` keeps the real count."""
+    import torch
+
+    from aplot_cli.formatting import Encoded
+
+    device = "cpu" if use_cpu else "cuda"
+    encoded, slots = [], []
+    for split in (s for s in splits if s is not None):
+        for record in split.records:
+            for side in ("chosen", "rejected"):
+                encoded.append(Encoded(record[f"input_ids_{side}"], record.get(f"token_type_ids_{side}"), False,
+                                       False))
+                slots.append((record, side))
+    stats = FeatureStats()
+    cache = open_cache(cfg.feature_cache_dir)
+    try:
+        table = extract(model, head, encoded, pad_id, cache, cfg.eval_batch_size, stats, device,
+                        label="train-rm features")
+    finally:
+        cache.close()
+    if stats.rule is None:
+        stats.rule = head_rule(model, head, pad_id, device)
+    model.to("cpu")
+    for (record, side), row in zip(slots, range(len(slots)), strict=True):
+        record["tokens"] = record.get("tokens", 0) + len(record[f"input_ids_{side}"])
+        record[f"input_ids_{side}"] = [row]
+        record.pop(f"token_type_ids_{side}", None)
+    info(f"[bold]train-rm[/] frozen backbone: {stats.unique} distinct inputs, {stats.cache_hits} features from "
+         f"the cache, {stats.computed} computed in {stats.seconds:.1f}s ({stats.rule})")
+    return Attached(make_feature_head(model, head, torch.from_numpy(table), stats.rule), stats)
+
+
+class RealTokenCount:
+    """Wraps the pair collator so that `num_tokens` counts the backbone tokens a pair stands for (its
+    records' `tokens`), as in full training, not the one table row per side the head reads."""
+
+    def __init__(self, collator, splits: list):
+        self.collator = collator
+        self.tokens = {i: [r.get("tokens", 2) for r in s.records] for i, s in enumerate(splits) if s is not None}
+
+    def __call__(self, features):
+        batch = self.collator(features)
+        batch["num_tokens"] = sum(self.tokens[f["split"]][f["row"]] for f in features)
+        return batch
+
+
+def adapt_trainer(trainer, splits: list) -> None:
+    """Real token counts in the logs, and one CPU thread while the head trains: its ops are a few
+    thousand numbers each, and a second OpenMP thread only adds synchronisation (it doubled the step
+    time on a busy 2-core machine). The thread count is restored when training ends."""
+    from transformers import TrainerCallback
+
+    class OneThread(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            import torch
+
+            self.threads = torch.get_num_threads()
+            if args.device.type == "cpu":
+                torch.set_num_threads(1)
+
+        def on_train_end(self, args, state, control, **kwargs):
+            import torch
+
+            torch.set_num_threads(self.threads)
+
+    trainer.data_collator = RealTokenCount(trainer.data_collator, splits)
+    trainer.add_callback(OneThread())
+
+
+# ------------------------------------------------------------------------------------ eval-rm fast path
+
+
+@dataclass
+class FastPath:
+    """eval-rm's scorer for a frozen-backbone artifact whose body still hashes to the recorded digest."""
+
+    head: str
+    rule: str
+    digest: str
+    stats: FeatureStats
+
+    def describe(self) -> dict[str, Any]:
+        return {"route": "cached backbone features + head", "rule": self.rule, "backbone_digest": self.digest,
+                "feature_cache_hits": self.stats.cache_hits, "features_computed": self.stats.computed}
+
+
+def fast_path_for(model, manifest: dict[str, Any] | None) -> FastPath | None:
+    """A FastPath when the train-rm manifest says the backbone was frozen and the loaded model's body
+    hashes to the digest recorded there; None otherwise (scored by the full forward pass)."""
+    record = ((manifest or {}).get("model") or {}).get("frozen_backbone")
+    if not record:
+        return None
+    head = (manifest or {}).get("model", {}).get("head") or ("score" if hasattr(model, "score") else "classifier")
+    digest = backbone_digest(model, head)
+    if digest != record.get("backbone_digest"):
+        info("[yellow]eval-rm: the model's backbone no longer matches the frozen backbone it was trained on; "
+             "scoring with the full forward pass[/]")
+        return None
+    return FastPath(head=head, rule=record["rule"], digest=digest, stats=FeatureStats(backbone_digest=digest))
+
+
+def score_fast(rm, fast: FastPath, encoded: list[Any], batch_size: int, cache_dir: str | Path | None = None) -> np.ndarray:
+    """(N,) scores of `encoded` through the head on cached (or newly cached) backbone features."""
+    import torch
+
+    cache = open_cache(cache_dir)
+    try:
+        features = extract(rm.model, fast.head, encoded, rm.tokenizer.pad_token_id, cache, batch_size, fast.stats,
+                           rm.device, label="eval-rm features")
+    finally:
+        cache.close()
+    if fast.stats.rule is not None and fast.stats.rule != fast.rule:
+        raise ModelError(f"features read as {fast.stats.rule}, the model was trained on {fast.rule}")
+    module = getattr(rm.model, fast.head)
+    with torch.inference_mode():
+        table = torch.from_numpy(features).to(rm.device)
+        return apply_head(module, table, fast.rule).float().cpu().numpy()

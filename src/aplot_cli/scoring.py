@@ -41,19 +41,23 @@ class RewardModel:
     artifact: artifacts.Artifact | None = None
     convention: str = "aplot"  # "aplot" (trained by train-rm) | "model" (its own tokens; see formatting)
     pad_id: int | None = None  # what batches are padded with: the id the head skips
+    fast: Any = None           # frozen.FastPath: a frozen-backbone artifact scored from cached features
 
     def describe(self) -> dict[str, Any]:
         from aplot_cli.formatting import uses_chat_template
 
-        return {"name": self.name, "source": self.source, "identity": models.identity(self.path),
-                "architecture": type(self.model).__name__, "max_length": self.max_length,
-                "chat_template": self.chat_template,
-                "chat_template_applied": uses_chat_template(self.tokenizer, self.chat_template),
-                "input_convention": self.convention, "padding_side": self.tokenizer.padding_side,
-                "pad_token": self.tokenizer.pad_token, "pad_token_id": self.pad_id,
-                "pad_is_eos": self.pad_id is not None and self.pad_id == self.tokenizer.eos_token_id,
-                "scored_at": "the last token that is not the pad token (the model's head)",
-                "dtype": "float32", "device": self.device}
+        described = {"name": self.name, "source": self.source, "identity": models.identity(self.path),
+                     "architecture": type(self.model).__name__, "max_length": self.max_length,
+                     "chat_template": self.chat_template,
+                     "chat_template_applied": uses_chat_template(self.tokenizer, self.chat_template),
+                     "input_convention": self.convention, "padding_side": self.tokenizer.padding_side,
+                     "pad_token": self.tokenizer.pad_token, "pad_token_id": self.pad_id,
+                     "pad_is_eos": self.pad_id is not None and self.pad_id == self.tokenizer.eos_token_id,
+                     "scored_at": "the last token that is not the pad token (the model's head)",
+                     "dtype": "float32", "device": self.device}
+        if self.fast is not None:
+            described["frozen_backbone"] = self.fast.describe()
+        return described
 
 
 @dataclass
@@ -136,8 +140,13 @@ def load_reward_model(name: str, max_length: int | None = None, chat_template: b
         chat_template = bool(trained.get("chat_template", True))
     device = _pick_device(device)
     model.to(device).eval()
+    fast = None
+    if art is not None and (art.manifest.get("model") or {}).get("frozen_backbone"):
+        from aplot_cli import frozen
+
+        fast = frozen.fast_path_for(model, art.manifest)
     return RewardModel(model, tokenizer, name, source, path, int(max_length), chat_template, device, art,
-                       convention, pad_id)
+                       convention, pad_id, fast)
 
 
 def _collate(batch: list[Any], pad_id: int, device: str) -> dict[str, Any]:
@@ -162,10 +171,6 @@ def _collate(batch: list[Any], pad_id: int, device: str) -> dict[str, Any]:
 def score_encoded(rm: RewardModel, encoded: list[Any], batch_size: int = 32, stats: ScoreStats | None = None,
                   label: str = "score") -> np.ndarray:
     """Scores (N,) float32 for already encoded texts, in input order; identical inputs scored once."""
-    import torch
-
-    from aplot_cli.console import progress as progress_display
-
     if batch_size < 1:
         raise ConfigError(f"--batch-size is {batch_size}, expected >= 1")
     stats = stats if stats is not None else ScoreStats()
@@ -174,8 +179,35 @@ def score_encoded(rm: RewardModel, encoded: list[Any], batch_size: int = 32, sta
     for i, key in enumerate(keys):
         first.setdefault(key, i)
     unique = sorted(first.values(), key=lambda i: len(encoded[i].input_ids), reverse=True)
-    values: dict[int, float] = {}
     start = time.perf_counter()
+    if rm.fast is not None:  # a frozen-backbone artifact: its head on cached backbone features
+        from aplot_cli import frozen
+
+        scores = frozen.score_fast(rm, rm.fast, [encoded[i] for i in unique], batch_size)
+        values = dict(zip(unique, (float(v) for v in scores), strict=True))
+        stats.tokens += sum(len(encoded[i].input_ids) for i in unique)
+    else:
+        values = _forward_scores(rm, encoded, unique, batch_size, stats, label)
+    stats.seconds += time.perf_counter() - start
+    stats.texts += len(encoded)
+    stats.unique += len(unique)
+    out = np.array([values[first[key]] for key in keys], dtype=np.float32)
+    if not np.isfinite(out).all():
+        from aplot_cli.errors import TrainingError
+
+        raise TrainingError(f"the reward model returned {int((~np.isfinite(out)).sum())} NaN/inf scores",
+                            hint="check the model weights (a diverged training run?)")
+    return out
+
+
+def _forward_scores(rm: RewardModel, encoded: list[Any], unique: list[int], batch_size: int, stats: ScoreStats,
+                    label: str) -> dict[int, float]:
+    """{index: score} for `unique` indices of `encoded`, by the model's forward pass in batches."""
+    import torch
+
+    from aplot_cli.console import progress as progress_display
+
+    values: dict[int, float] = {}
     with progress_display(label, unit="texts", disable=not unique) as progress:
         task = progress.add_task("", total=len(unique))
         for b in range(0, len(unique), batch_size):
@@ -191,16 +223,7 @@ def score_encoded(rm: RewardModel, encoded: list[Any], batch_size: int = 32, sta
             stats.padded_tokens += inputs["input_ids"].numel()
             stats.tokens += int(inputs["attention_mask"].sum())
             progress.advance(task, len(chunk))
-    stats.seconds += time.perf_counter() - start
-    stats.texts += len(encoded)
-    stats.unique += len(unique)
-    out = np.array([values[first[key]] for key in keys], dtype=np.float32)
-    if not np.isfinite(out).all():
-        from aplot_cli.errors import TrainingError
-
-        raise TrainingError(f"the reward model returned {int((~np.isfinite(out)).sum())} NaN/inf scores",
-                            hint="check the model weights (a diverged training run?)")
-    return out
+    return values
 
 
 def encode_texts(rm: RewardModel, prompts: list[str], responses: list[str],

@@ -39,3 +39,24 @@ def test_train_rm_cli_errors(synthetic_pairs_dir, tmp_path):
     unfinished.mkdir()
     wrong = runner.invoke(app, ["train-rm", str(unfinished), "--out-dir", str(tmp_path / "z"), "--loss", "bt", "-q"])
     assert wrong.exit_code == 4
+
+
+def test_train_rm_cli_frozen_backbone_then_eval_rm(tiny_bert_dir, synthetic_pairs_dir, tmp_path):
+    out = tmp_path / "rm"
+    result = runner.invoke(app, ["train-rm", str(synthetic_pairs_dir), "--out-dir", str(out), "--backbone",
+                                 str(tiny_bert_dir), "--loss", "constant_margin", "--frozen-backbone", "--max-steps", "20",
+                                 "--batch-size", "16", "--learning-rate", "0.01", "--max-length", "48", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert Path(result.stdout.strip()) == out / "manifest.json"
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["config"]["frozen_backbone"] is True and manifest["metrics"]["steps"] == 20
+    assert manifest["model"]["frozen_backbone"]["computed"] > 0
+    scored = runner.invoke(app, ["eval-rm", str(out), "--benchmark", "pairs", "--data", str(synthetic_pairs_dir),
+                                 "--out-dir", str(tmp_path / "eval"), "-q"])
+    assert scored.exit_code == 0, scored.output
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["model"]["frozen_backbone"]["route"] == "cached backbone features + head"
+    assert sum(s["total"] for s in metrics["subsets"].values()) == 60 and 0 <= metrics["score"] <= 1
+    refused = runner.invoke(app, ["train-rm", str(synthetic_pairs_dir), "--out-dir", str(tmp_path / "x"), "--backbone",
+                                  str(tiny_bert_dir), "--loss", "bt", "--frozen-backbone", "--lora", "-q"])
+    assert refused.exit_code == 2 and "frozen_backbone" in refused.output

@@ -174,3 +174,23 @@ def test_a_cell_that_fails_twice_is_named_and_the_rest_still_run(tmp_path, tiny_
     assert calls.count("aplot") == 2 and calls.count("bt") == 1  # retried once; the other cell ran
     assert (out / "cells" / "noise-0.00" / "bt" / "seed-0" / "train" / "manifest.json").is_file()
     assert (out / "report" / "report.md").is_file() and not (out / "manifest.json").exists()  # unfinished grid
+
+
+def test_frozen_backbone_grid_trains_heads_and_evaluates_from_cached_features(tmp_path, tiny_bert_dir):
+    """`frozen_backbone: true` in a grid's base: every cell trains a head on the shared feature cache, and
+    eval-rm scores from it (the second method's cells compute no feature)."""
+    grid = _grid(tmp_path, tiny_bert_dir).read_text().replace("learning_rate: 1.0e-3}",
+                                                              "learning_rate: 1.0e-2, frozen_backbone: true}")
+    (tmp_path / "frozen.yaml").write_text(grid)
+    assert all(cfg.frozen_backbone for cfg in compare.load_grid(tmp_path / "frozen.yaml").methods.values())
+    out = tmp_path / "cmp"
+    manifest = json.loads(compare.run(tmp_path / "frozen.yaml", out).read_text())
+    assert manifest["diagnostics"]["missing_cells"] == []
+    cells = out / "cells" / "noise-0.00"
+    trained = {m: json.loads((cells / m / "seed-0" / "train" / "manifest.json").read_text()) for m in ("bt", "aplot")}
+    assert all(t["model"]["frozen_backbone"]["rule"] == "pooled" for t in trained.values())
+    assert trained["bt"]["diagnostics"]["frozen_backbone"]["computed"] > 0  # the first cell fills the cache
+    assert trained["aplot"]["diagnostics"]["frozen_backbone"]["computed"] == 0
+    for ev in ("id", "ood"):
+        scored = json.loads((cells / "aplot" / "seed-0" / f"eval-{ev}" / "manifest.json").read_text())
+        assert scored["model"]["frozen_backbone"]["features_computed"] == 0, ev

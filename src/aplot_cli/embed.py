@@ -189,10 +189,10 @@ class EmbeddingCache:
     """Content-addressed vector store: key = sha256 of (encoder identity, prompt, response); each vector
     is stored with what truncation cut, so a run served from the cache still counts its cuts."""
 
-    def __init__(self, directory: Path, filename: str = "embeddings.sqlite"):
+    def __init__(self, directory: Path):
         directory.mkdir(parents=True, exist_ok=True)
-        self.path = directory / filename
-        self.db = sqlite3.connect(self.path, timeout=60)  # parallel compare workers share one file
+        self.path = directory / "embeddings.sqlite"
+        self.db = sqlite3.connect(self.path)
         self.db.execute("CREATE TABLE IF NOT EXISTS vectors (key TEXT PRIMARY KEY, dim INTEGER, vec BLOB)")
         self.db.execute("CREATE TABLE IF NOT EXISTS truncation "
                         "(key TEXT PRIMARY KEY, prompt_cut INTEGER, response_cut INTEGER)")

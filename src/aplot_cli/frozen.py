@@ -7,7 +7,7 @@ non-pad token, found as transformers finds it). The head is read through a forwa
 model's own head module, and every batch checks `head(features) == logits` of the full forward, so a
 cached feature is exactly what the head would have read.
 
-Cache: one SQLite file (`aplot_cli.embed.EmbeddingCache`) under `$APLOT_CACHE/features` (or the
+Cache: one SQLite file (`FeatureStore`) under `$APLOT_CACHE/features` (or the
 `feature_cache_dir` key), keyed by sha256 of (backbone digest, feature rule, the input's token ids and
 token type ids). The token ids already fix the text, the tokenizer, `max_length`, truncation and the
 chat template, so the key covers the pairs' content and the encoding rule; the backbone digest hashes
@@ -26,6 +26,7 @@ in eval mode)."""
 from __future__ import annotations
 
 import hashlib
+import sqlite3
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -34,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from aplot_cli import models
-from aplot_cli.console import get_console, info
+from aplot_cli.console import info
 from aplot_cli.errors import ConfigError, ModelError
 
 RULE_VERSION = "head-input-v1"
@@ -141,7 +142,8 @@ def extract(model, head: str, encoded: list[Any], pad_id: int, cache, batch_size
     read from `cache` where present; the rest computed with `model` (eval mode, no grad, length-sorted
     batches) and stored batch by batch, so an interrupted extraction resumes."""
     import torch
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from aplot_cli.console import progress as progress_display
 
     if stats.backbone_digest is None:
         stats.backbone_digest = backbone_digest(model, head)
@@ -161,9 +163,8 @@ def extract(model, head: str, encoded: list[Any], pad_id: int, cache, batch_size
     if missing:
         was_training = model.training
         model.to(device).eval()
-        with Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                      console=get_console(), transient=True) as progress:
-            task = progress.add_task(label, total=len(missing))
+        with progress_display(label, unit="texts") as progress:
+            task = progress.add_task("", total=len(missing))
             for b in range(0, len(missing), batch_size):
                 chunk = missing[b:b + batch_size]
                 with torch.inference_mode():
@@ -199,10 +200,41 @@ def head_rule(model, head: str, pad_id: int, device: str = "cpu") -> str:
         return read_head_inputs(model, head, _batch([probe], pad_id, device))[1]
 
 
-def open_cache(directory: str | Path | None):
-    from aplot_cli.embed import EmbeddingCache
+class FeatureStore:
+    """Content-addressed vectors in one SQLite file: key = sha256(identity + NUL + text), value = float32
+    bytes. Each batch is committed, so an interrupted extraction keeps what it computed."""
 
-    return EmbeddingCache(Path(directory) if directory else default_cache_dir(), filename="features.sqlite")
+    def __init__(self, directory: Path):
+        directory.mkdir(parents=True, exist_ok=True)
+        self.path = directory / "features.sqlite"
+        self.db = sqlite3.connect(self.path, timeout=60)  # parallel compare workers share one file
+        self.db.execute("CREATE TABLE IF NOT EXISTS vectors (key TEXT PRIMARY KEY, dim INTEGER, vec BLOB)")
+
+    @staticmethod
+    def key(identity: str, text: str) -> str:
+        return hashlib.sha256(f"{identity}\x00{text}".encode()).hexdigest()
+
+    def get_many(self, keys: list[str]) -> dict[str, np.ndarray]:
+        found: dict[str, np.ndarray] = {}
+        for start in range(0, len(keys), 900):  # SQLite's bound-parameter limit
+            chunk = keys[start:start + 900]
+            rows = self.db.execute(f"SELECT key, vec FROM vectors WHERE key IN ({','.join('?' * len(chunk))})", chunk)
+            for key, blob in rows:
+                found[key] = np.frombuffer(blob, dtype=np.float32)
+        return found
+
+    def put_many(self, items: list[tuple[str, np.ndarray]]) -> None:
+        with self.db:
+            self.db.executemany("INSERT OR REPLACE INTO vectors VALUES (?, ?, ?)",
+                                [(k, int(v.shape[0]), np.ascontiguousarray(v, dtype=np.float32).tobytes())
+                                 for k, v in items])
+
+    def close(self) -> None:
+        self.db.close()
+
+
+def open_cache(directory: str | Path | None) -> FeatureStore:
+    return FeatureStore(Path(directory) if directory else default_cache_dir())
 
 
 # ------------------------------------------------------------------------------------------- training
@@ -377,8 +409,9 @@ def score_fast(rm, fast: FastPath, encoded: list[Any], batch_size: int, cache_di
 
     cache = open_cache(cache_dir)
     try:
-        features = extract(rm.model, fast.head, encoded, rm.tokenizer.pad_token_id, cache, batch_size, fast.stats,
-                           rm.device, label="eval-rm features")
+        pad_id = rm.pad_id if rm.pad_id is not None else rm.tokenizer.pad_token_id
+        features = extract(rm.model, fast.head, encoded, pad_id, cache, batch_size, fast.stats, rm.device,
+                           label="eval-rm features")
     finally:
         cache.close()
     if fast.stats.rule is not None and fast.stats.rule != fast.rule:

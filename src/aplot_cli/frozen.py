@@ -382,6 +382,7 @@ class FastPath:
     rule: str
     digest: str
     stats: FeatureStats
+    cache_dir: str | None = None  # the training run's `feature_cache_dir` (None: the default)
 
     def describe(self) -> dict[str, Any]:
         return {"route": "cached backbone features + head", "rule": self.rule, "backbone_digest": self.digest,
@@ -400,14 +401,16 @@ def fast_path_for(model, manifest: dict[str, Any] | None) -> FastPath | None:
         info("[yellow]eval-rm: the model's backbone no longer matches the frozen backbone it was trained on; "
              "scoring with the full forward pass[/]")
         return None
-    return FastPath(head=head, rule=record["rule"], digest=digest, stats=FeatureStats(backbone_digest=digest))
+    return FastPath(head=head, rule=record["rule"], digest=digest, stats=FeatureStats(backbone_digest=digest),
+                    cache_dir=((manifest or {}).get("config") or {}).get("feature_cache_dir"))
 
 
-def score_fast(rm, fast: FastPath, encoded: list[Any], batch_size: int, cache_dir: str | Path | None = None) -> np.ndarray:
-    """(N,) scores of `encoded` through the head on cached (or newly cached) backbone features."""
+def score_fast(rm, fast: FastPath, encoded: list[Any], batch_size: int) -> np.ndarray:
+    """(N,) scores of `encoded` through the head on cached (or newly cached) backbone features, in the
+    cache the model was trained from."""
     import torch
 
-    cache = open_cache(cache_dir)
+    cache = open_cache(fast.cache_dir)
     try:
         pad_id = rm.pad_id if rm.pad_id is not None else rm.tokenizer.pad_token_id
         features = extract(rm.model, fast.head, encoded, pad_id, cache, batch_size, fast.stats, rm.device,

@@ -7,7 +7,7 @@ non-pad token, found as transformers finds it). The head is read through a forwa
 model's own head module, and every batch checks `head(features) == logits` of the full forward, so a
 cached feature is exactly what the head would have read.
 
-Cache: one SQLite file (`aplot_cli.embed.EmbeddingCache`) under `$APLOT_CACHE/features` (or the
+Cache: one SQLite file (`FeatureStore`) under `$APLOT_CACHE/features` (or the
 `feature_cache_dir` key), keyed by sha256 of (backbone digest, feature rule, the input's token ids and
 token type ids). The token ids already fix the text, the tokenizer, `max_length`, truncation and the
 chat template, so the key covers the pairs' content and the encoding rule; the backbone digest hashes
@@ -26,7 +26,7 @@ in eval mode)."""
 from __future__ import annotations
 
 import hashlib
-import json
+import sqlite3
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -36,7 +36,6 @@ import numpy as np
 
 from aplot_cli import models
 from aplot_cli.console import info
-from aplot_cli.console import progress as progress_display
 from aplot_cli.errors import ConfigError, ModelError
 
 RULE_VERSION = "head-input-v1"
@@ -144,7 +143,7 @@ def extract(model, head: str, encoded: list[Any], pad_id: int, cache, batch_size
     batches) and stored batch by batch, so an interrupted extraction resumes."""
     import torch
 
-    from aplot_cli.embed import Cached
+    from aplot_cli.console import progress as progress_display
 
     if stats.backbone_digest is None:
         stats.backbone_digest = backbone_digest(model, head)
@@ -153,7 +152,7 @@ def extract(model, head: str, encoded: list[Any], pad_id: int, cache, batch_size
     first: dict[str, int] = {}
     for i, text in enumerate(texts):
         first.setdefault(text, i)
-    keys = {text: _cache_key(identity, text) for text in first}
+    keys = {text: cache.key(identity, text) for text in first}
     have = cache.get_many(list(keys.values()))
     missing = sorted((i for t, i in first.items() if keys[t] not in have),
                      key=lambda i: len(encoded[i].input_ids), reverse=True)
@@ -172,19 +171,14 @@ def extract(model, head: str, encoded: list[Any], pad_id: int, cache, batch_size
                     features, rule, _ = read_head_inputs(model, head, _batch([encoded[i] for i in chunk], pad_id,
                                                                               device))
                 _check_rule(stats, rule)
-                items = [(keys[texts[i]], Cached(v, False, False))
-                         for i, v in zip(chunk, features.cpu().numpy(), strict=True)]
+                items = [(keys[texts[i]], v) for i, v in zip(chunk, features.cpu().numpy(), strict=True)]
                 cache.put_many(items)
                 have.update(items)
                 progress.advance(task, len(chunk))
         model.train(was_training)
     stats.computed += len(missing)
     stats.seconds += time.perf_counter() - start
-    return np.stack([have[keys[t]].vector for t in texts]).astype(np.float32)
-
-
-def _cache_key(identity: str, text: str) -> str:
-    return hashlib.sha256(json.dumps([identity, text]).encode()).hexdigest()
+    return np.stack([have[keys[t]] for t in texts]).astype(np.float32)
 
 
 def _check_rule(stats: FeatureStats, rule: str) -> None:
@@ -206,10 +200,41 @@ def head_rule(model, head: str, pad_id: int, device: str = "cpu") -> str:
         return read_head_inputs(model, head, _batch([probe], pad_id, device))[1]
 
 
-def open_cache(directory: str | Path | None):
-    from aplot_cli.embed import EmbeddingCache
+class FeatureStore:
+    """Content-addressed vectors in one SQLite file: key = sha256(identity + NUL + text), value = float32
+    bytes. Each batch is committed, so an interrupted extraction keeps what it computed."""
 
-    return EmbeddingCache(Path(directory) if directory else default_cache_dir(), filename="features.sqlite")
+    def __init__(self, directory: Path):
+        directory.mkdir(parents=True, exist_ok=True)
+        self.path = directory / "features.sqlite"
+        self.db = sqlite3.connect(self.path, timeout=60)  # parallel compare workers share one file
+        self.db.execute("CREATE TABLE IF NOT EXISTS vectors (key TEXT PRIMARY KEY, dim INTEGER, vec BLOB)")
+
+    @staticmethod
+    def key(identity: str, text: str) -> str:
+        return hashlib.sha256(f"{identity}\x00{text}".encode()).hexdigest()
+
+    def get_many(self, keys: list[str]) -> dict[str, np.ndarray]:
+        found: dict[str, np.ndarray] = {}
+        for start in range(0, len(keys), 900):  # SQLite's bound-parameter limit
+            chunk = keys[start:start + 900]
+            rows = self.db.execute(f"SELECT key, vec FROM vectors WHERE key IN ({','.join('?' * len(chunk))})", chunk)
+            for key, blob in rows:
+                found[key] = np.frombuffer(blob, dtype=np.float32)
+        return found
+
+    def put_many(self, items: list[tuple[str, np.ndarray]]) -> None:
+        with self.db:
+            self.db.executemany("INSERT OR REPLACE INTO vectors VALUES (?, ?, ?)",
+                                [(k, int(v.shape[0]), np.ascontiguousarray(v, dtype=np.float32).tobytes())
+                                 for k, v in items])
+
+    def close(self) -> None:
+        self.db.close()
+
+
+def open_cache(directory: str | Path | None) -> FeatureStore:
+    return FeatureStore(Path(directory) if directory else default_cache_dir())
 
 
 # ------------------------------------------------------------------------------------------- training
@@ -357,6 +382,7 @@ class FastPath:
     rule: str
     digest: str
     stats: FeatureStats
+    cache_dir: str | None = None  # the training run's `feature_cache_dir` (None: the default)
 
     def describe(self) -> dict[str, Any]:
         return {"route": "cached backbone features + head", "rule": self.rule, "backbone_digest": self.digest,
@@ -375,17 +401,20 @@ def fast_path_for(model, manifest: dict[str, Any] | None) -> FastPath | None:
         info("[yellow]eval-rm: the model's backbone no longer matches the frozen backbone it was trained on; "
              "scoring with the full forward pass[/]")
         return None
-    return FastPath(head=head, rule=record["rule"], digest=digest, stats=FeatureStats(backbone_digest=digest))
+    return FastPath(head=head, rule=record["rule"], digest=digest, stats=FeatureStats(backbone_digest=digest),
+                    cache_dir=((manifest or {}).get("config") or {}).get("feature_cache_dir"))
 
 
-def score_fast(rm, fast: FastPath, encoded: list[Any], batch_size: int, cache_dir: str | Path | None = None) -> np.ndarray:
-    """(N,) scores of `encoded` through the head on cached (or newly cached) backbone features."""
+def score_fast(rm, fast: FastPath, encoded: list[Any], batch_size: int) -> np.ndarray:
+    """(N,) scores of `encoded` through the head on cached (or newly cached) backbone features, in the
+    cache the model was trained from."""
     import torch
 
-    cache = open_cache(cache_dir)
+    cache = open_cache(fast.cache_dir)
     try:
-        features = extract(rm.model, fast.head, encoded, rm.tokenizer.pad_token_id, cache, batch_size, fast.stats,
-                           rm.device, label="eval-rm features")
+        pad_id = rm.pad_id if rm.pad_id is not None else rm.tokenizer.pad_token_id
+        features = extract(rm.model, fast.head, encoded, pad_id, cache, batch_size, fast.stats, rm.device,
+                           label="eval-rm features")
     finally:
         cache.close()
     if fast.stats.rule is not None and fast.stats.rule != fast.rule:

@@ -180,7 +180,8 @@ def test_frozen_backbone_grid_trains_heads_and_evaluates_from_cached_features(tm
     """`frozen_backbone: true` in a grid's base: every cell trains a head on the shared feature cache, and
     eval-rm scores from it (the second method's cells compute no feature)."""
     grid = _grid(tmp_path, tiny_bert_dir).read_text().replace("learning_rate: 1.0e-3}",
-                                                              "learning_rate: 1.0e-2, frozen_backbone: true}")
+                                                              "learning_rate: 1.0e-2, frozen_backbone: true, "
+                                                              f"feature_cache_dir: {tmp_path / 'features'}}}")
     (tmp_path / "frozen.yaml").write_text(grid)
     assert all(cfg.frozen_backbone for cfg in compare.load_grid(tmp_path / "frozen.yaml").methods.values())
     out = tmp_path / "cmp"

@@ -14,6 +14,7 @@ import torch
 from aplot_cli import frozen, scoring, train
 from aplot_cli.config import TrainConfig
 from aplot_cli.errors import ConfigError
+from aplot_cli.formatting import Encoded
 from aplot_cli.prepare import load_pairs
 
 
@@ -54,8 +55,6 @@ def cached_features(cfg, pairs_dir, split="train", n=24):
     try:
         out = []
         for side in ("chosen", "rejected"):
-            from aplot_cli.formatting import Encoded
-
             encoded = [Encoded(r[f"input_ids_{side}"], r.get(f"token_type_ids_{side}"), False, False) for r in records]
             out.append(frozen.extract(model, head, encoded, tokenizer.pad_token_id, cache, 16, stats))
     finally:
@@ -122,11 +121,14 @@ def test_same_seed_same_batches_and_start_as_full_training(tiny_bert_dir, synthe
     full, fro = (pd.read_parquet(tmp_path / name / "margins.parquet") for name in ("full", "frozen"))
     assert full[["step", "pair_id"]].equals(fro[["step", "pair_id"]])
     first = fro[fro["step"] == 1]
-    frame = load_pairs(synthetic_pairs_dir, "train").set_index("pair_id").loc[first["pair_id"]]
-    rm = scoring.load_reward_model(str(tiny_bert_dir), max_length=64)
-    messages = [m if isinstance(m, str) and m else None for m in frame["prompt_messages"]]
-    original = scoring.score_texts(rm, list(frame["prompt"]), list(frame["chosen"]), messages)
-    np.testing.assert_allclose(first["reward_chosen"].to_numpy(), original, atol=1e-5)
+    frame = load_pairs(synthetic_pairs_dir, "train").set_index("pair_id").loc[first["pair_id"]].reset_index()
+    cfg = TrainConfig(**common)
+    tokenizer, model, _, _ = train.load_model(cfg)  # the backbone with the head as both runs built it
+    records = train.encode_split(frame, tokenizer, cfg).records
+    encoded = [Encoded(r["input_ids_chosen"], r.get("token_type_ids_chosen"), False, False) for r in records]
+    with torch.no_grad():
+        original = model.eval()(**scoring._collate(encoded, tokenizer.pad_token_id, "cpu")).logits[:, 0]
+    np.testing.assert_allclose(first["reward_chosen"].to_numpy(), original.numpy(), atol=1e-5)
 
 
 def test_losses_and_margins_of_full_training_apply(tiny_bert_dir, synthetic_pairs_dir, tmp_path):

@@ -22,7 +22,7 @@ PRED_COLUMNS = ["example_id", "subset", "kind", "score"]
 def export(run: Path, dest: Path, margin_every: int) -> int:
     files = 0
     dest.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(run / "grid.yaml", dest / "grid.yaml")
+    shutil.copy2(run / ".aplot-stage", dest / ".aplot-stage")  # a compare folder: --report-only may reopen it
     for pairs in sorted((run / "data").glob("noise-*/pairs/train.parquet")):
         frame = pd.read_parquet(pairs)
         keep = [c for c in ("pair_id", "difficulty", "flipped") if c in frame.columns]

@@ -17,7 +17,7 @@ flipped-label copy of the same pairs (another `--flip-ratio`) reuses every entry
 
 Training: the head (`model.classifier` / `model.score`, as AutoModelForSequenceClassification built it,
 seeded exactly as in full training) is wrapped in `FeatureHead`, a module whose inputs are rows of the
-feature table. The pairs' token ids are replaced by their table rows, so `train.py`'s Trainer, loss,
+feature table. The pairs' token ids are replaced by their table rows, so `aplot_cli.train`'s Trainer, loss,
 margins, logging, evaluation, checkpoints and resume run unchanged on the cached features; the same
 seed gives the same batches as full training. The saved model is the full backbone with the trained head
 (`save_pretrained`), so any tool loads it; dropout before the head is not applied (features are read

@@ -29,6 +29,7 @@ from aplot_cli import artifacts
 from aplot_cli.config import EmbedConfig, EvalConfig, PrepareConfig, TrainConfig, build_config, load_yaml
 from aplot_cli.console import info
 from aplot_cli.errors import ConfigError, TrainingError
+from aplot_cli.grid_layout import cell_dir, noise_tag
 
 STAGE = "compare"
 _GRID_KEYS = ("data", "noise", "embed", "base", "methods", "seeds", "evals", "baseline", "eval_batch_size",
@@ -110,14 +111,6 @@ def load_grid(path: Path | str, seeds: tuple[int, ...] | None = None, methods: t
     return grid
 
 
-def _noise_tag(ratio: float) -> str:
-    return f"noise-{ratio:.2f}"
-
-
-def cell_dir(out_dir: Path, noise: float, method: str, seed: int) -> Path:
-    return out_dir / "cells" / _noise_tag(noise) / method / f"seed-{seed}"
-
-
 def _finished(path: Path) -> bool:
     return (path / artifacts.MANIFEST).is_file()
 
@@ -127,7 +120,7 @@ def _prepare_data(grid: Grid, out_dir: Path) -> dict[float, tuple[Path, Path]]:
 
     made = {}
     for ratio in grid.noise:
-        base = out_dir / "data" / _noise_tag(ratio)
+        base = out_dir / "data" / noise_tag(ratio)
         pairs, emb = base / "pairs", base / "embeddings"
         if not _finished(pairs):
             prepare.run(dataclasses.replace(grid.data, flip_ratio=ratio), pairs, overwrite=True)
@@ -170,7 +163,7 @@ def _run_cell(grid: Grid, out_dir: Path, noise: float, method: str, seed: int, d
     _check_same_config(train_dir, cfg)
     if not _finished(train_dir):
         resume = train_dir.is_dir() and (train_dir / "checkpoints").is_dir()
-        info(f"[bold]compare[/] {_noise_tag(noise)} {method} seed {seed}: train-rm" + (" (resume)" if resume else ""))
+        info(f"[bold]compare[/] {noise_tag(noise)} {method} seed {seed}: train-rm" + (" (resume)" if resume else ""))
         train.run(cfg, data[0], train_dir, embeddings_dir=data[1], overwrite=not resume, resume=resume)
     for ev in grid.evals:
         eval_dir = cell / f"eval-{ev.name}"
@@ -236,7 +229,7 @@ def _retry_failed(grid: Grid, out_dir: Path, data: dict[float, tuple[Path, Path]
     """Retry each failed cell once here; {cell folder: error} for those that fail again."""
     errors = {}
     for job, first in failed.items():
-        info(f"[yellow]compare: cell {_noise_tag(job[0])} {job[1]} seed {job[2]} failed ({first[:200]}); "
+        info(f"[yellow]compare: cell {noise_tag(job[0])} {job[1]} seed {job[2]} failed ({first[:200]}); "
              "retrying once[/]")
         try:
             _run_cell(grid, out_dir, *job, data[job[0]])

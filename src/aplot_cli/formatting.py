@@ -159,3 +159,24 @@ def keep_model_padding(tokenizer: Any, model_config: Any) -> int:
         raise ModelError("the reward model's tokenizer has no pad, EOS or unknown token to pad with",
                          hint="set `pad_token_id` in the model's config.json (a token that never occurs in text)")
     return int(model_config.pad_token_id)
+
+
+def pad_batch(batch: list[Encoded], pad_id: int, device: str) -> dict[str, Any]:
+    """Model inputs (len(batch), longest) on `device`, right-padded with `pad_id`: `input_ids`,
+    `attention_mask`, and `token_type_ids` where the encodings carry them."""
+    import torch
+
+    width = max(len(e.input_ids) for e in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    types = torch.zeros((len(batch), width), dtype=torch.long) if batch[0].token_type_ids is not None else None
+    for row, enc in enumerate(batch):  # right padding: real tokens keep positions 0..n-1
+        n = len(enc.input_ids)
+        ids[row, :n] = torch.tensor(enc.input_ids)
+        mask[row, :n] = 1
+        if types is not None:
+            types[row, :n] = torch.tensor(enc.token_type_ids)
+    inputs = {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
+    if types is not None:
+        inputs["token_type_ids"] = types.to(device)
+    return inputs

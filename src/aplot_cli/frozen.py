@@ -17,7 +17,7 @@ flipped-label copy of the same pairs (another `--flip-ratio`) reuses every entry
 
 Training: the head (`model.classifier` / `model.score`, as AutoModelForSequenceClassification built it,
 seeded exactly as in full training) is wrapped in `FeatureHead`, a module whose inputs are rows of the
-feature table. The pairs' token ids are replaced by their table rows, so `train.py`'s Trainer, loss,
+feature table. The pairs' token ids are replaced by their table rows, so `aplot_cli.train`'s Trainer, loss,
 margins, logging, evaluation, checkpoints and resume run unchanged on the cached features; the same
 seed gives the same batches as full training. The saved model is the full backbone with the trained head
 (`save_pretrained`), so any tool loads it; dropout before the head is not applied (features are read
@@ -37,6 +37,7 @@ import numpy as np
 from aplot_cli import models
 from aplot_cli.console import info
 from aplot_cli.errors import ConfigError, ModelError
+from aplot_cli.formatting import pad_batch
 
 RULE_VERSION = "head-input-v1"
 RULES = ("pooled", "last_token", "first_token")
@@ -130,12 +131,6 @@ def _key_text(enc: Any) -> str:
     return f"{ids}|{types}"
 
 
-def _batch(encoded: list[Any], pad_id: int, device: str) -> dict[str, Any]:
-    from aplot_cli.scoring import _collate
-
-    return _collate(encoded, pad_id, device)
-
-
 def extract(model, head: str, encoded: list[Any], pad_id: int, cache, batch_size: int, stats: FeatureStats,
             device: str = "cpu", label: str = "features") -> np.ndarray:
     """(N, H) float32 head inputs for `encoded` (formatting.Encoded, any order; duplicates computed once),
@@ -168,7 +163,7 @@ def extract(model, head: str, encoded: list[Any], pad_id: int, cache, batch_size
             for b in range(0, len(missing), batch_size):
                 chunk = missing[b:b + batch_size]
                 with torch.inference_mode():
-                    features, rule, _ = read_head_inputs(model, head, _batch([encoded[i] for i in chunk], pad_id,
+                    features, rule, _ = read_head_inputs(model, head, pad_batch([encoded[i] for i in chunk], pad_id,
                                                                               device))
                 _check_rule(stats, rule)
                 items = [(keys[texts[i]], v) for i, v in zip(chunk, features.cpu().numpy(), strict=True)]
@@ -197,7 +192,7 @@ def head_rule(model, head: str, pad_id: int, device: str = "cpu") -> str:
     probe = Encoded([t for t in (1, 2, 3, 4) if t != pad_id][:3], None, False, False)
     model.to(device).eval()
     with torch.inference_mode():
-        return read_head_inputs(model, head, _batch([probe], pad_id, device))[1]
+        return read_head_inputs(model, head, pad_batch([probe], pad_id, device))[1]
 
 
 class FeatureStore:

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from aplot_cli import artifacts
+from aplot_cli.grid_layout import cell_dir, noise_tag
 
 
 @dataclass
@@ -89,8 +90,6 @@ class Cell:
 
 
 def collect(grid, out_dir: Path) -> tuple[list[Cell], list[str]]:
-    from aplot_cli.compare import cell_dir
-
     cells, missing = [], []
     for noise in grid.noise:
         for method in grid.methods:
@@ -313,17 +312,15 @@ def _convergence_table(grid, by: dict) -> tuple[list[str], list[dict[str, Any]]]
 
 
 def _margin_table(grid, by: dict, out_dir: Path) -> tuple[list[str], dict]:
-    from aplot_cli.compare import _noise_tag
-
     rows, stats_all = [], {}
     for noise in grid.noise:
-        pairs_dir = out_dir / "data" / _noise_tag(noise) / "pairs"
+        pairs_dir = out_dir / "data" / noise_tag(noise) / "pairs"
         for method in grid.methods:
             stats = [_margin_stats(c, pairs_dir) for c in by[(noise, method)]]
             merged = {k: float(np.mean([s[k] for s in stats if k in s])) for k in {k for s in stats for k in s}}
             if not merged:
                 continue
-            stats_all[f"{_noise_tag(noise)}/{method}"] = merged
+            stats_all[f"{noise_tag(noise)}/{method}"] = merged
             rows.append([f"{noise:.0%}", method] + [f"{merged[k]:.4f}" if k in merged else "-"
                                                     for k in ("mean", "std", "in_batch_spread", "hard_mean", "easy_mean")])
     if not rows:
@@ -338,8 +335,6 @@ def _figures(grid, by: dict, cells: list[Cell], out_dir: Path, report_dir: Path)
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import pandas as pd
-
-    from aplot_cli.compare import _noise_tag
 
     files = []
     fig, axes = plt.subplots(1, len(grid.noise), figsize=(5.5 * len(grid.noise), 3.8), squeeze=False)
@@ -371,7 +366,7 @@ def _figures(grid, by: dict, cells: list[Cell], out_dir: Path, report_dir: Path)
     files += _hard_easy_figure(grid, by, out_dir, report_dir, plt)
 
     noise = grid.noise[0]
-    train = pd.read_parquet(out_dir / "data" / _noise_tag(noise) / "pairs" / "train.parquet")
+    train = pd.read_parquet(out_dir / "data" / noise_tag(noise) / "pairs" / "train.parquet")
     aplot_methods = [m for m in grid.methods if any(_has_margins(c) for c in by[(noise, m)])]
     if aplot_methods:
         fig, axes = plt.subplots(1, len(aplot_methods), figsize=(5 * len(aplot_methods), 3.5), squeeze=False)
@@ -417,11 +412,9 @@ def _figures(grid, by: dict, cells: list[Cell], out_dir: Path, report_dir: Path)
 def _hard_easy_figure(grid, by: dict, out_dir: Path, report_dir: Path, plt) -> list[Path]:
     """One bar chart: mean hard-minus-easy training margin per method (95% CI over seeds), one group of
     bars per noise level; drawn only where the data has a difficulty and some method has margins."""
-    from aplot_cli.compare import _noise_tag
-
     bars = {}
     for noise in grid.noise:
-        pairs_dir = out_dir / "data" / _noise_tag(noise) / "pairs"
+        pairs_dir = out_dir / "data" / noise_tag(noise) / "pairs"
         for method in grid.methods:
             stats = [_margin_stats(c, pairs_dir) for c in by[(noise, method)]]
             gaps = [st["hard_mean"] - st["easy_mean"] for st in stats if "hard_mean" in st and "easy_mean" in st]

@@ -22,6 +22,7 @@ import numpy as np
 
 from aplot_cli import artifacts, models
 from aplot_cli.errors import ArtifactError, ConfigError, ModelError
+from aplot_cli.formatting import pad_batch
 
 DEFAULT_MAX_LENGTH = 2048  # RewardBench's own default; capped by the model's position embeddings
 
@@ -153,25 +154,6 @@ def load_reward_model(name: str, max_length: int | None = None, chat_template: b
                        convention, pad_id, fast)
 
 
-def _collate(batch: list[Any], pad_id: int, device: str) -> dict[str, Any]:
-    import torch
-
-    width = max(len(e.input_ids) for e in batch)
-    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(batch), width), dtype=torch.long)
-    types = torch.zeros((len(batch), width), dtype=torch.long) if batch[0].token_type_ids is not None else None
-    for row, enc in enumerate(batch):  # right padding: real tokens keep positions 0..n-1
-        n = len(enc.input_ids)
-        ids[row, :n] = torch.tensor(enc.input_ids)
-        mask[row, :n] = 1
-        if types is not None:
-            types[row, :n] = torch.tensor(enc.token_type_ids)
-    inputs = {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
-    if types is not None:
-        inputs["token_type_ids"] = types.to(device)
-    return inputs
-
-
 def score_encoded(rm: RewardModel, encoded: list[Any], batch_size: int = 32, stats: ScoreStats | None = None,
                   label: str = "score") -> np.ndarray:
     """Scores (N,) float32 for already encoded texts, in input order; identical inputs scored once."""
@@ -218,7 +200,7 @@ def _forward_scores(rm: RewardModel, encoded: list[Any], unique: list[int], batc
             chunk = unique[b:b + batch_size]
             batch = [encoded[i] for i in chunk]
             pad_id = rm.pad_id if rm.pad_id is not None else rm.tokenizer.pad_token_id
-            inputs = _collate(batch, pad_id, rm.device)
+            inputs = pad_batch(batch, pad_id, rm.device)
             with torch.inference_mode():
                 logits = rm.model(**inputs).logits.float()
             for i, value in zip(chunk, logits[:, 0].cpu().numpy()):

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from aplot_cli import frozen, scoring, train
+from aplot_cli import formatting, frozen, scoring, train
 from aplot_cli.config import TrainConfig
 from aplot_cli.errors import ConfigError
 from aplot_cli.formatting import Encoded
@@ -127,7 +127,7 @@ def test_same_seed_same_batches_and_start_as_full_training(tiny_bert_dir, synthe
     records = train.encode_split(frame, tokenizer, cfg).records
     encoded = [Encoded(r["input_ids_chosen"], r.get("token_type_ids_chosen"), False, False) for r in records]
     with torch.no_grad():
-        original = model.eval()(**scoring._collate(encoded, tokenizer.pad_token_id, "cpu")).logits[:, 0]
+        original = model.eval()(**formatting.pad_batch(encoded, tokenizer.pad_token_id, "cpu")).logits[:, 0]
     np.testing.assert_allclose(first["reward_chosen"].to_numpy(), original.numpy(), atol=1e-5)
 
 

@@ -99,14 +99,16 @@ def test_torch_ot_solver_trains_like_pot(tiny_bert_dir, synthetic_pairs_dir, emb
 def test_long_logging_interval_reduces_step_metrics_early(solver, tiny_bert_dir, synthetic_pairs_dir, embeddings_dir,
                                                           tmp_path, monkeypatch):
     """Step tensors are reduced every PENDING_STEPS steps; the logged means are the same per-step means."""
-    logs = {}
-    for pending in (train.PENDING_STEPS, 3):
-        monkeypatch.setattr(train, "PENDING_STEPS", pending)
+    from aplot_cli.train import trainer
+
+    logs, usual = {}, trainer.PENDING_STEPS
+    for pending in (usual, 3):
+        monkeypatch.setattr(trainer, "PENDING_STEPS", pending)
         out = tmp_path / f"p{pending}"
         train.run(tiny_cfg(tiny_bert_dir, max_steps=4, logging_steps=4, ot_solver=solver), synthetic_pairs_dir, out,
                   embeddings_dir=embeddings_dir)
         logs[pending] = [r for r in read_log(out) if "loss" in r]
-    (default,), (early,) = logs[train.PENDING_STEPS], logs[3]
+    (default,), (early,) = logs[usual], logs[3]
     for name in ("accuracy", "margin", "rewards/chosen", "margin_applied", "ot/margin_mean", "ot/converged_frac"):
         assert early[name] == pytest.approx(default[name], rel=1e-5, abs=1e-7), name
 

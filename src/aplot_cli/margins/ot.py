@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from aplot_cli.margins.readout import plan_margin
+
 
 @dataclass(frozen=True)
 class OTResult:
@@ -217,8 +219,6 @@ class DeviceSinkhorn:
         """True when the fused result matches `sinkhorn_log_torch` on the same input (cost, plan and,
         when asked for, the margin); False when the batch is not finite, so nothing can be checked yet;
         raises when they differ. One host sync, once per compiled variant."""
-        from aplot_cli.margins.adaptive import plan_margin
-
         if cost is None:
             cost = _cost_from_rewards(r_c, r_r, similarity, w_rew, w_sem)
         plan, error = sinkhorn_log_torch(cost.float(), self.reg, self.num_iter)

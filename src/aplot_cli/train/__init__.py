@@ -1,0 +1,52 @@
+"""`aplot train-rm`: reward-model training on `transformers.Trainer` with the APLOT margin or a baseline.
+
+This package owns the stage: pairs (+ embeddings) -> tokenised dataset (`formatting.encode`, explicit
+truncation, counted) -> `RewardTrainer` (a Trainer whose `compute_loss` runs chosen and rejected through
+one forward pass and applies `losses.reward_loss` with the margin from `margins.AplotMargin`) -> a
+`save_pretrained` model folder (+ tokenizer) under `out_dir/model`, `train_log.jsonl`, `margins.parquet`,
+`metrics.json` and the manifest, written last. Checkpoints live under `out_dir/checkpoints`, so
+`--resume`, gradient accumulation, schedulers, mixed precision, `report_to` and distributed launch
+(`accelerate launch -m aplot_cli train-rm ...`, torchrun) all come from the library.
+
+One concern a module:
+    validation.py  every config value and the inputs checked before anything is loaded
+    data.py        encoding (`EncodedSplit`), the dataset and the (2B, L) collator
+    model.py       the backbone: tokenizer + sequence-classification model, LoRA
+    trainer.py     `RewardTrainer` (imports transformers: loaded only when a run builds its trainer)
+    metrics.py     per-step means at log time, pair accuracy, final metrics, the OT summary
+    callbacks.py   the JSONL log, the progress bar, the margin flush, no final checkpoint (transformers)
+    records.py     the margin record (`MarginSink`) and the log file names
+    resume.py      `run_config.json` and the checks and checkpoint choice of --resume
+    stage.py       `run`, the entry point, and the final save
+
+Importing the package imports neither transformers nor the trainer; `RewardTrainer` and `PENDING_STEPS`
+are loaded on first access."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aplot_cli.train.data import EncodedSplit, PairCollator, PairDataset, _SplitCollator, _take, encode_split
+from aplot_cli.train.metrics import _mean_metrics, pair_accuracy
+from aplot_cli.train.model import head_name, load_model
+from aplot_cli.train.records import LOG_FILE, MARGINS_FILE, MarginSink
+from aplot_cli.train.resume import RESUMABLE, RUN_CONFIG, _resume_step, check_resume, run_record
+from aplot_cli.train.stage import STAGE, _training_args, _use_cpu, check_model_dir, run
+from aplot_cli.train.validation import DEVICES, check_dataset_margin, check_embeddings_match, validate
+
+_FROM_TRAINER = ("RewardTrainer", "PENDING_STEPS")  # names of the module that imports transformers
+
+
+def __getattr__(name: str) -> Any:
+    if name in _FROM_TRAINER:
+        from aplot_cli.train import trainer
+
+        return getattr(trainer, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["DEVICES", "LOG_FILE", "MARGINS_FILE", "PENDING_STEPS", "RESUMABLE", "RUN_CONFIG", "STAGE", "EncodedSplit",
+           "MarginSink", "PairCollator", "PairDataset", "RewardTrainer", "_SplitCollator", "_mean_metrics",
+           "_resume_step", "_take", "_training_args", "_use_cpu", "check_dataset_margin", "check_embeddings_match",
+           "check_model_dir", "check_resume", "encode_split", "head_name", "load_model", "pair_accuracy",
+           "run", "run_record", "validate"]

@@ -1,0 +1,220 @@
+"""The train-rm stage's one entry point, `run`: check the config and inputs, load and encode the data,
+build the trainer (imported only here), train, then write the model, the logs, the margin record,
+`metrics.json` and, last, the manifest."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from aplot_cli import artifacts, formatting, models, run_report
+from aplot_cli.config import TrainConfig, config_to_dict
+from aplot_cli.console import info
+from aplot_cli.errors import ArtifactError, ConfigError
+from aplot_cli.train.data import PairDataset, _SplitCollator, _take, encode_split
+from aplot_cli.train.metrics import _final_metrics, _ot_summary, pair_accuracy
+from aplot_cli.train.model import load_model
+from aplot_cli.train.records import LOG_FILE, MARGINS_FILE, MarginSink
+from aplot_cli.train.resume import RUN_CONFIG, _resume_step, check_resume, run_record
+from aplot_cli.train.validation import check_dataset_margin, check_embeddings_match, validate
+
+STAGE = "train-rm"
+
+
+def run(cfg: TrainConfig, pairs_dir: Path, out_dir: Path, embeddings_dir: Path | None = None,
+        overwrite: bool = False, resume: bool = False, extra_callbacks: tuple = ()) -> Path:
+    """Train a reward model; returns the manifest path (written last, by the main process)."""
+    from aplot_cli.embed import load_embeddings
+    from aplot_cli.prepare import load_pairs
+
+    spec = validate(cfg, embeddings_dir is not None)
+    pairs_art = artifacts.open_artifact(pairs_dir, "prepare")
+    emb_art = artifacts.open_artifact(embeddings_dir, "embed") if embeddings_dir is not None else None
+    if emb_art is not None:
+        check_embeddings_match(emb_art, pairs_art)
+    out_dir = Path(out_dir)
+    claim = {"stage": STAGE, "overwrite": overwrite, "resume": resume,
+             "inputs": [("PAIRS", pairs_dir), ("--embeddings", embeddings_dir), ("--backbone", cfg.backbone),
+                        ("feature cache", cfg.feature_cache_dir)]}
+    kept = artifacts.check_out_dir(out_dir, **claim)  # refuse now; clear only once the inputs pass
+    checkpoint, resumed_step = _resume_step(out_dir, kept)
+    record = run_record(cfg, pairs_art, emb_art)
+    resume_changes = check_resume(out_dir, record) if checkpoint else None
+    use_cpu = _use_cpu(cfg.device)
+    test_frame = _test_frame(pairs_art, cfg)
+    train_frame = _take(load_pairs(pairs_dir, "train"), cfg.max_train_pairs, cfg.seed)
+    dataset_margin = check_dataset_margin(train_frame, pairs_art.path) if spec.dataset_margin else None
+    tokenizer, model, resolved, head = load_model(cfg)
+    args = _training_args(cfg, out_dir, use_cpu, test_frame is not None)  # also joins the process group
+    rank = args.process_index
+    with args.main_process_first(desc="prepare the output directory"):
+        if args.process_index == 0:
+            artifacts.prepare_out_dir(out_dir, **claim)
+            if not (out_dir / RUN_CONFIG).is_file() or not checkpoint:  # a resume keeps its first start's
+                artifacts.write_json_atomic(out_dir / RUN_CONFIG, {**record, "from_step": max(resumed_step, 0)})
+    need_emb = spec.aplot and cfg.semantic_source == "embeddings" and emb_art is not None
+    train = encode_split(train_frame, tokenizer, cfg, load_embeddings(emb_art.path, "train") if need_emb else None)
+    test = encode_split(test_frame, tokenizer, cfg, split_id=1) if test_frame is not None else None
+    attached = None
+    if cfg.frozen_backbone:  # the head trains on cached backbone features (aplot_cli.frozen)
+        from aplot_cli import frozen
+
+        attached = frozen.attach(cfg, model, head, tokenizer.pad_token_id, [train, test], use_cpu)
+        model = attached.model
+    info(f"[bold]train-rm[/] {cfg.backbone} loss={spec.name}: {len(train.records)} train pairs"
+         f"{f', {len(test.records)} test pairs' if test else ''}; truncated pairs: "
+         f"{train.truncation['pairs_truncated']} (max_length {cfg.max_length})")
+    trainer = _build_trainer(cfg, spec, model, head, tokenizer, train, test, out_dir, args, rank, resumed_step,
+                             extra_callbacks)
+    if attached is not None:
+        frozen.adapt_trainer(trainer, [train, test])
+    t0 = time.perf_counter()
+    train_output = trainer.train(resume_from_checkpoint=checkpoint)
+    seconds = time.perf_counter() - t0
+    metrics = _final_metrics(trainer, train, test, train_output, seconds, cfg, resumed_step)  # -1: a fresh start
+    trainer.accelerator.wait_for_everyone()
+    if not trainer.is_world_process_zero():
+        return out_dir / artifacts.MANIFEST
+    outputs = _save(trainer, tokenizer, cfg, out_dir, train.pair_ids if trainer.margin_sink else None)
+    outputs.append(artifacts.describe_output(out_dir, RUN_CONFIG))
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    outputs.append(artifacts.describe_output(out_dir, "metrics.json"))
+    pictures = run_report.write(out_dir, config_to_dict(cfg), metrics, LOG_FILE)
+    outputs += [artifacts.describe_output(out_dir, name) for name in pictures.files]
+    for warning in pictures.warnings:
+        info(f"[bold yellow]train-rm warning:[/] {warning}")
+    inputs = {"pairs": pairs_art, **({"embeddings": emb_art} if emb_art is not None else {})}
+    diagnostics = {"truncation": {"train": train.truncation, **({"test": test.truncation} if test else {})},
+                   "ot": _ot_summary(trainer),
+                   **({"test_loss": "the configured loss without the APLOT margin (no OT plan at evaluation)"}
+                      if test else {}),
+                   "resumed_from_step": resumed_step if checkpoint else None,
+                   "warnings": pictures.warnings,
+                   **({"resume": {"settings_checked": resume_changes is not None,
+                                  "changed": resume_changes or {}}} if checkpoint else {}),
+                   "device": "cpu" if use_cpu else "cuda", "world_size": trainer.accelerator.num_processes,
+                   "precision": "float32" if use_cpu or not (cfg.bf16 or cfg.fp16) else
+                                ("bf16" if cfg.bf16 else "fp16") + " mixed",
+                   "mixed_precision_ignored_on_cpu": bool((cfg.bf16 or cfg.fp16) and use_cpu),
+                   **({"dataset_margin": dataset_margin} if dataset_margin else {}),
+                   **({"frozen_backbone": attached.manifest()} if attached is not None else {})}
+    info(f"[bold]train-rm[/] done in {seconds:.1f}s: train accuracy {metrics.get('train_accuracy', float('nan')):.4f}"
+         f", test accuracy {metrics.get('test_accuracy', float('nan')):.4f}")
+    manifest = artifacts.write_manifest(
+        out_dir, stage=STAGE, config=config_to_dict(cfg), inputs=inputs, outputs=outputs, metrics=metrics,
+        diagnostics=diagnostics,
+        extra={"model": {"backbone": cfg.backbone, "resolved": _relative_or_id(resolved),
+                         "identity": models.identity(resolved),
+                         "head": head,
+                         "frozen_backbone": attached.manifest() if attached is not None else None,
+                         "loss": spec.name, "path": "model", "lora": cfg.lora,
+                         "chat_template": formatting.uses_chat_template(tokenizer, cfg.chat_template),
+                         "max_length": cfg.max_length, "pad_token_id": tokenizer.pad_token_id,
+                         "padding_side": tokenizer.padding_side}})
+    if not cfg.keep_checkpoints:  # finished: model/ is the result, and a finished run is not resumed
+        shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
+    return manifest
+
+
+def _training_args(cfg: TrainConfig, out_dir: Path, use_cpu: bool, has_eval: bool):
+    from transformers import TrainingArguments
+
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return TrainingArguments(
+        output_dir=str(out_dir / "checkpoints"), per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.eval_batch_size, gradient_accumulation_steps=cfg.grad_accum,
+        learning_rate=cfg.learning_rate, num_train_epochs=cfg.epochs, max_steps=cfg.max_steps,
+        lr_scheduler_type=cfg.scheduler, warmup_steps=cfg.warmup_ratio, weight_decay=cfg.weight_decay,
+        max_grad_norm=cfg.max_grad_norm, logging_steps=cfg.logging_steps,
+        eval_strategy="steps" if cfg.eval_steps > 0 and has_eval else "no", eval_steps=cfg.eval_steps or None,
+        save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=cfg.save_total_limit, seed=cfg.seed,
+        report_to=list(cfg.report_to) or "none", use_cpu=use_cpu, bf16=cfg.bf16 and not use_cpu, fp16=cfg.fp16 and not use_cpu,
+        remove_unused_columns=False, disable_tqdm=True, dataloader_num_workers=cfg.dataloader_workers,
+        activation_checkpointing=cfg.gradient_checkpointing,
+        ddp_backend="gloo" if use_cpu and distributed else None, label_names=[],
+        # pinned batches copied without a host sync (GPU); on the CPU there is nothing to copy
+        dataloader_pin_memory=not use_cpu, accelerator_config={"non_blocking": not use_cpu},
+        ddp_find_unused_parameters=False if distributed else None)
+
+
+def _use_cpu(device: str) -> bool:
+    import torch
+
+    if device == "auto":
+        return not torch.cuda.is_available()
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device} was asked for but no CUDA device is visible", hint="use --device cpu")
+    return device == "cpu"
+
+
+def _relative_or_id(resolved: str) -> str:
+    return Path(resolved).name if Path(resolved).exists() else resolved
+
+
+def _test_frame(pairs_art, cfg: TrainConfig):
+    from aplot_cli.prepare import load_pairs, split_files
+
+    if "test.parquet" not in split_files(pairs_art):
+        return None
+    return _take(load_pairs(pairs_art.path, "test"), cfg.max_eval_pairs, cfg.seed)
+
+
+def _build_trainer(cfg, spec, model, head, tokenizer, train, test, out_dir, args, rank, resumed_step,
+                   extra_callbacks):
+    from aplot_cli.margins import AplotMargin, AplotSettings
+    from aplot_cli.train.callbacks import run_callbacks
+    from aplot_cli.train.trainer import RewardTrainer  # here, so that importing the package skips transformers
+
+    margin_fn = AplotMargin(AplotSettings(
+        w_rew=cfg.w_rew, w_sem=0.0 if cfg.semantic_source == "none" else cfg.w_sem, reg=cfg.ot_reg,
+        num_iter=cfg.ot_iters, tol=cfg.ot_tol, plan_on=cfg.plan_on, cost_norm=cfg.cost_norm,
+        margin_from=cfg.margin_from, margin_norm=cfg.margin_norm,
+        scale=cfg.margin_scale, warmup_steps=cfg.margin_warmup_steps, scope=cfg.ot_scope,
+        solver=cfg.ot_solver)) if spec.aplot else None
+    sink = MarginSink(out_dir, train.pair_ids, rank, resumed_step) if cfg.save_margins else None
+    trainer = RewardTrainer(
+        model=model, args=args,
+        train_dataset=PairDataset(train), eval_dataset=PairDataset(test) if test else None,
+        data_collator=_SplitCollator(train, test, tokenizer.pad_token_id), processing_class=tokenizer,
+        compute_metrics=pair_accuracy,
+        callbacks=run_callbacks(out_dir, resumed_step, sink, args.process_index == 0, cfg.keep_checkpoints)
+        + list(extra_callbacks),
+        spec=spec, cfg=cfg, head=head, margin_fn=margin_fn, margin_sink=sink)
+    from transformers import PrinterCallback, ProgressCallback
+
+    trainer.remove_callback(ProgressCallback)
+    trainer.remove_callback(PrinterCallback)  # it prints logs to stdout, which carries only the manifest path
+    return trainer
+
+
+def _save(trainer, tokenizer, cfg: TrainConfig, out_dir: Path, pair_ids) -> list[dict[str, Any]]:
+    """Final model in `save_pretrained` form (LoRA: merged model under model/, adapter under adapter/)."""
+    model_dir = out_dir / "model"
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    outputs = []
+    if cfg.lora:
+        model.save_pretrained(out_dir / "adapter", safe_serialization=True)
+        outputs.append(artifacts.describe_output(out_dir, "adapter/adapter_model.safetensors"))
+        model = model.merge_and_unload()
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(model_dir, safe_serialization=True)
+    tokenizer.save_pretrained(model_dir)
+    for name in ("config.json", "model.safetensors"):
+        if (model_dir / name).exists():
+            outputs.append(artifacts.describe_output(out_dir, f"model/{name}"))
+    if (out_dir / LOG_FILE).exists():
+        rows = sum(1 for line in (out_dir / LOG_FILE).read_text().splitlines() if line.strip())
+        outputs.append(artifacts.describe_output(out_dir, LOG_FILE, rows=rows))
+    if trainer.margin_sink is not None:
+        rows = trainer.margin_sink.merge(out_dir / MARGINS_FILE)
+        outputs.append(artifacts.describe_output(out_dir, MARGINS_FILE, rows=rows))
+    return outputs
+
+
+def check_model_dir(path: Path) -> None:
+    if not (path / "config.json").is_file():
+        raise ArtifactError(f"{path} holds no saved model", hint="re-run `aplot train-rm`")

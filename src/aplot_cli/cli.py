@@ -2,6 +2,9 @@
 
 Each command builds its stage config (defaults < --config YAML < flags typed), calls the stage's one
 entry point (imported lazily, so `aplot --help` is instant), and prints the manifest path on stdout.
+A stage command's flags are its config dataclass's fields: `@config_options(SomeConfig)` adds one flag
+per field and hands the typed ones to the command as `**flags`, ready for `build_config`; the command
+declares only what is not configuration (inputs, --out-dir, --resume and the shared options).
 User mistakes (`AplotError`) become a message on stderr and the error's exit code, never a traceback."""
 
 from __future__ import annotations
@@ -16,9 +19,18 @@ from typing import Annotated, Any, Optional
 import typer
 
 from aplot_cli import __version__
-from aplot_cli.config import EmbedConfig, EvalConfig, PPOConfig, PrepareConfig, TrainConfig
-from aplot_cli.options import (ConfigFile, EmbeddingsArtifact, OutDir, Overwrite, PairsArtifact, Quiet, Resume,
-                               artifact_path, config_options)
+from aplot_cli.config import EmbedConfig, EvalConfig, PPOConfig, PrepareConfig, TrainConfig, build_config, load_yaml
+from aplot_cli.options import (
+    ConfigFile,
+    EmbeddingsArtifact,
+    OutDir,
+    Overwrite,
+    PairsArtifact,
+    Quiet,
+    Resume,
+    artifact_path,
+    config_options,
+)
 
 app = typer.Typer(name="aplot", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   rich_markup_mode="rich",
@@ -100,7 +112,6 @@ def prepare(out_dir: OutDir, config: ConfigFile = None, overwrite: Overwrite = F
             **flags: Any) -> Path:
     """Turn preference data into a validated pairs artifact with splits."""
     from aplot_cli import prepare as stage
-    from aplot_cli.config import build_config, load_yaml
 
     recipe_name = flags.get("recipe") or (load_yaml(config).get("recipe") if config else None)
     cfg = build_config(PrepareConfig, config, flags, base=stage.recipe_defaults(recipe_name))
@@ -114,7 +125,6 @@ def embed(pairs: PairsArtifact, out_dir: OutDir, config: ConfigFile = None, over
           quiet: Quiet = False, **flags: Any) -> Path:
     """Embed the chosen and rejected responses of a pairs artifact, with a content-addressed cache."""
     from aplot_cli import embed as stage
-    from aplot_cli.config import build_config
 
     return stage.run(build_config(EmbedConfig, config, flags), pairs, out_dir, overwrite=overwrite)
 
@@ -127,7 +137,6 @@ def train_rm(pairs: PairsArtifact, out_dir: OutDir, embeddings: EmbeddingsArtifa
              **flags: Any) -> Path:
     """Train a reward model (APLOT or a baseline loss) on transformers.Trainer; every option also in --config."""
     from aplot_cli import train as stage
-    from aplot_cli.config import build_config
 
     cfg = build_config(TrainConfig, config, flags)
     return stage.run(cfg, pairs, out_dir, embeddings_dir=embeddings, overwrite=overwrite, resume=resume)
@@ -142,7 +151,6 @@ def eval_rm(out_dir: OutDir, model: Annotated[Optional[str], typer.Argument(
             config: ConfigFile = None, overwrite: Overwrite = False, quiet: Quiet = False, **flags: Any) -> Path:
     """Score a reward model on RewardBench (v1, v2), RM-Bench, HHH or any pairs, as the benchmarks score it."""
     from aplot_cli import evaluate as stage
-    from aplot_cli.config import build_config
 
     return stage.run(build_config(EvalConfig, config, flags), model, out_dir, overwrite=overwrite)
 
@@ -154,7 +162,6 @@ def ppo(out_dir: OutDir, resume: Resume = False, config: ConfigFile = None, over
         quiet: Quiet = False, **flags: Any) -> Path:
     """PPO of a policy against a reward model, with a KL penalty to the frozen initial policy."""
     from aplot_cli import ppo as stage
-    from aplot_cli.config import build_config
 
     return stage.run(build_config(PPOConfig, config, flags), out_dir, overwrite=overwrite, resume=resume)
 

@@ -15,8 +15,20 @@ from typer.testing import CliRunner
 
 from aplot_cli import config as config_module
 from aplot_cli.cli import app
-from aplot_cli.config import (EMBED_FLAGS, EVAL_FLAGS, PPO_FLAGS, PREPARE_FLAGS, TRAIN_FLAGS, EmbedConfig, EvalConfig,
-                              PPOConfig, PrepareConfig, TrainConfig, build_config, resolve_train)
+from aplot_cli.config import (
+    EMBED_FLAGS,
+    EVAL_FLAGS,
+    PPO_FLAGS,
+    PREPARE_FLAGS,
+    TRAIN_FLAGS,
+    EmbedConfig,
+    EvalConfig,
+    PPOConfig,
+    PrepareConfig,
+    TrainConfig,
+    build_config,
+    resolve_train,
+)
 from aplot_cli.errors import ConfigError
 from aplot_cli.options import flag_name, shown_default
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The aplot pipeline on the embedded synthetic data, as a shell script would chain it: every stage
-# prints only its manifest path on stdout, and the next stage reads that artifact directory.
+# prints only its manifest path on stdout, and the next stage takes that path as its input artifact.
 # Usage: examples/pipeline.sh [OUT_DIR]   (make demo runs it into demo-out/; several minutes on 2 CPU cores,
 # plus about a minute the first time to convert the embedded SmolLM2 GGUF into a cached model folder)
 set -euo pipefail
@@ -10,13 +10,13 @@ dir() { dirname "$1"; }
 
 pairs=$(aplot prepare --recipe synthetic --synthetic-pairs 600 --synthetic-ood-pairs 200 --test-size 0.33 \
           --out-dir "$OUT/pairs" --overwrite)
-emb=$(aplot embed "$(dir "$pairs")" --out-dir "$OUT/embeddings" --overwrite)
-rm=$(aplot train-rm "$(dir "$pairs")" --embeddings "$(dir "$emb")" --loss aplot --backbone minilm-l6 \
-       --max-length 64 --batch-size 16 --learning-rate 2e-4 --epochs 1 --max-eval-pairs 100 \
-       --out-dir "$OUT/reward-model" --overwrite)
-ev=$(aplot eval-rm "$(dir "$rm")" --benchmark pairs --data "$(dir "$pairs")" --split test \
+emb=$(aplot embed "$pairs" --out-dir "$OUT/embeddings" --overwrite)
+rm=$(aplot train-rm "$pairs" --embeddings "$emb" --loss aplot --backbone minilm-l6 \
+       --max-length 64 --batch-size 16 --epochs 1 --max-eval-pairs 100 \
+       --out-dir "$OUT/reward-model" --overwrite)     # learning rate: minilm-l6's default, 2e-4
+ev=$(aplot eval-rm "$rm" --benchmark pairs --data "$pairs" --split test \
        --out-dir "$OUT/eval-rm" --overwrite)
-ppo=$(aplot ppo --reward-model "$(dir "$rm")" --prompts "$(dir "$pairs")" --policy smollm2-135m \
+ppo=$(aplot ppo --reward-model "$rm" --prompts "$pairs" --policy smollm2-135m \
         --updates 1 --batch-size 4 --mini-batch-size 4 --ppo-epochs 1 --max-new-tokens 24 --save-every 0 \
         --out-dir "$OUT/ppo" --overwrite)
 

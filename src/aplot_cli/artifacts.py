@@ -238,10 +238,17 @@ def _clear(out_dir: Path) -> None:
             entry.unlink()
 
 
-def open_artifact(path: Path | str, stage: str | tuple[str, ...], redo: str | None = None) -> Artifact:
-    """Open a finished artifact of the given stage(s), or raise an ArtifactError that says which run
-    to redo."""
+def artifact_dir(path: Path | str) -> Path:
+    """The artifact folder a path stands for: a path to its `manifest.json` (what every stage prints on
+    stdout) means the folder holding it, so `aplot embed "$(aplot prepare ...)"` chains."""
     path = Path(path)
+    return path.parent if path.name == MANIFEST else path
+
+
+def open_artifact(path: Path | str, stage: str | tuple[str, ...], redo: str | None = None) -> Artifact:
+    """Open a finished artifact of the given stage(s) (its folder, or its manifest.json), or raise an
+    ArtifactError that says which run to redo."""
+    path = artifact_dir(path)
     stages = (stage,) if isinstance(stage, str) else stage
     redo = redo or f"aplot {stages[0]}"
     if not path.is_dir():

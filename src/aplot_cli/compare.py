@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from aplot_cli import artifacts
-from aplot_cli.config import EmbedConfig, EvalConfig, PrepareConfig, TrainConfig, build_config, load_yaml
+from aplot_cli.config import EmbedConfig, EvalConfig, PrepareConfig, TrainConfig, build_config, load_yaml, resolve_train
 from aplot_cli.console import info
 from aplot_cli.errors import ConfigError, TrainingError
 from aplot_cli.grid_layout import cell_dir, noise_tag
@@ -160,7 +160,7 @@ def _run_cell(grid: Grid, out_dir: Path, noise: float, method: str, seed: int, d
     cell = cell_dir(out_dir, noise, method, seed)
     train_dir = cell / "train"
     cfg = dataclasses.replace(grid.methods[method], seed=seed)
-    _check_same_config(train_dir, cfg)
+    _check_same_config(train_dir, resolve_train(cfg))  # as train-rm records it
     if not _finished(train_dir):
         resume = train_dir.is_dir() and (train_dir / "checkpoints").is_dir()
         info(f"[bold]compare[/] {noise_tag(noise)} {method} seed {seed}: train-rm" + (" (resume)" if resume else ""))

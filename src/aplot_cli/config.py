@@ -22,90 +22,147 @@ from aplot_cli.errors import ConfigError
 C = TypeVar("C")
 
 
+def option(default: Any, help: str, *, shown: str | None = None, aliases: tuple[str, ...] = (),
+           short: str | None = None, split: str | None = None, artifact: bool = False) -> Any:
+    """A config field that is also a command-line flag (`aplot_cli.options.config_options` builds it).
+
+    `help` is the flag's help; `shown` replaces the default in `--help` where the value alone says little
+    (None meaning "all", "the manifest's", ...); `aliases` are other names accepted as flags and YAML keys
+    (`lr` for `learning_rate`); `short` a one-letter flag; `split` joins several values in one flag
+    (`--loss bt+center`); `artifact` marks a path that may name an artifact's manifest.json (what a
+    stage prints), read as the artifact folder."""
+    return field(default=default, metadata={"help": help, "shown": shown, "aliases": aliases, "short": short,
+                                            "split": split, "artifact": artifact})
+
+
 @dataclass(frozen=True)
 class PrepareConfig:
     """`aplot prepare`: where pairs come from and how they are filtered and split."""
 
-    recipe: str | None = None            # recipe name in data_recipes/ or path to a recipe YAML
-    dataset: str | None = None           # hub dataset id (used when no recipe/files)
-    dataset_config: str | None = None    # hub config name
-    dataset_split: str = "train"         # hub split to read
-    files: tuple[str, ...] = ()          # local jsonl/json/parquet/csv files
-    on_bad_rows: Literal["error", "skip"] = "error"
-    test_size: float = 0.1               # fraction of prompts held out
-    seed: int = 0
-    max_pairs: int | None = None
-    every_nth: int = 1
-    flip_ratio: float = 0.0
-    synthetic_pairs: int = 4000          # for the synthetic recipe
-    synthetic_ood_pairs: int = 600
+    recipe: str | None = option(
+        None, "Recipe name in data_recipes/ (synthetic, hh-rlhf, unified-feedback[-40k|-400k], ultrafeedback, "
+              "skywork-80k, hhh-alignment) or a path to a recipe YAML.", shown="none: --dataset or --files")
+    dataset: str | None = option(None, "Hub dataset id (or a local dataset folder), read when no recipe or files.",
+                                 shown="the recipe's")
+    dataset_config: str | None = option(None, "Hub dataset config name.", shown="the recipe's, else none")
+    dataset_split: str = option("train", "Hub split to read.")
+    files: tuple[str, ...] = option((), "Local jsonl/json/parquet/csv file(s); repeat for several.", short="-f",
+                                    shown="none")
+    on_bad_rows: Literal["error", "skip"] = option(
+        "error", "error: stop at the first bad row, naming it; skip: drop and count it in the manifest.")
+    test_size: float = option(0.1, "Fraction of prompts held out as the test split.")
+    seed: int = option(0, "Random seed (split, --max-pairs sample, --flip-ratio).")
+    max_pairs: int | None = option(
+        None, "Keep a seeded random sample (--seed) of this many valid pairs, in source order; every row is "
+              "still validated.", shown="all")
+    every_nth: int = option(1, "Read every n-th source row.")
+    flip_ratio: float = option(0.0, "Swap chosen/rejected on this fraction of training pairs (label noise).")
+    synthetic_pairs: int = option(4000, "Synthetic recipe: pairs from the in-distribution task families.")
+    synthetic_ood_pairs: int = option(600, "Synthetic recipe: pairs from the reserved OOD families.")
 
 
 @dataclass(frozen=True)
 class EmbedConfig:
     """`aplot embed`: which encoder, what text, where the cache lives."""
 
-    model: str = "minilm-l6"
-    text: Literal["prompt_response", "response"] = "prompt_response"
-    embed_prompt: bool = False
-    batch_size: int = 64
-    max_length: int = 256
-    cache_dir: str | None = None         # default: $APLOT_CACHE or ~/.cache/aplot/embeddings
-    device: str = "auto"
-    trust_remote_code: bool = False
+    model: str = option("minilm-l6", "Encoder: minilm-l6 (embedded), a local folder, or a hub id.")
+    text: Literal["prompt_response", "response"] = option("prompt_response", "What to embed.")
+    embed_prompt: bool = option(False, "Also embed the prompts.")
+    batch_size: int = option(64, "Texts per batch.")
+    max_length: int = option(256, "Max tokens per text (the prompt is cut first, from the left).")
+    cache_dir: str | None = option(None, "Embedding cache folder.",
+                                   shown="$APLOT_CACHE/embeddings, else ~/.cache/aplot/embeddings")
+    device: str = option("auto", "auto, cpu, cuda, cuda:N or mps.")
+    trust_remote_code: bool = option(False, "Allow a hub model's own Python code to run.")
 
 
 @dataclass(frozen=True)
 class PPOConfig:
     """`aplot ppo`: policy, reward model, prompts, rollout and PPO settings (method.md section 6)."""
 
-    policy: str = "smollm2-135m"           # causal LM: embedded name, local folder or hub id
-    reward_model: str | None = None        # a train-rm artifact or a sequence-classification folder/hub id
-    prompts: str | None = None             # a pairs artifact (its `prompt` column) or a jsonl of {"prompt": ...}
-    prompts_split: str = "train"           # split of a pairs artifact to draw prompts from
-    max_prompts: int | None = None
-    batch_size: int = 8                    # rollouts per PPO update
-    mini_batch_size: int = 4               # rollouts per gradient step
-    ppo_epochs: int = 2                    # passes over each batch of rollouts
-    updates: int = 10                      # PPO updates (each: generate, score, optimise)
-    lr: float = 1e-5
-    max_grad_norm: float = 1.0
-    kl_coef: float = 0.05                  # beta of the per-token k1 KL penalty
-    gamma: float = 1.0
-    lam: float = 0.95
-    cliprange: float = 0.2
-    cliprange_value: float = 0.2
-    vf_coef: float = 0.1
-    max_new_tokens: int = 48
-    max_prompt_length: int = 256           # prompt tokens kept (cut from the left)
-    temperature: float = 0.7
-    top_p: float = 1.0
-    missing_eos_penalty: float = 1.0       # subtracted from the (normalised) score of a response without EOS
-    reward_norm: Literal["none", "whiten", "running"] = "running"
-    rm_max_length: int | None = None       # RM input length (default: the train-rm manifest's, else the model's)
-    rm_batch_size: int = 16
-    seed: int = 0
-    save_every: int = 5                    # checkpoint every n updates (0: only the final policy)
-    sample_size: int = 4                   # rollouts per update written to rollouts.jsonl
-    device: str = "auto"                   # auto, cpu or cuda (accelerate picks the device)
-    trust_remote_code: bool = False
-    chat_template: bool = True             # apply chat templates (policy prompts; RM folders without an artifact)
+    policy: str = option("smollm2-135m", "Causal LM: smollm2-135m (embedded), a local folder, or a hub id.")
+    reward_model: str | None = option(
+        None, "A train-rm artifact (folder or its manifest.json), or a sequence-classification RM folder / hub id.",
+        shown="none; required", artifact=True)
+    prompts: str | None = option(
+        None, "A pairs artifact (its prompts; folder or its manifest.json) or a jsonl of {\"prompt\": ...}.",
+        shown="none; required", artifact=True)
+    prompts_split: str = option("train", "Split of a pairs artifact to draw prompts from.")
+    max_prompts: int | None = option(None, "Use at most this many prompts (a seeded sample).", shown="all")
+    batch_size: int = option(8, "Rollouts per PPO update.")
+    mini_batch_size: int = option(4, "Rollouts per gradient step.")
+    ppo_epochs: int = option(2, "Passes over each batch of rollouts.")
+    updates: int = option(10, "PPO updates (each: generate, score, optimise).")
+    lr: float = option(1e-5, "AdamW learning rate.", aliases=("learning_rate",))
+    max_grad_norm: float = option(1.0, "Gradient clipping norm.")
+    kl_coef: float = option(0.05, "Beta of the per-token k1 KL penalty to the initial policy.")
+    gamma: float = option(1.0, "GAE discount.")
+    lam: float = option(0.95, "GAE lambda.")
+    cliprange: float = option(0.2, "Policy ratio clip.")
+    cliprange_value: float = option(0.2, "Value clip.")
+    vf_coef: float = option(0.1, "Value loss weight.")
+    max_new_tokens: int = option(48, "Response length cap.")
+    max_prompt_length: int = option(256, "Prompt tokens kept (cut from the left).")
+    temperature: float = option(0.7, "Sampling temperature.")
+    top_p: float = option(1.0, "Nucleus sampling (1: off).")
+    missing_eos_penalty: float = option(
+        1.0, "Subtracted from the (normalised) score of a response without EOS.")
+    reward_norm: Literal["none", "whiten", "running"] = option(
+        "running", "Score normalisation: none, whiten (per batch), running (mean/std over all updates).")
+    rm_max_length: int | None = option(None, "Reward-model input length.",
+                                       shown="the train-rm manifest's, else the model's")
+    rm_batch_size: int = option(16, "Texts per reward-model forward pass.")
+    seed: int = option(0, "Random seed.")
+    save_every: int = option(5, "Checkpoint every n updates (0: only the final policy).")
+    sample_size: int = option(4, "Rollouts per update written to rollouts.jsonl.")
+    device: str = option("auto", "auto, cpu or cuda (accelerate picks the device).")
+    trust_remote_code: bool = option(False, "Allow a hub model's own Python code to run.")
+    chat_template: bool = option(
+        True, "Apply chat templates (policy prompts; RM folders without an artifact).")
 
 
 @dataclass(frozen=True)
 class EvalConfig:
     """`aplot eval-rm`: which benchmark, where its rows come from, and how texts are scored."""
 
-    benchmark: str = "pairs"               # rewardbench, rewardbench2, rm-bench, hhh, pairs
-    data: tuple[str, ...] = ()             # local files in the benchmark's hub schema (pairs: artifact or files)
-    split: str | None = None               # hub split / pairs-artifact split (default: the benchmark's own)
-    prior_sets: str | None = None          # rewardbench: preference-test-sets hub id or local files
-    from_predictions: str | None = None    # re-score a predictions file; no model is loaded
-    batch_size: int = 32
-    max_length: int | None = None          # default: the train-rm manifest's, else min(2048, model limit)
-    chat_template: bool | None = None      # default: the train-rm manifest's, else on
-    device: str = "auto"
-    trust_remote_code: bool = False
+    benchmark: str = option("pairs", "rewardbench, rewardbench2, rm-bench, hhh, or pairs.")
+    data: tuple[str, ...] = option(
+        (), "Local files in the benchmark's hub schema (pairs: a pairs artifact, folder or its manifest.json, or "
+            "jsonl/parquet); repeat for several.", shown="none: the benchmark loads from the hub", artifact=True)
+    split: str | None = option(None, "Hub split, or pairs-artifact split.", shown="the benchmark's own")
+    prior_sets: str | None = option(
+        None, "rewardbench: allenai/preference-test-sets (hub) or local files, for the paper score.", shown="none")
+    from_predictions: str | None = option(
+        None, "Recompute every metric from a predictions file (ours or the official wide format); no model.",
+        shown="none")
+    batch_size: int = option(32, "Texts per forward pass.")
+    max_length: int | None = option(None, "Max tokens per input.",
+                                    shown="the train-rm manifest's, else min(2048, model limit)")
+    chat_template: bool | None = option(None, "Render with the tokenizer's chat template.",
+                                        shown="the train-rm manifest's, else on")
+    device: str = option("auto", "auto, cpu, cuda, cuda:N or mps.")
+    trust_remote_code: bool = option(False, "Allow a hub model's own Python code to run.")
+
+
+# Learning rates that learn at the sizes the README suggests (hundreds to a few thousand pairs, tens to a
+# few hundred steps): at transformers' 5e-5, 40 MiniLM steps on 300 pairs left the loss at log 2. A head
+# on frozen features, and LoRA adapters, take larger steps than full fine-tuning of the same backbone.
+LEARNING_RATES = {"minilm-l6": 2e-4, "smollm2-135m": 3e-5}  # full fine-tuning, per embedded backbone
+OTHER_LEARNING_RATE = 5e-5                                   # any other folder or hub id
+LORA_LEARNING_RATES = {"minilm-l6": 1e-3, "smollm2-135m": 2e-4}
+OTHER_LORA_LEARNING_RATE = 2e-4
+FROZEN_HEAD_LEARNING_RATE = 1e-3
+
+
+def _rate(x: float) -> str:
+    return f"{x:.0e}".replace("e-0", "e-")  # 2e-4, as people write it
+
+
+def _learning_rate_rule() -> str:
+    full = ", ".join(f"{name} {_rate(rate)}" for name, rate in LEARNING_RATES.items())
+    lora = ", ".join(f"{name} {_rate(rate)}" for name, rate in LORA_LEARNING_RATES.items())
+    return (f"per backbone: {full}, other {_rate(OTHER_LEARNING_RATE)}; with --lora {lora}, other "
+            f"{_rate(OTHER_LORA_LEARNING_RATE)}; with --frozen-backbone {_rate(FROZEN_HEAD_LEARNING_RATE)}")
 
 
 @dataclass(frozen=True)
@@ -113,86 +170,116 @@ class TrainConfig:
     """`aplot train-rm`: backbone, loss combination, every APLOT switch (method.md section 2), and the
     optimisation settings handed to `transformers.Trainer`."""
 
-    backbone: str = "minilm-l6"          # minilm-l6, smollm2-135m, a local folder or a hub id
-    loss: tuple[str, ...] = ("aplot",)   # bt, margin, label_smooth, focal, aplot, center; "aplot+center"
+    backbone: str = option("minilm-l6", "minilm-l6 (embedded), smollm2-135m (embedded), a local folder or a hub id.")
+    loss: tuple[str, ...] = option(
+        ("aplot",), "bt, margin, label_smooth, focal, aplot, constant_margin, center; join with + (aplot+center).",
+        split="+")
     # APLOT margin (method.md section 2; defaults in brackets there)
-    semantic_source: Literal["embeddings", "backbone", "none"] = "embeddings"
-    w_rew: float = 0.9
-    w_sem: float = 0.1
-    ot_reg: float = 0.1
-    ot_iters: int = 50
-    ot_tol: float = 1e-6                 # Sinkhorn stops once the marginal error is below this
+    semantic_source: Literal["embeddings", "backbone", "none"] = option(
+        "embeddings", "APLOT's semantic cost from the --embeddings artifact, the backbone's last hidden states, "
+                  "or none.")
+    w_rew: float = option(0.9, "Weight of the reward-difference term in APLOT's cost.")
+    w_sem: float = option(0.1, "Weight of the semantic (cosine) term in APLOT's cost.")
+    ot_reg: float = option(0.1, "Sinkhorn entropic regularisation epsilon.")
+    ot_iters: int = option(50, "Sinkhorn iterations (at most, on the CPU; exactly, on CUDA).")
+    ot_tol: float = option(1e-6, "Sinkhorn stops once the marginal error is below this (also the 'converged' test).")
     # the readings of method.md section 2b (defaults: section 2)
-    plan_on: Literal["cost", "hardness"] = "cost"          # Sinkhorn on H (mass avoids hard cells) or on 1 - H
-    cost_norm: Literal["none", "minmax", "std"] = "none"  # H = the cost rescaled within the batch
-    margin_from: Literal["row", "diag", "diag_rel", "own_cost"] = "row"
-    margin_norm: Literal["none", "zscore", "minmax"] = "none"
-    margin_scale: float = 1.0
-    constant_margin: float = 0.5         # c of `--loss constant_margin`: -log sigmoid(d - c) for every pair
-    margin_warmup_steps: int = 0
-    ot_scope: Literal["local", "global"] = "local"
-    ot_solver: Literal["auto", "pot", "torch"] = "auto"   # auto: POT on the CPU, the float32 GPU solver on CUDA
+    plan_on: Literal["cost", "hardness"] = option(
+        "cost", "cost (section 2: plan mass avoids hard cells) or hardness (mass goes to them).")
+    cost_norm: Literal["none", "minmax", "std"] = option(
+        "none", "Rescale the cost within the batch before Sinkhorn.")
+    margin_from: Literal["row", "diag", "diag_rel", "own_cost"] = option(
+        "row", "How the margin is read off the plan (own_cost: no OT, the pair's own cost).")
+    margin_norm: Literal["none", "zscore", "minmax"] = option("none", "Normalise the margins within the plan.")
+    margin_scale: float = option(1.0, "APLOT margin scale.")
+    constant_margin: float = option(0.5, "c of --loss constant_margin: -log sigmoid(d - c) for every pair.")
+    margin_warmup_steps: int = option(0, "Plain BT (a zero APLOT margin) for the first n steps.")
+    ot_scope: Literal["local", "global"] = option("local", "One plan per rank (local) or across ranks (global).")
+    ot_solver: Literal["auto", "pot", "torch"] = option(
+        "auto", "auto: POT on the CPU, the float32 GPU solver (fused kernel) on CUDA.")
     # baseline loss constants (method.md section 3)
-    label_smooth_eps: float = 0.1
-    center_eta: float = 0.01
-    focal_gamma: float = 2.0
+    label_smooth_eps: float = option(0.1, "eps of --loss label_smooth.")
+    center_eta: float = option(0.01, "eta of --loss center (reward centering).")
+    focal_gamma: float = option(2.0, "gamma of --loss focal.")
     # optimisation
-    learning_rate: float = 5e-5
-    epochs: float = 1.0
-    max_steps: int = -1                  # > 0 overrides epochs
-    batch_size: int = 16                 # pairs per device per step
-    eval_batch_size: int = 32
-    grad_accum: int = 1
-    max_length: int = 256
-    warmup_ratio: float = 0.0
-    scheduler: str = "linear"            # any transformers scheduler name (linear, cosine, constant, ...)
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    seed: int = 0
-    logging_steps: int = 10
-    eval_steps: int = 0                  # 0: evaluate on the test split at the end only
-    save_steps: int = 200
-    save_total_limit: int | None = 2
-    keep_checkpoints: bool = False       # keep checkpoints/ once the run has finished (else removed: model/ is the result)
-    group_by_length: bool = False        # length-grouped batches (less padding; changes which pairs share an OT plan)
-    chat_template: bool = True           # render conversational pairs with the tokenizer's template
-    max_train_pairs: int | None = None
-    max_eval_pairs: int | None = None
-    train_eval_pairs: int = 1000         # training pairs scored for the final train accuracy
-    save_margins: bool = True            # per-pair margins per step -> margins.parquet
+    learning_rate: float | None = option(None, "AdamW peak learning rate.", shown=_learning_rate_rule(),
+                                         aliases=("lr",))
+    epochs: float = option(1.0, "Passes over the training split.")
+    max_steps: int = option(-1, "Stop after this many steps (> 0 overrides --epochs).")
+    batch_size: int = option(16, "Pairs per device per step (one OT plan).")
+    eval_batch_size: int = option(32, "Pairs per device per evaluation step.")
+    grad_accum: int = option(1, "Gradient accumulation steps.")
+    max_length: int = option(256, "Max tokens per sequence (prompt cut first, from the left).")
+    warmup_ratio: float = option(0.0, "Fraction of the steps spent warming the learning rate up.")
+    scheduler: str = option("linear", "Any transformers scheduler name (linear, cosine, constant, ...).")
+    weight_decay: float = option(0.0, "AdamW weight decay.")
+    max_grad_norm: float = option(1.0, "Gradient clipping norm.")
+    seed: int = option(0, "Random seed (data order, head initialisation, samples).")
+    logging_steps: int = option(10, "Log to train_log.jsonl every n steps.")
+    eval_steps: int = option(0, "Test accuracy every n steps (0: at the end only).")
+    save_steps: int = option(200, "Checkpoint every n steps (for --resume after a kill).")
+    save_total_limit: int | None = option(2, "Checkpoints kept at most.", shown="2 (none: all)")
+    keep_checkpoints: bool = option(
+        False, "Keep checkpoints/ once the run has finished (else removed: model/ is the result; no checkpoint "
+               "is written at the last step unless it is a multiple of --save-steps).")
+    group_by_length: bool = option(
+        False, "Length-grouped batches (less padding; changes which pairs share an OT plan).")
+    chat_template: bool = option(True, "Render conversational pairs with the tokenizer's chat template.")
+    max_train_pairs: int | None = option(None, "Train on a seeded sample of this many pairs.", shown="all")
+    max_eval_pairs: int | None = option(None, "Evaluate on a seeded sample of this many test pairs.", shown="all")
+    train_eval_pairs: int = option(1000, "Training pairs scored for the final train accuracy.")
+    save_margins: bool = option(True, "Write per-pair margins per step to margins.parquet.")
     # LoRA (peft); the score head is saved with the adapter
-    lora: bool = False
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
-    lora_target_modules: tuple[str, ...] = ()   # empty: peft's default for the architecture
+    lora: bool = option(False, "Train LoRA adapters (peft) and the score head; model/ holds the merged model.")
+    lora_r: int = option(16, "LoRA rank.")
+    lora_alpha: int = option(32, "LoRA alpha.")
+    lora_dropout: float = option(0.05, "LoRA dropout.")
+    lora_target_modules: tuple[str, ...] = option(
+        (), "Modules that get adapters; repeat for several.", shown="peft's default for the architecture")
     # frozen backbone (aplot_cli.frozen): the head trains on cached backbone features
-    frozen_backbone: bool = False
-    feature_cache_dir: str | None = None  # default: $APLOT_CACHE/features (else ~/.cache/aplot/features)
+    frozen_backbone: bool = option(
+        False, "Train only the reward head on backbone features computed once and cached by content.")
+    feature_cache_dir: str | None = option(None, "Frozen-backbone feature cache folder.",
+                                           shown="$APLOT_CACHE/features, else ~/.cache/aplot/features")
     # runtime
-    report_to: tuple[str, ...] = ()      # tensorboard, wandb, ...; empty: none
-    device: str = "auto"                 # auto, cpu, cuda
-    bf16: bool = False                   # mixed precision on GPU only; float32 on CPU always
-    fp16: bool = False                   # fp16 mixed precision (GPUs without bf16); GPU only
-    gradient_checkpointing: bool = False
-    dataloader_workers: int = 0
-    trust_remote_code: bool = False
+    report_to: tuple[str, ...] = option((), "tensorboard, wandb, ... (repeat for several).", shown="none")
+    device: str = option("auto", "auto, cpu or cuda.")
+    bf16: bool = option(False, "bf16 mixed precision (GPU only; float32 on the CPU always).")
+    fp16: bool = option(False, "fp16 mixed precision (GPUs without bf16; GPU only).")
+    gradient_checkpointing: bool = option(False, "Recompute activations in the backward pass (less memory).")
+    dataloader_workers: int = option(0, "DataLoader worker processes.")
+    trust_remote_code: bool = option(False, "Allow a hub model's own Python code to run.")
 
 
-# The TrainConfig fields `aplot train-rm` also takes as flags (the rest are YAML only); tested against the CLI.
-TRAIN_FLAGS = frozenset({
-    "backbone", "loss", "semantic_source", "margin_norm", "margin_from", "margin_scale", "ot_scope", "ot_solver",
-    "plan_on", "cost_norm", "constant_margin",
-    "learning_rate", "epochs", "max_steps", "batch_size", "grad_accum", "max_length", "max_train_pairs",
-    "max_eval_pairs", "eval_steps", "save_steps", "lora", "report_to", "device", "bf16", "fp16",
-    "trust_remote_code", "seed", "frozen_backbone", "keep_checkpoints"})
+def default_learning_rate(cfg: TrainConfig) -> float:
+    """The learning rate a run uses when none is set: by what trains (a frozen backbone's head, LoRA
+    adapters, or the whole model) and the backbone."""
+    if cfg.frozen_backbone:
+        return FROZEN_HEAD_LEARNING_RATE
+    if cfg.lora:
+        return LORA_LEARNING_RATES.get(cfg.backbone, OTHER_LORA_LEARNING_RATE)
+    return LEARNING_RATES.get(cfg.backbone, OTHER_LEARNING_RATE)
 
-# The PPOConfig fields `aplot ppo` also takes as flags (the rest are YAML only); tested against the CLI.
-PPO_FLAGS = frozenset({
-    "policy", "reward_model", "prompts", "prompts_split", "max_prompts", "updates", "batch_size", "mini_batch_size",
-    "ppo_epochs", "lr", "kl_coef", "gamma", "lam", "cliprange", "cliprange_value", "vf_coef", "max_new_tokens",
-    "temperature", "top_p", "missing_eos_penalty", "reward_norm", "save_every", "sample_size", "chat_template",
-    "device", "trust_remote_code", "seed"})
+
+def resolve_train(cfg: TrainConfig) -> TrainConfig:
+    """The config a run trains with and records: an unset learning rate becomes its per-backbone default."""
+    if cfg.learning_rate is not None:
+        return cfg
+    return dataclasses.replace(cfg, learning_rate=default_learning_rate(cfg))
+
+
+# Every field of a stage config is also a flag of its command (see `option`); these sets are the fields
+# a command takes as flags, tested against the CLI. A field would be left out here only if it could not
+# be a flag; none is today.
+def _flag_fields(cls: type) -> frozenset[str]:
+    return frozenset(f.name for f in dataclasses.fields(cls))
+
+
+PREPARE_FLAGS = _flag_fields(PrepareConfig)
+EMBED_FLAGS = _flag_fields(EmbedConfig)
+TRAIN_FLAGS = _flag_fields(TrainConfig)
+EVAL_FLAGS = _flag_fields(EvalConfig)
+PPO_FLAGS = _flag_fields(PPOConfig)
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:
@@ -302,23 +389,53 @@ def load_yaml(path: Path | str) -> dict[str, Any]:
     return data
 
 
+def aliases(cls: type) -> dict[str, str]:
+    """{other accepted name: field name} of a stage config (`lr` for `learning_rate`, ...)."""
+    return {alias: f.name for f in dataclasses.fields(cls) for alias in f.metadata.get("aliases", ())}
+
+
+def _as_artifact(value: Any) -> Any:
+    """A path naming an artifact's manifest.json (what every stage prints) stands for the artifact folder."""
+    from aplot_cli.artifacts import artifact_dir
+
+    if isinstance(value, tuple):
+        return tuple(_as_artifact(v) for v in value)
+    return str(artifact_dir(value)) if isinstance(value, str) else value
+
+
+def _canonical(layer: dict[str, Any], cls: type, source: str) -> dict[str, Any]:
+    """The layer with aliases renamed to their field (`lr` -> `learning_rate`); both in one layer is an error."""
+    renamed: dict[str, Any] = {}
+    other_names = aliases(cls)
+    for key, value in layer.items():
+        name = other_names.get(key, key)
+        if name in renamed:
+            raise ConfigError(f"{source}: `{key}` and `{name}` set the same option of {cls.__name__}",
+                              hint=f"keep one of them (`{name}` is the name in manifests)")
+        renamed[name] = value
+    return renamed
+
+
 def build_config(cls: type[C], yaml_path: Path | str | None = None,
                  flags: dict[str, Any] | None = None, base: dict[str, Any] | None = None) -> C:
     """Resolve defaults < `base` (e.g. a recipe's defaults) < YAML < explicit flags (flags whose
-    value is None were not given)."""
+    value is None were not given). Aliases (`lr`) count as their field's name, and a path given for an
+    artifact field may name the artifact's manifest.json."""
     hints = typing.get_type_hints(cls)
-    known = [f.name for f in dataclasses.fields(cls)]
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    known = [*fields, *aliases(cls)]
     values: dict[str, Any] = {}
     layers = [("recipe defaults", base)] if base else []
     if yaml_path is not None:
         layers.append((f"config {yaml_path}", {k.replace("-", "_"): v for k, v in load_yaml(yaml_path).items()}))
     layers.append(("command line", {k: v for k, v in (flags or {}).items() if v is not None}))
     for source, layer in layers:
-        for key, value in layer.items():
-            if key not in known:
+        for key, value in _canonical(layer, cls, source).items():
+            if key not in fields:
                 raise ConfigError(f"{source}: unknown option `{key}` for {cls.__name__}",
                                   hint=_suggest(key, known))
-            values[key] = _coerce(key, value, hints[key], source)
+            value = _coerce(key, value, hints[key], source)
+            values[key] = _as_artifact(value) if fields[key].metadata.get("artifact") else value
     try:
         return cls(**values)
     except (TypeError, ValueError) as exc:
@@ -329,5 +446,6 @@ def replace(config: C, **changes: Any) -> C:
     return dataclasses.replace(config, **changes)
 
 
-__all__ = ["PrepareConfig", "EmbedConfig", "PPOConfig", "PPO_FLAGS", "build_config", "config_to_dict", "load_yaml", "replace",
-           "field"]
+__all__ = ["PrepareConfig", "EmbedConfig", "TrainConfig", "EvalConfig", "PPOConfig", "PREPARE_FLAGS", "EMBED_FLAGS",
+           "TRAIN_FLAGS", "EVAL_FLAGS", "PPO_FLAGS", "aliases", "build_config", "config_to_dict", "default_learning_rate",
+           "load_yaml", "option", "replace", "resolve_train"]

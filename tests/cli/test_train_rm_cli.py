@@ -15,13 +15,16 @@ runner = CliRunner()
 
 def test_train_rm_cli_bt_prints_only_the_manifest(tiny_bert_dir, synthetic_pairs_dir, tmp_path):
     out = tmp_path / "rm"
-    result = runner.invoke(app, ["train-rm", str(synthetic_pairs_dir), "--out-dir", str(out), "--backbone",
-                                 str(tiny_bert_dir), "--loss", "bt", "--max-steps", "2", "--batch-size", "4",
+    result = runner.invoke(app, ["train-rm", str(synthetic_pairs_dir / "manifest.json"), "--out-dir", str(out),
+                                 "--backbone", str(tiny_bert_dir), "--loss", "bt", "--max-steps", "2", "--batch-size", "4",
                                  "--max-length", "48", "--max-eval-pairs", "8", "--quiet"])
     assert result.exit_code == 0, result.output
     assert Path(result.stdout.strip()) == out / "manifest.json"
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["config"]["loss"] == ["bt"] and manifest["diagnostics"]["ot"]["solves"] == 0
+    # no --learning-rate: the default for a backbone that is neither embedded one, recorded as such
+    assert manifest["config"]["learning_rate"] == 5e-5
+    assert manifest["diagnostics"]["learning_rate"] == {"value": 5e-5, "source": "default for the backbone"}
     assert "ot/margin_mean" not in (out / "train_log.jsonl").read_text()
     # refusing a finished run on --resume, and a non-empty dir without --overwrite
     again = runner.invoke(app, ["train-rm", str(synthetic_pairs_dir), "--out-dir", str(out), "--loss", "bt", "--resume",

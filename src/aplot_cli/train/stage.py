@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from aplot_cli import artifacts, formatting, models, run_report
-from aplot_cli.config import TrainConfig, config_to_dict
+from aplot_cli.config import TrainConfig, config_to_dict, resolve_train
 from aplot_cli.console import info
 from aplot_cli.errors import ArtifactError, ConfigError
 from aplot_cli.train.data import PairDataset, _SplitCollator, _take, encode_split
@@ -31,6 +31,8 @@ def run(cfg: TrainConfig, pairs_dir: Path, out_dir: Path, embeddings_dir: Path |
     from aplot_cli.embed import load_embeddings
     from aplot_cli.prepare import load_pairs
 
+    learning_rate_source = "set" if cfg.learning_rate is not None else "default for the backbone"
+    cfg = resolve_train(cfg)  # the learning rate it trains with is the one the manifest records
     spec = validate(cfg, embeddings_dir is not None)
     pairs_art = artifacts.open_artifact(pairs_dir, "prepare")
     emb_art = artifacts.open_artifact(embeddings_dir, "embed") if embeddings_dir is not None else None
@@ -94,6 +96,7 @@ def run(cfg: TrainConfig, pairs_dir: Path, out_dir: Path, embeddings_dir: Path |
                       if test else {}),
                    "resumed_from_step": resumed_step if checkpoint else None,
                    "warnings": pictures.warnings,
+                   "learning_rate": {"value": cfg.learning_rate, "source": learning_rate_source},
                    **({"resume": {"settings_checked": resume_changes is not None,
                                   "changed": resume_changes or {}}} if checkpoint else {}),
                    "device": "cpu" if use_cpu else "cuda", "world_size": trainer.accelerator.num_processes,

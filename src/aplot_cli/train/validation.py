@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from aplot_cli import losses
-from aplot_cli.config import TRAIN_FLAGS, TrainConfig, closest
+from aplot_cli.config import TRAIN_FLAGS, TrainConfig, closest, resolve_train
 from aplot_cli.errors import ArtifactError, ConfigError, InputDataError
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -19,6 +19,7 @@ DEVICES = ("auto", "cpu", "cuda")
 
 def validate(cfg: TrainConfig, has_embeddings: bool) -> losses.LossSpec:
     """Check every value before anything is loaded; errors name the config key, its value and the rule."""
+    cfg = resolve_train(cfg)
     spec = losses.parse_losses("+".join(cfg.loss))
     if spec.aplot and cfg.semantic_source == "embeddings" and cfg.w_sem != 0.0 and not has_embeddings:
         raise ConfigError("the APLOT semantic cost needs sentence embeddings and no --embeddings was given",

@@ -16,3 +16,6 @@ for grid in "${grids[@]}"; do
   cp "$dir/raw/report/"* "$dir/"
   echo "$dir/report.md"
 done
+PY=${PY:-.venv/bin/python}
+$PY experiments/summarize_results.py "${grids[@]}" > docs/results/summary.md
+echo docs/results/summary.md

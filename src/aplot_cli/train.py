@@ -10,6 +10,7 @@ one forward pass and applies `losses.reward_loss` with the margin from `margins.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -161,13 +162,15 @@ def _take(frame, limit: int | None, seed: int):
     return frame.sample(n=limit, random_state=seed).reset_index(drop=True)
 
 
-def encode_split(frame, tokenizer, cfg: TrainConfig, embeddings=None, split_id: int = 0) -> EncodedSplit:
-    """Encode every (prompt, chosen) and (prompt, rejected) with `formatting.encode`; nothing is dropped."""
+def encode_split(frame, tokenizer, cfg: TrainConfig, embeddings=None, split_id: int = 0, encode=None) -> EncodedSplit:
+    """Encode every (prompt, chosen) and (prompt, rejected) with `formatting.encode` (or `encode`, a
+    drop-in such as `frozen.EncodingMemo`); nothing is dropped."""
+    encode = encode or formatting.encode
     records, counts = [], {"pairs": len(frame), "prompt_truncated": 0, "response_truncated": 0,
                            "pairs_truncated": 0}
     for row, (prompt, chosen, rejected, messages) in enumerate(zip(
             frame["prompt"], frame["chosen"], frame["rejected"], frame["prompt_messages"], strict=True)):
-        sides = [formatting.encode(tokenizer, prompt, text, cfg.max_length, messages, cfg.chat_template)
+        sides = [encode(tokenizer, prompt, text, cfg.max_length, messages, cfg.chat_template)
                  for text in (chosen, rejected)]
         counts["prompt_truncated"] += sum(s.prompt_truncated for s in sides)
         counts["response_truncated"] += sum(s.response_truncated for s in sides)
@@ -664,13 +667,15 @@ def run(cfg: TrainConfig, pairs_dir: Path, out_dir: Path, embeddings_dir: Path |
             artifacts.prepare_out_dir(out_dir, overwrite, resume=resume)
     checkpoint, resumed_step = _resume_step(out_dir, resume)
     need_emb = spec.aplot and cfg.semantic_source == "embeddings" and emb_art is not None
-    train = encode_split(train_frame, tokenizer, cfg, load_embeddings(emb_art.path, "train") if need_emb else None)
-    test = encode_split(test_frame, tokenizer, cfg, split_id=1) if test_frame is not None else None
-    attached = None
-    if cfg.frozen_backbone:  # the head trains on cached backbone features (aplot_cli.frozen)
-        from aplot_cli import frozen
+    from aplot_cli import frozen  # --frozen-backbone: token ids and features remembered by content
 
-        attached = frozen.attach(cfg, model, head, tokenizer.pad_token_id, [train, test], use_cpu)
+    with frozen.remembered_encode(cfg.feature_cache_dir, tokenizer) if cfg.frozen_backbone else contextlib.nullcontext() as encode:
+        train = encode_split(train_frame, tokenizer, cfg, load_embeddings(emb_art.path, "train") if need_emb else None,
+                             encode=encode)
+        test = encode_split(test_frame, tokenizer, cfg, split_id=1, encode=encode) if test_frame is not None else None
+    attached = None
+    if cfg.frozen_backbone:  # the head trains on cached backbone features
+        attached = frozen.attach(cfg, model, head, tokenizer.pad_token_id, [train, test], use_cpu, memo=encode)
         model = attached.model
     info(f"[bold]train-rm[/] {cfg.backbone} loss={spec.name}: {len(train.records)} train pairs"
          f"{f', {len(test.records)} test pairs' if test else ''}; truncated pairs: "

@@ -420,22 +420,34 @@ def attach(cfg, model, head: str, pad_id: int, splits: list, use_cpu: bool, memo
     return Attached(make_feature_head(model, head, torch.from_numpy(table), stats.rule), stats)
 
 
-class RealTokenCount:
-    """Wraps the pair collator so that `num_tokens` counts the backbone tokens a pair stands for (its
-    records' `tokens`), as in full training, not the one table row per side the head reads."""
+class FeatureCollator:
+    """The pair collator for table rows: (2B, 1) `input_ids` (chosen rows, then rejected rows), the same
+    side tables (dataset margin, sentence embeddings) as `train.PairCollator`, whose tensors it reads, and
+    `num_tokens` counting the backbone tokens the pairs stand for (as in full training), built in a few
+    vectorised calls instead of one tensor per sequence."""
 
-    def __init__(self, collator, splits: list):
-        self.collator = collator
+    def __init__(self, split_collator, splits: list):
+        self.collators = split_collator.collators  # {split id: train.PairCollator}
         self.tokens = {i: [r.get("tokens", 2) for r in s.records] for i, s in enumerate(splits) if s is not None}
 
     def __call__(self, features):
-        batch = self.collator(features)
-        batch["num_tokens"] = sum(self.tokens[f["split"]][f["row"]] for f in features)
+        import torch
+
+        split = features[0]["split"]
+        side = self.collators[split]
+        rows = torch.tensor([f["row"] for f in features], dtype=torch.long)
+        ids = torch.tensor([f["input_ids_chosen"][0] for f in features] +
+                           [f["input_ids_rejected"][0] for f in features], dtype=torch.long)[:, None]
+        batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "rows": rows,
+                 "dataset_margin": side.margin[rows],
+                 "num_tokens": sum(self.tokens[split][f["row"]] for f in features)}
+        if side.emb_c is not None:
+            batch["emb_chosen"], batch["emb_rejected"] = side.emb_c[rows], side.emb_r[rows]
         return batch
 
 
 def adapt_trainer(trainer, splits: list) -> None:
-    """Real token counts in the logs, and one CPU thread while the head trains: its ops are a few
+    """The table-row collator (real token counts in the logs), and one CPU thread while the head trains: its ops are a few
     thousand numbers each, and a second OpenMP thread only adds synchronisation (it doubled the step
     time on a busy 2-core machine). The thread count is restored when training ends."""
     from transformers import TrainerCallback
@@ -453,7 +465,7 @@ def adapt_trainer(trainer, splits: list) -> None:
 
             torch.set_num_threads(self.threads)
 
-    trainer.data_collator = RealTokenCount(trainer.data_collator, splits)
+    trainer.data_collator = FeatureCollator(trainer.data_collator, splits)
     trainer.add_callback(OneThread())
 
 

@@ -26,8 +26,10 @@ in eval mode)."""
 from __future__ import annotations
 
 import hashlib
+import json
 import sqlite3
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -59,6 +61,8 @@ class FeatureStats:
     seconds: float = 0.0
     rule: str | None = None
     backbone_digest: str | None = None
+    encodings_cached: int = 0     # texts whose token ids came from the memo (no tokenisation)
+    encodings_computed: int = 0
 
 
 # ------------------------------------------------------------------------------------ the head's input
@@ -204,6 +208,8 @@ class FeatureStore:
         self.path = directory / "features.sqlite"
         self.db = sqlite3.connect(self.path, timeout=60)  # parallel compare workers share one file
         self.db.execute("CREATE TABLE IF NOT EXISTS vectors (key TEXT PRIMARY KEY, dim INTEGER, vec BLOB)")
+        self.db.execute("CREATE TABLE IF NOT EXISTS encodings (key TEXT PRIMARY KEY, ids BLOB, types BLOB, "
+                        "prompt_cut INTEGER, response_cut INTEGER)")
 
     @staticmethod
     def key(identity: str, text: str) -> str:
@@ -232,7 +238,84 @@ def open_cache(directory: str | Path | None) -> FeatureStore:
     return FeatureStore(Path(directory) if directory else default_cache_dir())
 
 
+def _tokenizer_identity(tokenizer) -> str | None:
+    """sha256 of what `formatting.encode` reads from a tokenizer (its full serialised vocabulary, merges,
+    normalizer and post-processor, its chat template, its class), the formatting code itself and the
+    library versions; None for a tokenizer without a serialisable backend (then nothing is memoised)."""
+    import tokenizers
+    import transformers
+
+    from aplot_cli import formatting
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return None
+    digest = hashlib.sha256(backend.to_str().encode())
+    for part in (type(tokenizer).__name__, str(getattr(tokenizer, "chat_template", None)), transformers.__version__,
+                 tokenizers.__version__, Path(formatting.__file__).read_text(encoding="utf-8")):
+        digest.update(b"\x00" + part.encode())
+    return digest.hexdigest()[:32]
+
+
+class EncodingMemo:
+    """`formatting.encode` remembered in the feature store: keyed by the tokenizer's identity (see
+    `_tokenizer_identity`, which includes the formatting code), max_length, the chat-template switch and the
+    texts, so a run whose features are all cached does not tokenise either. Call like `formatting.encode`
+    (the `aplot` convention); `flush` stores what was computed."""
+
+    def __init__(self, store: FeatureStore, tokenizer):
+        self.store, self.identity = store, _tokenizer_identity(tokenizer)
+        self.pending: list[tuple] = []
+        self.hits = self.misses = 0
+
+    def __call__(self, tokenizer, prompt: str, response: str, max_length: int, prompt_messages: Any = None,
+                 chat_template: bool = True):
+        from aplot_cli.formatting import Encoded, encode
+
+        if self.identity is None:
+            return encode(tokenizer, prompt, response, max_length, prompt_messages, chat_template)
+        messages = prompt_messages if prompt_messages is None or isinstance(prompt_messages, str) else \
+            json.dumps(prompt_messages, sort_keys=True)
+        key = hashlib.sha256(json.dumps([self.identity, max_length, bool(chat_template), prompt, messages,
+                                         response]).encode()).hexdigest()
+        row = self.store.db.execute("SELECT ids, types, prompt_cut, response_cut FROM encodings WHERE key = ?",
+                                    (key,)).fetchone()
+        if row is not None:
+            self.hits += 1
+            ids, types, prompt_cut, response_cut = row
+            return Encoded(np.frombuffer(ids, dtype=np.int64).tolist(),
+                           None if types is None else np.frombuffer(types, dtype=np.int64).tolist(),
+                           bool(prompt_cut), bool(response_cut))
+        self.misses += 1
+        enc = encode(tokenizer, prompt, response, max_length, prompt_messages, chat_template)
+        self.pending.append((key, np.asarray(enc.input_ids, dtype=np.int64).tobytes(),
+                             None if enc.token_type_ids is None else
+                             np.asarray(enc.token_type_ids, dtype=np.int64).tobytes(),
+                             int(enc.prompt_truncated), int(enc.response_truncated)))
+        return enc
+
+    def flush(self) -> None:
+        if self.pending and self.store is not None:
+            with self.store.db:
+                self.store.db.executemany("INSERT OR REPLACE INTO encodings VALUES (?, ?, ?, ?, ?)", self.pending)
+            self.pending = []
+
+
 # ------------------------------------------------------------------------------------------- training
+
+
+@contextmanager
+def remembered_encode(cache_dir: str | Path | None, tokenizer):
+    """An `EncodingMemo` on the feature store in `cache_dir` (None: the default), for `train.encode_split`
+    and eval-rm's fast path; what it computed is stored on exit."""
+    store = open_cache(cache_dir)
+    memo = EncodingMemo(store, tokenizer)
+    try:
+        yield memo
+        memo.flush()
+    finally:
+        store.close()
+        memo.store = None
 
 
 def check_config(cfg) -> None:
@@ -294,10 +377,11 @@ class Attached:
         return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in asdict(self.stats).items()}
 
 
-def attach(cfg, model, head: str, pad_id: int, splits: list, use_cpu: bool) -> Attached:
+def attach(cfg, model, head: str, pad_id: int, splits: list, use_cpu: bool, memo: EncodingMemo | None = None) -> Attached:
     """Replace each split's token ids by rows of a feature table (computed or cached) and return the
     `FeatureHead` to train. `splits`: `train.EncodedSplit`s (None entries skipped), edited in place:
-    `input_ids_*` become `[table row]`, token type ids are dropped, `tokens` keeps the real count."""
+    `input_ids_*` become `[table row]`, token type ids are dropped, `tokens` keeps the real count.
+    `memo`: the encoder the splits were made with (its hits go into the manifest)."""
     import torch
 
     from aplot_cli.formatting import Encoded
@@ -311,6 +395,8 @@ def attach(cfg, model, head: str, pad_id: int, splits: list, use_cpu: bool) -> A
                                        False))
                 slots.append((record, side))
     stats = FeatureStats()
+    if memo is not None:
+        stats.encodings_cached, stats.encodings_computed = memo.hits, memo.misses
     cache = open_cache(cfg.feature_cache_dir)
     try:
         table = extract(model, head, encoded, pad_id, cache, cfg.eval_batch_size, stats, device,
@@ -329,22 +415,34 @@ def attach(cfg, model, head: str, pad_id: int, splits: list, use_cpu: bool) -> A
     return Attached(make_feature_head(model, head, torch.from_numpy(table), stats.rule), stats)
 
 
-class RealTokenCount:
-    """Wraps the pair collator so that `num_tokens` counts the backbone tokens a pair stands for (its
-    records' `tokens`), as in full training, not the one table row per side the head reads."""
+class FeatureCollator:
+    """The pair collator for table rows: (2B, 1) `input_ids` (chosen rows, then rejected rows), the same
+    side tables (dataset margin, sentence embeddings) as `train.PairCollator`, whose tensors it reads, and
+    `num_tokens` counting the backbone tokens the pairs stand for (as in full training), built in a few
+    vectorised calls instead of one tensor per sequence."""
 
-    def __init__(self, collator, splits: list):
-        self.collator = collator
+    def __init__(self, split_collator, splits: list):
+        self.collators = split_collator.collators  # {split id: train.PairCollator}
         self.tokens = {i: [r.get("tokens", 2) for r in s.records] for i, s in enumerate(splits) if s is not None}
 
     def __call__(self, features):
-        batch = self.collator(features)
-        batch["num_tokens"] = sum(self.tokens[f["split"]][f["row"]] for f in features)
+        import torch
+
+        split = features[0]["split"]
+        side = self.collators[split]
+        rows = torch.tensor([f["row"] for f in features], dtype=torch.long)
+        ids = torch.tensor([f["input_ids_chosen"][0] for f in features] +
+                           [f["input_ids_rejected"][0] for f in features], dtype=torch.long)[:, None]
+        batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "rows": rows,
+                 "dataset_margin": side.margin[rows],
+                 "num_tokens": sum(self.tokens[split][f["row"]] for f in features)}
+        if side.emb_c is not None:
+            batch["emb_chosen"], batch["emb_rejected"] = side.emb_c[rows], side.emb_r[rows]
         return batch
 
 
 def adapt_trainer(trainer, splits: list) -> None:
-    """Real token counts in the logs, and one CPU thread while the head trains: its ops are a few
+    """The table-row collator (real token counts in the logs), and one CPU thread while the head trains: its ops are a few
     thousand numbers each, and a second OpenMP thread only adds synchronisation (it doubled the step
     time on a busy 2-core machine). The thread count is restored when training ends."""
     from transformers import TrainerCallback
@@ -362,7 +460,7 @@ def adapt_trainer(trainer, splits: list) -> None:
 
             torch.set_num_threads(self.threads)
 
-    trainer.data_collator = RealTokenCount(trainer.data_collator, splits)
+    trainer.data_collator = FeatureCollator(trainer.data_collator, splits)
     trainer.add_callback(OneThread())
 
 

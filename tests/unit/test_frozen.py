@@ -107,7 +107,31 @@ def test_a_second_run_reads_every_feature_from_the_cache(tiny_bert_dir, syntheti
     assert done["computed"] == 0 and done["cache_hits"] == done["unique"] == first["diagnostics"]["frozen_backbone"]["unique"]
     assert batches == [1]  # one probe of the head's form, no batch of the data
     assert done["rule"] == "pooled" and done["backbone_digest"] == first["diagnostics"]["frozen_backbone"]["backbone_digest"]
+    assert first["diagnostics"]["frozen_backbone"]["encodings_computed"] == 2 * (180 + 16)
+    assert done["encodings_cached"] == 2 * (180 + 16) and done["encodings_computed"] == 0  # no tokenisation either
     assert second["metrics"]["test_accuracy"] == first["metrics"]["test_accuracy"]
+
+
+def test_remembered_encodings_equal_formatting_encode(tiny_llama_rm_dir, synthetic_pairs_dir, tmp_path):
+    """The encoding memo returns what formatting.encode returns (ids, truncation flags), and a changed
+    max_length or tokenizer is a different key."""
+    cfg = frozen_cfg(tiny_llama_rm_dir, max_length=40)
+    tokenizer, *_ = train.load_model(cfg)
+    frame = load_pairs(synthetic_pairs_dir, "train").head(20)
+    plain = train.encode_split(frame, tokenizer, cfg)
+    for _ in range(2):  # computed, then read back
+        with frozen.remembered_encode(tmp_path, tokenizer) as memo:
+            remembered = train.encode_split(frame, tokenizer, cfg, encode=memo)
+    assert memo.hits == 40 and memo.misses == 0
+    assert remembered.records == plain.records and remembered.truncation == plain.truncation
+    assert plain.truncation["pairs_truncated"] > 0
+    with frozen.remembered_encode(tmp_path, tokenizer) as memo:
+        train.encode_split(frame, tokenizer, frozen_cfg(tiny_llama_rm_dir, max_length=48), encode=memo)
+    assert memo.hits == 0
+    tokenizer.chat_template = None
+    with frozen.remembered_encode(tmp_path, tokenizer) as memo:
+        train.encode_split(frame, tokenizer, cfg, encode=memo)
+    assert memo.hits == 0
 
 
 def test_same_seed_same_batches_and_start_as_full_training(tiny_bert_dir, synthetic_pairs_dir, tmp_path):

@@ -33,13 +33,15 @@ def _take(frame, limit: int | None, seed: int):
     return frame.sample(n=limit, random_state=seed).reset_index(drop=True)
 
 
-def encode_split(frame, tokenizer, cfg: TrainConfig, embeddings=None, split_id: int = 0) -> EncodedSplit:
-    """Encode every (prompt, chosen) and (prompt, rejected) with `formatting.encode`; nothing is dropped."""
+def encode_split(frame, tokenizer, cfg: TrainConfig, embeddings=None, split_id: int = 0, encode=None) -> EncodedSplit:
+    """Encode every (prompt, chosen) and (prompt, rejected) with `formatting.encode` (or `encode`, a
+    drop-in such as `frozen.EncodingMemo`); nothing is dropped."""
+    encode = encode or formatting.encode
     records, counts = [], {"pairs": len(frame), "prompt_truncated": 0, "response_truncated": 0,
                            "pairs_truncated": 0}
     for row, (prompt, chosen, rejected, messages) in enumerate(zip(
             frame["prompt"], frame["chosen"], frame["rejected"], frame["prompt_messages"], strict=True)):
-        sides = [formatting.encode(tokenizer, prompt, text, cfg.max_length, messages, cfg.chat_template)
+        sides = [encode(tokenizer, prompt, text, cfg.max_length, messages, cfg.chat_template)
                  for text in (chosen, rejected)]
         counts["prompt_truncated"] += sum(s.prompt_truncated for s in sides)
         counts["response_truncated"] += sum(s.response_truncated for s in sides)

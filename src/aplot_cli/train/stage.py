@@ -4,6 +4,7 @@ build the trainer (imported only here), train, then write the model, the logs, t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -59,13 +60,15 @@ def run(cfg: TrainConfig, pairs_dir: Path, out_dir: Path, embeddings_dir: Path |
             if not (out_dir / RUN_CONFIG).is_file() or not checkpoint:  # a resume keeps its first start's
                 artifacts.write_json_atomic(out_dir / RUN_CONFIG, {**record, "from_step": max(resumed_step, 0)})
     need_emb = spec.aplot and cfg.semantic_source == "embeddings" and emb_art is not None
-    train = encode_split(train_frame, tokenizer, cfg, load_embeddings(emb_art.path, "train") if need_emb else None)
-    test = encode_split(test_frame, tokenizer, cfg, split_id=1) if test_frame is not None else None
-    attached = None
-    if cfg.frozen_backbone:  # the head trains on cached backbone features (aplot_cli.frozen)
-        from aplot_cli import frozen
+    from aplot_cli import frozen  # --frozen-backbone: token ids and features remembered by content
 
-        attached = frozen.attach(cfg, model, head, tokenizer.pad_token_id, [train, test], use_cpu)
+    with frozen.remembered_encode(cfg.feature_cache_dir, tokenizer) if cfg.frozen_backbone else contextlib.nullcontext() as encode:
+        train = encode_split(train_frame, tokenizer, cfg, load_embeddings(emb_art.path, "train") if need_emb else None,
+                             encode=encode)
+        test = encode_split(test_frame, tokenizer, cfg, split_id=1, encode=encode) if test_frame is not None else None
+    attached = None
+    if cfg.frozen_backbone:  # the head trains on cached backbone features
+        attached = frozen.attach(cfg, model, head, tokenizer.pad_token_id, [train, test], use_cpu, memo=encode)
         model = attached.model
     info(f"[bold]train-rm[/] {cfg.backbone} loss={spec.name}: {len(train.records)} train pairs"
          f"{f', {len(test.records)} test pairs' if test else ''}; truncated pairs: "

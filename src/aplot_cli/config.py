@@ -282,6 +282,31 @@ EVAL_FLAGS = _flag_fields(EvalConfig)
 PPO_FLAGS = _flag_fields(PPOConfig)
 
 
+@dataclass(frozen=True)
+class MarginsConfig:
+    """`aplot margins`: margin diagnostics without training (method.md 2b): which readings, the reward
+    snapshot's window or batches, and the cost settings (None: the train-rm run's, else section 2's)."""
+
+    readings: str = "all"                # all | named | comma-separated aliases or plan_on/cost_norm/margin_from/margin_norm
+    step: int | None = None              # --from-run: the window's last step [default: the last recorded]
+    window: int = 32                     # --from-run: steps step-window+1..step, each its recorded batch
+    batches: Literal["auto", "train-rm", "random"] = "auto"  # --model: auto = train-rm's order for a train-rm run
+    batch_size: int | None = None        # --model: pairs per batch [default: the run's, else 16]
+    seed: int | None = None              # --model: batch order [default: the run's, else 0]
+    max_batches: int | None = None       # --model: score only the pairs of the first n batches
+    constant_margin: float = 0.5         # the reference reading: the same margin for every pair
+    margin_scale: float = 1.0
+    w_rew: float | None = None
+    w_sem: float | None = None
+    ot_reg: float | None = None
+    ot_iters: int | None = None
+    ot_tol: float | None = None
+    score_batch_size: int = 32           # --model: texts per forward pass
+    max_length: int | None = None        # --model: [default: the train-rm manifest's]
+    device: str = "auto"
+    trust_remote_code: bool = False
+
+
 def config_to_dict(config: Any) -> dict[str, Any]:
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(config).items()}
 

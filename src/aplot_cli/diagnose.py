@@ -275,10 +275,9 @@ def diagnose(snapshot: Snapshot, readings: list[Reading], base: AplotSettings) -
     batch_of = np.full(n, -1, dtype=np.int64)
     fallbacks = {r.name: 0 for r in readings}
     converged: dict[tuple[str, str], list[bool]] = {}
-    to_t = (lambda a, idx: None if a is None else torch.from_numpy(np.ascontiguousarray(a[idx], dtype=np.float32)))
     for b, idx in enumerate(snapshot.batches):
-        out = batch_margins(readings, to_t(snapshot.r_c, idx), to_t(snapshot.r_r, idx), to_t(snapshot.e_c, idx),
-                            to_t(snapshot.e_r, idx), base)
+        out = batch_margins(readings, *(_rows_tensor(t, idx) for t in (snapshot.r_c, snapshot.r_r, snapshot.e_c,
+                                                                         snapshot.e_r)), base)
         batch_of[idx] = b
         for name, value in out.margins.items():
             margins[name][idx] = value
@@ -291,6 +290,10 @@ def diagnose(snapshot: Snapshot, readings: list[Reading], base: AplotSettings) -
     rows = [_row(r, margins[r.name], hardness, snapshot.batches, fallbacks[r.name], converged) for r in readings]
     rows.sort(key=lambda row: -np.nan_to_num(row[f"spearman_{primary}"], nan=-2.0))
     return Diagnosis(rows, margins, hardness, primary, batch_of, time.perf_counter() - start)
+
+
+def _rows_tensor(table: np.ndarray | None, idx: np.ndarray) -> torch.Tensor | None:
+    return None if table is None else torch.from_numpy(np.ascontiguousarray(table[idx], dtype=np.float32))
 
 
 def _row(reading: Reading, margin: np.ndarray, hardness: dict[str, np.ndarray], batches: list[np.ndarray],

@@ -90,14 +90,15 @@ def markdown(result: Diagnosis, snapshot: Snapshot, source: dict[str, Any]) -> l
 
 
 def draw(out_dir: Path, result: Diagnosis, readings: list[Reading], heading: str) -> list[str]:
-    """spearman.png always; grid.png when at least a row of the grid was computed. Returns the names."""
+    """spearman.png always; grid.png when most of the grid was computed (more than the named readings).
+    Returns the names."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     names = [_bar_chart(out_dir, result, readings, heading, plt)]
-    if sum(r.margin_from is not None for r in readings) >= 12:
+    if sum(r.margin_from is not None for r in readings) >= 32:
         names.append(_heatmap(out_dir, result, heading, plt))
     return names
 

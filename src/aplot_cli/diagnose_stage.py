@@ -27,7 +27,7 @@ from aplot_cli import artifacts
 from aplot_cli.config import MarginsConfig, config_to_dict
 from aplot_cli.console import info
 from aplot_cli.diagnose import Snapshot
-from aplot_cli.diagnose_report import reward_stats, title
+from aplot_cli.diagnose_report import LABELS, reward_stats, title
 from aplot_cli.errors import ArtifactError, ConfigError, InputDataError
 
 STAGE = "margins"

@@ -3,7 +3,8 @@
 # larger margin, on the real batches and rewards of BT training runs, early, in the middle and late.
 #   synthetic: 3,400 training pairs with a gold hard/easy label; AlpacaEval: the 6,960 training pairs of
 #   ../shared/data/alpacaeval-train.jsonl. Reward snapshots: the margins.parquet of a frozen-backbone BT run
-#   (MiniLM-L6 features, a linear head, 2,000 steps of 16 pairs) at steps 1-32, 369-400 and 1969-2000; on the
+#   (MiniLM-L6 features, its linear head, 2,000 steps of 64 pairs, as experiments/frozen-alpaca.yaml) at steps
+#   1-32, 369-400 and 1969-2000 (each window: 32 batches, 2,048 pairs); on the
 #   synthetic data also a full fine-tuning BT run (150 steps) at steps 1-32, 65-96, 119-150, and its saved
 #   model scoring the first 40 batches of train-rm's order (eval mode).
 # Outputs: docs/results/diagnostics/<snapshot>/ (readings.md/.parquet, pair_margins.parquet, figures,
@@ -27,11 +28,12 @@ once() {  # once DIR COMMAND...: run COMMAND unless DIR already holds a finished
 once "$RUNS/syn-pairs" $APLOT prepare --recipe synthetic
 once "$RUNS/syn-emb" $APLOT embed "$RUNS/syn-pairs"
 once "$RUNS/alpaca-pairs" $APLOT prepare --files ../shared/data/alpacaeval-train.jsonl
-once "$RUNS/alpaca-emb" $APLOT embed "$RUNS/alpaca-pairs"
+once "$RUNS/alpaca-emb" $APLOT embed "$RUNS/alpaca-pairs" --max-length 128   # as experiments/frozen-alpaca.yaml
 
 # --- reward snapshots: BT runs that record every pair's rewards per step (margins.parquet)
-FROZEN=(--backbone minilm-l6 --frozen-backbone --loss bt --batch-size 16 --learning-rate 1e-3 --max-steps 2000
-        --save-steps 1000 --seed 0)
+# the frozen testbed of experiments/frozen-alpaca.yaml (same features, batches of 64: the OT plan's size there)
+FROZEN=(--backbone minilm-l6 --frozen-backbone --loss bt --batch-size 64 --learning-rate 1e-3 --max-steps 2000
+        --save-steps 100000 --seed 0)
 once "$RUNS/syn-frozen-bt" $APLOT train-rm "$RUNS/syn-pairs" "${FROZEN[@]}" --max-length 64
 once "$RUNS/alpaca-frozen-bt" $APLOT train-rm "$RUNS/alpaca-pairs" "${FROZEN[@]}" --max-length 256
 once "$RUNS/syn-bt" $APLOT train-rm "$RUNS/syn-pairs" --backbone minilm-l6 --loss bt --max-length 64 \

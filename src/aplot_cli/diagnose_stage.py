@@ -96,10 +96,11 @@ def _settings(cfg: MarginsConfig, run_config: dict[str, Any]):
 
 
 def _difficulty(frame) -> np.ndarray | None:
+    """(N,) the gold label where the pairs carry one: `hard` 1, `easy` 0, anything else (or missing) NaN."""
     if "difficulty" not in frame:
         return None
-    labels = frame["difficulty"].astype("string")
-    return np.where(labels == "hard", 1.0, np.where(labels == "easy", 0.0, np.nan)).astype(np.float64)
+    return np.array([{"hard": 1.0, "easy": 0.0}.get(v, np.nan) if isinstance(v, str) else np.nan
+                     for v in frame["difficulty"]], dtype=np.float64)
 
 
 def _embedding_rows(emb, pair_ids: list[str], emb_path: Path) -> np.ndarray:

@@ -210,3 +210,38 @@ def test_margins_refuses_bad_input_with_its_exit_code(run_dir, synthetic_pairs_d
                             "-o", tmp_path / "d")
     assert not_a_run.exit_code == 4
     assert not any((tmp_path / name).exists() for name in "abcd")  # nothing written for a refused run
+
+
+def fake_run(path: Path, pairs_dir: Path, **config) -> Path:
+    """A finished train-rm artifact holding only a manifest and a margins.parquet of two steps."""
+    from aplot_cli import artifacts
+    from aplot_cli.prepare import load_pairs
+
+    path.mkdir(parents=True)
+    ids = load_pairs(pairs_dir, "train")["pair_id"].tolist()[:8]
+    pd.DataFrame({"pair_id": ids, "step": [1] * 4 + [2] * 4, "margin": 0.0, "reward_diff": 0.0,
+                  "reward_chosen": np.arange(8.0), "reward_rejected": np.zeros(8)}).to_parquet(path / "margins.parquet")
+    artifacts.write_manifest(path, stage="train-rm", config={"batch_size": 4, **config},
+                             inputs={"pairs": artifacts.open_artifact(pairs_dir, "prepare")},
+                             outputs=[artifacts.describe_output(path, "margins.parquet", rows=8)])
+    return path
+
+
+def test_from_run_refuses_steps_of_several_plans_and_runs_on_other_pairs(synthetic_pairs_dir, embeddings_dir,
+                                                                         tmp_path):
+    from aplot_cli import prepare
+    from aplot_cli.config import PrepareConfig
+
+    ok = fake_run(tmp_path / "ok", synthetic_pairs_dir)
+    fine = margins_cli(synthetic_pairs_dir, "--embeddings", embeddings_dir, "--from-run", ok, "--readings", "named",
+                       "-o", tmp_path / "fine")
+    assert fine.exit_code == 0, fine.output
+    assert json.loads((tmp_path / "fine" / "manifest.json").read_text())["metrics"]["batches"] == 2
+    accum = fake_run(tmp_path / "accum", synthetic_pairs_dir, grad_accum=2)
+    refused = margins_cli(synthetic_pairs_dir, "--embeddings", embeddings_dir, "--from-run", accum, "-o", tmp_path / "a")
+    assert refused.exit_code == 3 and "grad_accum" in refused.output and "--model" in refused.output
+    other_pairs = tmp_path / "other-pairs"
+    prepare.run(PrepareConfig(recipe="synthetic", synthetic_pairs=60, synthetic_ood_pairs=0, seed=5), other_pairs)
+    other = fake_run(tmp_path / "other", other_pairs)
+    wrong = margins_cli(synthetic_pairs_dir, "--embeddings", embeddings_dir, "--from-run", other, "-o", tmp_path / "b")
+    assert wrong.exit_code == 4 and "other pairs" in wrong.output

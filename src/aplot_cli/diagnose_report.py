@@ -114,6 +114,9 @@ def _bar_chart(out_dir: Path, result: Diagnosis, readings: list[Reading], headin
     for k, measure in enumerate(measures):
         values = [np.nan_to_num(row[f"spearman_{measure}"], nan=0.0) for row in rows]
         ax.barh(ys + (len(measures) - 1 - 2 * k) * height / 2, values, height, label=LABELS[measure])
+    for y, row in zip(ys, rows, strict=True):
+        if all(not np.isfinite(row[f"spearman_{m}"]) for m in measures):
+            ax.text(0.02, y, "undefined: every pair gets the same margin", va="center", fontsize=7, color="grey")
     ax.set_yticks(ys, [row["alias"] or row["reading"] for row in rows], fontsize=8)
     ax.axvline(0, color="black", lw=0.8)
     ax.set_xlim(-1, 1)
@@ -158,10 +161,13 @@ def _heatmap(out_dir: Path, result: Diagnosis, heading: str, plt) -> str:
         ax.set_xticks(range(len(columns)), [f"{f}\n{m}" for f, m in columns], fontsize=7)
         ax.set_yticks(range(len(plan_rows)), [f"{p}/{c}" for p, c in plan_rows], fontsize=7)
         ax.set_ylabel("plan_on/cost_norm", fontsize=7)
+        if "own_cost" in [f for f, _ in columns]:  # the blank block: own_cost has no plan to vary
+            ax.text(columns.index(("own_cost", MARGIN_NORMS[1])), len(COST_NORMS) + (len(COST_NORMS) - 1) / 2,
+                    "own_cost reads no plan:\nsee the rows above", ha="center", va="center", fontsize=7,
+                    color="grey")
         ax.set_title(f"Spearman with {LABELS[measure]}", fontsize=8)
         fig.colorbar(image, ax=ax, fraction=0.02, pad=0.01)
-    axes[0, 0].set_xlabel("margin_from / margin_norm", fontsize=7)
-    axes[0, 0].xaxis.set_label_position("top")
+    axes[-1, 0].set_xlabel("margin_from / margin_norm", fontsize=7)
     fig.suptitle(f"Every reading: rank correlation of the margin with hardness. {heading}", fontsize=9)
     fig.tight_layout()
     fig.savefig(out_dir / "grid.png", dpi=120)

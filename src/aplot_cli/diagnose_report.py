@@ -48,7 +48,7 @@ def write_tables(out_dir: Path, result: Diagnosis, readings: list[Reading], snap
                              "reward_chosen": snapshot.r_c, "reward_rejected": snapshot.r_r,
                              **{f"hardness_{m}": v for m, v in result.hardness.items()},
                              **{r.name: result.margins[r.name] for r in readings}})
-    per_pair.to_parquet(out_dir / PAIRS_FILE, index=False)
+    per_pair.to_parquet(out_dir / PAIRS_FILE, index=False, compression="zstd")
     (out_dir / TABLE_MD).write_text("\n".join(markdown(result, snapshot, source)) + "\n", encoding="utf-8")
     return [artifacts.describe_output(out_dir, TABLE, rows=len(table)),
             artifacts.describe_output(out_dir, TABLE_MD),

@@ -17,9 +17,11 @@ import numpy as np
 import pandas as pd
 
 MEASURES = {"difficulty": "gold difficulty", "reward_gap": "-|r_c - r_r|", "cosine": "cos(e_c, e_r)"}
+AGREEMENT = {"difficulty~reward_gap": "rho(gold, gap)", "difficulty~cosine": "rho(gold, cos)",
+             "reward_gap~cosine": "rho(gap, cos)"}
 
 
-def fmt(value: float, digits: int = 2) -> str:
+def fmt(value: float | None, digits: int = 2) -> str:
     return "–" if value is None or not np.isfinite(value) else f"{value:+.{digits}f}"
 
 
@@ -32,16 +34,20 @@ def main(out: Path, specs: list[str]) -> None:
         snap, rewards = manifest["diagnostics"]["snapshot"], manifest["diagnostics"]["rewards"]
         where = (f"steps {snap['steps'][0]}-{snap['steps'][1]} of margins.parquet" if snap["kind"] == "margins.parquet"
                  else f"the saved model, {snap['batches']} batches of {snap['batch_size']}")
+        agree = manifest["diagnostics"].get("hardness_agreement", {})
         notes.append(f"| {name} | {where} | {manifest['metrics']['pairs']} | {manifest['metrics']['batches']} | "
                      f"{rewards['reward_std']:.3f} | {rewards['abs_diff_mean']:.3f} | {rewards['accuracy']:.3f} | "
-                     f"{manifest['metrics']['seconds']:.1f} |")
+                     + " | ".join(fmt(agree.get(k)) for k in AGREEMENT) + f" | {manifest['metrics']['seconds']:.1f} |")
     first = next(iter(tables.values()))
     chosen = [r for r in first.index if first.loc[r, "alias"]]
     for table in tables.values():
         primary = "spearman_difficulty" if table["spearman_difficulty"].notna().any() else "spearman_reward_gap"
         chosen += [r for r in table.sort_values(primary, ascending=False).index[:3] if r not in chosen]
-    lines = ["| snapshot | rewards from | pairs | batches | reward std | mean abs(r_c - r_r) | accuracy | seconds |",
-             "|---|---|---|---|---|---|---|---|", *notes, ""]
+    lines = ["| snapshot | rewards from | pairs | batches | reward std | mean abs(r_c - r_r) | accuracy | "
+             + " | ".join(AGREEMENT.values()) + " | seconds |", "|---" * 11 + "|", *notes, "",
+             "rho(a, b): Spearman between two hardness measures (the gold difficulty, the pair's own -|r_c - r_r| and "
+             "cosine): a margin built from rewards and embeddings can hardly rank gold-hard pairs better than its "
+             "inputs do.", ""]
     for measure, label in MEASURES.items():
         names = [n for n, t in tables.items() if t[f"spearman_{measure}"].notna().any()]
         if not names:

@@ -252,7 +252,9 @@ class Snapshot:
 @dataclass
 class Diagnosis:
     """rows: one dict per reading (the table: see `diagnose`); margins: {reading: (N,)} per row of the
-    snapshot; hardness: {measure: (N,)}; primary: the hardness measure the table is sorted by."""
+    snapshot; hardness: {measure: (N,)}; primary: the hardness measure the table is sorted by; agreement:
+    {"a~b": Spearman of measure a with measure b}, how far the measures agree (e.g. how well the model's own
+    reward gap already ranks the gold-hard pairs: a margin built from it can hardly do better)."""
 
     rows: list[dict]
     margins: dict[str, np.ndarray]
@@ -260,6 +262,7 @@ class Diagnosis:
     primary: str
     batch: np.ndarray
     seconds: float
+    agreement: dict[str, float] = field(default_factory=dict)
 
 
 def diagnose(snapshot: Snapshot, readings: list[Reading], base: AplotSettings) -> Diagnosis:
@@ -289,7 +292,9 @@ def diagnose(snapshot: Snapshot, readings: list[Reading], base: AplotSettings) -
     primary = "difficulty" if "difficulty" in hardness else "reward_gap"
     rows = [_row(r, margins[r.name], hardness, snapshot.batches, fallbacks[r.name], converged) for r in readings]
     rows.sort(key=lambda row: -np.nan_to_num(row[f"spearman_{primary}"], nan=-2.0))
-    return Diagnosis(rows, margins, hardness, primary, batch_of, time.perf_counter() - start)
+    agreement = {f"{a}~{b}": spearman(hardness[a], hardness[b])
+                 for a, b in itertools.combinations([m for m in HARDNESS if m in hardness], 2)}
+    return Diagnosis(rows, margins, hardness, primary, batch_of, time.perf_counter() - start, agreement)
 
 
 def _rows_tensor(table: np.ndarray | None, idx: np.ndarray) -> torch.Tensor | None:

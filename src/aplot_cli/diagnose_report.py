@@ -76,6 +76,10 @@ def markdown(result: Diagnosis, snapshot: Snapshot, source: dict[str, Any]) -> l
              "`spread`: mean over batches of the margin's in-batch std. `own_cost` is built from the pair's own "
              "reward gap and cosine, so its rho with those two is high by construction; only the gold difficulty "
              "is independent of the margin's inputs.", ""]
+    if result.agreement:
+        pairs = ", ".join(f"{key.replace('~', ' ~ ')} {_fmt(value)}" for key, value in result.agreement.items())
+        lines += [f"How far the hardness measures agree (Spearman): {pairs}. A margin built from the rewards and "
+                  "embeddings can hardly rank the gold-hard pairs better than they do.", ""]
     header = ["reading", "alias", *[f"rho {m}" for m in measures], "in-batch rho", "hard-easy", "spread", "converged"]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in result.rows:

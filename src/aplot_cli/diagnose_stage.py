@@ -258,6 +258,7 @@ def run(cfg: MarginsConfig, pairs_dir: Path, embeddings_dir: Path, out_dir: Path
                    "settings": {"w_rew": base.w_rew, "w_sem": base.w_sem, "reg": base.reg, "num_iter": base.num_iter,
                                 "tol": base.tol, "scale": base.scale, "solver": "pot-cpu-float64"},
                    "hardness": {m: LABELS[m] for m in result.hardness},
+                   "hardness_agreement": {k: _finite(v) for k, v in result.agreement.items()},
                    "fallback_batches": {row["reading"]: row["fallback_batches"] for row in result.rows
                                         if row["fallback_batches"]}}
     info(f"[bold]margins[/] done in {result.seconds:.1f}s: best by {result.primary}: {best['reading']} "

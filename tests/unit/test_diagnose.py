@@ -165,6 +165,8 @@ def test_margins_from_a_runs_margins_parquet_writes_table_figures_and_manifest(r
     assert {o["path"] for o in manifest["outputs"]} == {"readings.parquet", "readings.md", "pair_margins.parquet",
                                                         "spearman.png", "grid.png"}
     assert manifest["diagnostics"]["snapshot"]["steps"] == [2, 4] and manifest["metrics"]["batches"] == 3
+    assert set(manifest["diagnostics"]["hardness_agreement"]) == {"difficulty~reward_gap", "difficulty~cosine",
+                                                                  "reward_gap~cosine"}
     table = pd.read_parquet(out / "readings.parquet")
     assert len(table) == 64 and table["spearman_difficulty"].notna().sum() >= 60
     assert (out / "spearman.png").stat().st_size > 10_000 and "| `" in (out / "readings.md").read_text()

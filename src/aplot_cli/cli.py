@@ -227,8 +227,7 @@ def margins_cmd(
     overwrite: Overwrite = False,
     quiet: Quiet = False,
 ) -> Path:
-    """Margin diagnostics without training: every APLOT reading's margins on real batches of a reward snapshot,
-    ranked by how well they single out hard pairs (table, figures)."""
+    """Margin diagnostics without training: which APLOT reading singles out hard pairs, on real batches."""
     from aplot_cli import diagnose_stage as stage
     from aplot_cli.config import MarginsConfig, build_config
 

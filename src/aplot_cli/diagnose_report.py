@@ -78,8 +78,9 @@ def markdown(result: Diagnosis, snapshot: Snapshot, source: dict[str, Any]) -> l
              "is independent of the margin's inputs.", ""]
     if result.agreement:
         pairs = ", ".join(f"{key.replace('~', ' ~ ')} {_fmt(value)}" for key, value in result.agreement.items())
-        lines += [f"How far the hardness measures agree (Spearman): {pairs}. A margin built from the rewards and "
-                  "embeddings can hardly rank the gold-hard pairs better than they do.", ""]
+        lines += [f"How far the hardness measures agree (Spearman): {pairs}." + (
+            " A margin built from the rewards and embeddings can hardly rank the gold-hard pairs better than they do."
+            if "difficulty" in result.hardness else ""), ""]
     header = ["reading", "alias", *[f"rho {m}" for m in measures], "in-batch rho", "hard-easy", "spread", "converged"]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in result.rows:
@@ -117,7 +118,8 @@ def _bar_chart(out_dir: Path, result: Diagnosis, readings: list[Reading], headin
     ys = np.arange(len(rows))[::-1]
     for k, measure in enumerate(measures):
         values = [np.nan_to_num(row[f"spearman_{measure}"], nan=0.0) for row in rows]
-        ax.barh(ys + (len(measures) - 1 - 2 * k) * height / 2, values, height, label=LABELS[measure])
+        ax.barh(ys + (len(measures) - 1 - 2 * k) * height / 2, values, height, label=LABELS[measure],
+                color=f"C{HARDNESS.index(measure)}")  # one colour per measure in every figure
     for y, row in zip(ys, rows, strict=True):
         if all(not np.isfinite(row[f"spearman_{m}"]) for m in measures):
             ax.text(0.02, y, "undefined: every pair gets the same margin", va="center", fontsize=7, color="grey")
@@ -127,7 +129,7 @@ def _bar_chart(out_dir: Path, result: Diagnosis, readings: list[Reading], headin
     ax.set_xlabel("Spearman rank correlation of the margin with hardness (> 0: hard pairs get larger margins)",
                   fontsize=8)
     ax.set_title(f"Which reading singles out hard pairs? {heading}", fontsize=9)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left")  # rows are sorted best first: the top left stays empty
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     fig.savefig(out_dir / "spearman.png", dpi=120)

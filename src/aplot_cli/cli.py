@@ -19,7 +19,16 @@ from typing import Annotated, Any, Optional
 import typer
 
 from aplot_cli import __version__
-from aplot_cli.config import EmbedConfig, EvalConfig, PPOConfig, PrepareConfig, TrainConfig, build_config, load_yaml
+from aplot_cli.config import (
+    EmbedConfig,
+    EvalConfig,
+    MarginsConfig,
+    PPOConfig,
+    PrepareConfig,
+    TrainConfig,
+    build_config,
+    load_yaml,
+)
 from aplot_cli.options import (
     ConfigFile,
     EmbeddingsArtifact,
@@ -197,44 +206,25 @@ def compare(
 
 @app.command("margins")
 @stage_command
+@config_options(MarginsConfig)
 def margins_cmd(
-    pairs: Annotated[Path, typer.Argument(help="A pairs artifact directory (from `aplot prepare`).")],
+    pairs: PairsArtifact,
     out_dir: OutDir,
-    embeddings: Annotated[Path, typer.Option(help="The embeddings artifact of PAIRS (from `aplot embed`).")],
+    embeddings: Annotated[Path, typer.Option(
+        help="The embeddings artifact of PAIRS (from `aplot embed`; folder or manifest.json).",
+        callback=artifact_path)],
     from_run: Annotated[Optional[Path], typer.Option(
-        help="A train-rm run: read the rewards its margins.parquet recorded (see --step, --window).")] = None,
+        help="A train-rm run (folder or manifest.json): the rewards its margins.parquet recorded (see --step, "
+             "--window).", callback=artifact_path)] = None,
     model: Annotated[Optional[str], typer.Option(
-        help="Or a reward model (a train-rm run, a folder, a hub id): score the train pairs with it.")] = None,
-    step: Annotated[Optional[int], typer.Option(
-        help="--from-run: the last step of the window. [default: the last recorded]")] = None,
-    window: Annotated[Optional[int], typer.Option(
-        help="--from-run: steps STEP-WINDOW+1..STEP, each its recorded batch. [default: 32]")] = None,
-    readings: Annotated[Optional[str], typer.Option(
-        help="all (64: the grid + constant_margin), named, or a comma-separated list of aliases "
-             "(hardness+diag+minmax) and plan_on/cost_norm/margin_from/margin_norm names. [default: all]")] = None,
-    batches: Annotated[Optional[str], typer.Option(
-        help="--model: train-rm (the run's order and batch size) or random. [default: train-rm for a run]")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(
-        help="--model: pairs per batch. [default: the run's, else 16]")] = None,
-    max_batches: Annotated[Optional[int], typer.Option(
-        help="--model: score only the pairs of the first n batches.")] = None,
-    constant_margin: Annotated[Optional[float], typer.Option(
-        help="The reference reading's margin. [default: 0.5]")] = None,
-    device: Annotated[Optional[str], typer.Option(help="--model: auto, cpu, cuda. [default: auto]")] = None,
-    trust_remote_code: TrustRemoteCode = None,
-    seed: Seed = None,
-    config: ConfigFile = None,
-    overwrite: Overwrite = False,
-    quiet: Quiet = False,
-) -> Path:
+        help="Or a reward model (a train-rm run, a folder, a hub id): score the train pairs with it.",
+        callback=artifact_path)] = None,
+    config: ConfigFile = None, overwrite: Overwrite = False, quiet: Quiet = False, **flags: Any) -> Path:
     """Margin diagnostics without training: which APLOT reading singles out hard pairs, on real batches."""
     from aplot_cli import diagnose_stage as stage
-    from aplot_cli.config import MarginsConfig, build_config
 
-    cfg = build_config(MarginsConfig, config, _flags(
-        step=step, window=window, readings=readings, batches=batches, batch_size=batch_size, max_batches=max_batches,
-        constant_margin=constant_margin, device=device, trust_remote_code=trust_remote_code, seed=seed))
-    return stage.run(cfg, pairs, embeddings, out_dir, model=model, from_run=from_run, overwrite=overwrite)
+    return stage.run(build_config(MarginsConfig, config, flags), pairs, embeddings, out_dir, model=model,
+                     from_run=from_run, overwrite=overwrite)
 
 
 def main() -> None:

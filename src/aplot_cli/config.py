@@ -287,24 +287,28 @@ class MarginsConfig:
     """`aplot margins`: margin diagnostics without training (method.md 2b): which readings, the reward
     snapshot's window or batches, and the cost settings (None: the train-rm run's, else section 2's)."""
 
-    readings: str = "all"                # all | named | comma-separated aliases or plan_on/cost_norm/margin_from/margin_norm
-    step: int | None = None              # --from-run: the window's last step [default: the last recorded]
-    window: int = 32                     # --from-run: steps step-window+1..step, each its recorded batch
-    batches: Literal["auto", "train-rm", "random"] = "auto"  # --model: auto = train-rm's order for a train-rm run
-    batch_size: int | None = None        # --model: pairs per batch [default: the run's, else 16]
-    seed: int | None = None              # --model: batch order [default: the run's, else 0]
-    max_batches: int | None = None       # --model: score only the pairs of the first n batches
-    constant_margin: float = 0.5         # the reference reading: the same margin for every pair
-    margin_scale: float = 1.0
-    w_rew: float | None = None
-    w_sem: float | None = None
-    ot_reg: float | None = None
-    ot_iters: int | None = None
-    ot_tol: float | None = None
-    score_batch_size: int = 32           # --model: texts per forward pass
-    max_length: int | None = None        # --model: [default: the train-rm manifest's]
-    device: str = "auto"
-    trust_remote_code: bool = False
+    readings: str = option("all", "all (the 64 readings: the grid and constant_margin), named (16 aliases), or a "
+                                  "comma-separated list of aliases (hardness+diag+minmax) and "
+                                  "plan_on/cost_norm/margin_from/margin_norm names.")
+    step: int | None = option(None, "--from-run: the last step of the window.", shown="the last recorded step")
+    window: int = option(32, "--from-run: steps STEP-WINDOW+1..STEP, each step's recorded batch one OT plan.")
+    batches: Literal["auto", "train-rm", "random"] = option(
+        "auto", "--model: train-rm (the batches train-rm made: its seed, batch size and order) or random (seeded).",
+        shown="train-rm for a train-rm run, else random")
+    batch_size: int | None = option(None, "--model: pairs per batch.", shown="the run's, else 16")
+    seed: int | None = option(None, "--model: the batch order's seed.", shown="the run's, else 0")
+    max_batches: int | None = option(None, "--model: score only the pairs of the first n batches.", shown="all")
+    constant_margin: float = option(0.5, "The margin of the reference reading constant_margin (every pair).")
+    margin_scale: float = option(1.0, "Scale of every reading's margin (as train-rm's margin_scale).")
+    w_rew: float | None = option(None, "Weight of the reward cost.", shown="the run's, else 0.9")
+    w_sem: float | None = option(None, "Weight of the semantic cost.", shown="the run's, else 0.1")
+    ot_reg: float | None = option(None, "Sinkhorn epsilon.", shown="the run's, else 0.1")
+    ot_iters: int | None = option(None, "Sinkhorn iterations.", shown="the run's, else 50")
+    ot_tol: float | None = option(None, "Sinkhorn marginal tolerance (early stop).", shown="the run's, else 1e-6")
+    score_batch_size: int = option(32, "--model: texts per forward pass.")
+    max_length: int | None = option(None, "--model: max tokens per input.", shown="the train-rm manifest's")
+    device: str = option("auto", "--model: auto, cpu, cuda.")
+    trust_remote_code: bool = option(False, "Allow a hub model's own Python code to run.")
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:

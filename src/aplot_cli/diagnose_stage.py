@@ -229,7 +229,10 @@ def run(cfg: MarginsConfig, pairs_dir: Path, embeddings_dir: Path, out_dir: Path
     if run_art is not None:
         _check_same_pairs(run_art, pairs_art)
     out_dir = Path(out_dir)
-    artifacts.check_out_dir(out_dir, overwrite)  # refuse now; clear only once the inputs pass
+    inputs_paths = [("PAIRS", pairs_dir), ("--embeddings", embeddings_dir), ("--from-run", from_run),
+                    ("--model", model)]
+    # refuse now; clear only once the inputs pass
+    artifacts.check_out_dir(out_dir, stage=STAGE, inputs=inputs_paths, overwrite=overwrite)
     frame = load_pairs(pairs_dir, "train")
     emb = load_embeddings(emb_art.path, "train")
     if run_art is not None:
@@ -243,7 +246,7 @@ def run(cfg: MarginsConfig, pairs_dir: Path, embeddings_dir: Path, out_dir: Path
     base = _settings(cfg, run_art.config if run_art is not None else {})
     info(f"[bold]margins[/] {len(readings)} readings on {len(snapshot.batches)} batches ({len(snapshot.r_c)} pairs)")
     result = diagnose.diagnose(snapshot, readings, base)
-    artifacts.prepare_out_dir(out_dir, overwrite)
+    artifacts.prepare_out_dir(out_dir, stage=STAGE, inputs=inputs_paths, overwrite=overwrite)
     outputs = diagnose_report.write_tables(out_dir, result, readings, snapshot, source)
     outputs += [artifacts.describe_output(out_dir, name)
                 for name in diagnose_report.draw(out_dir, result, readings, title(source))]

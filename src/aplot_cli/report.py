@@ -317,7 +317,7 @@ def _margin_table(grid, by: dict, out_dir: Path) -> tuple[list[str], dict]:
         pairs_dir = out_dir / "data" / noise_tag(noise) / "pairs"
         for method in grid.methods:
             stats = [_margin_stats(c, pairs_dir) for c in by[(noise, method)]]
-            merged = {k: float(np.mean([s[k] for s in stats if k in s])) for k in {k for s in stats for k in s}}
+            merged = {k: float(np.mean([s[k] for s in stats if k in s])) for k in sorted({k for s in stats for k in s})}
             if not merged:
                 continue
             stats_all[f"{noise_tag(noise)}/{method}"] = merged

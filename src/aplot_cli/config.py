@@ -326,7 +326,6 @@ def _suggest(name: str, known: list[str]) -> str:
     return f"did you mean `{close}`?" if close else f"known keys: {', '.join(sorted(known))}"
 
 
-_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
 
 def _coerce(name: str, value: Any, hint: Any, source: str) -> Any:
@@ -367,8 +366,6 @@ def _coerce(name: str, value: Any, hint: Any, source: str) -> Any:
             raise ConfigError(f"{source}: `{name}` must be an integer, got {value!r}")
         return value
     if hint is float:
-        if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):  # YAML 1.1 reads `1e-4` as a string
-            value = float(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{source}: `{name}` must be a number, got {value!r}")
         return float(value)

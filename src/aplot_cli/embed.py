@@ -20,6 +20,7 @@ import hashlib
 import json
 import sqlite3
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -179,6 +180,14 @@ class Cached:
     response_cut: bool
 
 
+def select_in(db: sqlite3.Connection, query: str, keys: list[str]) -> Iterator[tuple]:
+    """Rows of `query IN (keys)`, in chunks under SQLite's bound-parameter limit (`query` ends with the
+    column the keys are matched on)."""
+    for start in range(0, len(keys), 900):
+        chunk = keys[start:start + 900]
+        yield from db.execute(f"{query} IN ({','.join('?' * len(chunk))})", chunk)
+
+
 class EmbeddingCache:
     """Content-addressed vector store: key = sha256 of (encoder identity, prompt, response); each vector
     is stored with what truncation cut, so a run served from the cache still counts its cuts."""
@@ -199,15 +208,10 @@ class EmbeddingCache:
         return hashlib.sha256(json.dumps([identity, text.prompt, text.response]).encode()).hexdigest()
 
     def get_many(self, keys: list[str]) -> dict[str, Cached]:
-        found: dict[str, Cached] = {}
-        for start in range(0, len(keys), 900):  # SQLite's bound-parameter limit
-            chunk = keys[start:start + 900]
-            rows = self.db.execute("SELECT v.key, v.vec, t.prompt_cut, t.response_cut FROM vectors v "
-                                   "JOIN truncation t ON t.key = v.key "
-                                   f"WHERE v.key IN ({','.join('?' * len(chunk))})", chunk)
-            for key, blob, prompt_cut, response_cut in rows:
-                found[key] = Cached(np.frombuffer(blob, dtype=np.float32), bool(prompt_cut), bool(response_cut))
-        return found
+        rows = select_in(self.db, "SELECT v.key, v.vec, t.prompt_cut, t.response_cut FROM vectors v "
+                                  "JOIN truncation t ON t.key = v.key WHERE v.key", keys)
+        return {key: Cached(np.frombuffer(blob, dtype=np.float32), bool(prompt_cut), bool(response_cut))
+                for key, blob, prompt_cut, response_cut in rows}
 
     def put_many(self, items: list[tuple[str, Cached]]) -> None:
         # one transaction: a vector is never stored without its truncation record

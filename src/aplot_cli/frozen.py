@@ -38,6 +38,7 @@ import numpy as np
 
 from aplot_cli import models
 from aplot_cli.console import info
+from aplot_cli.embed import select_in
 from aplot_cli.errors import ConfigError, ModelError
 from aplot_cli.formatting import pad_batch
 
@@ -216,13 +217,8 @@ class FeatureStore:
         return hashlib.sha256(f"{identity}\x00{text}".encode()).hexdigest()
 
     def get_many(self, keys: list[str]) -> dict[str, np.ndarray]:
-        found: dict[str, np.ndarray] = {}
-        for start in range(0, len(keys), 900):  # SQLite's bound-parameter limit
-            chunk = keys[start:start + 900]
-            rows = self.db.execute(f"SELECT key, vec FROM vectors WHERE key IN ({','.join('?' * len(chunk))})", chunk)
-            for key, blob in rows:
-                found[key] = np.frombuffer(blob, dtype=np.float32)
-        return found
+        return {key: np.frombuffer(blob, dtype=np.float32)
+                for key, blob in select_in(self.db, "SELECT key, vec FROM vectors WHERE key", keys)}
 
     def put_many(self, items: list[tuple[str, np.ndarray]]) -> None:
         with self.db:

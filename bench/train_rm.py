@@ -5,8 +5,8 @@
    both alike; the ratio is the median of the per-rep ratios. On CUDA also APLOT with
    the CPU solver (`--ot-solver pot`), to show what the on-device graph solver buys.
 2. aplot `bt` vs TRL's RewardTrainer pairs/s: same model, pairs, batch size, max length and steps; TRL
-   runs in its own interpreter (`--trl-python`; it is never a dependency of aplot). aplot also with
-   length-grouped batches.
+   runs in its own interpreter (`--trl-python`; it is never a dependency of aplot). aplot in its default
+   configuration (length-grouped batches for bt) and on random batches; the three interleaved per rep.
 3. Peak memory of a short MiniLM run and a short SmolLM2-135M run (CPU: resident set; CUDA: the
    allocator's peak).
 
@@ -17,7 +17,8 @@ weights (throughput does not depend on the weights; the device machine gets conf
 
 Usage: `.venv/bin/python bench/train_rm.py [--steps 40] [--reps 2]` (CPU, writes
 bench/results/train_rm.md); on a GPU: `python bench/train_rm.py --device cuda --batch 32 --random-init
---results bench/results/train_rm_gpu.md`. Set up TRL first: see the results file."""
+--results bench/results/train_rm_gpu.md`. TRL's interpreter: `python3 -m venv bench/_work/venv &&
+bench/_work/venv/bin/pip install torch==2.13.0 transformers==5.24.0 datasets accelerate trl==1.16.0 pandas`."""
 
 from __future__ import annotations
 
@@ -94,7 +95,8 @@ def aplot_run(args, pairs: Path, emb: Path, loss: str, tag: str, **changes) -> d
 
 
 def overhead(args, pairs: Path, emb: Path) -> dict:
-    variants = {"bt": ("bt", {}), "aplot": ("aplot", {})}
+    # bt on the random batches aplot keeps (train-rm groups bt's by length by default): the ratio is the plan's cost
+    variants = {"bt": ("bt", {"group_by_length": False}), "aplot": ("aplot", {})}
     if args.device == "cuda":
         variants["aplot-pot"] = ("aplot", {"ot_solver": "pot"})
     runs: dict[str, list[dict]] = {name: [] for name in variants}
@@ -149,26 +151,44 @@ def solver_micro(batch: int = 32, solves: int = 500) -> dict:
     return out
 
 
-def trl_compare(args, pairs: Path, emb: Path, bt_runs: list[dict]) -> dict:
+def trl_run(args) -> dict:
+    cmd = [args.trl_python, str(ROOT / "bench" / "_trl_reward.py"), args.model, str(WORK / "pairs" / "train.parquet"),
+           str(WORK / "trl-out"), str(args.steps), str(args.batch), str(args.max_length), str(args.lr)]
+    done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    if done.returncode != 0:
+        raise RuntimeError("TRL run failed: " + done.stderr[-800:])
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def trl_compare(args, pairs: Path, emb: Path) -> dict:
+    """TRL, aplot `bt` as train-rm runs it by default (length-grouped batches) and aplot `bt` on random batches,
+    interleaved per rep in counterbalanced order; each ratio is the median of the per-rep ratios."""
     import shutil
 
     trl_py = Path(shutil.which(args.trl_python) or args.trl_python)
     if not trl_py.exists():
         return {"skipped": f"{args.trl_python} is missing"}
-    cmd = [str(trl_py), str(ROOT / "bench" / "_trl_reward.py"), args.model, str(pairs / "train.parquet"),
-           str(WORK / "trl-out"), str(args.steps), str(args.batch), str(args.max_length), str(args.lr)]
-    done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    if done.returncode != 0:
-        return {"skipped": "TRL run failed: " + done.stderr[-800:]}
-    trl = json.loads(done.stdout.strip().splitlines()[-1])
-    version = subprocess.run([str(trl_py), "-c", "import trl; print(trl.__version__)"], capture_output=True,
+    args.trl_python = str(trl_py)
+    order = ["trl", "default", "random"]
+    runs: dict[str, list[dict]] = {name: [] for name in order}
+    for rep in range(args.reps):
+        for name in order if rep % 2 == 0 else order[::-1]:
+            if name == "trl":
+                run = trl_run(args)
+                run["pairs_per_s"] = run["loop_pairs_per_second"]
+            else:
+                run = aplot_run(args, pairs, emb, "bt", f"bt-{name}-{rep}",
+                                **({"group_by_length": False} if name == "random" else {}))
+            runs[name].append(run)
+            print("trl-compare", name, rep, run, file=sys.stderr, flush=True)
+    version = subprocess.run([args.trl_python, "-c", "import trl; print(trl.__version__)"], capture_output=True,
                              text=True).stdout.strip()
-    grouped = aplot_run(args, pairs, emb, "bt", "bt-grouped", group_by_length=True)
-    bt = statistics.median(r["pairs_per_s"] for r in bt_runs)
-    return {"trl": trl, "trl_version": version, "aplot_bt_pairs_per_s": bt,
-            "aplot_bt_grouped_pairs_per_s": grouped["pairs_per_s"],
-            "ratio": bt / trl["loop_pairs_per_second"],
-            "ratio_grouped": grouped["pairs_per_s"] / trl["loop_pairs_per_second"]}
+    ratio = {name: statistics.median(a["pairs_per_s"] / t["pairs_per_s"]
+                                     for a, t in zip(runs[name], runs["trl"], strict=True))
+             for name in ("default", "random")}
+    return {"runs": runs, "trl_version": version, "ratio_default": ratio["default"], "ratio_random": ratio["random"],
+            "pairs_per_s": {name: statistics.median(r["pairs_per_s"] for r in rs) for name, rs in runs.items()},
+            "pairs_kept": runs["trl"][0]["pairs_kept"], "pairs_in": runs["trl"][0]["pairs_in"]}
 
 
 def peak_memory(args, pairs: Path, emb: Path) -> dict:
@@ -233,7 +253,7 @@ def write(results: dict, args, command: str) -> None:
         "...: the process's step rate drifts down as it ages, which penalised whichever ran second).", "",
         "## 1. APLOT vs BT (same backbone, batch, data)", "",
         "| loss | steps/s (median of runs) |", "| --- | --- |",
-        f"| bt | {rate['bt']:.3f} |", f"| aplot (defaults, solver {o['solver']}) | {rate['aplot']:.3f} |"]
+        f"| bt (random batches, as aplot's) | {rate['bt']:.3f} |", f"| aplot (defaults, solver {o['solver']}) | {rate['aplot']:.3f} |"]
     if "aplot-pot" in rate:
         lines.append(f"| aplot with `--ot-solver pot` (POT on the CPU, float64) | {rate['aplot-pot']:.3f} |")
     lines += [
@@ -252,16 +272,22 @@ def write(results: dict, args, command: str) -> None:
     if "skipped" in t:
         lines += [f"Skipped: {t['skipped']}", ""]
     else:
+        rate = t["pairs_per_s"]
         lines += [
-            "| trainer | pairs/s (loop) |", "| --- | --- |",
-            f"| TRL RewardTrainer {t['trl_version']} | {t['trl']['loop_pairs_per_second']:.2f} |",
-            f"| aplot train-rm --loss bt | {t['aplot_bt_pairs_per_s']:.2f} |",
-            f"| aplot train-rm --loss bt, group_by_length | {t['aplot_bt_grouped_pairs_per_s']:.2f} |", "",
-            f"**Ratio aplot/TRL = {t['ratio']:.2f}x** (target >= 1.0x); with length-grouped batches "
-            f"**{t['ratio_grouped']:.2f}x**. TRL kept {t['trl']['pairs_kept']} of {t['trl']['pairs_in']} pairs "
+            "| trainer | pairs/s (loop, median of runs) |", "| --- | --- |",
+            f"| TRL RewardTrainer {t['trl_version']} | {rate['trl']:.2f} |",
+            f"| aplot train-rm --loss bt (default: length-grouped batches) | {rate['default']:.2f} |",
+            f"| aplot train-rm --loss bt --no-group-by-length (random batches) | {rate['random']:.2f} |", "",
+            f"**Ratio aplot/TRL = {t['ratio_default']:.2f}x in the default configuration** (target >= 1.3x; median "
+            f"of the {len(t['runs']['trl'])} per-rep ratios); on random batches {t['ratio_random']:.2f}x. Losses "
+            "without a batch-level term (bt, label_smooth, focal, margin, constant_margin, center) group batches "
+            "by length by default; `aplot` keeps random batches, so its plans are unchanged. TRL kept "
+            f"{t['pairs_kept']} of {t['pairs_in']} pairs "
             "(it drops pairs longer than max_length; aplot truncates and counts instead). TRL's RewardConfig "
             "defaults to bf16=True and gradient_checkpointing=True; both are off here so that both trainers run "
-            "float32 without recomputation.", ""]
+            "float32 without recomputation.", "",
+            "Per-run pairs/s: " + "; ".join(f"{name} " + ", ".join(f"{r['pairs_per_s']:.2f}" for r in rs)
+                                            for name, rs in t["runs"].items()) + ".", ""]
     lines += ["## 3. Peak memory (float32, " + ("CUDA allocator peak" if args.device == "cuda" else
                                                "whole-process resident set") + ")", "",
               "| run | peak (MiB) | wall s |", "| --- | --- | --- |"]
@@ -303,7 +329,7 @@ def main() -> None:
         from aplot_cli import models
 
         args.model = models.resolve(args.model) if not args.random_init else args.model
-        results["trl"] = trl_compare(args, pairs, emb, results["overhead"]["runs"]["bt"])
+        results["trl"] = trl_compare(args, pairs, emb)
     results["memory"] = {} if args.skip_memory else peak_memory(args, pairs, emb)
     write(results, args, command)
     print(args.results)

@@ -90,6 +90,8 @@ def load_grid(path: Path | str, seeds: tuple[int, ...] | None = None, methods: t
             raise ConfigError(f"--methods names {unknown[0]!r}, not in the grid",
                               hint=f"methods in {path}: {', '.join(method_raw)}")
         method_raw = {m: method_raw[m] for m in methods}
+    if not any("group_by_length" in layer for layer in [base, *(o or {} for o in method_raw.values())]):
+        base["group_by_length"] = False  # train-rm's default differs by loss: cells stay paired by seed (same batches)
     method_cfgs = {name: build_config(TrainConfig, None, {**base, **(overrides or {})})
                    for name, overrides in method_raw.items()}
     evals_raw = raw.get("evals") or {"id": {"split": "test"}}

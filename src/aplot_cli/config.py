@@ -222,8 +222,11 @@ class TrainConfig:
     keep_checkpoints: bool = option(
         False, "Keep checkpoints/ once the run has finished (else removed: model/ is the result; no checkpoint "
                "is written at the last step unless it is a multiple of --save-steps).")
-    group_by_length: bool = option(
-        False, "Length-grouped batches (less padding; changes which pairs share an OT plan).")
+    group_by_length: bool | None = option(
+        None, "Length-grouped batches: less padding, faster steps; they change which pairs share a batch, so "
+              "they are off where pairs share a batch term (an APLOT plan).",
+        shown="on for losses without a batch term (bt, label_smooth, focal, margin, constant_margin, center), "
+              "off with aplot or --frozen-backbone; aplot compare keeps it off in every cell unless the grid sets it")
     chat_template: bool = option(True, "Render conversational pairs with the tokenizer's chat template.")
     max_train_pairs: int | None = option(None, "Train on a seeded sample of this many pairs.", shown="all")
     max_eval_pairs: int | None = option(None, "Evaluate on a seeded sample of this many test pairs.", shown="all")
@@ -261,11 +264,21 @@ def default_learning_rate(cfg: TrainConfig) -> float:
     return LEARNING_RATES.get(cfg.backbone, OTHER_LEARNING_RATE)
 
 
+def default_group_by_length(cfg: TrainConfig) -> bool:
+    """Length-grouped batches unless pairs share a batch-level term: an APLOT plan couples the pairs of a
+    batch, so grouping by length would change its plans; a frozen backbone's cached features have no padding."""
+    names = {n.strip() for part in cfg.loss for n in part.replace(",", "+").split("+")}
+    return not ("aplot" in names or cfg.frozen_backbone)
+
+
 def resolve_train(cfg: TrainConfig) -> TrainConfig:
-    """The config a run trains with and records: an unset learning rate becomes its per-backbone default."""
-    if cfg.learning_rate is not None:
-        return cfg
-    return dataclasses.replace(cfg, learning_rate=default_learning_rate(cfg))
+    """The config a run trains with and records: an unset learning rate becomes its per-backbone default,
+    an unset `group_by_length` its per-loss default."""
+    if cfg.learning_rate is None:
+        cfg = dataclasses.replace(cfg, learning_rate=default_learning_rate(cfg))
+    if cfg.group_by_length is None:
+        cfg = dataclasses.replace(cfg, group_by_length=default_group_by_length(cfg))
+    return cfg
 
 
 # Every field of a stage config is also a flag of its command (see `option`); these sets are the fields
@@ -294,7 +307,7 @@ class MarginsConfig:
     window: int = option(32, "--from-run: steps STEP-WINDOW+1..STEP, each step's recorded batch one OT plan.")
     batches: Literal["auto", "train-rm", "random"] = option(
         "auto", "--model: train-rm (the batches train-rm made: its seed, batch size and order) or random (seeded).",
-        shown="train-rm for a train-rm run, else random")
+        shown="train-rm for a train-rm run without length-grouped batches, else random")
     batch_size: int | None = option(None, "--model: pairs per batch.", shown="the run's, else 16")
     seed: int | None = option(None, "--model: the batch order's seed.", shown="the run's, else 0")
     max_batches: int | None = option(None, "--model: score only the pairs of the first n batches.", shown="all")

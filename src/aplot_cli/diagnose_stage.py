@@ -171,7 +171,8 @@ def snapshot_from_model(model: str, frame, emb, emb_path: Path, cfg: MarginsConf
     rm = scoring.load_reward_model(model, max_length=cfg.max_length, device=cfg.device,
                                    trust_remote_code=cfg.trust_remote_code)
     run_cfg = rm.artifact.config if rm.artifact is not None else {}
-    batches_kind = cfg.batches if cfg.batches != "auto" else ("train-rm" if rm.artifact is not None else "random")
+    rebuildable = rm.artifact is not None and not run_cfg.get("group_by_length")  # length-grouped: not rebuilt
+    batches_kind = cfg.batches if cfg.batches != "auto" else ("train-rm" if rebuildable else "random")
     if batches_kind == "train-rm" and rm.artifact is None:
         raise ConfigError(f"margins: --batches train-rm needs a train-rm artifact and {model!r} is not one",
                           hint="pass the train-rm run directory as --model, or use --batches random")

@@ -195,3 +195,14 @@ def test_frozen_backbone_grid_trains_heads_and_evaluates_from_cached_features(tm
     for ev in ("id", "ood"):
         scored = json.loads((cells / "aplot" / "seed-0" / f"eval-{ev}" / "manifest.json").read_text())
         assert scored["model"]["frozen_backbone"]["features_computed"] == 0, ev
+
+
+def test_grid_cells_share_one_batch_policy_so_methods_stay_paired_by_seed(tmp_path, tiny_bert_dir):
+    """train-rm's default groups bt's batches by length but not aplot's; a grid must not inherit that
+    (same seed = same batches in every method), unless the grid itself sets it."""
+    grid = compare.load_grid(_grid(tmp_path, tiny_bert_dir))
+    assert {name: cfg.group_by_length for name, cfg in grid.methods.items()} == {"bt": False, "aplot": False}
+    path = _grid(tmp_path, tiny_bert_dir)
+    path.write_text(path.read_text().replace("learning_rate: 1.0e-3}", "learning_rate: 1.0e-3, group_by_length: true}"))
+    grid = compare.load_grid(path)
+    assert {name: cfg.group_by_length for name, cfg in grid.methods.items()} == {"bt": True, "aplot": True}

@@ -133,7 +133,7 @@ def run_dir(synthetic_pairs_dir, embeddings_dir, tiny_bert_dir, tmp_path_factory
     out = tmp_path_factory.mktemp("run") / "rm"
     cfg = TrainConfig(backbone=str(tiny_bert_dir), loss=("bt",), max_steps=5, batch_size=8, max_length=48,
                       learning_rate=1e-3, logging_steps=5, save_steps=100, max_eval_pairs=8, train_eval_pairs=8,
-                      seed=7)
+                      seed=7, group_by_length=False)
     train.run(cfg, synthetic_pairs_dir, out, embeddings_dir=embeddings_dir)
     return out
 
@@ -247,3 +247,21 @@ def test_from_run_refuses_steps_of_several_plans_and_runs_on_other_pairs(synthet
     other = fake_run(tmp_path / "other", other_pairs)
     wrong = margins_cli(synthetic_pairs_dir, "--embeddings", embeddings_dir, "--from-run", other, "-o", tmp_path / "b")
     assert wrong.exit_code == 4 and "other pairs" in wrong.output
+
+
+def test_a_length_grouped_run_is_scored_in_seeded_random_batches_unless_train_rm_batches_are_asked(
+        synthetic_pairs_dir, embeddings_dir, tiny_bert_dir, tmp_path):
+    """bt's default length-grouped batches are not rebuilt: `auto` falls back to random batches and says so;
+    asking for the run's batches is refused with the way out."""
+    run = tmp_path / "grouped"
+    train.run(TrainConfig(backbone=str(tiny_bert_dir), loss=("bt",), max_steps=1, batch_size=8, max_length=48,
+                          learning_rate=1e-3, save_steps=100, max_eval_pairs=8, train_eval_pairs=8),
+              synthetic_pairs_dir, run, embeddings_dir=embeddings_dir)
+    out = tmp_path / "diag"
+    result = margins_cli(synthetic_pairs_dir, "--embeddings", embeddings_dir, "--model", run, "--max-batches", 1,
+                         "--readings", "named", "--out-dir", out)
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "manifest.json").read_text())["diagnostics"]["snapshot"]["batches"] == "random"
+    result = margins_cli(synthetic_pairs_dir, "--embeddings", embeddings_dir, "--model", run, "--batches", "train-rm",
+                         "--out-dir", tmp_path / "refused")
+    assert result.exit_code != 0 and "group_by_length" in result.output and "--batches random" in result.output

@@ -135,10 +135,11 @@ def test_remembered_encodings_equal_formatting_encode(tiny_llama_rm_dir, synthet
 
 
 def test_same_seed_same_batches_and_start_as_full_training(tiny_bert_dir, synthetic_pairs_dir, tmp_path):
-    """The frozen run sees the full run's batches in the same order, and its first rewards are the original
-    model's scores (same head init, features = what the head reads)."""
+    """The frozen run sees the full run's batches in the same order (both on random batches: a full bt run
+    groups by length unless told not to), and its first rewards are the original model's scores (same head
+    init, features = what the head reads)."""
     common = dict(loss=("bt",), semantic_source="none", max_steps=3, batch_size=8, max_length=64, save_steps=10,
-                  max_eval_pairs=8, train_eval_pairs=8, seed=5, backbone=str(tiny_bert_dir))
+                  max_eval_pairs=8, train_eval_pairs=8, seed=5, backbone=str(tiny_bert_dir), group_by_length=False)
     train.run(TrainConfig(**common), synthetic_pairs_dir, tmp_path / "full")
     train.run(TrainConfig(**common, frozen_backbone=True, feature_cache_dir=str(tmp_path / "f")), synthetic_pairs_dir,
               tmp_path / "frozen")

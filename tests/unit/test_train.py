@@ -270,3 +270,36 @@ def test_example_configs_list_every_option_and_load(name):
     path = Path(__file__).resolve().parents[2] / "configs" / name
     assert set(yaml.safe_load(path.read_text())) == {f.name for f in dataclasses.fields(TrainConfig)}
     train.validate(build_config(TrainConfig, path), has_embeddings=True)
+
+
+def test_length_grouped_batches_by_default_only_where_no_batch_term_couples_the_pairs(
+        tiny_bert_dir, synthetic_pairs_dir, tmp_path):
+    """bt (no batch-level term) trains on length-grouped batches by default: less padding per batch than the
+    seeded random batches an aplot run keeps (its OT plans see the same pairs together as before)."""
+    from transformers import AutoTokenizer
+
+    from aplot_cli import formatting
+    from aplot_cli.config import resolve_train
+
+    assert resolve_train(tiny_cfg(tiny_bert_dir, loss=("bt",))).group_by_length is True
+    assert resolve_train(tiny_cfg(tiny_bert_dir, loss=("bt", "center"))).group_by_length is True
+    assert resolve_train(tiny_cfg(tiny_bert_dir, loss=("aplot",))).group_by_length is False
+    assert resolve_train(tiny_cfg(tiny_bert_dir, loss=("bt+aplot",))).group_by_length is False
+    assert resolve_train(tiny_cfg(tiny_bert_dir, loss=("bt",), frozen_backbone=True)).group_by_length is False
+    assert resolve_train(tiny_cfg(tiny_bert_dir, loss=("bt",), group_by_length=False)).group_by_length is False
+
+    tok = AutoTokenizer.from_pretrained(tiny_bert_dir)
+    frame = pd.read_parquet(synthetic_pairs_dir / "train.parquet")
+    length = {pid: max(len(formatting.encode(tok, p, t, 64).input_ids) for t in (c, r))
+              for pid, p, c, r in zip(frame["pair_id"], frame["prompt"], frame["chosen"], frame["rejected"],
+                                      strict=True)}
+    padded = {}
+    for name, changes in {"default": {}, "random": {"group_by_length": False}}.items():
+        out = tmp_path / name
+        manifest = json.loads(train.run(tiny_cfg(tiny_bert_dir, loss=("bt",), max_steps=6, **changes),
+                                        synthetic_pairs_dir, out).read_text())
+        assert manifest["config"]["group_by_length"] is (name == "default")  # recorded as trained
+        margins = pd.read_parquet(out / "margins.parquet")
+        widths = margins.assign(n=margins["pair_id"].map(length)).groupby("step")["n"].agg(["max", "size"])
+        padded[name] = int((widths["max"] * widths["size"]).sum())
+    assert padded["default"] < padded["random"]

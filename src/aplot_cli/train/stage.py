@@ -103,6 +103,7 @@ def run(cfg: TrainConfig, pairs_dir: Path, out_dir: Path, embeddings_dir: Path |
                    **({"resume": {"settings_checked": resume_changes is not None,
                                   "changed": resume_changes or {}}} if checkpoint else {}),
                    "device": "cpu" if use_cpu else "cuda", "world_size": trainer.accelerator.num_processes,
+                   "distributed": str(trainer.accelerator.distributed_type.value),  # NO, MULTI_GPU, FSDP, ...
                    "precision": "float32" if use_cpu or not (cfg.bf16 or cfg.fp16) else
                                 ("bf16" if cfg.bf16 else "fp16") + " mixed",
                    "mixed_precision_ignored_on_cpu": bool((cfg.bf16 or cfg.fp16) and use_cpu),

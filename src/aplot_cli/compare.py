@@ -154,12 +154,25 @@ def _check_same_config(train_dir: Path, cfg: TrainConfig) -> None:
                           hint="use a new --out-dir for the changed grid, or --overwrite to redo every cell")
 
 
+def _cell_config(grid: Grid, method: str, seed: int) -> TrainConfig:
+    return dataclasses.replace(grid.methods[method], seed=seed)
+
+
+def _cell_done(grid: Grid, out_dir: Path, noise: float, method: str, seed: int) -> bool:
+    """The cell is trained and evaluated on every set (checked against the config the grid asks for now)."""
+    cell = cell_dir(out_dir, noise, method, seed)
+    _check_same_config(cell / "train", resolve_train(_cell_config(grid, method, seed)))
+    return _finished(cell / "train") and all(_finished(cell / f"eval-{ev.name}") for ev in grid.evals)
+
+
 def _run_cell(grid: Grid, out_dir: Path, noise: float, method: str, seed: int, data: tuple[Path, Path]) -> None:
+    """One cell: train-rm (resumed if a run was left unfinished), then eval-rm on each evaluation set
+    still missing. Every executor runs cells through this function."""
     from aplot_cli import evaluate, train
 
     cell = cell_dir(out_dir, noise, method, seed)
     train_dir = cell / "train"
-    cfg = dataclasses.replace(grid.methods[method], seed=seed)
+    cfg = _cell_config(grid, method, seed)
     _check_same_config(train_dir, resolve_train(cfg))  # as train-rm records it
     if not _finished(train_dir):
         resume = train_dir.is_dir() and (train_dir / "checkpoints").is_dir()
@@ -176,12 +189,17 @@ def _run_cell(grid: Grid, out_dir: Path, noise: float, method: str, seed: int, d
 
 def _run_cells(grid: Grid, out_dir: Path, data: dict[float, tuple[Path, Path]],
                executor: executors.Executor) -> dict[str, str]:
-    """Every cell, seeds outermost (an interrupted grid still covers every condition), on `executor`;
-    {cell folder: error} for the cells that failed twice. Cells are deterministic per seed, so the grid's
-    result does not depend on the executor."""
-    jobs = {str(cell_dir(out_dir, noise, method, seed).relative_to(out_dir)):
-            (grid, out_dir, noise, method, seed, data[noise])
-            for seed in grid.seeds for noise in grid.noise for method in grid.methods}
+    """Every unfinished cell, seeds outermost (an interrupted grid still covers every condition), on
+    `executor`; {cell folder: error} for the cells that failed twice. Finished cells are skipped here,
+    before any worker starts. Cells are deterministic per seed, so the grid's result does not depend on
+    the executor."""
+    cells = [(noise, method, seed) for seed in grid.seeds for noise in grid.noise for method in grid.methods]
+    jobs = {str(cell_dir(out_dir, *cell).relative_to(out_dir)): (grid, out_dir, *cell, data[cell[0]])
+            for cell in cells if not _cell_done(grid, out_dir, *cell)}
+    if len(jobs) < len(cells):
+        info(f"compare: {len(cells) - len(jobs)} of {len(cells)} cells finished already; {len(jobs)} to run")
+    if not jobs:
+        return {}
     return executors.run_cells(_run_cell, jobs, executor, shared_dir=out_dir)
 
 

@@ -17,11 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aplot_cli.console import info
+from aplot_cli.console import info, is_quiet, set_quiet
 from aplot_cli.errors import ConfigError
 
 KINDS = ("local", "ray")
 RAY_EXTRA = "pip install 'aplot[ray]'"
+# set here, they hold for the cells on every node too (offline stays offline; libraries stay quiet)
+FORWARDED_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "HF_HUB_DISABLE_PROGRESS_BARS",
+                 "TRANSFORMERS_VERBOSITY", "TOKENIZERS_PARALLELISM")
 
 CellFn = Callable[..., None]
 Jobs = dict[str, tuple]  # cell name -> the cell function's positional arguments
@@ -115,8 +118,9 @@ def _say_retry(name: str, error: str) -> None:
     info(f"[yellow]compare: cell {name} failed ({error[:200]}); retrying once[/]")
 
 
-def _set_threads(threads: int) -> None:
-    """A worker's share of the CPU threads (set before torch does any work)."""
+def _start_worker(threads: int, quiet: bool) -> None:
+    """A worker's share of the CPU threads (set before torch does any work), and the driver's --quiet."""
+    set_quiet(quiet)
     os.environ["OMP_NUM_THREADS"] = str(threads)
     import torch
 
@@ -131,7 +135,8 @@ def _run_processes(run_cell: CellFn, jobs: Jobs, workers: int) -> dict[str, str]
     threads = max(1, (os.cpu_count() or 1) // workers)
     context = multiprocessing.get_context("spawn")  # no fork of a process that may hold torch threads
     failed = {}
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_set_threads, initargs=(threads,)) as pool:
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker,
+                             initargs=(threads, is_quiet())) as pool:
         futures = {pool.submit(run_cell, *args): name for name, args in jobs.items()}
         for future in as_completed(futures):
             try:
@@ -156,13 +161,14 @@ def _import_ray() -> Any:
 
 
 def ray_runtime_env() -> dict[str, Any]:
-    """What Ray workers need to import this aplot: nothing for an installed package; for a source
-    checkout (PYTHONPATH=src, or an editable install), its `src` folder ahead of the node's own
-    PYTHONPATH (Ray expands `${PYTHONPATH}` on the worker)."""
+    """The Ray workers' environment: `FORWARDED_ENV` as set here, and what they need to import this
+    aplot: nothing more for an installed package; for a source checkout (PYTHONPATH=src, or an editable
+    install) its `src` folder ahead of the node's own PYTHONPATH (Ray expands `${PYTHONPATH}` there)."""
+    env = {name: os.environ[name] for name in FORWARDED_ENV if name in os.environ}
     src = Path(__file__).resolve().parent.parent
-    if src.name in ("site-packages", "dist-packages"):
-        return {}
-    return {"env_vars": {"PYTHONPATH": f"{src}{os.pathsep}${{PYTHONPATH}}"}}
+    if src.name not in ("site-packages", "dist-packages"):
+        env["PYTHONPATH"] = f"{src}{os.pathsep}${{PYTHONPATH}}"
+    return {"env_vars": env} if env else {}
 
 
 def _connect(ray: Any, address: str | None) -> bool:
@@ -172,6 +178,10 @@ def _connect(ray: Any, address: str | None) -> bool:
     kwargs: dict[str, Any] = {"runtime_env": ray_runtime_env()}
     if address == "local":
         kwargs["include_dashboard"] = False
+    if is_quiet():
+        kwargs["logging_level"] = "error"
+    if not sys.stderr.isatty():  # a log file: Ray's "(pid=...)" prefixes without colour codes
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")
     try:
         ray.init(address=address, **kwargs)
     except (ConnectionError, ValueError, RuntimeError) as exc:
@@ -190,7 +200,7 @@ class Outcome:
     hint: str | None = None
 
 
-def _ray_cell(run_cell: CellFn, args: tuple, threads: int, version: str, shared_dir: str) -> Outcome:
+def _ray_cell(run_cell: CellFn, args: tuple, threads: int, quiet: bool, version: str, shared_dir: str) -> Outcome:
     """One cell in a Ray worker: the same cell function as the local executors, with `threads` threads."""
     import socket
     import traceback
@@ -204,13 +214,14 @@ def _ray_cell(run_cell: CellFn, args: tuple, threads: int, version: str, shared_
     if not Path(shared_dir).is_dir():
         return Outcome("error", f"--out-dir {shared_dir} is not visible on {host}: it must be on a "
                                 "filesystem every node mounts at the same path")
-    _set_threads(threads)
+    _start_worker(threads, quiet)
     try:
         run_cell(*args)
     except ConfigError as exc:
         return Outcome("config", exc.message, exc.hint)
     except Exception as exc:  # noqa: BLE001 - reported to the driver, which retries once
-        print(traceback.format_exc(), file=sys.stderr)  # Ray forwards it to the driver's stderr
+        if not quiet:
+            print(traceback.format_exc(), file=sys.stderr)  # Ray forwards it to the driver's stderr
         return Outcome("error", f"{type(exc).__name__}: {exc}")
     return Outcome("ok")
 
@@ -224,10 +235,10 @@ def _run_ray(run_cell: CellFn, jobs: Jobs, executor: Executor, shared_dir: Path)
     started = _connect(ray, executor.address)
     try:
         task = ray.remote(num_cpus=executor.cell_cpus, num_gpus=executor.cell_gpus, max_retries=0)(_ray_cell)
-        threads = max(1, int(executor.cell_cpus))
+        threads, quiet = max(1, int(executor.cell_cpus)), is_quiet()
 
         def submit(name: str) -> Any:
-            return task.remote(run_cell, jobs[name], threads, __version__, str(shared_dir))
+            return task.remote(run_cell, jobs[name], threads, quiet, __version__, str(shared_dir))
 
         pending = {submit(name): (name, 1) for name in jobs}
         failed: dict[str, str] = {}

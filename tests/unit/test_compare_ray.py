@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+import aplot_cli
 from aplot_cli import compare, executors
 from aplot_cli.cli import app
 from aplot_cli.errors import ConfigError, TrainingError
@@ -126,7 +127,15 @@ def test_ray_rerun_skips_finished_cells_and_redoes_what_is_missing(runs, aplot_c
     assert result.exit_code == 0, result.output
     assert result.stdout.strip() == str(ray_out / "manifest.json")
     assert bt_train.read_bytes() == before and missing.is_file()
-    # a changed grid is refused from inside a Ray task, as the local executor refuses it
+    assert "1 of 2 cells finished already; 1 to run" in result.stderr
+    # a refusal inside a Ray task (here: the worker's aplot is not the driver's) stops the grid
+    missing.unlink()
+    monkeypatch.setattr(aplot_cli, "__version__", "0.0.0-driver")
+    with pytest.raises(ConfigError, match=r"runs aplot \S+, this driver 0.0.0-driver"):
+        compare.run(grid, ray_out, executor="ray")
+    assert not missing.exists()
+    monkeypatch.undo()
+    # a changed grid is refused (before any task), as the local executor refuses it
     grid.write_text(grid.read_text().replace("learning_rate: 1.0e-3", "learning_rate: 2.0e-3"))
     with pytest.raises(ConfigError, match="learning_rate changed"):
         compare.run(grid, ray_out, executor="ray")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -226,6 +227,14 @@ def _ray_cell(run_cell: CellFn, args: tuple, threads: int, quiet: bool, version:
     return Outcome("ok")
 
 
+def _ray_failure(exc: Exception) -> str:
+    """A task that did not report back, said plainly (Ray colours its messages)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", f"{type(exc).__name__}: {exc}")
+    if "failed to import on the worker" in text or "No module named 'aplot_cli" in text:
+        return f"a Ray worker cannot import aplot: install it on every node ({RAY_EXTRA}, this version) -- {text}"
+    return text
+
+
 def _run_ray(run_cell: CellFn, jobs: Jobs, executor: Executor, shared_dir: Path) -> dict[str, str]:
     """One Ray task per cell (Ray's own retries off: a failed task is submitted once more from here, so
     a cell that raised and a worker that died are treated alike)."""
@@ -249,7 +258,7 @@ def _run_ray(run_cell: CellFn, jobs: Jobs, executor: Executor, shared_dir: Path)
             try:
                 outcome = ray.get(ref)
             except Exception as exc:  # noqa: BLE001 - a worker or node died, or the task could not start
-                outcome = Outcome("error", f"{type(exc).__name__}: {exc}")
+                outcome = Outcome("error", _ray_failure(exc))
             if outcome.status == "config":
                 config_error = config_error or ConfigError(outcome.message, hint=outcome.hint)
             elif outcome.status == "error" and attempt == 1 and config_error is None:

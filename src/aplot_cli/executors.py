@@ -116,7 +116,9 @@ def _retry_here(run_cell: CellFn, jobs: Jobs, failed: dict[str, str]) -> dict[st
 
 
 def _say_retry(name: str, error: str) -> None:
-    info(f"[yellow]compare: cell {name} failed ({error[:200]}); retrying once[/]")
+    from rich.markup import escape  # the error's own brackets (`aplot[ray]`, a list) stay text
+
+    info(f"[yellow]compare: cell {escape(name)} failed ({escape(error[:200])}); retrying once[/]")
 
 
 def _start_worker(threads: int, quiet: bool) -> None:

@@ -229,6 +229,18 @@ def _ray_cell(run_cell: CellFn, args: tuple, threads: int, quiet: bool, version:
     return Outcome("ok")
 
 
+def room_warning(ray: Any, executor: Executor) -> str | None:
+    """A warning when no live node can hold one cell's request: its tasks would wait (until such a node
+    joins, as an autoscaling cluster's may) rather than fail."""
+    nodes = [node.get("Resources", {}) for node in ray.nodes() if node.get("Alive")]
+    if any(res.get("CPU", 0) >= executor.cell_cpus and res.get("GPU", 0) >= executor.cell_gpus for res in nodes):
+        return None
+    have = "; ".join(f"{res.get('CPU', 0):g} CPU, {res.get('GPU', 0):g} GPU" for res in nodes) or "none"
+    return (f"compare: no Ray node has room for one cell ({executor.cell_cpus:g} CPU, {executor.cell_gpus:g} GPU; "
+            f"nodes: {have}): the cells wait until such a node joins (Ctrl-C stops); lower --cell-cpus or "
+            "--cell-gpus to run them now")
+
+
 def _ray_failure(exc: Exception) -> str:
     """A task that did not report back, said plainly (Ray colours its messages)."""
     text = re.sub(r"\x1b\[[0-9;]*m", "", f"{type(exc).__name__}: {exc}")
@@ -245,6 +257,9 @@ def _run_ray(run_cell: CellFn, jobs: Jobs, executor: Executor, shared_dir: Path)
     ray = _import_ray()
     started = _connect(ray, executor.address)
     try:
+        warning = room_warning(ray, executor)
+        if warning:
+            info(f"[yellow]{warning}[/]")
         task = ray.remote(num_cpus=executor.cell_cpus, num_gpus=executor.cell_gpus, max_retries=0)(_ray_cell)
         threads, quiet = max(1, int(executor.cell_cpus)), is_quiet()
 

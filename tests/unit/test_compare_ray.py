@@ -174,6 +174,12 @@ def test_ray_retries_a_failed_cell_once_and_names_one_that_fails_twice(local_ray
     assert (out / "report" / "report.md").is_file() and not (out / "manifest.json").exists()
 
 
+def test_a_cell_no_node_can_hold_is_announced(local_ray):
+    assert executors.room_warning(local_ray, executors.Executor(kind="ray", cell_cpus=2)) is None
+    warning = executors.room_warning(local_ray, executors.Executor(kind="ray", cell_gpus=1))
+    assert "no Ray node has room for one cell (1 CPU, 1 GPU; nodes: 2 CPU, 0 GPU)" in warning
+
+
 def test_executor_flags_are_checked_before_any_work(tmp_path):
     with pytest.raises(ConfigError, match="did you mean `ray`"):
         executors.from_flags("rey")

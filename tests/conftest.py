@@ -17,17 +17,24 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
 
-@pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path_factory, monkeypatch):
-    """Each test session gets its own aplot cache (embeddings), but keeps the converted SmolLM2."""
+@pytest.fixture(scope="session")
+def aplot_cache(tmp_path_factory) -> Path:
+    """The test session's own aplot cache (embeddings), linked to the user's converted models (SmolLM2);
+    a module-scoped fixture that runs stages sets APLOT_CACHE to it itself."""
     cache = tmp_path_factory.getbasetemp() / "aplot-cache"
-    monkeypatch.setenv("APLOT_CACHE", str(cache))
     models_dir = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "aplot" / "models"
     (cache).mkdir(exist_ok=True)
     link = cache / "models"
     if not link.exists():
         models_dir.mkdir(parents=True, exist_ok=True)
         link.symlink_to(models_dir, target_is_directory=True)
+    return cache
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(aplot_cache, monkeypatch):
+    """Each test session gets its own aplot cache (embeddings), but keeps the converted SmolLM2."""
+    monkeypatch.setenv("APLOT_CACHE", str(aplot_cache))
 
 
 @pytest.fixture

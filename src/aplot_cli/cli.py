@@ -81,10 +81,13 @@ def stage_command(func: Callable[..., Path]) -> Callable[..., None]:
         try:
             manifest = _disk_full_named(func, args, kwargs)
         except AplotError as exc:
+            from rich.markup import escape  # a message's own brackets (`aplot[ray]`, a list) stay text
+
             console = get_console()
-            console.print(f"[bold red]error:[/] {exc.message}", markup=True, highlight=False, soft_wrap=True)
+            console.print(f"[bold red]error:[/] {escape(exc.message)}", markup=True, highlight=False,
+                          soft_wrap=True)
             if exc.hint:
-                console.print(f"[yellow]hint:[/] {exc.hint}", highlight=False, soft_wrap=True)
+                console.print(f"[yellow]hint:[/] {escape(exc.hint)}", highlight=False, soft_wrap=True)
             if console.quiet:  # still say why, even when quiet
                 print(f"error: {exc}", file=sys.stderr)
             raise typer.Exit(exc.exit_code) from None
@@ -186,6 +189,19 @@ def compare(
         "--report-only", help="Rebuild the report from finished cells; train nothing.")] = False,
     workers: Annotated[int, typer.Option(
         help="Cells run at once, each in its own process with its share of the CPU threads.")] = 1,
+    executor: Annotated[str, typer.Option(
+        help="Where cells run: `local` (this machine, --workers at a time) or `ray` (one Ray task per cell; "
+             "needs pip install 'aplot\\[ray]' and an --out-dir every node sees at the same path).")] = "local",
+    address: Annotated[Optional[str], typer.Option(
+        help="--executor ray: the cluster (`auto`, IP:6379, ray://IP:10001), or `local` for a new Ray "
+             "instance on this machine. \\[default: RAY_ADDRESS, else a `ray start` cluster on this machine, "
+             "else a new local instance]", show_default=False)] = None,
+    cell_cpus: Annotated[Optional[float], typer.Option(
+        help="--executor ray: CPUs each cell's task asks for (also its torch threads). \\[default: 1]",
+        show_default=False)] = None,
+    cell_gpus: Annotated[Optional[float], typer.Option(
+        help="--executor ray: GPUs each cell's task asks for (0.5: two cells share one). \\[default: 0]",
+        show_default=False)] = None,
     overwrite: Overwrite = False,
     quiet: Quiet = False,
 ) -> Path:
@@ -201,7 +217,8 @@ def compare(
         raise ConfigError(f"--seeds {seeds!r} is not a comma-separated list of integers") from None
     method_list = tuple(m.strip() for m in methods.split(",")) if methods else None
     return stage.run(grid, out_dir, overwrite=overwrite, seeds=seed_list, methods=method_list,
-                     report_only=report_only, workers=workers)
+                     report_only=report_only, workers=workers, executor=executor, address=address,
+                     cell_cpus=cell_cpus, cell_gpus=cell_gpus)
 
 
 @app.command("margins")

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aplot_cli import artifacts
+from aplot_cli import artifacts, executors
 from aplot_cli.config import EmbedConfig, EvalConfig, PrepareConfig, TrainConfig, build_config, load_yaml, resolve_train
 from aplot_cli.console import info
 from aplot_cli.errors import ConfigError, TrainingError
@@ -156,12 +156,25 @@ def _check_same_config(train_dir: Path, cfg: TrainConfig) -> None:
                           hint="use a new --out-dir for the changed grid, or --overwrite to redo every cell")
 
 
+def _cell_config(grid: Grid, method: str, seed: int) -> TrainConfig:
+    return dataclasses.replace(grid.methods[method], seed=seed)
+
+
+def _cell_done(grid: Grid, out_dir: Path, noise: float, method: str, seed: int) -> bool:
+    """The cell is trained and evaluated on every set (checked against the config the grid asks for now)."""
+    cell = cell_dir(out_dir, noise, method, seed)
+    _check_same_config(cell / "train", resolve_train(_cell_config(grid, method, seed)))
+    return _finished(cell / "train") and all(_finished(cell / f"eval-{ev.name}") for ev in grid.evals)
+
+
 def _run_cell(grid: Grid, out_dir: Path, noise: float, method: str, seed: int, data: tuple[Path, Path]) -> None:
+    """One cell: train-rm (resumed if a run was left unfinished), then eval-rm on each evaluation set
+    still missing. Every executor runs cells through this function."""
     from aplot_cli import evaluate, train
 
     cell = cell_dir(out_dir, noise, method, seed)
     train_dir = cell / "train"
-    cfg = dataclasses.replace(grid.methods[method], seed=seed)
+    cfg = _cell_config(grid, method, seed)
     _check_same_config(train_dir, resolve_train(cfg))  # as train-rm records it
     if not _finished(train_dir):
         resume = train_dir.is_dir() and (train_dir / "checkpoints").is_dir()
@@ -176,68 +189,20 @@ def _run_cell(grid: Grid, out_dir: Path, noise: float, method: str, seed: int, d
                                 batch_size=grid.eval_batch_size), str(train_dir), eval_dir, overwrite=True)
 
 
-def _cell_job(grid: Grid, out_dir: Path, job: tuple[float, str, int], data: tuple[Path, Path]) -> None:
-    """One cell in a worker process (module level, so a spawned process can import it)."""
-    _run_cell(grid, out_dir, *job, data)
-
-
-def _init_worker(threads: int) -> None:
-    """Each worker process gets its share of the CPU threads (set before torch does any work)."""
-    import os
-
-    os.environ["OMP_NUM_THREADS"] = str(threads)
-    import torch
-
-    torch.set_num_threads(threads)
-
-
-def _run_cells(grid: Grid, out_dir: Path, data: dict[float, tuple[Path, Path]], workers: int) -> dict[str, str]:
-    """Every cell, seeds outermost (an interrupted grid still covers every condition): in this process, or
-    in `workers` spawned processes, one cell per task. A cell that fails is retried once (in this process)
-    and, if it fails again, returned by name with its error while the others still run; a config error
-    (e.g. a finished cell trained with another config) stops the grid at once. Cells are deterministic per
-    seed, so the grid's result does not depend on `workers`."""
-    jobs = [(noise, method, seed) for seed in grid.seeds for noise in grid.noise for method in grid.methods]
-    failed: dict[tuple, str] = {}
-    if workers <= 1:
-        for job in jobs:
-            try:
-                _run_cell(grid, out_dir, *job, data[job[0]])
-            except ConfigError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - retried once below, then reported per cell
-                failed[job] = f"{type(exc).__name__}: {exc}"
-        return _retry_failed(grid, out_dir, data, failed)
-    import multiprocessing
-    import os
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    context = multiprocessing.get_context("spawn")  # no fork of a process that may hold torch threads
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(threads,)) as pool:
-        futures = {pool.submit(_cell_job, grid, out_dir, job, data[job[0]]): job for job in jobs}
-        for future in as_completed(futures):
-            try:
-                future.result()
-            except ConfigError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - retried once below, then reported per cell
-                failed[futures[future]] = f"{type(exc).__name__}: {exc}"
-    return _retry_failed(grid, out_dir, data, failed)
-
-
-def _retry_failed(grid: Grid, out_dir: Path, data: dict[float, tuple[Path, Path]],
-                  failed: dict[tuple, str]) -> dict[str, str]:
-    """Retry each failed cell once here; {cell folder: error} for those that fail again."""
-    errors = {}
-    for job, first in failed.items():
-        info(f"[yellow]compare: cell {noise_tag(job[0])} {job[1]} seed {job[2]} failed ({first[:200]}); "
-             "retrying once[/]")
-        try:
-            _run_cell(grid, out_dir, *job, data[job[0]])
-        except Exception as exc:  # noqa: BLE001 - the grid goes on; the cell is named in the final error
-            errors[str(cell_dir(out_dir, *job).relative_to(out_dir))] = f"{type(exc).__name__}: {exc}"
-    return errors
+def _run_cells(grid: Grid, out_dir: Path, data: dict[float, tuple[Path, Path]],
+               executor: executors.Executor) -> dict[str, str]:
+    """Every unfinished cell, seeds outermost (an interrupted grid still covers every condition), on
+    `executor`; {cell folder: error} for the cells that failed twice. Finished cells are skipped here,
+    before any worker starts. Cells are deterministic per seed, so the grid's result does not depend on
+    the executor."""
+    cells = [(noise, method, seed) for seed in grid.seeds for noise in grid.noise for method in grid.methods]
+    jobs = {str(cell_dir(out_dir, *cell).relative_to(out_dir)): (grid, out_dir, *cell, data[cell[0]])
+            for cell in cells if not _cell_done(grid, out_dir, *cell)}
+    if len(jobs) < len(cells):
+        info(f"compare: {len(cells) - len(jobs)} of {len(cells)} cells finished already; {len(jobs)} to run")
+    if not jobs:
+        return {}
+    return executors.run_cells(_run_cell, jobs, executor, shared_dir=out_dir)
 
 
 def input_paths(grid: Grid, grid_path: Path | str) -> list[tuple[str, Any]]:
@@ -253,12 +218,15 @@ def input_paths(grid: Grid, grid_path: Path | str) -> list[tuple[str, Any]]:
 
 
 def run(grid_path: Path, out_dir: Path, overwrite: bool = False, seeds: tuple[int, ...] | None = None,
-        methods: tuple[str, ...] | None = None, report_only: bool = False, workers: int = 1) -> Path:
-    """Run (or resume) the grid and write the report; returns the manifest path."""
+        methods: tuple[str, ...] | None = None, report_only: bool = False, workers: int = 1,
+        executor: str = "local", address: str | None = None, cell_cpus: float | None = None,
+        cell_gpus: float | None = None) -> Path:
+    """Run (or resume) the grid and write the report; returns the manifest path. The executor flags are
+    `executors.from_flags`'s."""
     from aplot_cli import report
 
-    if workers < 1:
-        raise ConfigError(f"compare: --workers is {workers}; it must be >= 1")
+    runner = executors.from_flags(executor, workers=workers, address=address, cell_cpus=cell_cpus,
+                                  cell_gpus=cell_gpus)
     grid = load_grid(grid_path, seeds, methods)
     grid_text = Path(grid_path).read_text(encoding="utf-8")
     # without --overwrite a folder holding a compare run is continued (finished cells are kept)
@@ -268,7 +236,8 @@ def run(grid_path: Path, out_dir: Path, overwrite: bool = False, seeds: tuple[in
     (out_dir / "grid.yaml").write_text(grid_text, encoding="utf-8")
     failed: dict[str, str] = {}
     if not report_only:
-        failed = _run_cells(grid, out_dir, _prepare_data(grid, out_dir), workers)
+        root = out_dir.resolve()  # cells may run elsewhere (Ray): absolute paths on the shared filesystem
+        failed = _run_cells(grid, root, _prepare_data(grid, root), runner)
     summary = report.build(grid, out_dir)
     if failed:
         raise TrainingError(f"compare: {len(failed)} cell(s) failed twice: " +
@@ -277,4 +246,5 @@ def run(grid_path: Path, out_dir: Path, overwrite: bool = False, seeds: tuple[in
     outputs = [artifacts.describe_output(out_dir, str(p.relative_to(out_dir))) for p in summary.files]
     return artifacts.write_manifest(
         out_dir, stage=STAGE, config={"grid": grid.raw, "seeds": list(grid.seeds), "methods": list(grid.methods)},
-        outputs=outputs, metrics=summary.metrics, diagnostics={"missing_cells": summary.missing})
+        outputs=outputs, metrics=summary.metrics,
+        diagnostics={"missing_cells": summary.missing, "executor": dataclasses.asdict(runner)})

@@ -1,0 +1,212 @@
+"""`aplot compare --executor ray`: one Ray task per cell on a local Ray instance with 2 CPU workers gives the
+sequential run's cells exactly, retries a failed cell once, names a cell that fails twice while the
+others finish, and resumes. Also: without Ray the flag fails with the install line, and neither
+importing aplot nor `--help` imports Ray."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+import aplot_cli
+from aplot_cli import compare, executors
+from aplot_cli.cli import app
+from aplot_cli.errors import ConfigError, TrainingError
+
+CELLS = Path("cells") / "noise-0.00"
+
+
+def _grid(folder: Path, backbone: Path) -> Path:
+    """Two methods x one seed of a 2-layer BERT on 64 synthetic pairs: 6 steps a cell."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "grid.yaml"
+    path.write_text(f"""
+data: {{recipe: synthetic, synthetic_pairs: 64, synthetic_ood_pairs: 16, test_size: 0.25}}
+noise: [0.0]
+embed: {{max_length: 32}}
+base: {{backbone: {backbone}, max_length: 48, batch_size: 8, epochs: 1, eval_steps: 3, logging_steps: 2,
+        save_steps: 1000, learning_rate: 1.0e-3}}
+methods:
+  bt: {{loss: [bt]}}
+  aplot: {{loss: [aplot]}}
+seeds: [0]
+evals: {{id: {{split: test}}, ood: {{split: ood}}}}
+""")
+    return path
+
+
+@pytest.fixture(scope="module")
+def local_ray(aplot_cache):
+    """One local Ray instance with 2 CPU workers for the module. It starts without PYTHONPATH, so the
+    workers import aplot only through the executor's runtime_env, as on a cluster's nodes."""
+    ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'aplot[ray]')")
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("APLOT_CACHE", str(aplot_cache))  # the workers' cache too (inherited at start)
+        env.delenv("PYTHONPATH", raising=False)
+        ray.init(num_cpus=2, include_dashboard=False, object_store_memory=80 * 2**20,
+                 runtime_env=executors.ray_runtime_env(), logging_level="warning")
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def runs(local_ray, tiny_bert_dir, aplot_cache, tmp_path_factory):
+    """The same grid run sequentially (1 torch thread, as each 1-CPU Ray task has) and with Ray."""
+    import torch
+
+    base = tmp_path_factory.mktemp("ray-grid")
+    grid = _grid(base, tiny_bert_dir)
+    threads = torch.get_num_threads()
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("APLOT_CACHE", str(aplot_cache))
+        torch.set_num_threads(1)
+        try:
+            compare.run(grid, base / "seq")
+        finally:
+            torch.set_num_threads(threads)
+        compare.run(grid, base / "ray", executor="ray")
+    return grid, base / "seq", base / "ray"
+
+
+def _weights(train_dir: Path) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load_file
+
+    files = sorted(train_dir.rglob("*.safetensors"))
+    assert files, f"no weights under {train_dir}"
+    return {f"{f.relative_to(train_dir)}:{k}": v for f in files for k, v in load_file(f).items()}
+
+
+def _untimed(value):
+    """A result without its wall-clock fields (seconds, pairs per second), which differ from run to run."""
+    if isinstance(value, dict):
+        return {k: _untimed(v) for k, v in value.items() if "second" not in k}
+    if isinstance(value, list):
+        return [_untimed(v) for v in value]
+    return value
+
+
+def test_ray_cells_equal_the_sequential_cells(runs):
+    import pandas as pd
+
+    _, seq, ray_out = runs
+    manifest = json.loads((ray_out / "manifest.json").read_text())
+    assert manifest["diagnostics"]["missing_cells"] == []
+    assert manifest["diagnostics"]["executor"]["kind"] == "ray"
+    for method in ("bt", "aplot"):
+        cell = CELLS / method / "seed-0"
+        a, b = _weights(seq / cell / "train"), _weights(ray_out / cell / "train")
+        assert a.keys() == b.keys()
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key], err_msg=f"{method} {key}")
+        for ev in ("id", "ood"):
+            seq_eval = json.loads((seq / cell / f"eval-{ev}" / "manifest.json").read_text())
+            ray_eval = json.loads((ray_out / cell / f"eval-{ev}" / "manifest.json").read_text())
+            assert ray_eval["metrics"] == seq_eval["metrics"], f"{method} {ev}"
+            pd.testing.assert_frame_equal(pd.read_parquet(ray_out / cell / f"eval-{ev}" / "predictions.parquet"),
+                                          pd.read_parquet(seq / cell / f"eval-{ev}" / "predictions.parquet"))
+        train = [_untimed(json.loads((out / cell / "train" / "metrics.json").read_text())) for out in (seq, ray_out)]
+        assert train[0] == train[1], method
+    results = [_untimed(json.loads((out / "report" / "results.json").read_text())) for out in (seq, ray_out)]
+    assert results[0] == results[1]
+
+
+def test_ray_rerun_skips_finished_cells_and_redoes_what_is_missing(runs, aplot_cache, monkeypatch):
+    grid, _, ray_out = runs
+    bt_train = ray_out / CELLS / "bt" / "seed-0" / "train" / "manifest.json"
+    before = bt_train.read_bytes()
+    missing = ray_out / CELLS / "aplot" / "seed-0" / "eval-ood" / "manifest.json"
+    missing.unlink()  # "killed" before this evaluation finished
+    result = CliRunner().invoke(app, ["compare", str(grid), "--out-dir", str(ray_out), "--executor", "ray"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == str(ray_out / "manifest.json")
+    assert bt_train.read_bytes() == before and missing.is_file()
+    assert "1 of 2 cells finished already; 1 to run" in result.stderr
+    # a refusal inside a Ray task (here: the worker's aplot is not the driver's) stops the grid
+    missing.unlink()
+    monkeypatch.setattr(aplot_cli, "__version__", "0.0.0-driver")
+    with pytest.raises(ConfigError, match=r"runs aplot \S+, this driver 0.0.0-driver"):
+        compare.run(grid, ray_out, executor="ray")
+    assert not missing.exists()
+    monkeypatch.undo()
+    # so does a config that train-rm refuses inside a task (while the aplot cell finishes its evaluation)
+    grid.write_text(grid.read_text().replace("  aplot: {loss: [aplot]}\n",
+                                             "  aplot: {loss: [aplot]}\n  both: {loss: [aplot, constant_margin]}\n"))
+    with pytest.raises(ConfigError, match="both supply the margin"):
+        compare.run(grid, ray_out, executor="ray")
+    assert missing.is_file()
+    # a changed grid is refused (before any task), as the local executor refuses it
+    grid.write_text(grid.read_text().replace("learning_rate: 1.0e-3", "learning_rate: 2.0e-3"))
+    with pytest.raises(ConfigError, match="learning_rate changed"):
+        compare.run(grid, ray_out, executor="ray")
+
+
+def test_ray_retries_a_failed_cell_once_and_names_one_that_fails_twice(local_ray, tiny_bert_dir, tmp_path,
+                                                                       monkeypatch):
+    """bt fails on its first try only (it is retried and finishes); aplot fails every time (it is named).
+    The stand-in cell function travels to the Ray workers; attempts are counted in files."""
+    grid = _grid(tmp_path, tiny_bert_dir)
+    attempts, real = tmp_path / "attempts", compare._run_cell
+    attempts.mkdir()
+
+    def flaky(grid_, out_dir, noise, method, seed, data):
+        count = attempts / method
+        n = int(count.read_text()) + 1 if count.exists() else 1
+        count.write_text(str(n))
+        if method == "aplot" or n == 1:
+            raise RuntimeError(f"device lost ({method}, try {n})")
+        return real(grid_, out_dir, noise, method, seed, data)
+
+    monkeypatch.setattr(compare, "_run_cell", flaky)
+    out = tmp_path / "out"
+    with pytest.raises(TrainingError, match=r"1 cell\(s\) failed twice: cells/noise-0.00/aplot/seed-0: "
+                                            r"RuntimeError: device lost \(aplot, try 2\)\n"):
+        compare.run(grid, out, executor="ray")
+    assert (attempts / "bt").read_text() == "2" and (attempts / "aplot").read_text() == "2"
+    for part in ("train", "eval-id", "eval-ood"):
+        assert (out / CELLS / "bt" / "seed-0" / part / "manifest.json").is_file(), part
+    assert (out / "report" / "report.md").is_file() and not (out / "manifest.json").exists()
+
+
+def test_a_cell_no_node_can_hold_is_announced(local_ray):
+    assert executors.room_warning(local_ray, executors.Executor(kind="ray", cell_cpus=2)) is None
+    warning = executors.room_warning(local_ray, executors.Executor(kind="ray", cell_gpus=1))
+    assert "no Ray node has room for one cell (1 CPU, 1 GPU; nodes: 2 CPU, 0 GPU)" in warning
+
+
+def test_executor_flags_are_checked_before_any_work(tmp_path):
+    with pytest.raises(ConfigError, match="did you mean `ray`"):
+        executors.from_flags("rey")
+    with pytest.raises(ConfigError, match="--address, --cell-gpus only apply with --executor ray"):
+        executors.from_flags("local", address="auto", cell_gpus=1)
+    with pytest.raises(ConfigError, match="--workers 2 does not apply"):
+        executors.from_flags("ray", workers=2)
+    with pytest.raises(ConfigError, match="--cell-gpus is 1.5"):
+        executors.from_flags("ray", cell_gpus=1.5)
+    with pytest.raises(ConfigError, match="--cell-cpus is 0"):
+        executors.from_flags("ray", cell_cpus=0)
+
+
+def test_without_ray_the_flag_names_the_extra(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError, as when not installed
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("seeds: [0]\n")
+    result = CliRunner().invoke(app, ["compare", str(grid), "--out-dir", str(tmp_path / "out"), "--executor", "ray"])
+    assert result.exit_code == 2
+    assert "--executor ray needs Ray" in result.stderr and "pip install 'aplot[ray]'" in result.stderr
+    assert not (tmp_path / "out").exists()  # refused before the out-dir was touched
+
+
+def test_importing_aplot_and_help_do_not_import_ray():
+    code = ("import sys; from typer.testing import CliRunner; from aplot_cli import cli, compare, executors; "
+            "r = CliRunner().invoke(cli.app, ['compare', '--help']); assert r.exit_code == 0, r.output; "
+            "assert '--executor' in r.output; print('ray' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=os.environ)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
 import time
 from typing import Any
 
@@ -44,13 +45,16 @@ def _duration(seconds: float) -> str:
 
 class PlainProgress:
     """The subset of `rich.progress.Progress` the stages use, printed as one plain line per `every`
-    seconds (and a last line at the end): `label done/total pct | description | rate/s | ETA h:mm:ss`."""
+    seconds (and a last line at the end): `label done/total pct | description | rate/s | ETA h:mm:ss`.
+    A heartbeat thread prints the line when `every` seconds pass without an update too (one slow step, a
+    long evaluation inside a step), so a log never goes quiet for longer than that while a stage works."""
 
     def __init__(self, label: str, console: Console, every: float, unit: str = "it", disable: bool = False):
         self.label, self.console, self.every, self.unit, self.disable = label, console, every, unit, disable
         self.total = self.completed = self.start_at = 0
         self.description, self.fields = "", {}
         self.started = self.last_print = None
+        self._lock, self._stopped, self._heart = threading.Lock(), threading.Event(), None
 
     def __enter__(self) -> PlainProgress:
         self.start()
@@ -61,6 +65,15 @@ class PlainProgress:
 
     def start(self) -> None:
         self.started = self.last_print = time.monotonic()
+        if not self.disable and self.every > 0 and self._heart is None:
+            self._stopped.clear()
+            self._heart = threading.Thread(target=self._beat, name=f"progress-{self.label}", daemon=True)
+            self._heart.start()
+
+    def _beat(self) -> None:
+        while not self._stopped.wait(min(max(self.every / 2, 0.01), 1.0)):
+            if self.last_print is not None and time.monotonic() - self.last_print >= self.every:
+                self._print()
 
     def add_task(self, description: str = "", total: float | None = None, completed: float = 0, **fields: Any) -> int:
         self.total, self.completed, self.start_at = total or 0, completed, completed
@@ -96,11 +109,16 @@ class PlainProgress:
         return " | ".join(parts)
 
     def _print(self) -> None:
-        self.last_print = time.monotonic()
-        if not self.disable:
-            self.console.print(self.line(), markup=False, highlight=False)
+        with self._lock:
+            self.last_print = time.monotonic()
+            if not self.disable and self.started is not None:
+                self.console.print(self.line(), markup=False, highlight=False)
 
     def stop(self) -> None:
+        self._stopped.set()
+        if self._heart is not None:
+            self._heart.join()
+            self._heart = None
         if self.started is not None and self.completed > self.start_at:
             self._print()
         self.started = None

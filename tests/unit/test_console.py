@@ -48,3 +48,20 @@ def test_messages_off_a_terminal_are_not_wrapped(capsys):
     console.info(message)
     console.get_console.cache_clear()
     assert capsys.readouterr().err.strip() == message.strip()
+
+
+def test_plain_progress_keeps_printing_while_one_step_takes_long():
+    """A step slower than the interval (a loaded machine, a long evaluation) still gets a line per interval,
+    and the heartbeat stops with the display."""
+    import time
+
+    bar, sink = _plain(every=0.1)
+    with bar:
+        bar.add_task("", total=3)
+        time.sleep(0.55)                                   # no update at all: the first step is slow
+        beats = sink.getvalue().splitlines()
+        assert len(beats) >= 3 and all(line.startswith("train-rm 0/3 (0%)") for line in beats)
+        bar.update(0, completed=1)
+    printed = len(sink.getvalue().splitlines())
+    time.sleep(0.3)
+    assert len(sink.getvalue().splitlines()) == printed   # nothing after stop()

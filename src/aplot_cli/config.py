@@ -121,15 +121,51 @@ class PPOConfig:
         True, "Apply chat templates (policy prompts; RM folders without an artifact).")
 
 
+def _default_families() -> tuple[str, ...]:
+    from aplot_cli.data.verifiable import DEFAULT_FAMILIES
+
+    return DEFAULT_FAMILIES
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    """`aplot sample`: n responses per prompt from a policy on the verifiable families, each gold-labelled."""
+
+    policy: str = option("smollm2-135m", "Causal LM: smollm2-135m (embedded), a local folder, or a hub id.")
+    families: tuple[str, ...] = option(
+        _default_families(), "Verifiable families (aplot_cli.data.verifiable), comma-separated or repeated.",
+        split=",")
+    split: Literal["train", "test"] = option(
+        "train", "Which prompts: train (for preference pairs) or test (held out, for best-of-n); a prompt's split "
+                 "is fixed by a hash of its text, so the two never share a prompt.")
+    prompts: int = option(200, "Prompts in all, spread round-robin over the families.")
+    n: int = option(8, "Responses sampled per prompt.")
+    temperature: float = option(0.7, "Sampling temperature.")
+    top_p: float = option(1.0, "Nucleus sampling (1: off).")
+    max_new_tokens: int = option(32, "Response length cap (tokens).")
+    max_prompt_length: int = option(256, "Prompt tokens kept (cut from the left).")
+    batch_size: int = option(64, "Sequences per generate call.")
+    chunk_prompts: int = option(16, "Prompts per chunk file (a killed run loses at most one chunk; --resume).")
+    seed: int = option(0, "Random seed (prompts and sampling).")
+    device: str = option("auto", "auto, cpu, cuda or cuda:N.")
+    chat_template: bool = option(True, "Render prompts with the policy's chat template (when it has one).")
+    trust_remote_code: bool = option(False, "Allow a hub model's own Python code to run.")
+
+
 @dataclass(frozen=True)
 class EvalConfig:
     """`aplot eval-rm`: which benchmark, where its rows come from, and how texts are scored."""
 
-    benchmark: str = option("pairs", "rewardbench, rewardbench2, rm-bench, hhh, or pairs.")
+    benchmark: str = option("pairs", "rewardbench, rewardbench2, rm-bench, hhh, pairs, or bon (best-of-n against "
+                                     "a gold checker, on --samples).")
     data: tuple[str, ...] = option(
         (), "Local files in the benchmark's hub schema (pairs: a pairs artifact, folder or its manifest.json, or "
             "jsonl/parquet); repeat for several.", shown="none: the benchmark loads from the hub", artifact=True)
-    split: str | None = option(None, "Hub split, or pairs-artifact split.", shown="the benchmark's own")
+    samples: str | None = option(
+        None, "bon: a samples artifact (`aplot sample --split test`, e.g. --n 64; folder or manifest.json).",
+        shown="none", artifact=True)
+    split: str | None = option(None, "Hub split, pairs-artifact split, or the samples' split (bon).",
+                               shown="the benchmark's own")
     prior_sets: str | None = option(
         None, "rewardbench: allenai/preference-test-sets (hub) or local files, for the paper score.", shown="none")
     from_predictions: str | None = option(
@@ -280,6 +316,7 @@ EMBED_FLAGS = _flag_fields(EmbedConfig)
 TRAIN_FLAGS = _flag_fields(TrainConfig)
 EVAL_FLAGS = _flag_fields(EvalConfig)
 PPO_FLAGS = _flag_fields(PPOConfig)
+SAMPLE_FLAGS = _flag_fields(SampleConfig)
 
 
 @dataclass(frozen=True)
@@ -472,6 +509,6 @@ def replace(config: C, **changes: Any) -> C:
     return dataclasses.replace(config, **changes)
 
 
-__all__ = ["PrepareConfig", "EmbedConfig", "TrainConfig", "EvalConfig", "PPOConfig", "PREPARE_FLAGS", "EMBED_FLAGS",
-           "TRAIN_FLAGS", "EVAL_FLAGS", "PPO_FLAGS", "aliases", "build_config", "config_to_dict", "default_learning_rate",
+__all__ = ["PrepareConfig", "EmbedConfig", "TrainConfig", "EvalConfig", "PPOConfig", "SampleConfig", "PREPARE_FLAGS",
+           "EMBED_FLAGS", "TRAIN_FLAGS", "EVAL_FLAGS", "PPO_FLAGS", "SAMPLE_FLAGS", "aliases", "build_config", "config_to_dict", "default_learning_rate",
            "load_yaml", "option", "replace", "resolve_train"]

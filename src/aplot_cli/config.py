@@ -59,6 +59,12 @@ class PrepareConfig:
     flip_ratio: float = option(0.0, "Swap chosen/rejected on this fraction of training pairs (label noise).")
     synthetic_pairs: int = option(4000, "Synthetic recipe: pairs from the in-distribution task families.")
     synthetic_ood_pairs: int = option(600, "Synthetic recipe: pairs from the reserved OOD families.")
+    from_samples: str | None = option(
+        None, "A samples artifact (`aplot sample --split train`; folder or manifest.json): on-policy pairs, "
+              "chosen passes the gold checker and rejected fails it, for the same prompt.", shown="none",
+        artifact=True)
+    pairs_per_prompt: int = option(
+        2, "--from-samples: pairs per prompt, drawn (seeded) from its distinct passing x failing responses.")
 
 
 @dataclass(frozen=True)

@@ -91,7 +91,8 @@ class PPOConfig:
         None, "A train-rm artifact (folder or its manifest.json), or a sequence-classification RM folder / hub id.",
         shown="none; required", artifact=True)
     prompts: str | None = option(
-        None, "A pairs artifact (its prompts; folder or its manifest.json) or a jsonl of {\"prompt\": ...}.",
+        None, "A pairs artifact (its prompts; folder or its manifest.json), a samples artifact (aplot sample) or "
+              "a jsonl of {\"prompt\": ...}.",
         shown="none; required", artifact=True)
     prompts_split: str = option("train", "Split of a pairs artifact to draw prompts from.")
     max_prompts: int | None = option(None, "Use at most this many prompts (a seeded sample).", shown="all")

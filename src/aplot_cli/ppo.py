@@ -57,7 +57,7 @@ class Prompt:
 @dataclass(frozen=True)
 class PromptSet:
     prompts: list[Prompt]
-    artifact: artifacts.Artifact | None   # the pairs artifact, when prompts came from one
+    artifact: artifacts.Artifact | None   # the pairs or samples artifact, when prompts came from one
     synthetic: bool                       # synthetic-recipe or verifiable-family prompts: a gold check applies
 
 
@@ -68,11 +68,17 @@ def _messages(value: Any) -> list[dict[str, str]] | None:
 
 
 def load_prompts(source: str, split: str = "train", max_prompts: int | None = None, seed: int = 0) -> PromptSet:
-    """Distinct prompts from a pairs artifact (one split) or a jsonl of {"prompt": ..., "prompt_messages"?},
-    shuffled by `seed`, at most `max_prompts`."""
+    """Distinct prompts from a pairs artifact (one split), a samples artifact (`aplot sample`: its prompts,
+    of its one split) or a jsonl of {"prompt": ..., "prompt_messages"?}, shuffled by `seed`, at most
+    `max_prompts`."""
+    from aplot_cli.data.verifiable import family_of
+
     path = Path(source)
     art, synthetic = None, False
-    if path.is_dir():
+    if path.is_dir() and artifacts.folder_stage(path)[0] == "sample":
+        art = artifacts.open_artifact(path, "sample")
+        prompts = _read_prompt_jsonl(art.file("prompts.jsonl"))
+    elif path.is_dir():
         from aplot_cli.prepare import load_pairs
 
         art = artifacts.open_artifact(path, "prepare")
@@ -83,11 +89,10 @@ def load_prompts(source: str, split: str = "train", max_prompts: int | None = No
         prompts = _read_prompt_jsonl(path)
     else:
         raise InputDataError(f"--prompts {source} does not exist",
-                             hint="pass a pairs artifact directory (aplot prepare) or a .jsonl of {\"prompt\": ...}")
+                             hint="pass a pairs artifact directory (aplot prepare), a samples artifact (aplot sample) "
+                                  "or a .jsonl of {\"prompt\": ...}")
     if not prompts:
         raise InputDataError(f"no prompts in {source}", hint="check the file or the --prompts-split")
-    from aplot_cli.data.verifiable import family_of
-
     random.Random(seed).shuffle(prompts)
     synthetic = synthetic or any(family_of(p.text) for p in prompts)
     return PromptSet(prompts[:max_prompts] if max_prompts else prompts, art, synthetic)

@@ -154,6 +154,9 @@ def _write_chunk(path: Path, rows: list[dict[str, Any]]) -> None:
 # --- run config (for --resume) ------------------------------------------------------------------------
 def _check_resume(out_dir: Path, cfg: SampleConfig) -> None:
     path = out_dir / RUN_CONFIG
+    if not out_dir.is_dir() or not any(out_dir.iterdir()):
+        raise ArtifactError(f"--resume: {out_dir} holds no unfinished `aplot sample` run to continue",
+                            hint="run without --resume to start one")
     try:
         before = json.loads(path.read_text(encoding="utf-8"))["config"]
     except (OSError, ValueError, KeyError, TypeError) as exc:

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from aplot_cli import sample
+from aplot_cli import ppo, sample
 from aplot_cli.cli import app
 from aplot_cli.config import SampleConfig
 from aplot_cli.data import verifiable
@@ -45,6 +45,9 @@ def test_sample_writes_gold_labelled_responses(tiny_llama_lm_dir, tmp_path):
     assert set(families) == {"add_small", "choose_option", "all"} and families["all"]["responses"] == 15
     assert families["add_small"]["prompts"] == 3 and families["choose_option"]["prompts"] == 2
     assert not (out / "chunks").exists() and not (out / "run_config.json").exists()
+    found = ppo.load_prompts(str(out), seed=0)  # `aplot ppo --prompts` takes a samples artifact too
+    assert sorted(p.text for p in found.prompts) == sorted(set(frame["prompt"]))
+    assert found.synthetic and found.artifact.stage == "sample"  # gold-checked prompts
 
     test = pd.read_parquet(sample.run(_cfg(tiny_llama_lm_dir, split="test"), tmp_path / "t").parent
                            / "responses.parquet")
@@ -53,6 +56,8 @@ def test_sample_writes_gold_labelled_responses(tiny_llama_lm_dir, tmp_path):
 
 def test_a_killed_run_resumes_to_the_uninterrupted_result(tiny_llama_lm_dir, tmp_path, monkeypatch):
     cfg = _cfg(tiny_llama_lm_dir, prompts=6, max_new_tokens=6)
+    with pytest.raises(ArtifactError, match="no unfinished"):
+        sample.run(cfg, tmp_path / "new", resume=True)
     whole = pd.read_parquet(sample.run(cfg, tmp_path / "whole").parent / "responses.parquet")
 
     real = sample.sample_chunk

@@ -10,7 +10,8 @@ Each family has a generator (`make(rng) -> Task`: a prompt, a correct response a
 model would write them) and a gold checker `verify(prompt, response)` that decides from the prompt text
 alone. Checkers are lenient about form and strict about content: they accept the ways a model writes an
 answer ("12", "12.", "**Answer:** 12", "The answer is 12", "7 + 5 = 12", quotes or markdown around a word)
-and reject a wrong value, a hedge between two values, or an echo of the question. Every family's prompt
+and reject a wrong value, a hedge between two values, or an echo of the question (`verify` takes every
+copy of the prompt out of the response before the family's checker reads it). Every family's prompt
 has its own wording, so `family_of(prompt)` finds it (and never matches a synthetic-recipe prompt).
 Deterministic by seed; no I/O."""
 
@@ -376,10 +377,19 @@ def family_of(prompt: str) -> str | None:
     return None
 
 
+def without_echo(prompt: str, response: str) -> str:
+    """The response with every copy of the prompt taken out (any case, any punctuation, quotes or markdown
+    between its words): a reply that repeats "Write a sentence that ends with the word 'today'." has not
+    written one, nor has "Repeat this word exactly: 'roho'." repeated the word."""
+    pattern = r"[\W_]*".join(re.escape(token) for token in re.findall(r"[A-Za-z0-9]+", prompt))
+    return re.sub(pattern, " ", response, flags=re.IGNORECASE) if pattern else response
+
+
 def verify(prompt: str, response: str) -> bool | None:
-    """Gold check of a response to one of these families' prompts; None for any other prompt."""
+    """Gold check of a response to one of these families' prompts (its echoes of the prompt removed
+    first); None for any other prompt."""
     name = family_of(prompt)
-    return None if name is None else FAMILIES[name].verify(prompt, response)
+    return None if name is None else FAMILIES[name].verify(prompt, without_echo(prompt, response))
 
 
 def gold(prompt: str, response: str) -> bool | None:

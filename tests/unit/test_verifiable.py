@@ -43,7 +43,8 @@ ACCEPTED = {
                        "The answer to 7 + 5 is 12. It is a simple sum.", "in its simplest form, 7 + 5 equals 12",
                        "Answer: **12**", "12.0", "The result: 12"],
     "What is the sum of 23 and 48?": ["71", "The sum of 23 and 48 is 71.", "23 + 48 = 71", "Total: 71"],
-    "What is 6 times 7?": ["42", "6 times 7 is 42.", "6 x 7 = 42", "The product is **42**."],
+    "What is 6 times 7?": ["42", "6 times 7 is 42.", "6 x 7 = 42", "The product is **42**.",
+                           "To calculate 6 * 7, you can multiply 6 by 7, which gives you 42. So, 6 times"],
     "Write the word 'garden' in capital letters.": ["GARDEN", "**GARDEN**", "The word in capitals is GARDEN.",
                                                     "'GARDEN'"],
     "Answer in capital letters only: what color is a lemon?": ["YELLOW", "IT IS YELLOW!", "**YELLOW.**"],
@@ -68,7 +69,8 @@ REJECTED = {
                        "The answer to the question \"What is 7 + 5?\" can be calculated using the numbers 7 and 5.",
                        "12.5", "The answer is 12, no wait, it is 13.", ""],
     "What is the sum of 23 and 48?": ["The sum of 23 and 48 is 75.", "23 + 48 = 157 with no decimals", "23 + 48"],
-    "What is 6 times 7?": ["36", "6 times 7 is 13.", "The answer is 42, which is 6 * 6 = 36."],
+    "What is 6 times 7?": ["36", "6 times 7 is 13.", "The answer is 42, which is 6 * 6 = 36.",
+                           "12\n\nIn math, 6 times 7 is equivalent to 42.", "Multiply 6 by 7 and you get 43."],
     "Write the word 'garden' in capital letters.": ["garden", "Garden", "The word \"garden\" is capitalized.",
                                                     "GARDENS", "GARD EN"],
     "Answer in capital letters only: what color is a lemon?": ["Yellow", "YELLOw", "A", "It is YELLOW.", "42"],
@@ -113,5 +115,23 @@ def test_gold_covers_both_generators_and_nothing_else():
     assert verify("Compute 10 + 20 * 3. Show your steps and end with 'Answer: N'.", "Answer: 70") is None
 
 
-def test_default_families_are_known():
-    assert verifiable.DEFAULT_FAMILIES and set(verifiable.DEFAULT_FAMILIES) <= set(FAMILIES)
+def test_default_families_are_those_measured_in_10_to_60_percent():
+    """The committed measurement (experiments/downstream/raw), relabelled by the current checkers, puts exactly
+    the default families in 10-60% gold success: a checker change that moves a family across is caught."""
+    import gzip
+    import json
+    from pathlib import Path
+
+    raw = Path(__file__).resolve().parents[2] / "experiments" / "downstream" / "raw" / "families_samples.jsonl.gz"
+    if not raw.is_file():
+        pytest.skip(f"{raw} is absent")
+    with gzip.open(raw, "rt", encoding="utf-8") as handle:
+        rows = [json.loads(line) for line in handle]
+    rates = {}
+    for family in FAMILIES:
+        labels = [verify(r["prompt"], r["response"]) for r in rows if r["family"] == family]
+        rates[family] = sum(labels) / len(labels)
+    assert {f for f, rate in rates.items() if 0.10 <= rate <= 0.60} == set(verifiable.DEFAULT_FAMILIES), rates
+    from aplot_cli.config import SampleConfig
+
+    assert SampleConfig().families == verifiable.DEFAULT_FAMILIES

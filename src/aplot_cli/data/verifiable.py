@@ -119,7 +119,7 @@ def _mentions(word: str, text: str) -> bool:
     return re.search(rf"(?<![A-Za-z]){re.escape(word)}(?:e?s)?(?![A-Za-z])", text, flags=re.IGNORECASE) is not None
 
 
-_LABEL = (r"(?:=|\bequals?(?:\s+to)?\b|\bis\b|\bmakes\b|\bgives\b|\banswer\b\s*:?|\bresult\b\s*:?|\btotal\b\s*:?"
+_LABEL = (r"(?:=|\bequals?(?:\s+to)?\b|\bis\b|\bmakes\b|\b(?:gives|get)(?:\s+you|\s+us)?\b|\banswer\b\s*:?|\bresult\b\s*:?|\btotal\b\s*:?"
           r"|\bsum\b\s*:?|\bproduct\b\s*:?)")
 
 
@@ -162,7 +162,7 @@ def _echo(a: int, b: int, ops: str) -> list[str]:
 
 
 _ADD_OPS = r"\+|plus|and"
-_MUL_OPS = r"\*|x|\u00d7|times|multiplied by"
+_MUL_OPS = r"\*|x|\u00d7|times|multiplied by|by"
 
 _ADD_SMALL = re.compile(r"^What is (\d+) \+ (\d+)\?$")
 
@@ -365,8 +365,9 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
            "Which of these is a <category>: x, y, or z? Answer with one word."),
 )}
 # The families SmolLM2-135M-Instruct solves 10-60% of the time at temperature 0.7 and 32 new tokens
-# (experiments/downstream/families.md): the default of `aplot sample`.
-DEFAULT_FAMILIES: tuple[str, ...] = tuple(FAMILIES)
+# (experiments/downstream/families.md, 40 prompts x 4 samples each): the default of `aplot sample`.
+DEFAULT_FAMILIES: tuple[str, ...] = ("add_small", "multiply_small", "include_two_words", "end_with", "copy_word",
+                                     "choose_option")
 
 
 def family_of(prompt: str) -> str | None:

@@ -144,21 +144,23 @@ def plot(metrics: dict[str, Any], out_dir: Path, title: str) -> list[str]:
 
     extra = metrics["extra"]
     kl, ns, curves = np.array(extra["kl"]), extra["n"], extra["curves"]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12.5, 4.5))
     for key, label, colour in (("oracle", "oracle (gold selects)", "tab:green"), ("rm", "reward model", "tab:blue"),
                                ("random", "random pick", "tab:gray")):
         curve = curves[key]
         left.plot(kl, 100 * np.array(curve["mean"]), marker="o", ms=3, color=colour, label=label)
         left.fill_between(kl, 100 * np.array(curve["low"]), 100 * np.array(curve["high"]), color=colour, alpha=0.15)
-    for name, fam in extra["families"].items():
-        right.plot(kl, 100 * np.array(fam["rm"]), marker="o", ms=3, label=f"{name} ({fam['prompts']})")
+    colours = plt.cm.tab20(np.arange(len(extra["families"])) % 20)  # distinct beyond tab10's ten
+    for colour, (name, fam) in zip(colours, extra["families"].items()):
+        right.plot(kl, 100 * np.array(fam["rm"]), marker="o", ms=3, color=colour, label=f"{name} ({fam['prompts']})")
     for axis, heading in ((left, f"all prompts ({metrics['counts']['examples']})"), (right, "reward model, per family")):
         axis.set(xlabel="KL(best-of-n || policy), nats = log n - (n-1)/n", ylabel="gold success (%)", title=heading,
                  ylim=(0, 100))
         top = axis.secondary_xaxis("top")
         top.set_xticks(kl, [str(n) for n in ns], fontsize=7)
         top.set_xlabel("n", fontsize=8)
-        axis.legend(fontsize=7, loc="best")
+    left.legend(fontsize=7, loc="upper left")
+    right.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(out_dir / "bon.png", dpi=100)

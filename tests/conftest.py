@@ -139,3 +139,43 @@ def synthetic_pairs_dir(tmp_path_factory) -> Path:
     prepare.run(PrepareConfig(recipe="synthetic", synthetic_pairs=240, synthetic_ood_pairs=60, test_size=0.25),
                 out)
     return out
+
+
+def write_samples_artifact(out: Path, *, split: str = "test", n: int = 8, prompts_per_family: int = 4,
+                           families: tuple[str, ...] = ("add_small", "choose_option", "copy_word"),
+                           seed: int = 0) -> Path:
+    """A samples artifact (`aplot sample`'s layout, written by its own writer) without a policy: each prompt
+    gets n responses, the family's correct or wrong answer (distinct texts, "!" repeated after them), with
+    the number passing varied from prompt to prompt (none and all included). Gold labels are the checker's."""
+    import random
+
+    import pandas as pd
+
+    from aplot_cli import artifacts, sample
+    from aplot_cli.config import SampleConfig
+    from aplot_cli.data import verifiable
+
+    rng = random.Random(seed)
+    rows = []
+    for family in families:
+        for p, task in enumerate(verifiable.prompts(family, prompts_per_family, split, seed)):
+            passing = (0, n)[p] if p < 2 else rng.randint(1, n - 1)
+            chosen = set(rng.sample(range(n), passing))
+            for k in range(n):
+                response = (task.answer if k in chosen else task.wrong) + "!" * k
+                assert verifiable.verify(task.prompt, response) == (k in chosen), (task, response)
+                rows.append({"prompt_id": verifiable.prompt_id(task.prompt), "family": family, "split": split,
+                             "prompt": task.prompt, "sample": k, "response": response,
+                             "gold": verifiable.verify(task.prompt, response), "n_tokens": len(response.split()) + 1,
+                             "eos": True, "prompt_tokens": 10})
+    frame = pd.DataFrame(rows)
+    cfg = SampleConfig(policy="fixture/no-policy", families=families, split=split, n=n, prompts=prompts_per_family * len(families), seed=seed)
+    artifacts.prepare_out_dir(out, stage=sample.STAGE)
+    sample.write_artifact(cfg, out, frame)
+    return out
+
+
+@pytest.fixture
+def samples_artifact():
+    """`write_samples_artifact` as a fixture."""
+    return write_samples_artifact

@@ -25,6 +25,7 @@ from aplot_cli.config import (
     MarginsConfig,
     PPOConfig,
     PrepareConfig,
+    SampleConfig,
     TrainConfig,
     build_config,
     load_yaml,
@@ -43,7 +44,8 @@ from aplot_cli.options import (
 
 app = typer.Typer(name="aplot", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   rich_markup_mode="rich",
-                  help="Robust reward modeling with APLOT: prepare -> embed -> train-rm -> eval-rm -> ppo.")
+                  help="Robust reward modeling with APLOT: prepare -> embed -> train-rm -> eval-rm -> ppo "
+                       "(sample: on-policy data with a gold checker).")
 
 
 def _version(value: bool) -> None:
@@ -176,6 +178,17 @@ def ppo(out_dir: OutDir, resume: Resume = False, config: ConfigFile = None, over
     from aplot_cli import ppo as stage
 
     return stage.run(build_config(PPOConfig, config, flags), out_dir, overwrite=overwrite, resume=resume)
+
+
+@app.command()
+@stage_command
+@config_options(SampleConfig)
+def sample(out_dir: OutDir, resume: Resume = False, config: ConfigFile = None, overwrite: Overwrite = False,
+           quiet: Quiet = False, **flags: Any) -> Path:
+    """Sample n responses per prompt of the verifiable families from a policy, each labelled by the gold checker."""
+    from aplot_cli import sample as stage
+
+    return stage.run(build_config(SampleConfig, config, flags), out_dir, overwrite=overwrite, resume=resume)
 
 
 @app.command()

@@ -59,6 +59,12 @@ class PrepareConfig:
     flip_ratio: float = option(0.0, "Swap chosen/rejected on this fraction of training pairs (label noise).")
     synthetic_pairs: int = option(4000, "Synthetic recipe: pairs from the in-distribution task families.")
     synthetic_ood_pairs: int = option(600, "Synthetic recipe: pairs from the reserved OOD families.")
+    from_samples: str | None = option(
+        None, "A samples artifact (`aplot sample --split train`; folder or manifest.json): on-policy pairs, "
+              "chosen passes the gold checker and rejected fails it, for the same prompt.", shown="none",
+        artifact=True)
+    pairs_per_prompt: int = option(
+        2, "--from-samples: pairs per prompt, drawn (seeded) from its distinct passing x failing responses.")
 
 
 @dataclass(frozen=True)
@@ -85,7 +91,8 @@ class PPOConfig:
         None, "A train-rm artifact (folder or its manifest.json), or a sequence-classification RM folder / hub id.",
         shown="none; required", artifact=True)
     prompts: str | None = option(
-        None, "A pairs artifact (its prompts; folder or its manifest.json) or a jsonl of {\"prompt\": ...}.",
+        None, "A pairs artifact (its prompts; folder or its manifest.json), a samples artifact (aplot sample) or "
+              "a jsonl of {\"prompt\": ...}.",
         shown="none; required", artifact=True)
     prompts_split: str = option("train", "Split of a pairs artifact to draw prompts from.")
     max_prompts: int | None = option(None, "Use at most this many prompts (a seeded sample).", shown="all")
@@ -121,15 +128,51 @@ class PPOConfig:
         True, "Apply chat templates (policy prompts; RM folders without an artifact).")
 
 
+def _default_families() -> tuple[str, ...]:
+    from aplot_cli.data.verifiable import DEFAULT_FAMILIES
+
+    return DEFAULT_FAMILIES
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    """`aplot sample`: n responses per prompt from a policy on the verifiable families, each gold-labelled."""
+
+    policy: str = option("smollm2-135m", "Causal LM: smollm2-135m (embedded), a local folder, or a hub id.")
+    families: tuple[str, ...] = option(
+        _default_families(), "Verifiable families (aplot_cli.data.verifiable), comma-separated or repeated.",
+        split=",")
+    split: Literal["train", "test"] = option(
+        "train", "Which prompts: train (for preference pairs) or test (held out, for best-of-n); a prompt's split "
+                 "is fixed by a hash of its text, so the two never share a prompt.")
+    prompts: int = option(200, "Prompts in all, spread round-robin over the families.")
+    n: int = option(8, "Responses sampled per prompt.")
+    temperature: float = option(0.7, "Sampling temperature.")
+    top_p: float = option(1.0, "Nucleus sampling (1: off).")
+    max_new_tokens: int = option(32, "Response length cap (tokens).")
+    max_prompt_length: int = option(256, "Prompt tokens kept (cut from the left).")
+    batch_size: int = option(64, "Sequences per generate call.")
+    chunk_prompts: int = option(16, "Prompts per chunk file (a killed run loses at most one chunk; --resume).")
+    seed: int = option(0, "Random seed (prompts and sampling).")
+    device: str = option("auto", "auto, cpu, cuda or cuda:N.")
+    chat_template: bool = option(True, "Render prompts with the policy's chat template (when it has one).")
+    trust_remote_code: bool = option(False, "Allow a hub model's own Python code to run.")
+
+
 @dataclass(frozen=True)
 class EvalConfig:
     """`aplot eval-rm`: which benchmark, where its rows come from, and how texts are scored."""
 
-    benchmark: str = option("pairs", "rewardbench, rewardbench2, rm-bench, hhh, or pairs.")
+    benchmark: str = option("pairs", "rewardbench, rewardbench2, rm-bench, hhh, pairs, or bon (best-of-n against "
+                                     "a gold checker, on --samples).")
     data: tuple[str, ...] = option(
         (), "Local files in the benchmark's hub schema (pairs: a pairs artifact, folder or its manifest.json, or "
             "jsonl/parquet); repeat for several.", shown="none: the benchmark loads from the hub", artifact=True)
-    split: str | None = option(None, "Hub split, or pairs-artifact split.", shown="the benchmark's own")
+    samples: str | None = option(
+        None, "bon: a samples artifact (`aplot sample --split test`, e.g. --n 64; folder or manifest.json).",
+        shown="none", artifact=True)
+    split: str | None = option(None, "Hub split, pairs-artifact split, or the samples' split (bon).",
+                               shown="the benchmark's own")
     prior_sets: str | None = option(
         None, "rewardbench: allenai/preference-test-sets (hub) or local files, for the paper score.", shown="none")
     from_predictions: str | None = option(
@@ -293,6 +336,7 @@ EMBED_FLAGS = _flag_fields(EmbedConfig)
 TRAIN_FLAGS = _flag_fields(TrainConfig)
 EVAL_FLAGS = _flag_fields(EvalConfig)
 PPO_FLAGS = _flag_fields(PPOConfig)
+SAMPLE_FLAGS = _flag_fields(SampleConfig)
 
 
 @dataclass(frozen=True)
@@ -485,6 +529,6 @@ def replace(config: C, **changes: Any) -> C:
     return dataclasses.replace(config, **changes)
 
 
-__all__ = ["PrepareConfig", "EmbedConfig", "TrainConfig", "EvalConfig", "PPOConfig", "PREPARE_FLAGS", "EMBED_FLAGS",
-           "TRAIN_FLAGS", "EVAL_FLAGS", "PPO_FLAGS", "aliases", "build_config", "config_to_dict", "default_learning_rate",
+__all__ = ["PrepareConfig", "EmbedConfig", "TrainConfig", "EvalConfig", "PPOConfig", "SampleConfig", "PREPARE_FLAGS",
+           "EMBED_FLAGS", "TRAIN_FLAGS", "EVAL_FLAGS", "PPO_FLAGS", "SAMPLE_FLAGS", "aliases", "build_config", "config_to_dict", "default_learning_rate",
            "load_yaml", "option", "replace", "resolve_train"]

@@ -41,8 +41,18 @@ def _check(cfg: EvalConfig, model: str | None) -> None:
         raise ConfigError(f"--batch-size is {cfg.batch_size}, expected >= 1")
     if cfg.max_length is not None and cfg.max_length < 8:
         raise ConfigError(f"--max-length is {cfg.max_length}, expected >= 8")
-    if cfg.prior_sets and benchmarks.get(cfg.benchmark).NAME != "rewardbench":
+    name = benchmarks.get(cfg.benchmark).NAME
+    if cfg.prior_sets and name != "rewardbench":
         raise ConfigError("--prior-sets only applies to --benchmark rewardbench")
+    if cfg.samples and name != "bon":
+        raise ConfigError(f"--samples only applies to --benchmark bon (this run's benchmark is {name})",
+                          hint="pass --benchmark bon, or --data for the other benchmarks")
+    if name == "bon" and cfg.data:
+        raise ConfigError("--benchmark bon reads --samples, not --data",
+                          hint="pass the samples artifact as --samples DIR")
+    if name == "bon" and not cfg.samples and cfg.from_predictions is None:
+        raise ConfigError("--benchmark bon needs --samples (a samples artifact of held-out prompts)",
+                          hint="make one with `aplot sample --split test --n 64 --out-dir DIR`")
 
 
 # ------------------------------------------------------------------------------------------ scoring
@@ -191,6 +201,15 @@ def metrics_payload(result: BenchmarkResult, bias, model_info, data_info) -> dic
 
 
 def markdown(metrics: dict[str, Any]) -> str:
+    lines = _markdown_common(metrics)
+    bench = benchmarks.get(metrics["benchmark"])
+    if hasattr(bench, "markdown_lines"):
+        lines += bench.markdown_lines(metrics)
+    lines += [""] + [f"Note: {n}" for n in metrics["notes"]]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _markdown_common(metrics: dict[str, Any]) -> list[str]:
     lines = [f"# eval-rm: {metrics['benchmark']}", "", f"Model: `{metrics['model'].get('name')}` "
              f"({metrics['model'].get('source')}). Scores in percent; {metrics['tie_rule']}.", "",
              *([f"Training run report: {metrics['model']['run_report']}", ""] if metrics["model"].get("run_report")
@@ -214,8 +233,7 @@ def markdown(metrics: dict[str, Any]) -> str:
                       f"{bias['pairs'].get('longer_preferred_n', '?')} pairs of unequal length; a score tie counts "
                       f"as not preferred), chosen longer "
                       f"{_fmt(bias['pairs']['chosen_longer'], True)}%."]
-    lines += [""] + [f"Note: {n}" for n in metrics["notes"]]
-    return "\n".join(lines).rstrip() + "\n"
+    return lines
 
 
 def print_table(metrics: dict[str, Any]) -> None:
@@ -250,7 +268,10 @@ def _data_info(cfg: EvalConfig, bench) -> tuple[dict[str, Any], dict[str, artifa
     for i, source in enumerate(cfg.data):
         if Path(source).is_dir() and (Path(source) / artifacts.MANIFEST).exists():
             inputs["data" if i == 0 else f"data_{i}"] = artifacts.open_artifact(source, "prepare")
-    return {"sources": list(cfg.data), "hub_id": None if cfg.data else bench.HUB_ID,
+    if cfg.samples:
+        inputs["samples"] = artifacts.open_artifact(cfg.samples, "sample")
+    return {"sources": list(cfg.data) or ([cfg.samples] if cfg.samples else []),
+            "hub_id": None if cfg.data or cfg.samples else bench.HUB_ID,
             "split": cfg.split or bench.DEFAULT_SPLIT, "prior_sets": cfg.prior_sets,
             "from_predictions": cfg.from_predictions}, inputs
 
@@ -261,7 +282,8 @@ def run(cfg: EvalConfig, model: str | None, out_dir: Path, overwrite: bool = Fal
     bench = benchmarks.get(cfg.benchmark)
     claim = {"stage": STAGE, "overwrite": overwrite,
              "inputs": [("MODEL", model), ("--from-predictions", cfg.from_predictions),
-                        ("--prior-sets", cfg.prior_sets), *(("--data", source) for source in cfg.data)]}
+                        ("--prior-sets", cfg.prior_sets), ("--samples", cfg.samples),
+                        *(("--data", source) for source in cfg.data)]}
     artifacts.check_out_dir(out_dir, **claim)
     data_info, inputs = _data_info(cfg, bench)
     if cfg.from_predictions is not None:
@@ -269,7 +291,7 @@ def run(cfg: EvalConfig, model: str | None, out_dir: Path, overwrite: bool = Fal
         model_info = {"name": model or Path(cfg.from_predictions).name, "source": "predictions file"}
         info(f"[bold]eval-rm[/] re-scoring {len(pred)} saved scores from {cfg.from_predictions}")
     else:
-        items = bench.load(cfg.data, cfg.split, cfg.prior_sets)
+        items = bench.load((cfg.samples,) if cfg.samples else cfg.data, cfg.split, cfg.prior_sets)
         info(f"[bold]eval-rm[/] {bench.NAME}: {len(items)} texts to score with {model}")
         pred, model_info, rm = _score_items(cfg, model, items)
         if rm.artifact is not None:
@@ -289,6 +311,9 @@ def run(cfg: EvalConfig, model: str | None, out_dir: Path, overwrite: bool = Fal
     if bias is not None:
         plot_length_bias(pred, bias, out_dir / "length_bias.png", f"{bench.NAME}: {short_name(model_info['name'])}")
         outputs.append(artifacts.describe_output(out_dir, "length_bias.png"))
+    if hasattr(bench, "plot"):  # a benchmark's own figures (bon: the best-of-n curves)
+        for name in bench.plot(metrics, out_dir, f"{bench.NAME}: {short_name(model_info['name'])}"):
+            outputs.append(artifacts.describe_output(out_dir, name))
     print_table(metrics)
     return artifacts.write_manifest(
         out_dir, stage=STAGE, config=config_to_dict(cfg), inputs=inputs, outputs=outputs,

@@ -57,8 +57,8 @@ class Prompt:
 @dataclass(frozen=True)
 class PromptSet:
     prompts: list[Prompt]
-    artifact: artifacts.Artifact | None   # the pairs artifact, when prompts came from one
-    synthetic: bool                       # made by the synthetic recipe: gold verify() applies
+    artifact: artifacts.Artifact | None   # the pairs or samples artifact, when prompts came from one
+    synthetic: bool                       # synthetic-recipe or verifiable-family prompts: a gold check applies
 
 
 def _messages(value: Any) -> list[dict[str, str]] | None:
@@ -68,11 +68,17 @@ def _messages(value: Any) -> list[dict[str, str]] | None:
 
 
 def load_prompts(source: str, split: str = "train", max_prompts: int | None = None, seed: int = 0) -> PromptSet:
-    """Distinct prompts from a pairs artifact (one split) or a jsonl of {"prompt": ..., "prompt_messages"?},
-    shuffled by `seed`, at most `max_prompts`."""
+    """Distinct prompts from a pairs artifact (one split), a samples artifact (`aplot sample`: its prompts,
+    of its one split) or a jsonl of {"prompt": ..., "prompt_messages"?}, shuffled by `seed`, at most
+    `max_prompts`."""
+    from aplot_cli.data.verifiable import family_of
+
     path = Path(source)
     art, synthetic = None, False
-    if path.is_dir():
+    if path.is_dir() and artifacts.folder_stage(path)[0] == "sample":
+        art = artifacts.open_artifact(path, "sample")
+        prompts = _read_prompt_jsonl(art.file("prompts.jsonl"))
+    elif path.is_dir():
         from aplot_cli.prepare import load_pairs
 
         art = artifacts.open_artifact(path, "prepare")
@@ -83,10 +89,12 @@ def load_prompts(source: str, split: str = "train", max_prompts: int | None = No
         prompts = _read_prompt_jsonl(path)
     else:
         raise InputDataError(f"--prompts {source} does not exist",
-                             hint="pass a pairs artifact directory (aplot prepare) or a .jsonl of {\"prompt\": ...}")
+                             hint="pass a pairs artifact directory (aplot prepare), a samples artifact (aplot sample) "
+                                  "or a .jsonl of {\"prompt\": ...}")
     if not prompts:
         raise InputDataError(f"no prompts in {source}", hint="check the file or the --prompts-split")
     random.Random(seed).shuffle(prompts)
+    synthetic = synthetic or any(family_of(p.text) for p in prompts)
     return PromptSet(prompts[:max_prompts] if max_prompts else prompts, art, synthetic)
 
 
@@ -265,7 +273,22 @@ class Samples:
     texts: list[str]
 
 
-def rollout_generation_config(cfg: PPOConfig, tokenizer: Any, eos_ids: list[int]) -> Any:
+class SamplingSettings(Protocol):
+    """What sampling reads from a stage config (`PPOConfig` and `SampleConfig` both have these fields)."""
+
+    @property
+    def temperature(self) -> float: ...
+    @property
+    def top_p(self) -> float: ...
+    @property
+    def max_new_tokens(self) -> int: ...
+    @property
+    def max_prompt_length(self) -> int: ...
+    @property
+    def chat_template(self) -> bool: ...
+
+
+def rollout_generation_config(cfg: SamplingSettings, tokenizer: Any, eos_ids: list[int]) -> Any:
     """Plain sampling from softmax(logits / temperature) (nucleus only when `top_p` < 1): every field that
     could reshape the distribution is set to its neutral value, because the log-probabilities, KL and
     ratios are all computed from logits / temperature."""
@@ -298,7 +321,8 @@ def _generation_config_of(model: nn.Module, generation: Any) -> Iterator[None]:
 
 
 @torch.no_grad()
-def sample(cfg: PPOConfig, policy: nn.Module, tokenizer: Any, prompts: list[Prompt], device: torch.device) -> Samples:
+def sample(cfg: SamplingSettings, policy: nn.Module, tokenizer: Any, prompts: list[Prompt],
+           device: torch.device) -> Samples:
     """One response per prompt sampled from softmax(logits / temperature) (top-p if asked, nothing else,
     whatever the policy's own generation config says), cut after the first EOS."""
     texts, add_special = query_texts(tokenizer, prompts, cfg.chat_template)
@@ -322,7 +346,7 @@ def sample(cfg: PPOConfig, policy: nn.Module, tokenizer: Any, prompts: list[Prom
 def collect(cfg: PPOConfig, actor: PolicyWithValue, ref: nn.Module, tokenizer: Any, scorer: Scorer,
             prompts: list[Prompt], device: torch.device) -> Rollout:
     """Sample a response per prompt, score it, and record log-probs, values and entropy."""
-    from aplot_cli.data.synthetic import verify
+    from aplot_cli.data.verifiable import gold
 
     actor.eval()
     out = sample(cfg, actor.policy, tokenizer, prompts, device)
@@ -335,7 +359,7 @@ def collect(cfg: PPOConfig, actor: PolicyWithValue, ref: nn.Module, tokenizer: A
     ref_logp = core.logprobs_from_logits(reference_logits(ref, full_ids, full_mask, n, cfg.temperature), out.response)
     return Rollout(prompts, out.query, out.query_mask, out.response, out.mask, out.texts, out.has_eos,
                    logp, ref_logp, values * out.mask, entropy, scorer.score(prompts, out.texts),
-                   [verify(p.text, t) for p, t in zip(prompts, out.texts, strict=True)])
+                   [gold(p.text, t) for p, t in zip(prompts, out.texts, strict=True)])
 
 
 def normalise_scores(cfg: PPOConfig, raw: torch.Tensor, has_eos: torch.Tensor,

@@ -6,6 +6,7 @@ with counts of every row read, filtered, rejected (by reason) and written."""
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections import Counter, defaultdict
 from collections.abc import Iterator
@@ -16,7 +17,7 @@ from typing import Any
 from aplot_cli import artifacts
 from aplot_cli.config import PrepareConfig, config_to_dict
 from aplot_cli.console import info
-from aplot_cli.data import loaders, synthetic
+from aplot_cli.data import loaders, onpolicy, synthetic
 from aplot_cli.data.recipes import Recipe, load_recipe
 from aplot_cli.data.schema import Pair, messages_json
 from aplot_cli.data.transforms import TRANSFORMS, RowProblem
@@ -35,6 +36,7 @@ class Tally:
     sampled_out: int = 0                    # valid pairs left out by --max-pairs' seeded sample
     bad: Counter = field(default_factory=Counter)
     examples: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
+    onpolicy: onpolicy.OnPolicyCounts | None = None  # --from-samples: prompts with and without a pair
 
     def reject(self, kind: str, where: str, detail: str, on_bad_rows: str) -> None:
         if on_bad_rows == "error":
@@ -44,7 +46,15 @@ class Tally:
             self.examples[kind].append(f"{where}: {detail}")
 
 
-def _source_pairs(cfg: PrepareConfig, recipe: Recipe | None, tally: Tally) -> Iterator[Pair]:
+def _source_pairs(cfg: PrepareConfig, recipe: Recipe | None, tally: Tally,
+                  samples: tuple[artifacts.Artifact, Any] | None = None) -> Iterator[Pair]:
+    if samples is not None:
+        art, frame = samples
+        pairs, counts = onpolicy.pairs_from_samples(frame, cfg.pairs_per_prompt, cfg.seed, where=str(art.path))
+        tally.read += len(pairs)
+        tally.onpolicy = counts
+        yield from pairs
+        return
     if recipe is not None and recipe.transform == "synthetic":
         pairs = synthetic.generate(cfg.synthetic_pairs, cfg.synthetic_ood_pairs, cfg.seed)
         tally.read += len(pairs)
@@ -165,6 +175,29 @@ def _check(cfg: PrepareConfig) -> None:
         raise ConfigError(f"--every-nth is {cfg.every_nth}, expected an integer >= 1")
     if cfg.max_pairs is not None and cfg.max_pairs < 1:
         raise ConfigError(f"--max-pairs is {cfg.max_pairs}, expected an integer >= 1")
+    if cfg.pairs_per_prompt < 1:
+        raise ConfigError(f"--pairs-per-prompt is {cfg.pairs_per_prompt}, expected an integer >= 1")
+    if cfg.from_samples is not None:
+        others = [flag for flag, value in (("--recipe", cfg.recipe), ("--files", cfg.files), ("--dataset", cfg.dataset))
+                  if value]
+        if others:
+            raise ConfigError(f"--from-samples and {', '.join(others)} name two data sources",
+                              hint="pairs come from one source: drop one of them")
+
+
+def open_samples(path: str) -> tuple[artifacts.Artifact, Any]:
+    """A finished samples artifact of train-split prompts and its responses. Held-out (test) samples are
+    refused: their prompts are kept for best-of-n evaluation, and pairs from them would leak."""
+    from aplot_cli.sample import open_samples as read
+
+    art, frame = read(path)
+    splits = sorted(set(frame["split"]))
+    if splits != ["train"]:
+        raise InputDataError(f"--from-samples {path} holds {'/'.join(splits)}-split prompts; pairs are made from "
+                             "train-split samples only",
+                             hint="sample with `aplot sample --split train`; held-out (test) samples are for "
+                                  "`aplot eval-rm --benchmark bon --samples`")
+    return art, frame
 
 
 def recipe_defaults(recipe_name: str | None) -> dict[str, Any]:
@@ -175,7 +208,8 @@ def recipe_defaults(recipe_name: str | None) -> dict[str, Any]:
 def input_paths(cfg: PrepareConfig) -> list[tuple[str, str | None]]:
     """The local paths this run reads (what its --out-dir must stay clear of)."""
     recipe_file = cfg.recipe if cfg.recipe and Path(cfg.recipe).suffix in (".yaml", ".yml") else None
-    return [("--files", f) for f in cfg.files] + [("--dataset", cfg.dataset), ("--recipe", recipe_file)]
+    return [("--files", f) for f in cfg.files] + [("--dataset", cfg.dataset), ("--recipe", recipe_file),
+                                                   ("--from-samples", cfg.from_samples)]
 
 
 def run(cfg: PrepareConfig, out_dir: Path, overwrite: bool = False) -> Path:
@@ -184,8 +218,9 @@ def run(cfg: PrepareConfig, out_dir: Path, overwrite: bool = False) -> Path:
     inputs = input_paths(cfg)
     artifacts.check_out_dir(out_dir, stage=STAGE, inputs=inputs, overwrite=overwrite)
     recipe = load_recipe(cfg.recipe) if cfg.recipe else None
+    samples = open_samples(cfg.from_samples) if cfg.from_samples else None
     tally = Tally()
-    pairs = _valid_pairs(cfg, _source_pairs(cfg, recipe, tally), tally)
+    pairs = _valid_pairs(cfg, _source_pairs(cfg, recipe, tally, samples), tally)
     if not pairs:
         raise InputDataError("no valid pairs were read",
                              hint=f"rows read: {tally.read}, filtered: {tally.filtered}, "
@@ -207,8 +242,13 @@ def run(cfg: PrepareConfig, out_dir: Path, overwrite: bool = False) -> Path:
     info(f"[bold]prepare[/] read {tally.read} rows -> {len(pairs)} pairs "
          + ", ".join(f"{k}: {v['pairs']}" for k, v in counts.items())
          + (f" (filtered {tally.filtered}, bad {sum(tally.bad.values())})" if tally.filtered or tally.bad else ""))
+    if tally.onpolicy is not None:
+        metrics["on_policy"] = dataclasses.asdict(tally.onpolicy)
+        info(f"[bold]prepare[/] on-policy pairs from {tally.onpolicy.prompts_with_pair} of {tally.onpolicy.prompts} "
+             f"prompts ({tally.onpolicy.prompts_all_pass} all pass, {tally.onpolicy.prompts_all_fail} all fail)")
     return artifacts.write_manifest(
         out_dir, stage=STAGE, config=config_to_dict(cfg), outputs=outputs, metrics=metrics,
+        inputs={"samples": samples[0]} if samples else None,
         diagnostics={"bad_row_examples": dict(tally.examples)},
         extra={"recipe": None if recipe is None else {"name": recipe.name, "transform": recipe.transform,
                                                       "hub_id": recipe.hub_id}})

@@ -20,11 +20,13 @@ from aplot_cli.config import (
     EVAL_FLAGS,
     PPO_FLAGS,
     PREPARE_FLAGS,
+    SAMPLE_FLAGS,
     TRAIN_FLAGS,
     EmbedConfig,
     EvalConfig,
     PPOConfig,
     PrepareConfig,
+    SampleConfig,
     TrainConfig,
     build_config,
     resolve_train,
@@ -34,7 +36,8 @@ from aplot_cli.options import flag_name, shown_default
 
 runner = CliRunner()
 STAGES = [("prepare", PrepareConfig, PREPARE_FLAGS), ("embed", EmbedConfig, EMBED_FLAGS),
-          ("train-rm", TrainConfig, TRAIN_FLAGS), ("eval-rm", EvalConfig, EVAL_FLAGS), ("ppo", PPOConfig, PPO_FLAGS)]
+          ("train-rm", TrainConfig, TRAIN_FLAGS), ("eval-rm", EvalConfig, EVAL_FLAGS), ("ppo", PPOConfig, PPO_FLAGS),
+          ("sample", SampleConfig, SAMPLE_FLAGS)]
 
 
 def _command(name: str):

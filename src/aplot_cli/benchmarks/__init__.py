@@ -1,6 +1,7 @@
 """Benchmark registry: name -> module with `NAME`, `HUB_ID`, `DEFAULT_SPLIT`, `TIE_RULE` (what a tie earns,
 in words, for reports), `load(sources, split, prior_sets) -> items DataFrame` and a pure
-`score(predictions) -> BenchmarkResult` (see `common`).
+`score(predictions) -> BenchmarkResult` (see `common`); optionally `markdown_lines(metrics)` (more of
+metrics.md) and `plot(metrics, out_dir, title) -> [file names]` (its own figures).
 Modules are imported on lookup only."""
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ BENCHMARKS = {
     "rm-bench": "aplot_cli.benchmarks.rmbench",
     "hhh": "aplot_cli.benchmarks.hhh",
     "pairs": "aplot_cli.benchmarks.pairs",
+    "bon": "aplot_cli.benchmarks.bon",
 }
 ALIASES = {"reward-bench": "rewardbench", "rewardbench-v1": "rewardbench", "reward-bench-2": "rewardbench2",
-           "rmbench": "rm-bench", "hhh-alignment": "hhh"}
+           "rmbench": "rm-bench", "hhh-alignment": "hhh", "best-of-n": "bon"}
 
 
 def get(name: str) -> ModuleType:

@@ -303,3 +303,23 @@ def test_length_grouped_batches_by_default_only_where_no_batch_term_couples_the_
         widths = margins.assign(n=margins["pair_id"].map(length)).groupby("step")["n"].agg(["max", "size"])
         padded[name] = int((widths["max"] * widths["size"]).sum())
     assert padded["default"] < padded["random"]
+
+
+def test_off_a_terminal_the_final_evaluations_print_progress_too(tiny_bert_dir, synthetic_pairs_dir, tmp_path,
+                                                                   monkeypatch, capsys):
+    """After the last step, train-rm scores the test split and a train sample: that stretch prints progress
+    lines as well (it was minutes of silence in a log on a loaded machine)."""
+    from aplot_cli import console
+
+    monkeypatch.setenv("APLOT_PROGRESS_SECONDS", "0")
+    console.get_console.cache_clear()
+    try:
+        train.run(tiny_cfg(tiny_bert_dir, loss=("bt",), max_steps=2, eval_batch_size=4), synthetic_pairs_dir,
+                  tmp_path / "rm")
+    finally:
+        console.get_console.cache_clear()
+    lines = capsys.readouterr().err.splitlines()
+    trained = max(i for i, line in enumerate(lines) if line.startswith("train-rm 2/2"))
+    evaluated = [line for line in lines[trained:] if line.startswith("train-rm evaluate ")]
+    assert any(line.startswith("train-rm evaluate 4/4 (100%)") for line in evaluated)  # 16 test pairs / 4
+    assert len(evaluated) >= 8  # the test split and the train sample, a line per batch at interval 0

@@ -60,6 +60,25 @@ class RichProgress(TrainerCallback):
         if self.progress is not None:
             self.progress.stop()
             self.progress = None
+        self.trained = True
+
+    trained = False
+    evaluating = eval_task = None  # the final evaluations' display (after training: one live display at a time)
+
+    def on_prediction_step(self, args, state, control, eval_dataloader=None, **kwargs):
+        if not (self.trained and state.is_world_process_zero) or is_quiet():
+            return
+        if self.evaluating is None:
+            total = len(eval_dataloader) if eval_dataloader is not None else None
+            self.evaluating = progress_display("train-rm evaluate", unit="batches", transient=True)
+            self.evaluating.start()
+            self.eval_task = self.evaluating.add_task("", total=total)
+        self.evaluating.advance(self.eval_task)
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        if self.evaluating is not None:
+            self.evaluating.stop()
+            self.evaluating = None
 
 
 class FlushMargins(TrainerCallback):

@@ -10,6 +10,7 @@ import json
 from dataclasses import replace
 
 import pytest
+import torch
 
 from aplot_cli import ppo
 from aplot_cli.config import PPOConfig
@@ -102,28 +103,26 @@ def test_update_zero_is_the_same_for_every_reward_and_eval_leaves_training_alone
     assert len(first) == 8
     assert first == [{k: r[k] for k in ("prompt", "sample", "response", "gold")}
                      for r in _rows(tmp_path / "rm" / "eval_responses.jsonl") if r["update"] == 0]
-    # evaluating draws from its own RNG: the training run is the one without --eval-prompts
-    assert [r["score"] for r in _rows(tmp_path / "gold" / "log.jsonl")] == \
-        [r["score"] for r in _rows(tmp_path / "no-eval" / "log.jsonl")]
+    # evaluating draws from its own RNG: the training rollouts are those of the run without --eval-prompts
+    assert _rows(tmp_path / "gold" / "rollouts.jsonl") == _rows(tmp_path / "no-eval" / "rollouts.jsonl")
     assert not (tmp_path / "no-eval" / "eval.jsonl").exists()
 
 
 def test_resume_continues_the_eval_log_without_duplicates(cfg, tmp_path, monkeypatch):
     cfg = replace(cfg, eval_n=4)
     ppo.run(cfg, tmp_path / "whole")
-    real_update, calls = ppo.update, {"n": 0}
+    real_save = ppo.save_checkpoint
 
-    def dies_in_fourth(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 4:
+    def dies_saving_the_fourth(out_dir, done, *args, **kwargs):
+        if done == 4:  # killed after the evaluation at update 4 was logged, before its checkpoint
             raise KeyboardInterrupt
-        return real_update(*args, **kwargs)
+        return real_save(out_dir, done, *args, **kwargs)
 
-    monkeypatch.setattr(ppo, "update", dies_in_fourth)
+    monkeypatch.setattr(ppo, "save_checkpoint", dies_saving_the_fourth)
     with pytest.raises(KeyboardInterrupt):
         ppo.run(cfg, tmp_path / "killed")
-    assert [r["update"] for r in _rows(tmp_path / "killed" / "eval.jsonl")] == [0, 2]
-    monkeypatch.setattr(ppo, "update", real_update)
+    assert [r["update"] for r in _rows(tmp_path / "killed" / "eval.jsonl")] == [0, 2, 4]
+    monkeypatch.setattr(ppo, "save_checkpoint", real_save)
     ppo.run(cfg, tmp_path / "killed", resume=True)
     whole, resumed = (_rows(tmp_path / d / "eval.jsonl") for d in ("whole", "killed"))
     assert [r["update"] for r in resumed] == [0, 2, 4, 5]
@@ -138,3 +137,21 @@ def test_eval_seed_depends_on_seed_and_update_only():
     assert ppo.eval_seed(0, 0) == ppo.eval_seed(0, 0) != ppo.eval_seed(1, 0) != ppo.eval_seed(0, 1)
     assert ppo.eval_points(PPOConfig(updates=5, eval_every=2)) == [0, 2, 4, 5]
     assert ppo.eval_points(PPOConfig(updates=4, eval_every=10)) == [0, 4]
+
+
+def test_heldout_eval_is_seeded_by_seed_and_update(cfg, tmp_path):
+    policy, tokenizer = ppo.load_policy(cfg.policy, False)
+    ref, _ = ppo.load_policy(cfg.policy, False)
+    actor = ppo.PolicyWithValue(policy)
+    prompts = [ppo.Prompt(p) for p in HELD_OUT]
+    cfg = replace(cfg, eval_n=8)
+
+    def texts(update, seed=0):
+        _, rows = ppo.heldout_eval(replace(cfg, seed=seed), actor, ref, tokenizer, ppo.GoldScorer(), prompts, update,
+                                   torch.device("cpu"))
+        return [r["response"] for r in rows]
+
+    first = texts(3)
+    torch.rand(100)  # the global stream moves on; the evaluation does not follow it
+    assert texts(3) == first
+    assert texts(4) != first and texts(3, seed=1) != first

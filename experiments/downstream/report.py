@@ -239,7 +239,11 @@ def baseline_lines(raw: Path, families_raw: Path | None) -> list[str]:
         if file.is_file():
             tables[f"study {split} samples"] = gold_by_family(read_jsonl(file))
     if families_raw is not None and families_raw.is_file():
-        tables["families.md measurement"] = gold_by_family(read_jsonl(families_raw))
+        from aplot_cli.data.verifiable import gold
+
+        # the current checker's verdicts, as families.md reports them (a few recorded labels predate a fix)
+        rows = [{**r, "gold": gold(r["prompt"], r["response"])} for r in read_jsonl(families_raw)]
+        tables["families.md measurement"] = gold_by_family(rows)
     families = sorted({f for name, t in tables.items() if name.startswith("study") for f in t}) or \
         sorted({f for t in tables.values() for f in t})
     lines = ["## Baseline: the reference policy's gold success per family", "",

@@ -174,7 +174,8 @@ def eval_rm(out_dir: OutDir, model: Annotated[Optional[str], typer.Argument(
 @config_options(PPOConfig)
 def ppo(out_dir: OutDir, resume: Resume = False, config: ConfigFile = None, overwrite: Overwrite = False,
         quiet: Quiet = False, **flags: Any) -> Path:
-    """PPO of a policy against a reward model, with a KL penalty to the frozen initial policy."""
+    """PPO of a policy against a reward model (or --reward gold: the gold checker), with a KL penalty to the
+    frozen initial policy; --eval-prompts: held-out gold, score and KL during training."""
     from aplot_cli import ppo as stage
 
     return stage.run(build_config(PPOConfig, config, flags), out_dir, overwrite=overwrite, resume=resume)

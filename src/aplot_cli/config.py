@@ -87,9 +87,13 @@ class PPOConfig:
     """`aplot ppo`: policy, reward model, prompts, rollout and PPO settings (method.md section 6)."""
 
     policy: str = option("smollm2-135m", "Causal LM: smollm2-135m (embedded), a local folder, or a hub id.")
+    reward: Literal["model", "gold"] = option(
+        "model", "What PPO maximises: model (the --reward-model's score) or gold (each prompt's verifiable gold "
+                 "checker, 1 pass / 0 fail: the ceiling of the synthetic-gold setup; no reward model; every prompt "
+                 "must have a checker).")
     reward_model: str | None = option(
         None, "A train-rm artifact (folder or its manifest.json), or a sequence-classification RM folder / hub id.",
-        shown="none; required", artifact=True)
+        shown="none; required with --reward model", artifact=True)
     prompts: str | None = option(
         None, "A pairs artifact (its prompts; folder or its manifest.json), a samples artifact (aplot sample) or "
               "a jsonl of {\"prompt\": ...}.",
@@ -120,6 +124,16 @@ class PPOConfig:
                                        shown="the train-rm manifest's, else the model's")
     rm_batch_size: int = option(16, "Texts per reward-model forward pass.")
     seed: int = option(0, "Random seed.")
+    eval_prompts: str | None = option(
+        None, "Held-out prompts evaluated during training (eval.jsonl): a samples artifact (aplot sample --split "
+              "test; folder or manifest.json), a pairs artifact (its --eval-prompts-split) or a jsonl of "
+              "{\"prompt\": ...}.", shown="none: no held-out evaluation", artifact=True)
+    eval_prompts_split: str = option("test", "Split of a pairs artifact given as --eval-prompts.")
+    eval_max_prompts: int | None = option(
+        None, "Evaluate at most this many held-out prompts (the same ones for every --seed).", shown="all")
+    eval_every: int = option(
+        1, "Evaluate the held-out prompts every n updates, and always before the first and after the last.")
+    eval_n: int = option(1, "Responses sampled per held-out prompt at each evaluation (rollout temperature).")
     save_every: int = option(5, "Checkpoint every n updates (0: only the final policy).")
     sample_size: int = option(4, "Rollouts per update written to rollouts.jsonl.")
     device: str = option("auto", "auto, cpu or cuda (accelerate picks the device).")

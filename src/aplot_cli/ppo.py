@@ -18,6 +18,15 @@ Design choices, written down because PPO has many variants:
   temperature so they are those of the sampling distribution.
 - Score per response: the RM score, normalised (`reward_norm`: none, whiten per batch, or running
   mean/std over all updates), minus `missing_eos_penalty` when the response has no EOS.
+- `--reward gold`: the prompts' verifiable gold checker (`verifiable.gold`) is the reward, 1.0 for a pass
+  and 0.0 for a fail, normalised like an RM score; no reward model is loaded. It is the ceiling of the
+  synthetic-gold setup (Gao et al. 2023): what PPO reaches when the proxy is the gold itself.
+- Held-out evaluation (`--eval-prompts`): before the first update, every `eval_every` updates and after
+  the last, `eval_n` responses per held-out prompt are sampled at the rollout temperature from an RNG
+  seeded by (seed, update) inside a forked RNG, so the training stream is untouched, the same seed gives
+  the same samples of the reference at update 0 (whatever the reward), and a resumed run evaluates as the
+  uninterrupted one. Each evaluation records gold success, the reward's score and the KL to the reference
+  with the training log's estimator (the k1 sum over response tokens of the sampled responses).
 - Devices come from accelerate (`Accelerator`); one process (multi-process PPO is refused)."""
 
 from __future__ import annotations
@@ -45,6 +54,7 @@ from aplot_cli.rl import core
 
 STAGE = "ppo"
 LOG, ROLLOUTS, POLICY_DIR, CHECKPOINTS = "log.jsonl", "rollouts.jsonl", "policy", "checkpoints"
+EVAL_LOG, EVAL_RESPONSES = "eval.jsonl", "eval_responses.jsonl"
 
 
 # --- prompts ------------------------------------------------------------------------------------------
@@ -196,6 +206,37 @@ class RewardScorer:
         scores = score_texts(self.rm, [p.text for p in prompts], responses, [p.messages for p in prompts],
                              batch_size=self.batch_size, label="score")
         return torch.from_numpy(scores).float()
+
+
+class GoldScorer:
+    """The verifiable gold checker as the reward (`--reward gold`): PASS when the response passes its
+    prompt's checker (`verifiable.gold`, the same verdict the log's gold_accuracy counts), FAIL when not."""
+
+    PASS, FAIL = 1.0, 0.0
+
+    def score(self, prompts: list[Prompt], responses: list[str]) -> torch.Tensor:
+        """(N,) PASS/FAIL per response; a prompt without a checker is an error (checked up front by `run`)."""
+        from aplot_cli.data.verifiable import gold
+
+        verdicts = [gold(p.text, r) for p, r in zip(prompts, responses, strict=True)]
+        if any(v is None for v in verdicts):
+            raise InputDataError(f"--reward gold: no gold checker for the prompt "
+                                 f"{next(p.text for p, v in zip(prompts, verdicts) if v is None)!r}",
+                                 hint="use prompts of aplot sample or the synthetic recipe, or --reward model")
+        return torch.tensor([self.PASS if v else self.FAIL for v in verdicts], dtype=torch.float32)
+
+
+def require_gold_checkers(prompts: list[Prompt], option: str) -> None:
+    """Every prompt has a gold checker (`--reward gold` scores every rollout with one)."""
+    from aplot_cli.data.verifiable import gold
+
+    missing = [p.text for p in prompts if gold(p.text, "") is None]
+    if missing:
+        raise InputDataError(
+            f"--reward gold needs a gold checker for every prompt, and {len(missing)} of the {len(prompts)} "
+            f"prompts of {option} have none (e.g. {missing[0][:80]!r})",
+            hint="use a samples artifact (aplot sample) or a synthetic-recipe pairs artifact, or train against a "
+                 "reward model with --reward model --reward-model DIR")
 
 
 def load_reward_model(source: str, cfg: PPOConfig, device: str = "cpu") -> tuple[RewardScorer, artifacts.Artifact | None]:
@@ -439,6 +480,86 @@ def update(cfg: PPOConfig, actor: PolicyWithValue, ref: nn.Module, tokenizer: An
     return row, batch
 
 
+# --- held-out evaluation ------------------------------------------------------------------------------
+def eval_points(cfg: PPOConfig) -> list[int]:
+    """The updates after which the held-out prompts are evaluated: 0 (the reference), every `eval_every`-th,
+    and the last."""
+    return sorted({0, cfg.updates, *range(cfg.eval_every, cfg.updates + 1, cfg.eval_every)})
+
+
+def eval_seed(seed: int, update: int) -> int:
+    """The sampling seed of the evaluation after `update` updates: a function of (seed, update) only, so a
+    resumed run, and every reward at update 0, draw the same random numbers."""
+    return (seed * 1_000_003 + update) % 2**63
+
+
+@torch.no_grad()
+def heldout_eval(cfg: PPOConfig, actor: PolicyWithValue, ref: nn.Module, tokenizer: Any, scorer: Scorer,
+                 prompts: list[Prompt], update: int, device: torch.device) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """`eval_n` responses per held-out prompt from the current policy (the training RNG untouched): the summary
+    row of eval.jsonl and one row per response for eval_responses.jsonl."""
+    from aplot_cli.data.verifiable import family_of, gold
+
+    start = time.perf_counter()
+    todo = [(p, k) for p in prompts for k in range(cfg.eval_n)]
+    cuda = [device.index or 0] if device.type == "cuda" else []
+    rows: list[dict[str, Any]] = []
+    actor.eval()
+    with torch.random.fork_rng(devices=cuda):
+        torch.manual_seed(eval_seed(cfg.seed, update))
+        for first in range(0, len(todo), cfg.batch_size):
+            chunk = todo[first:first + cfg.batch_size]
+            chunk_prompts = [p for p, _ in chunk]
+            out = sample(cfg, actor.policy, tokenizer, chunk_prompts, device)
+            ids, attn, n = torch.cat([out.query, out.response], 1), torch.cat([out.query_mask, out.mask], 1), out.response.shape[1]
+            logp = core.logprobs_from_logits(actor(ids, attn, n, cfg.temperature)[0], out.response)
+            ref_logp = core.logprobs_from_logits(reference_logits(ref, ids, attn, n, cfg.temperature), out.response)
+            kl = core.kl_per_token(logp, ref_logp, out.mask).sum(1).tolist()
+            scores = scorer.score(chunk_prompts, out.texts).tolist()
+            for (p, k), text, s, k_l, tokens, eos in zip(chunk, out.texts, scores, kl, out.mask.sum(1).tolist(),
+                                                         out.has_eos.tolist(), strict=True):
+                rows.append({"update": update, "prompt": p.text, "family": family_of(p.text), "sample": k,
+                             "response": text, "gold": gold(p.text, text), "score": s, "kl": k_l,
+                             "tokens": int(tokens), "eos": bool(eos)})
+    return eval_summary(rows, update, time.perf_counter() - start), rows
+
+
+def eval_summary(rows: list[dict[str, Any]], update: int, seconds: float) -> dict[str, Any]:
+    """Means over the held-out responses of one evaluation (gold over those with a checker; per family)."""
+    def mean(values: list[float]) -> float | None:
+        return sum(values) / len(values) if values else None
+
+    checked = [r for r in rows if r["gold"] is not None]
+    families = sorted({r["family"] for r in checked})
+    scores = [r["score"] for r in rows]
+    mu = mean(scores)
+    return {"update": update, "gold_success": mean([float(r["gold"]) for r in checked]), "gold_checked": len(checked),
+            "gold_by_family": {f: mean([float(r["gold"]) for r in checked if r["family"] == f]) for f in families},
+            "score": mu, "score_std": math.sqrt(mean([(x - mu) ** 2 for x in scores])) if scores else None,
+            "kl": mean([r["kl"] for r in rows]), "response_length": mean([float(r["tokens"]) for r in rows]),
+            "eos_rate": mean([float(r["eos"]) for r in rows]), "prompts": len({r["prompt"] for r in rows}),
+            "responses": len(rows), "seconds": round(seconds, 2)}
+
+
+def _evaluate(cfg: PPOConfig, out_dir: Path, actor: PolicyWithValue, ref: nn.Module, tokenizer: Any,
+              scorer: Scorer, prompts: list[Prompt] | None, update: int, device: torch.device) -> None:
+    if prompts is None or update not in eval_points(cfg):
+        return
+    row, responses = heldout_eval(cfg, actor, ref, tokenizer, scorer, prompts, update, device)
+    _append_jsonl(out_dir / EVAL_RESPONSES, responses)
+    _append_jsonl(out_dir / EVAL_LOG, [row])
+    gold = "" if row["gold_success"] is None else f"gold {row['gold_success']:.3f}, "
+    info(f"[bold]ppo[/] held-out after {update} updates: {gold}score {row['score']:+.3f}, KL {row['kl']:.3f} "
+         f"({row['responses']} responses, {row['seconds']:.0f}s)")
+
+
+def load_eval_prompts(cfg: PPOConfig) -> PromptSet | None:
+    """The held-out prompts: always shuffled with seed 0, so every --seed evaluates the same set."""
+    if not cfg.eval_prompts:
+        return None
+    return load_prompts(cfg.eval_prompts, cfg.eval_prompts_split, cfg.eval_max_prompts, seed=0)
+
+
 # --- checkpoints --------------------------------------------------------------------------------------
 def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Adam state as flat safetensors-ready tensors plus JSON-able param groups (no pickle)."""
@@ -549,7 +670,8 @@ def load_checkpoint(path: Path, actor: PolicyWithValue, optimizer: torch.optim.O
 
     state = json.loads((path / "state.json").read_text(encoding="utf-8"))
     before, now = state["config"], config_to_dict(cfg)
-    changed = sorted(k for k in now if k not in _RESUMABLE and before.get(k) != now[k])
+    default = config_to_dict(PPOConfig())  # a checkpoint from before a setting existed ran with its default
+    changed = sorted(k for k in now if k not in _RESUMABLE and before.get(k, default.get(k)) != now[k])
     if changed:
         raise ConfigError(f"--resume with different settings than the checkpoint: {', '.join(changed)}",
                           hint="resume with the original options (only --updates, --save-every, --device may change)")
@@ -618,10 +740,21 @@ DEVICES = ("auto", "cpu", "cuda")
 REWARD_NORMS = ("none", "whiten", "running")
 
 
+REWARDS = ("model", "gold")
+
+
 def validate(cfg: PPOConfig) -> None:
     """Check every value before anything is loaded; errors name the config key, its value and the rule."""
-    if not cfg.reward_model:
-        raise ConfigError("no reward model given", hint="pass --reward-model (a train-rm artifact or RM folder)")
+    if cfg.reward not in REWARDS:
+        raise ConfigError(f"ppo: `reward` is {cfg.reward!r}; it must be one of {', '.join(REWARDS)}",
+                          hint=_where("reward"))
+    if cfg.reward == "model" and not cfg.reward_model:
+        raise ConfigError("no reward model given", hint="pass --reward-model (a train-rm artifact or RM folder), "
+                                                        "or --reward gold to train against the gold checker")
+    if cfg.reward == "gold" and cfg.reward_model:
+        raise ConfigError(f"--reward gold and --reward-model {cfg.reward_model} together: the gold checker is "
+                          "the reward, so the reward model would not be used",
+                          hint="drop --reward-model, or use --reward model to train against it")
     if not cfg.prompts:
         raise ConfigError("no prompts given", hint="pass --prompts (a pairs artifact or a jsonl of prompts)")
 
@@ -631,8 +764,9 @@ def validate(cfg: PPOConfig) -> None:
     rules = [(name, value(name) >= 1, ">= 1") for name in (
         "batch_size", "mini_batch_size", "ppo_epochs", "updates", "max_new_tokens", "max_prompt_length",
         "rm_batch_size")]
+    rules += [(name, value(name) >= 1, ">= 1") for name in ("eval_every", "eval_n")]
     rules += [(name, value(name) is None or value(name) >= 1, ">= 1 (or unset)") for name in (
-        "max_prompts", "rm_max_length")]
+        "max_prompts", "rm_max_length", "eval_max_prompts")]
     rules += [(name, value(name) >= 0, ">= 0") for name in ("save_every", "sample_size")]
     rules += [(name, _finite(value(name)) and value(name) > 0, "a finite number > 0") for name in (
         "lr", "temperature", "cliprange", "cliprange_value", "max_grad_norm")]
@@ -711,13 +845,20 @@ def run(cfg: PPOConfig, out_dir: Path, overwrite: bool = False, resume: bool = F
     if overwrite and resume:
         raise ConfigError("--overwrite and --resume together", hint="pick one")
     claim = {"stage": STAGE, "overwrite": overwrite, "resume": resume,
-             "inputs": [("--prompts", cfg.prompts), ("--reward-model", cfg.reward_model), ("--policy", cfg.policy)]}
+             "inputs": [("--prompts", cfg.prompts), ("--reward-model", cfg.reward_model), ("--policy", cfg.policy),
+                        ("--eval-prompts", cfg.eval_prompts)]}
     artifacts.check_out_dir(out_dir, **claim)
     checkpoint = resume_checkpoint(out_dir) if resume else None
     torch.manual_seed(cfg.seed)
     accelerator = _accelerator(cfg.device)
     prompt_set = load_prompts(cfg.prompts, cfg.prompts_split, cfg.max_prompts, cfg.seed)
-    scorer, rm_art = load_reward_model(cfg.reward_model, cfg, str(accelerator.device))
+    eval_set = load_eval_prompts(cfg)
+    scorer: Scorer
+    if cfg.reward == "gold":
+        require_gold_checkers(prompt_set.prompts, f"--prompts {cfg.prompts}")
+        scorer, rm_art = GoldScorer(), None
+    else:
+        scorer, rm_art = load_reward_model(cfg.reward_model, cfg, str(accelerator.device))
     policy, tokenizer = load_policy(cfg.policy, cfg.trust_remote_code)
     ref, _ = load_policy(cfg.policy, cfg.trust_remote_code)
     ref.requires_grad_(False).eval()
@@ -731,13 +872,18 @@ def run(cfg: PPOConfig, out_dir: Path, overwrite: bool = False, resume: bool = F
             raise ConfigError(f"the checkpoint has {done} updates done, more than --updates {cfg.updates}",
                               hint=f"resume with --updates {done} or more")
         info(f"[bold]ppo[/] resuming from {checkpoint.name} ({done} updates done)")
-    _truncate_jsonl(out_dir / LOG, done)
-    _truncate_jsonl(out_dir / ROLLOUTS, done)
+    for name in (LOG, ROLLOUTS, EVAL_LOG, EVAL_RESPONSES):
+        _truncate_jsonl(out_dir / name, done)
     actor, optimizer = accelerator.prepare(actor, optimizer)
     actor = accelerator.unwrap_model(actor)
     ref.to(accelerator.device)
-    info(f"[bold]ppo[/] {len(prompt_set.prompts)} prompts, policy {cfg.policy}, RM {cfg.reward_model}, "
-         f"{cfg.updates} updates x {cfg.batch_size} rollouts on {accelerator.device}")
+    reward = f"RM {cfg.reward_model}" if cfg.reward == "model" else "reward: the gold checker"
+    info(f"[bold]ppo[/] {len(prompt_set.prompts)} prompts, policy {cfg.policy}, {reward}, "
+         f"{cfg.updates} updates x {cfg.batch_size} rollouts on {accelerator.device}"
+         + (f"; held-out: {len(eval_set.prompts)} prompts x {cfg.eval_n}" if eval_set else ""))
+    eval_prompts = eval_set.prompts if eval_set else None
+    if done == 0:
+        _evaluate(cfg, out_dir, actor, ref, tokenizer, scorer, eval_prompts, 0, accelerator.device)
 
     with progress_display("ppo", unit="updates", transient=False, elapsed=True, status=True) as bar:
         task = bar.add_task("", total=cfg.updates, completed=done, status="")
@@ -752,13 +898,32 @@ def run(cfg: PPOConfig, out_dir: Path, overwrite: bool = False, resume: bool = F
                                               batch.has_eos.tolist(), batch.gold, strict=True))[:cfg.sample_size]])
             gold = "" if row["gold_accuracy"] is None else f" gold {row['gold_accuracy']:.2f}"
             bar.update(task, advance=1, status=f"score {row['score']:+.3f} kl {row['kl']:.3f}{gold}")
+            _evaluate(cfg, out_dir, actor, ref, tokenizer, scorer, eval_prompts, step + 1, accelerator.device)
             if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < cfg.updates:
                 save_checkpoint(out_dir, step + 1, actor, tokenizer, optimizer, moments, cfg)
-    return _finish(cfg, out_dir, actor, tokenizer, prompt_set, rm_art, moments)
+    return _finish(cfg, out_dir, actor, tokenizer, prompt_set, rm_art, moments, eval_set)
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(ln) for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+
+
+def _eval_outputs(cfg: PPOConfig, out_dir: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The held-out files' output entries and metrics, after checking they hold every evaluation once."""
+    rows = _read_jsonl(out_dir / EVAL_LOG)
+    if [r.get("update") for r in rows] != eval_points(cfg):
+        raise ArtifactError(f"{out_dir / EVAL_LOG} holds evaluations after updates {[r.get('update') for r in rows]}, "
+                            f"expected {eval_points(cfg)}", hint="re-run with --overwrite (the checkpoints are kept)")
+    responses = sum(1 for ln in (out_dir / EVAL_RESPONSES).read_text(encoding="utf-8").splitlines() if ln.strip())
+    outputs = [artifacts.describe_output(out_dir, EVAL_LOG, rows=len(rows)),
+               artifacts.describe_output(out_dir, EVAL_RESPONSES, rows=responses)]
+    keys = ("gold_success", "score", "kl", "response_length", "eos_rate")
+    return outputs, {"evaluations": len(rows), "prompts": rows[0]["prompts"], "responses_each": rows[0]["responses"],
+                     "reference": {k: rows[0][k] for k in keys}, "final": {k: rows[-1][k] for k in keys}}
 
 
 def _finish(cfg: PPOConfig, out_dir: Path, actor: PolicyWithValue, tokenizer: Any, prompt_set: PromptSet,
-            rm_art: artifacts.Artifact | None, moments: core.RunningMoments) -> Path:
+            rm_art: artifacts.Artifact | None, moments: core.RunningMoments, eval_set: PromptSet | None = None) -> Path:
     """Check the log, write the policy and the manifest; only then remove the checkpoints, so a run that
     fails or is killed here can still be resumed."""
     from safetensors.torch import save_file
@@ -782,11 +947,19 @@ def _finish(cfg: PPOConfig, out_dir: Path, actor: PolicyWithValue, tokenizer: An
                 artifacts.describe_output(out_dir, LOG, rows=len(rows)),
                 artifacts.describe_output(out_dir, ROLLOUTS, rows=sum(
                     1 for ln in (out_dir / ROLLOUTS).read_text(encoding="utf-8").splitlines() if ln.strip()))]
-    inputs = {name: art for name, art in (("reward_model", rm_art), ("prompts", prompt_set.artifact)) if art}
+    if eval_set is not None:
+        eval_files, summary["heldout"] = _eval_outputs(cfg, out_dir)
+        outputs += eval_files
+    inputs = {name: art for name, art in (("reward_model", rm_art), ("prompts", prompt_set.artifact),
+                                          ("eval_prompts", eval_set.artifact if eval_set else None)) if art}
+    reward = ({"kind": "model", "reward_model": cfg.reward_model} if cfg.reward == "model" else
+              {"kind": "gold", "checker": "aplot_cli.data.verifiable.gold",
+               "mapping": {"pass": GoldScorer.PASS, "fail": GoldScorer.FAIL}})
     manifest = artifacts.write_manifest(
         out_dir, stage=STAGE, config=config_to_dict(cfg), inputs=inputs, outputs=outputs, metrics=summary,
         diagnostics={"reward_moments": moments.state(), "gold_metric": prompt_set.synthetic},
-        extra={"policy": {"path": POLICY_DIR, "base": cfg.policy,
+        extra={"reward": reward,
+               "policy": {"path": POLICY_DIR, "base": cfg.policy,
                           "value_model": "shared trunk + zero-initialised linear head (value_head.safetensors)"}})
     shutil.rmtree(out_dir / CHECKPOINTS, ignore_errors=True)
     return manifest

@@ -1,0 +1,368 @@
+"""Build the downstream study's report (study.md, bon.png, ppo_gold_vs_kl.png) from its raw results only
+(the tree export.py writes; see its docstring). No run folder, model or network is read.
+
+Statistics, written down:
+- Seeds are the unit of replication. A reward model's curve is the mean over seeds of its per-seed value
+  (itself a mean over held-out prompts), with a 95% t-interval over seeds (`t_interval`, n - 1 degrees of
+  freedom). PPO seed s used the RMs of seed s, so the interval holds RM and PPO randomness together.
+- APLOT vs BT is a paired difference per seed (same seed, same data, same held-out prompts and, for PPO, the
+  same evaluation random numbers), with a 95% t-interval over seeds; when it includes zero the text says
+  "no difference".
+- The oracle and random-pick best-of-n references do not depend on a seed (they come from the held-out
+  samples and their gold labels); their intervals are a bootstrap over prompts (`aplot_cli.bon`).
+
+Usage: python experiments/downstream/report.py RAW_DIR [--out study.md] [--families-raw FILE]"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import math
+import re
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from aplot_cli import bon
+
+NAME = re.compile(r"^(?P<label>.+)-s(?P<seed>\d+)$")
+BASELINE_LABEL = "bt"
+
+
+# --- reading ------------------------------------------------------------------------------------------
+def read_jsonl(path: Path) -> list[dict]:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def by_label(folder: Path) -> dict[str, dict[int, Path]]:
+    """{label: {seed: folder}} for folders named <label>-s<seed>."""
+    out: dict[str, dict[int, Path]] = defaultdict(dict)
+    for path in sorted(p for p in folder.glob("*") if p.is_dir()) if folder.is_dir() else []:
+        match = NAME.match(path.name)
+        if match:
+            out[match["label"]][int(match["seed"])] = path
+    return dict(out)
+
+
+# --- statistics ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Interval:
+    """A mean and its 95% interval (nan bounds with fewer than two values)."""
+
+    mean: float
+    low: float
+    high: float
+    n: int
+
+    @property
+    def includes_zero(self) -> bool:
+        return not (self.low > 0 or self.high < 0)
+
+    def text(self, scale: float = 100.0, digits: int = 1) -> str:
+        if math.isnan(self.low):
+            return f"{self.mean * scale:.{digits}f} (n={self.n})"
+        return f"{self.mean * scale:.{digits}f} [{self.low * scale:.{digits}f}, {self.high * scale:.{digits}f}]"
+
+
+def t_interval(values, level: float = 0.95) -> Interval:
+    """Mean and t-interval of `values` (n - 1 degrees of freedom)."""
+    from scipy import stats
+
+    x = np.asarray(list(values), dtype=np.float64)
+    if x.size == 0:
+        return Interval(math.nan, math.nan, math.nan, 0)
+    if x.size < 2:
+        return Interval(float(x[0]), math.nan, math.nan, 1)
+    half = float(stats.t.ppf(0.5 + level / 2, x.size - 1) * x.std(ddof=1) / math.sqrt(x.size))
+    return Interval(float(x.mean()), float(x.mean()) - half, float(x.mean()) + half, int(x.size))
+
+
+def paired_difference(a: dict[int, float], b: dict[int, float]) -> Interval:
+    """a - b per seed the two share, with its t-interval."""
+    seeds = sorted(set(a) & set(b))
+    return t_interval([a[s] - b[s] for s in seeds])
+
+
+def verdict(diff: Interval, name_a: str, name_b: str) -> str:
+    if diff.n < 2:
+        return f"too few seeds ({diff.n}) for an interval"
+    if diff.includes_zero:
+        return f"no difference ({name_a} - {name_b} = {diff.text()} points; the 95% interval includes 0)"
+    return f"{name_a} {'above' if diff.mean > 0 else 'below'} {name_b} by {diff.text()} points"
+
+
+# --- baseline gold --------------------------------------------------------------------------------------
+def gold_by_family(rows: list[dict]) -> dict[str, tuple[float, int]]:
+    """{family: (gold success, responses)}."""
+    groups: dict[str, list[bool]] = defaultdict(list)
+    for row in rows:
+        groups[row["family"]].append(bool(row["gold"]))
+    return {f: (float(np.mean(g)), len(g)) for f, g in sorted(groups.items())}
+
+
+# --- best-of-n ------------------------------------------------------------------------------------------
+def prompt_groups(rows: list[dict], score_key: str | None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{prompt: (scores by sample index, gold by sample index)} from prediction rows (score_key "score",
+    gold = kind chosen) or sample rows (score_key None: gold only)."""
+    parts: dict[str, list[tuple[int, float, bool]]] = defaultdict(list)
+    for row in rows:
+        if score_key is None:
+            parts[row["prompt_id"]].append((row["sample"], 0.0, bool(row["gold"])))
+        else:
+            parts[row["example_id"]].append((row["position"], row[score_key], row["kind"] == "chosen"))
+    out = {}
+    for pid, items in sorted(parts.items()):
+        items.sort()
+        out[pid] = (np.array([s for _, s, _ in items]), np.array([g for *_, g in items]))
+    return out
+
+
+def bon_means(groups: dict[str, tuple[np.ndarray, np.ndarray]], ns: list[int]) -> list[float]:
+    """The RM's best-of-n gold success at each n, averaged over prompts."""
+    return [float(np.mean([bon.best_of_n(s, g, n) for s, g in groups.values()])) for n in ns]
+
+
+@dataclass
+class BonStudy:
+    ns: list[int]
+    kl: list[float]
+    per_seed: dict[str, dict[int, list[float]]]   # label -> seed -> value at each n
+    oracle: bon.Curve
+    random: bon.Curve
+    prompts: int
+
+
+def bon_study(raw: Path) -> BonStudy | None:
+    sample_rows = read_jsonl(raw / "samples" / "test" / "responses.jsonl.gz")
+    gold_groups = prompt_groups(sample_rows, None)
+    size = min(len(g) for _, g in gold_groups.values())
+    ns = bon.ns_up_to(size)
+    per_seed: dict[str, dict[int, list[float]]] = {}
+    for label, seeds in by_label(raw / "bon").items():
+        per_seed[label] = {seed: bon_means(prompt_groups(read_jsonl(path / "predictions.jsonl.gz"), "score"), ns)
+                           for seed, path in seeds.items()}
+    orc = np.array([[bon.oracle(g, n) for n in ns] for _, g in gold_groups.values()])
+    rnd = np.array([[float(np.mean(g))] * len(ns) for _, g in gold_groups.values()])
+    return BonStudy(ns, [bon.kl_bound(n) for n in ns], per_seed, bon.curve(orc), bon.curve(rnd), len(gold_groups))
+
+
+# --- PPO ------------------------------------------------------------------------------------------------
+def ppo_runs(raw: Path) -> dict[str, dict[int, list[dict]]]:
+    """{reward: {seed: eval.jsonl rows}}."""
+    return {label: {seed: read_jsonl(path / "eval.jsonl") for seed, path in seeds.items()}
+            for label, seeds in by_label(raw / "ppo").items()}
+
+
+def per_update(runs: dict[int, list[dict]], key: str) -> dict[int, Interval]:
+    """{update: t-interval over seeds of `key`} at the updates every seed evaluated."""
+    values: dict[int, list[float]] = defaultdict(list)
+    for rows in runs.values():
+        for row in rows:
+            if row.get(key) is not None:
+                values[row["update"]].append(row[key])
+    return {u: t_interval(v) for u, v in sorted(values.items()) if len(v) == len(runs)}
+
+
+def final_value(rows: list[dict], key: str) -> float:
+    return rows[-1][key]
+
+
+def comparisons(labels: list[str]) -> list[tuple[str, str]]:
+    """(APLOT label, BT label) pairs of the same data: <data>-<method> vs <data>-bt."""
+    out = []
+    for label in labels:
+        data, _, method = label.partition("-")
+        if method and method != BASELINE_LABEL and f"{data}-{BASELINE_LABEL}" in labels:
+            out.append((label, f"{data}-{BASELINE_LABEL}"))
+    return out
+
+
+# --- figures --------------------------------------------------------------------------------------------
+def plot_ppo(runs: dict[str, dict[int, list[dict]]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for label, seeds in sorted(runs.items()):
+        gold, kl = per_update(seeds, "gold_success"), per_update(seeds, "kl")
+        updates = [u for u in gold if u in kl]
+        x = [kl[u].mean for u in updates]
+        for axis, xs in ((left, x), (right, updates)):
+            line, = axis.plot(xs, [gold[u].mean for u in updates], marker="o", ms=3, label=f"{label} ({len(seeds)} seeds)")
+            if all(not math.isnan(gold[u].low) for u in updates):
+                axis.fill_between(xs, [gold[u].low for u in updates], [gold[u].high for u in updates],
+                                  color=line.get_color(), alpha=0.15)
+    left.set(xlabel="KL to the reference (nats, held-out, mean over seeds)", ylabel="held-out gold success",
+             title="gold vs KL (band: 95% t-interval over seeds)")
+    right.set(xlabel="PPO update", title="gold vs update")
+    right.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_bon(study: BonStudy, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axis = plt.subplots(figsize=(6.5, 4.2))
+    for name, curve in (("oracle (gold)", study.oracle), ("random pick", study.random)):
+        line, = axis.plot(study.kl, curve.mean, ls="--", label=name)
+        axis.fill_between(study.kl, curve.low, curve.high, color=line.get_color(), alpha=0.1)
+    for label, seeds in sorted(study.per_seed.items()):
+        cis = [t_interval([v[i] for v in seeds.values()]) for i in range(len(study.ns))]
+        line, = axis.plot(study.kl, [c.mean for c in cis], marker="o", ms=3, label=f"{label} ({len(seeds)} seeds)")
+        if all(not math.isnan(c.low) for c in cis):
+            axis.fill_between(study.kl, [c.low for c in cis], [c.high for c in cis], color=line.get_color(), alpha=0.15)
+    axis.set(xlabel="KL bound log n - (n-1)/n (nats)", ylabel="held-out gold success",
+             title=f"best-of-n, n = {study.ns[0]}..{study.ns[-1]}, {study.prompts} prompts")
+    axis.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# --- the report -----------------------------------------------------------------------------------------
+def baseline_lines(raw: Path, families_raw: Path | None) -> list[str]:
+    tables = {}
+    for split in ("train", "test"):
+        file = raw / "samples" / split / "responses.jsonl.gz"
+        if file.is_file():
+            tables[f"study {split} samples"] = gold_by_family(read_jsonl(file))
+    if families_raw is not None and families_raw.is_file():
+        from aplot_cli.data.verifiable import gold
+
+        # the current checker's verdicts, as families.md reports them (a few recorded labels predate a fix)
+        rows = [{**r, "gold": gold(r["prompt"], r["response"])} for r in read_jsonl(families_raw)]
+        tables["families.md measurement"] = gold_by_family(rows)
+    families = sorted({f for name, t in tables.items() if name.startswith("study") for f in t}) or \
+        sorted({f for t in tables.values() for f in t})
+    lines = ["## Baseline: the reference policy's gold success per family", "",
+             "| family | " + " | ".join(f"{name} (gold %, responses)" for name in tables) + " |",
+             "| --- |" + " ---: |" * len(tables)]
+    for family in families:
+        cells = [f"{t[family][0] * 100:.1f} ({t[family][1]})" if family in t else "-" for t in tables.values()]
+        lines.append(f"| `{family}` | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def rm_lines(raw: Path) -> list[str]:
+    rows = []
+    for label, seeds in sorted(by_label(raw / "rm").items()):
+        acc = [json.loads((p / "manifest.json").read_text())["metrics"].get("test_accuracy") for p in seeds.values()]
+        acc = [a for a in acc if a is not None]
+        rows.append(f"| `{label}` | {len(seeds)} | {t_interval(acc).text() if acc else '-'} |")
+    if not rows:
+        return []
+    return ["## Reward models: pairwise test accuracy on held-out on-policy pairs", "",
+            "| RM | seeds | test accuracy % [95% t-interval] |", "| --- | ---: | --- |", *rows, ""]
+
+
+def bon_lines(study: BonStudy, figure: str) -> tuple[list[str], list[str]]:
+    top = len(study.ns) - 1
+    head = " | ".join(f"n={n}" for n in study.ns)
+    lines = ["## Best-of-n on the held-out prompts", "",
+             f"{study.prompts} held-out prompts, {study.ns[-1]} samples each; the RM's best of n by the exact "
+             "estimator over all n-subsets (`aplot_cli.bon`). RM rows: mean over seeds [95% t-interval over "
+             "seeds]; oracle and random: [95% bootstrap over prompts]. Gold success in %.", "",
+             f"![best-of-n]({figure})", "", f"| selector | seeds | {head} |", "| --- | ---: |" + " --- |" * len(study.ns)]
+    for name, curve in (("oracle (gold)", study.oracle), ("random pick", study.random)):
+        cells = [Interval(m, lo, hi, study.prompts).text() for m, lo, hi in zip(curve.mean, curve.low, curve.high)]
+        lines.append(f"| {name} | - | " + " | ".join(cells) + " |")
+    for label, seeds in sorted(study.per_seed.items()):
+        cells = [t_interval([v[i] for v in seeds.values()]).text() for i in range(len(study.ns))]
+        lines.append(f"| `{label}` | {len(seeds)} | " + " | ".join(cells) + " |")
+    lines += ["", f"Paired by seed, best-of-{study.ns[-1]} gold success (percentage points):", ""]
+    conclusions = []
+    for a, b in comparisons(list(study.per_seed)):
+        diff = paired_difference({s: v[top] for s, v in study.per_seed[a].items()},
+                                 {s: v[top] for s, v in study.per_seed[b].items()})
+        text = verdict(diff, f"`{a}`", f"`{b}`")
+        lines.append(f"- {text}")
+        conclusions.append(f"Best-of-{study.ns[-1]}: {text}.")
+    return lines + [""], conclusions
+
+
+def ppo_lines(runs: dict[str, dict[int, list[dict]]], figure: str) -> tuple[list[str], list[str]]:
+    lines = ["## PPO: held-out gold success against KL", "",
+             "Each evaluation samples the held-out prompts from the current policy at the rollout temperature "
+             "(update 0: the reference). Mean over seeds [95% t-interval over seeds]; gold and RM score in %, "
+             "KL in nats (the training log's estimator on the held-out samples).", "", f"![PPO gold vs KL]({figure})", "",
+             "| reward | seeds | gold at update 0 | final gold | final KL | final reward score |",
+             "| --- | ---: | --- | --- | --- | --- |"]
+    for label, seeds in sorted(runs.items()):
+        first = t_interval([rows[0]["gold_success"] for rows in seeds.values()])
+        last = {k: t_interval([final_value(rows, k) for rows in seeds.values()]) for k in ("gold_success", "kl", "score")}
+        lines.append(f"| `{label}` | {len(seeds)} | {first.text()} | {last['gold_success'].text()} | "
+                     f"{last['kl'].text(1, 3)} | {last['score'].text(1, 3)} |")
+    lines += ["", "Per update (gold %, mean [95% t-interval]; KL mean):", ""]
+    for label, seeds in sorted(runs.items()):
+        gold, kl = per_update(seeds, "gold_success"), per_update(seeds, "kl")
+        lines.append(f"- `{label}`: " + "; ".join(f"u{u}: {gold[u].text()} at KL {kl[u].mean:.3f}" for u in gold if u in kl))
+    lines += ["", "Paired by seed, final held-out gold success (percentage points):", ""]
+    conclusions = []
+    for a, b in comparisons(list(runs)):
+        diff = paired_difference({s: final_value(r, "gold_success") for s, r in runs[a].items()},
+                                 {s: final_value(r, "gold_success") for s, r in runs[b].items()})
+        text = verdict(diff, f"`{a}`", f"`{b}`")
+        lines.append(f"- {text}")
+        conclusions.append(f"PPO: {text}.")
+    return lines + [""], conclusions
+
+
+def build(raw: Path, out: Path, families_raw: Path | None = None) -> Path:
+    settings = json.loads((raw / "study.json").read_text()) if (raw / "study.json").is_file() else {}
+    timings: dict[str, float] = defaultdict(float)
+    if (raw / "timings.tsv").is_file():
+        for line in (raw / "timings.tsv").read_text().splitlines():
+            name, seconds = line.split("\t")
+            timings[re.sub(r"-(flip\d+|gold|s\d+).*$", "", name)] += float(seconds)
+    lines = ["# Does a better reward model make a better policy? (issue 13: best-of-n and PPO)", "",
+             f"Generated by `experiments/downstream/report.py` from `{raw.as_posix()}` only. Do not edit by hand.", "",
+             "Reproduce (resumable): `experiments/downstream/study.sh`.", ""]
+    if settings:
+        lines += ["Settings: " + ", ".join(f"{k} {v}" for k, v in settings.items()) + ".", ""]
+    if timings:
+        lines += ["Wall time per stage kind (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items())
+                  + f"; total {sum(timings.values()) / 3600:.2f} h.", ""]
+    lines += baseline_lines(raw, families_raw) + rm_lines(raw)
+    conclusions: list[str] = []
+    if (raw / "samples" / "test" / "responses.jsonl.gz").is_file() and by_label(raw / "bon"):
+        study = bon_study(raw)
+        plot_bon(study, out.parent / "bon.png")
+        part, found = bon_lines(study, "bon.png")
+        lines += part
+        conclusions += found
+    runs = ppo_runs(raw)
+    if runs:
+        plot_ppo(runs, out.parent / "ppo_gold_vs_kl.png")
+        part, found = ppo_lines(runs, "ppo_gold_vs_kl.png")
+        lines += part
+        conclusions += found
+    lines += ["## Conclusion", "", *(f"- {c}" for c in conclusions or ["nothing to compare yet"]), ""]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines), encoding="utf-8")
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    parser.add_argument("raw", type=Path)
+    parser.add_argument("--out", type=Path, default=Path("experiments/downstream/study.md"))
+    parser.add_argument("--families-raw", type=Path,
+                        default=Path(__file__).parent / "raw" / "families_samples.jsonl.gz")
+    args = parser.parse_args()
+    print(build(args.raw, args.out, args.families_raw))
+
+
+if __name__ == "__main__":
+    main()

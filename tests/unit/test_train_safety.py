@@ -164,7 +164,7 @@ def test_resume_step_picks_the_newest_complete_checkpoint(tmp_path, stderr_lines
 def test_resume_refuses_changed_training_settings_and_records_allowed_ones(tiny_bert_dir, synthetic_pairs_dir,
                                                                          tmp_path):
     from aplot_cli import prepare
-    from aplot_cli.config import PrepareConfig, config_to_dict
+    from aplot_cli.config import PrepareConfig, config_to_dict, resolve_train
     from aplot_cli.errors import ConfigError
 
     cfg = tiny_cfg(tiny_bert_dir, max_train_pairs=96, max_steps=4)
@@ -172,7 +172,7 @@ def test_resume_refuses_changed_training_settings_and_records_allowed_ones(tiny_
     with pytest.raises(KeyboardInterrupt):
         train.run(cfg, synthetic_pairs_dir, out, extra_callbacks=(_KillAfterSave(2),))
     started = json.loads((out / train.RUN_CONFIG).read_text())
-    assert started["config"] == json.loads(json.dumps(config_to_dict(cfg)))
+    assert started["config"] == json.loads(json.dumps(config_to_dict(resolve_train(cfg))))  # as it trains
     assert started["inputs"]["pairs/train.parquet"]
     changed = TrainConfig(**{**cfg.__dict__, "loss": ("bt", "center"), "learning_rate": 2e-3, "seed": 7,
                              "max_train_pairs": 64, "max_steps": 6})

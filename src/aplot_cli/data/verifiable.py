@@ -18,6 +18,7 @@ Deterministic by seed; no I/O."""
 from __future__ import annotations
 
 import hashlib
+import operator
 import random
 import re
 from collections.abc import Callable
@@ -161,6 +162,17 @@ def _echo(a: int, b: int, ops: str) -> list[str]:
     return [rf"\b{a}\s*(?:{ops})\s*{b}\b", rf"\b{b}\s*(?:{ops})\s*{a}\b"]
 
 
+def _arithmetic_checker(pattern: re.Pattern, ops: str, combine: Callable[[int, int], int]
+                        ) -> Callable[[str, str], bool]:
+    """The gold check of a two-operand question: the response's final number (an echo of the question
+    taken out first) equals `combine(a, b)` of the prompt's operands."""
+    def verify(prompt: str, response: str) -> bool:
+        a, b = map(int, pattern.search(prompt).groups())
+        return final_number(response, _echo(a, b, ops)) == combine(a, b)
+
+    return verify
+
+
 _ADD_OPS = r"\+|plus|and"
 _MUL_OPS = r"\*|x|\u00d7|times|multiplied by|by"
 
@@ -172,9 +184,7 @@ def add_small(rng: random.Random) -> Task:
     return Task(f"What is {a} + {b}?", f"{a} + {b} = {a + b}.", f"The answer is {a + b + rng.choice((-1, 1))}.")
 
 
-def verify_add_small(prompt: str, response: str) -> bool:
-    a, b = map(int, _ADD_SMALL.search(prompt).groups())
-    return final_number(response, _echo(a, b, _ADD_OPS)) == a + b
+verify_add_small = _arithmetic_checker(_ADD_SMALL, _ADD_OPS, operator.add)
 
 
 _ADD_TWO = re.compile(r"^What is the sum of (\d+) and (\d+)\?$")
@@ -185,9 +195,7 @@ def add_two_digit(rng: random.Random) -> Task:
     return Task(f"What is the sum of {a} and {b}?", f"The sum is {a + b}.", f"{a} + {b} = {a + b + 10}.")
 
 
-def verify_add_two_digit(prompt: str, response: str) -> bool:
-    a, b = map(int, _ADD_TWO.search(prompt).groups())
-    return final_number(response, _echo(a, b, _ADD_OPS)) == a + b
+verify_add_two_digit = _arithmetic_checker(_ADD_TWO, _ADD_OPS, operator.add)
 
 
 _MUL = re.compile(r"^What is (\d+) times (\d+)\?$")
@@ -198,9 +206,7 @@ def multiply_small(rng: random.Random) -> Task:
     return Task(f"What is {a} times {b}?", f"**Answer:** {a * b}", f"{a} times {b} is {a * b + a}.")
 
 
-def verify_multiply_small(prompt: str, response: str) -> bool:
-    a, b = map(int, _MUL.search(prompt).groups())
-    return final_number(response, _echo(a, b, _MUL_OPS)) == a * b
+verify_multiply_small = _arithmetic_checker(_MUL, _MUL_OPS, operator.mul)
 
 
 _UPPER = re.compile(r"^Write the word '([a-z]+)' in capital letters\.$")

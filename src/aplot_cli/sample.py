@@ -35,11 +35,8 @@ from aplot_cli.config import SampleConfig, closest, config_to_dict
 from aplot_cli.console import info
 from aplot_cli.console import progress as progress_display
 from aplot_cli.errors import ArtifactError, ConfigError
+from aplot_cli.samples import CHUNKS, COLUMNS, PROMPTS, RESPONSES, RUN_CONFIG, STAGE, open_samples  # noqa: F401
 
-STAGE = "sample"
-RESPONSES, PROMPTS, CHUNKS, RUN_CONFIG = "responses.parquet", "prompts.jsonl", "chunks", "run_config.json"
-COLUMNS = ("prompt_id", "family", "split", "prompt", "sample", "response", "gold", "n_tokens", "eos",
-           "prompt_tokens")
 _RESUMABLE = {"device"}  # may change between a run and its resume
 
 
@@ -269,15 +266,3 @@ def write_artifact(cfg: SampleConfig, out_dir: Path, frame: Any, diagnostics: di
         extra={"policy": {"name": cfg.policy, "identity": models.identity(models.resolve(cfg.policy))},
                "gold": "aplot_cli.data.verifiable (each family's verify)"})
 
-
-def open_samples(path: Path | str) -> tuple[artifacts.Artifact, Any]:
-    """A finished samples artifact and its responses (a DataFrame), or an ArtifactError naming the fix."""
-    import pandas as pd
-
-    art = artifacts.open_artifact(path, STAGE)
-    frame = pd.read_parquet(art.file(RESPONSES))
-    missing = [c for c in COLUMNS if c not in frame.columns]
-    if missing:
-        raise ArtifactError(f"{art.file(RESPONSES)} lacks column(s) {missing}",
-                            hint=f"re-run `aplot sample --out-dir {art.path} --overwrite`")
-    return art, frame

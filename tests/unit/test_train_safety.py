@@ -265,3 +265,14 @@ def test_a_finished_run_keeps_no_checkpoint_unless_asked(tiny_bert_dir, syntheti
     train.run(tiny_cfg(tiny_bert_dir, max_steps=4, save_steps=2, keep_checkpoints=True), synthetic_pairs_dir,
               kept)
     assert sorted(p.name for p in (kept / "checkpoints").iterdir()) == ["checkpoint-2", "checkpoint-4"]
+
+
+def test_a_run_that_raises_leaves_no_progress_heartbeat_behind(tiny_bert_dir, synthetic_pairs_dir, tmp_path):
+    """A killed or failed run stops its progress display: in a process that goes on (aplot compare's cells,
+    a notebook) a left-over heartbeat would print the dead run's progress line forever."""
+    import threading
+
+    with pytest.raises(KeyboardInterrupt):
+        train.run(tiny_cfg(tiny_bert_dir, max_steps=4), synthetic_pairs_dir, tmp_path / "rm",
+                  extra_callbacks=(_KillAfterSave(2),))
+    assert [t.name for t in threading.enumerate() if t.name.startswith("progress-")] == []

@@ -80,6 +80,13 @@ class RichProgress(TrainerCallback):
             self.evaluating.stop()
             self.evaluating = None
 
+    def close(self) -> None:
+        """Stop any display still running (the run raised before Trainer's end-of-train events)."""
+        for display in (self.progress, self.evaluating):
+            if display is not None:
+                display.stop()
+        self.progress = self.evaluating = None
+
 
 class FlushMargins(TrainerCallback):
     """Writes the margin record's pending steps at each checkpoint and at the end."""

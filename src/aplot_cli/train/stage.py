@@ -78,9 +78,14 @@ def run(cfg: TrainConfig, pairs_dir: Path, out_dir: Path, embeddings_dir: Path |
     if attached is not None:
         frozen.adapt_trainer(trainer, [train, test])
     t0 = time.perf_counter()
-    train_output = trainer.train(resume_from_checkpoint=checkpoint)
-    seconds = time.perf_counter() - t0
-    metrics = _final_metrics(trainer, train, test, train_output, seconds, cfg, resumed_step)  # -1: a fresh start
+    try:
+        train_output = trainer.train(resume_from_checkpoint=checkpoint)
+        seconds = time.perf_counter() - t0
+        metrics = _final_metrics(trainer, train, test, train_output, seconds, cfg, resumed_step)  # -1: a fresh start
+    finally:  # a run that raised (a kill, a non-finite loss) leaves no progress display printing
+        for callback in trainer.callback_handler.callbacks:
+            if hasattr(callback, "close"):
+                callback.close()
     trainer.accelerator.wait_for_everyone()
     if not trainer.is_world_process_zero():
         return out_dir / artifacts.MANIFEST

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from aplot_cli import bon
+from aplot_cli.report import mean_ci, paired_differences
 
 NAME = re.compile(r"^(?P<label>.+)-s(?P<seed>\d+)$")
 BASELINE_LABEL = "bt"
@@ -70,22 +71,14 @@ class Interval:
 
 
 def t_interval(values, level: float = 0.95) -> Interval:
-    """Mean and t-interval of `values` (n - 1 degrees of freedom)."""
-    from scipy import stats
-
-    x = np.asarray(list(values), dtype=np.float64)
-    if x.size == 0:
-        return Interval(math.nan, math.nan, math.nan, 0)
-    if x.size < 2:
-        return Interval(float(x[0]), math.nan, math.nan, 1)
-    half = float(stats.t.ppf(0.5 + level / 2, x.size - 1) * x.std(ddof=1) / math.sqrt(x.size))
-    return Interval(float(x.mean()), float(x.mean()) - half, float(x.mean()) + half, int(x.size))
+    """Mean and t-interval of `values` (n - 1 degrees of freedom): aplot compare's `mean_ci`."""
+    mean, half, n = mean_ci(list(values), level)
+    return Interval(mean, mean - half, mean + half, n)
 
 
 def paired_difference(a: dict[int, float], b: dict[int, float]) -> Interval:
     """a - b per seed the two share, with its t-interval."""
-    seeds = sorted(set(a) & set(b))
-    return t_interval([a[s] - b[s] for s in seeds])
+    return t_interval(paired_differences(a, b))
 
 
 def verdict(diff: Interval, name_a: str, name_b: str) -> str:

@@ -274,8 +274,15 @@ def bon_lines(study: BonStudy, figure: str) -> tuple[list[str], list[str]]:
     for label, seeds in sorted(study.per_seed.items()):
         cells = [t_interval([v[i] for v in seeds.values()]).text() for i in range(len(study.ns))]
         lines.append(f"| `{label}` | {len(seeds)} | " + " | ".join(cells) + " |")
-    lines += ["", f"Paired by seed, best-of-{study.ns[-1]} gold success (percentage points):", ""]
+    lines += ["", f"Each RM's best-of-{study.ns[-1]} against a random pick (n=1, the same for every RM), per seed "
+              "(percentage points):", ""]
     conclusions = []
+    for label, seeds in sorted(study.per_seed.items()):
+        gain = t_interval([v[top] - v[0] for v in seeds.values()])
+        text = verdict(gain, f"`{label}`'s best-of-{study.ns[-1]}", "a random pick")
+        lines.append(f"- {text}")
+        conclusions.append(f"Best-of-{study.ns[-1]}: {text}.")
+    lines += ["", f"Paired by seed, best-of-{study.ns[-1]} gold success (percentage points):", ""]
     for a, b in comparisons(list(study.per_seed)):
         diff = paired_difference({s: v[top] for s, v in study.per_seed[a].items()},
                                  {s: v[top] for s, v in study.per_seed[b].items()})
@@ -301,8 +308,14 @@ def ppo_lines(runs: dict[str, dict[int, list[dict]]], figure: str) -> tuple[list
     for label, seeds in sorted(runs.items()):
         gold, kl = per_update(seeds, "gold_success"), per_update(seeds, "kl")
         lines.append(f"- `{label}`: " + "; ".join(f"u{u}: {gold[u].text()} at KL {kl[u].mean:.3f}" for u in gold if u in kl))
-    lines += ["", "Paired by seed, final held-out gold success (percentage points):", ""]
+    lines += ["", "Did PPO move held-out gold? Final minus update 0, per seed (percentage points):", ""]
     conclusions = []
+    for label, seeds in sorted(runs.items()):
+        moved = t_interval([final_value(rows, "gold_success") - rows[0]["gold_success"] for rows in seeds.values()])
+        text = verdict(moved, f"PPO on `{label}`: final gold", "the reference's")
+        lines.append(f"- {text}")
+        conclusions.append(f"{text}.")
+    lines += ["", "Paired by seed, final held-out gold success (percentage points):", ""]
     for a, b in comparisons(list(runs)):
         diff = paired_difference({s: final_value(r, "gold_success") for s, r in runs[a].items()},
                                  {s: final_value(r, "gold_success") for s, r in runs[b].items()})

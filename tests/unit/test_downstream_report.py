@@ -114,6 +114,11 @@ def test_report_numbers_and_swapping_bt_and_aplot_flips_the_sign(report, tmp_pat
     assert "no difference (`flip025-hardness-diag-std-z` - `flip025-bt`" not in text  # its interval excludes 0
     assert "Best-of-4: `flip025-aplot` below `flip025-bt`" in text
     assert "| `flip025-bt` | 3 | 70.0 [" in text   # RM test accuracy: mean of 0.6, 0.7, 0.8
+    # bt's best-of-4 is the oracle's (2/3) against a random pick of 0.25: +41.7 points every seed (no spread)
+    assert "`flip025-bt`'s best-of-4 above a random pick by 41.7" in text
+    assert "`flip025-aplot`'s best-of-4 below a random pick by -25.0" in text
+    # PPO on gold moved from 0.25 to 0.9, 0.9, 0.95 (final = finals[seed] * 2 / 2)
+    assert "PPO on `gold`: final gold above the reference's by 66.7 [" in text
     swapped = report.build(make_raw(tmp_path / "c", swap=True), tmp_path / "c" / "study.md").read_text()
     assert "`flip025-aplot` below `flip025-bt` by -20.0 [" in swapped
     assert "Best-of-4: `flip025-aplot` above `flip025-bt`" in swapped

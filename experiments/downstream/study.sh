@@ -46,7 +46,7 @@ fi
 # PPO runs against these RMs only: the section 2 `aplot` RM equals BT's to the decimal (method.md 2b; the
 # best-of-n table shows it again), so a PPO run against it would repeat BT's at the cost of an hour of CPU
 : "${PPO_METHODS:=bt hardness-diag-std-z}"
-: "${TEMPERATURE:=0.7}" "${LR:=1e-5}" "${KL_COEF:=0.05}" "${SAVE_EVERY:=2}"
+: "${TEMPERATURE:=0.7}" "${LR:=1e-5}" "${KL_COEF:=0.05}" "${SAVE_EVERY:=4}"
 mkdir -p "$RUNS"
 TIMINGS="$RUNS/timings.tsv"
 

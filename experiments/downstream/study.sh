@@ -98,10 +98,12 @@ for seed in $SEEDS; do
     data=$(flip_name "$flip")
     for method in $METHODS; do
       rm="$data-$method-s$seed"
+      # --no-group-by-length: train-rm's default differs by loss (on for bt, off for aplot), which would give
+      # the methods of a seed different batches; off for all keeps them paired (as `aplot compare` does)
       # shellcheck disable=SC2046
       stage "train-rm-$rm" "$RUNS/rm-$rm" 1 $APLOT train-rm "$RUNS/pairs-$data" --embeddings "$RUNS/emb-$data" \
         $(method_flags "$method") --seed "$seed" --epochs "$RM_EPOCHS" "${RM_LIMIT[@]}" \
-        --max-length "$RM_MAX_LENGTH" --no-save-margins
+        --max-length "$RM_MAX_LENGTH" --no-group-by-length --no-save-margins
       stage "bon-$rm" "$RUNS/bon-$rm" 0 $APLOT eval-rm "$RUNS/rm-$rm" --benchmark bon --samples "$RUNS/s-test"
     done
   done

@@ -248,6 +248,28 @@ def baseline_lines(raw: Path, families_raw: Path | None) -> list[str]:
     return lines + [""]
 
 
+# train-rm options that decide which pairs share a batch and in what order: the RMs of one seed and one data set
+# must agree on them, or a BT/APLOT difference is partly a difference of batches (not paired by seed)
+BATCH_OPTIONS = ("seed", "batch_size", "grad_accum", "epochs", "max_steps", "max_length", "group_by_length",
+                 "max_train_pairs")
+
+
+def check_paired(raw: Path) -> None:
+    """Refuse RMs of the same data and seed whose batches differ (see BATCH_OPTIONS), naming them."""
+    groups: dict[tuple[str, int], dict[str, dict]] = defaultdict(dict)
+    for label, seeds in by_label(raw / "rm").items():
+        for seed, path in seeds.items():
+            config = json.loads((path / "manifest.json").read_text()).get("config", {})
+            groups[(label.split("-")[0], seed)][label] = {k: config.get(k) for k in BATCH_OPTIONS}
+    for (data, seed), configs in sorted(groups.items()):
+        for key in BATCH_OPTIONS:
+            values = {label: c[key] for label, c in configs.items()}
+            if len(set(map(json.dumps, values.values()))) > 1:
+                raise SystemExit(f"{raw / 'rm'}: the {data} RMs of seed {seed} differ in `{key}` ({values}), so "
+                                 "their batches differ and the comparison is not paired by seed; retrain them "
+                                 "with the same value (study.sh passes --no-group-by-length to every method)")
+
+
 def rm_lines(raw: Path) -> list[str]:
     rows = []
     for label, seeds in sorted(by_label(raw / "rm").items()):
@@ -340,6 +362,8 @@ def build(raw: Path, out: Path, families_raw: Path | None = None) -> Path:
     if timings:
         lines += ["Wall time per stage kind (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items())
                   + f"; total {sum(timings.values()) / 3600:.2f} h.", ""]
+    check_paired(raw)
+    out.parent.mkdir(parents=True, exist_ok=True)  # the figures go next to the report
     lines += baseline_lines(raw, families_raw) + rm_lines(raw)
     conclusions: list[str] = []
     if (raw / "samples" / "test" / "responses.jsonl.gz").is_file() and by_label(raw / "bon"):
@@ -355,7 +379,6 @@ def build(raw: Path, out: Path, families_raw: Path | None = None) -> Path:
         lines += part
         conclusions += found
     lines += ["## Conclusion", "", *(f"- {c}" for c in conclusions or ["nothing to compare yet"]), ""]
-    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines), encoding="utf-8")
     return out
 

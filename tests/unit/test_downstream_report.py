@@ -58,9 +58,12 @@ def make_raw(root: Path, swap: bool = False) -> Path:
             rows = [{"update": u, "gold_success": 0.25 if u == 0 else finals[seed] * u / 2, "kl": 0.1 * u,
                      "score": 0.1 * u} for u in (0, 1, 2)]
             (folder / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-        rm = raw / "rm" / f"flip025-bt-s{seed}"
-        rm.mkdir(parents=True)
-        (rm / "manifest.json").write_text(json.dumps({"metrics": {"test_accuracy": 0.6 + 0.1 * seed}}))
+        for label in ("flip025-bt", "flip025-aplot"):
+            rm = raw / "rm" / f"{label}-s{seed}"
+            rm.mkdir(parents=True)
+            config = {"seed": seed, "batch_size": 8, "group_by_length": False, "loss": [label.split("-")[1]]}
+            (rm / "manifest.json").write_text(json.dumps({"metrics": {"test_accuracy": 0.6 + 0.1 * seed},
+                                                          "config": config}))
     return raw
 
 
@@ -122,3 +125,16 @@ def test_report_numbers_and_swapping_bt_and_aplot_flips_the_sign(report, tmp_pat
     swapped = report.build(make_raw(tmp_path / "c", swap=True), tmp_path / "c" / "study.md").read_text()
     assert "`flip025-aplot` below `flip025-bt` by -20.0 [" in swapped
     assert "Best-of-4: `flip025-aplot` above `flip025-bt`" in swapped
+
+
+def test_rms_with_different_batches_are_refused(report, tmp_path):
+    """train-rm's per-loss default turns length-grouped batches on for BT and off for APLOT: a study whose RMs of
+    one seed differ in it is not paired by seed, and the report says which RMs and which option."""
+    raw = make_raw(tmp_path)
+    report.build(raw, tmp_path / "ok" / "study.md")  # same losses apart, same batches: accepted
+    manifest = raw / "rm" / "flip025-bt-s1" / "manifest.json"
+    data = json.loads(manifest.read_text())
+    data["config"]["group_by_length"] = True
+    manifest.write_text(json.dumps(data))
+    with pytest.raises(SystemExit, match=r"seed 1 differ in `group_by_length`"):
+        report.build(raw, tmp_path / "bad" / "study.md")

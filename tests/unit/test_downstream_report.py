@@ -138,3 +138,12 @@ def test_rms_with_different_batches_are_refused(report, tmp_path):
     manifest.write_text(json.dumps(data))
     with pytest.raises(SystemExit, match=r"seed 1 differ in `group_by_length`"):
         report.build(raw, tmp_path / "bad" / "study.md")
+
+
+def test_committed_study_is_the_report_of_the_committed_raw_results(report, tmp_path, monkeypatch):
+    """study.md is generated, never edited by hand: rebuilding it from the committed raw tree gives it back."""
+    committed = ROOT / "experiments/downstream/study.md"
+    monkeypatch.chdir(ROOT)   # the report names its raw folder as given: the same relative path as study.sh's
+    rebuilt = report.build(Path("experiments/downstream/raw/study"), tmp_path / "study.md",
+                           ROOT / "experiments/downstream/raw/families_samples.jsonl.gz")
+    assert rebuilt.read_text(encoding="utf-8") == committed.read_text(encoding="utf-8")

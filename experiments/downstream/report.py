@@ -311,6 +311,38 @@ def bon_lines(study: BonStudy, figure: str) -> tuple[list[str], list[str]]:
         text = verdict(diff, f"`{a}`", f"`{b}`")
         lines.append(f"- {text}")
         conclusions.append(f"Best-of-{study.ns[-1]}: {text}.")
+    noise = noise_lines(study, top)
+    return lines + [""] + noise[0], conclusions + noise[1]
+
+
+def noise_lines(study: BonStudy, top: int) -> tuple[list[str], list[str]]:
+    """Label noise, paired by seed: each method's best-of-N on noisy-label pairs minus on clean ones (`flip0`),
+    and how much more (or less) each method loses than BT (the robustness claim)."""
+    per_method: dict[str, dict[str, dict[int, list[float]]]] = defaultdict(dict)
+    for label, seeds in study.per_seed.items():
+        data, _, method = label.partition("-")
+        per_method[method][data] = seeds
+    drops: dict[str, dict[str, dict[int, float]]] = defaultdict(dict)   # data -> method -> seed -> drop
+    for method, by_data in per_method.items():
+        for data, seeds in by_data.items():
+            if data != "flip0" and "flip0" in by_data:
+                clean = by_data["flip0"]
+                drops[data][method] = {s: v[top] - clean[s][top] for s, v in seeds.items() if s in clean}
+    if not drops:
+        return [], []
+    lines = [f"Label noise, paired by seed: best-of-{study.ns[-1]} with noisy labels minus with clean ones "
+             "(percentage points), and each method's change minus BT's:", ""]
+    conclusions = []
+    for data, methods in sorted(drops.items()):
+        for method, seeds in sorted(methods.items()):
+            text = verdict(t_interval(list(seeds.values())), f"`{data}-{method}`", f"`flip0-{method}`")
+            lines.append(f"- {text}")
+            conclusions.append(f"Label noise: {text}.")
+        for method in sorted(m for m in methods if m != BASELINE_LABEL and BASELINE_LABEL in methods):
+            diff = paired_difference(methods[method], methods[BASELINE_LABEL])
+            text = verdict(diff, f"`{method}`'s noise change ({data})", f"`{BASELINE_LABEL}`'s")
+            lines.append(f"- {text}")
+            conclusions.append(f"Label noise: {text}.")
     return lines + [""], conclusions
 
 

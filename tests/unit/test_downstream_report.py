@@ -147,3 +147,20 @@ def test_committed_study_is_the_report_of_the_committed_raw_results(report, tmp_
     rebuilt = report.build(Path("experiments/downstream/raw/study"), tmp_path / "study.md",
                            ROOT / "experiments/downstream/raw/families_samples.jsonl.gz")
     assert rebuilt.read_text(encoding="utf-8") == committed.read_text(encoding="utf-8")
+
+
+def test_label_noise_change_per_method_and_against_bt(report, tmp_path):
+    """Each method's best-of-n with noisy labels minus with clean ones, paired by seed, and minus BT's change.
+    Clean RMs here both rank the passing responses first (the oracle); with noise, bt still does and aplot
+    ranks them last, so aplot loses all of the oracle's 2/3 and bt nothing."""
+    raw = make_raw(tmp_path)
+    for seed in range(3):
+        for method in ("bt", "aplot"):
+            clean = raw / "bon" / f"flip0-{method}-s{seed}"
+            clean.mkdir(parents=True)
+            (clean / "predictions.jsonl.gz").write_bytes(
+                (raw / "bon" / f"flip025-bt-s{seed}" / "predictions.jsonl.gz").read_bytes())
+    text = report.build(raw, tmp_path / "study.md").read_text()
+    assert "no difference (`flip025-bt` - `flip0-bt` = 0.0 [0.0, 0.0] points" in text
+    assert "`flip025-aplot` below `flip0-aplot` by -66.7 [-66.7, -66.7] points" in text
+    assert "`aplot`'s noise change (flip025) below `bt`'s by -66.7 [" in text

@@ -35,7 +35,7 @@ if [[ "${SMOKE:-0}" == 1 ]]; then
   [[ -d "$POLICY" ]] || $PY experiments/downstream/tiny_policy.py "$POLICY" >/dev/null
 else
   RUNS=${RUNS:-runs/downstream-study}
-  : "${SEEDS:=0 1 2}" "${TRAIN_PROMPTS:=240}" "${TRAIN_N:=8}" "${HELD_PROMPTS:=48}" "${HELD_N:=64}"
+  : "${SEEDS:=0 1 2 3 4}" "${TRAIN_PROMPTS:=240}" "${TRAIN_N:=8}" "${HELD_PROMPTS:=48}" "${HELD_N:=64}"
   : "${RM_STEPS:=-1}" "${RM_EPOCHS:=2}" "${RM_MAX_LENGTH:=128}" "${UPDATES:=8}" "${BATCH:=8}" "${MINI_BATCH:=4}"
   : "${MAX_NEW_TOKENS:=32}" "${EVAL_PROMPTS:=48}" "${EVAL_EVERY:=4}" "${EVAL_N:=1}"
   : "${RAW:=experiments/downstream/raw/study}" "${REPORT:=experiments/downstream/study.md}"

@@ -43,8 +43,8 @@ else
 fi
 : "${SAMPLE_POLICY:=$POLICY}" "${SAMPLE_TOKENS:=$MAX_NEW_TOKENS}"
 : "${FLIPS:=0 0.25}" "${PPO_FLIPS:=0.25}" "${METHODS:=bt aplot hardness-diag-std-z}"
-# PPO runs against these RMs only: the section 2 `aplot` RM equals BT's to the decimal (method.md 2b; the
-# best-of-n table shows it again), so a PPO run against it would repeat BT's at the cost of an hour of CPU
+# PPO runs against these RMs only: the section 2 `aplot` RM is BT's by construction (method.md 2b; the
+# best-of-n comparison finds no difference), so a PPO run against it would repeat BT's at an hour of CPU
 : "${PPO_METHODS:=bt hardness-diag-std-z}"
 : "${TEMPERATURE:=0.7}" "${LR:=1e-5}" "${KL_COEF:=0.05}" "${SAVE_EVERY:=4}"
 mkdir -p "$RUNS"

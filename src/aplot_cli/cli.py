@@ -216,12 +216,17 @@ def compare(
     cell_gpus: Annotated[Optional[float], typer.Option(
         help="--executor ray: GPUs each cell's task asks for (0.5: two cells share one). \\[default: 0]",
         show_default=False)] = None,
+    accept_unlearned: Annotated[bool, typer.Option(
+        "--accept-unlearned", help="Finish (exit 0) even when some runs did not learn; they are still named and "
+                                   "left out of every verdict. Without it such a grid exits 6 with no manifest.")] = False,
     overwrite: Overwrite = False,
     quiet: Quiet = False,
 ) -> Path:
     """Side-by-side: train-rm x seeds x label noise, eval-rm per cell, and a report with CIs and figures.
 
-    Resumable: re-running the same command skips finished cells and resumes an unfinished training run."""
+    Resumable: re-running the same command skips finished cells and resumes an unfinished training run.
+    A run that did not learn (train-rm's rule) is named and left out of every verdict, and the grid exits 6
+    unless --accept-unlearned."""
     from aplot_cli import compare as stage
     from aplot_cli.errors import ConfigError
 
@@ -232,7 +237,7 @@ def compare(
     method_list = tuple(m.strip() for m in methods.split(",")) if methods else None
     return stage.run(grid, out_dir, overwrite=overwrite, seeds=seed_list, methods=method_list,
                      report_only=report_only, workers=workers, executor=executor, address=address,
-                     cell_cpus=cell_cpus, cell_gpus=cell_gpus)
+                     cell_cpus=cell_cpus, cell_gpus=cell_gpus, accept_unlearned=accept_unlearned)
 
 
 @app.command("margins")

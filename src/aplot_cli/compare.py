@@ -29,11 +29,12 @@ from aplot_cli import artifacts, executors
 from aplot_cli.config import EmbedConfig, EvalConfig, PrepareConfig, TrainConfig, build_config, load_yaml, resolve_train
 from aplot_cli.console import info
 from aplot_cli.errors import ConfigError, TrainingError
-from aplot_cli.grid_layout import cell_dir, noise_tag
+from aplot_cli.grid_layout import cell_dir, data_dir, noise_tag
 
 STAGE = "compare"
-_GRID_KEYS = ("data", "noise", "embed", "base", "methods", "seeds", "evals", "baseline", "eval_batch_size",
-              "title", "notes")
+_GRID_KEYS = ("data", "noise", "flip_seed", "embed", "base", "methods", "no_ot_twins", "seeds", "evals", "baseline",
+              "eval_batch_size", "title", "notes")
+TWIN_SUFFIX = "-no-ot"
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,58 @@ class Grid:
     eval_batch_size: int = 64
     title: str = "aplot compare"
     notes: str = ""
+    flip_seed: str | int = "cell"   # `cell`: each seed draws its own flipped labels; an integer: one draw for all
+    twins: dict[str, str] = field(default_factory=dict)  # APLOT reading -> its no-OT twin (method names)
     raw: dict[str, Any] = field(default_factory=dict)
+
+    def flips_per_seed(self) -> bool:
+        return self.flip_seed == "cell"
+
+    def data_dir(self, out_dir: Path, noise: float, seed: int) -> Path:
+        return data_dir(out_dir, noise, seed, self.flips_per_seed())
+
+
+_NOT_USED_BY_OWN_COST = ("plan_on", "ot_reg", "ot_iters", "ot_tol", "ot_solver")
+
+
+def no_ot_twin(cfg: TrainConfig) -> TrainConfig | None:
+    """The same normalised reading with the plan taken out: the pair's own cost `H[i, i]` under the same cost
+    and margin normalisation (`margin_from: own_cost`). None for configs without an APLOT margin, for
+    `own_cost` itself, and for readings with neither a cost nor a margin normalisation (section 2's margin is
+    nearly constant; `own_cost` is its plain ablation). The difference reading minus twin is what the OT plan
+    adds (docs/method.md section 2b)."""
+    if "aplot" not in cfg.loss or cfg.margin_from == "own_cost":
+        return None
+    if cfg.cost_norm == "none" and cfg.margin_norm == "none":
+        return None
+    return dataclasses.replace(cfg, margin_from="own_cost", plan_on="cost")
+
+
+def _same_twin(a: TrainConfig, b: TrainConfig) -> bool:
+    """Two own_cost configs that compute the same margins (the solver's settings do not enter one)."""
+    keep = {f.name for f in dataclasses.fields(TrainConfig)} - set(_NOT_USED_BY_OWN_COST)
+    return all(getattr(a, k) == getattr(b, k) for k in keep)
+
+
+def _add_twins(methods: dict[str, TrainConfig], enabled: bool) -> tuple[dict[str, TrainConfig], dict[str, str]]:
+    """Every APLOT reading's no-OT twin: the grid's own method when one computes it, else a new method
+    `<reading>-no-ot` placed right after the reading."""
+    if not enabled:
+        return methods, {}
+    out: dict[str, TrainConfig] = {}
+    twins: dict[str, str] = {}
+    for name, cfg in methods.items():
+        out[name] = cfg
+        twin = no_ot_twin(cfg)
+        if twin is None:
+            continue
+        found = next((other for other, ocfg in methods.items() if ocfg.margin_from == "own_cost"
+                      and _same_twin(ocfg, twin)), None)
+        if found is None:
+            found = f"{name}{TWIN_SUFFIX}"
+            out[found] = twin
+        twins[name] = found
+    return out, twins
 
 
 def _resolve_paths(values: Any, base: Path) -> Any:
@@ -94,6 +146,12 @@ def load_grid(path: Path | str, seeds: tuple[int, ...] | None = None, methods: t
         base["group_by_length"] = False  # train-rm's default differs by loss: cells stay paired by seed (same batches)
     method_cfgs = {name: build_config(TrainConfig, None, {**base, **(overrides or {})})
                    for name, overrides in method_raw.items()}
+    method_cfgs, twins = _add_twins(method_cfgs, bool(raw.get("no_ot_twins", True)))
+    flip_seed = raw.get("flip_seed", "cell")
+    if flip_seed != "cell" and (isinstance(flip_seed, bool) or not isinstance(flip_seed, int)):
+        raise ConfigError(f"grid {path}: `flip_seed` is {flip_seed!r}",
+                          hint="`cell` (each seed draws its own flipped labels; the default) or an integer (one "
+                               "draw for every seed)")
     evals_raw = raw.get("evals") or {"id": {"split": "test"}}
     evals = []
     for name, spec in evals_raw.items():
@@ -107,7 +165,8 @@ def load_grid(path: Path | str, seeds: tuple[int, ...] | None = None, methods: t
                 noise=tuple(float(n) for n in raw.get("noise", [0.0])),
                 seeds=tuple(seeds if seeds else raw.get("seeds", [0, 1, 2, 3, 4])),
                 baseline=raw.get("baseline", "bt"), eval_batch_size=int(raw.get("eval_batch_size", 64)),
-                title=raw.get("title", "aplot compare"), notes=raw.get("notes", ""), raw=raw)
+                title=raw.get("title", "aplot compare"), notes=raw.get("notes", ""), flip_seed=flip_seed,
+                twins=twins, raw=raw)
     if grid.baseline not in grid.methods:
         info(f"[yellow]baseline method {grid.baseline!r} is not in the grid: no convergence column[/]")
     return grid
@@ -117,18 +176,24 @@ def _finished(path: Path) -> bool:
     return (path / artifacts.MANIFEST).is_file()
 
 
-def _prepare_data(grid: Grid, out_dir: Path) -> dict[float, tuple[Path, Path]]:
+def _prepare_data(grid: Grid, out_dir: Path) -> dict[tuple[float, int], tuple[Path, Path]]:
+    """Pairs and embeddings per (noise, seed): one copy per noise level, or one per seed for noisy levels when
+    each seed draws its own flipped labels (the split stays the data's `seed`; the embedding cache makes every
+    copy after the first almost free, since flipping only swaps texts)."""
     from aplot_cli import embed, prepare
 
     made = {}
     for ratio in grid.noise:
-        base = out_dir / "data" / noise_tag(ratio)
-        pairs, emb = base / "pairs", base / "embeddings"
-        if not _finished(pairs):
-            prepare.run(dataclasses.replace(grid.data, flip_ratio=ratio), pairs, overwrite=True)
-        if not _finished(emb):
-            embed.run(grid.embed, pairs, emb, overwrite=True)
-        made[ratio] = (pairs, emb)
+        for seed in grid.seeds:
+            base = grid.data_dir(out_dir, ratio, seed)
+            pairs, emb = base / "pairs", base / "embeddings"
+            if not _finished(pairs):
+                flip_seed = seed if grid.flips_per_seed() else grid.flip_seed
+                prepare.run(dataclasses.replace(grid.data, flip_ratio=ratio,
+                                                flip_seed=flip_seed if ratio > 0 else None), pairs, overwrite=True)
+            if not _finished(emb):
+                embed.run(grid.embed, pairs, emb, overwrite=True)
+            made[(ratio, seed)] = (pairs, emb)
     for ev in grid.evals:
         if ev.files and not _finished(out_dir / "data" / "evals" / ev.name):
             prepare.run(PrepareConfig(files=ev.files, test_size=1.0, on_bad_rows="skip", every_nth=ev.every_nth),
@@ -189,14 +254,14 @@ def _run_cell(grid: Grid, out_dir: Path, noise: float, method: str, seed: int, d
                                 batch_size=grid.eval_batch_size), str(train_dir), eval_dir, overwrite=True)
 
 
-def _run_cells(grid: Grid, out_dir: Path, data: dict[float, tuple[Path, Path]],
+def _run_cells(grid: Grid, out_dir: Path, data: dict[tuple[float, int], tuple[Path, Path]],
                executor: executors.Executor) -> dict[str, str]:
     """Every unfinished cell, seeds outermost (an interrupted grid still covers every condition), on
     `executor`; {cell folder: error} for the cells that failed twice. Finished cells are skipped here,
     before any worker starts. Cells are deterministic per seed, so the grid's result does not depend on
     the executor."""
     cells = [(noise, method, seed) for seed in grid.seeds for noise in grid.noise for method in grid.methods]
-    jobs = {str(cell_dir(out_dir, *cell).relative_to(out_dir)): (grid, out_dir, *cell, data[cell[0]])
+    jobs = {str(cell_dir(out_dir, *cell).relative_to(out_dir)): (grid, out_dir, *cell, data[(cell[0], cell[2])])
             for cell in cells if not _cell_done(grid, out_dir, *cell)}
     if len(jobs) < len(cells):
         info(f"compare: {len(cells) - len(jobs)} of {len(cells)} cells finished already; {len(jobs)} to run")
@@ -220,9 +285,10 @@ def input_paths(grid: Grid, grid_path: Path | str) -> list[tuple[str, Any]]:
 def run(grid_path: Path, out_dir: Path, overwrite: bool = False, seeds: tuple[int, ...] | None = None,
         methods: tuple[str, ...] | None = None, report_only: bool = False, workers: int = 1,
         executor: str = "local", address: str | None = None, cell_cpus: float | None = None,
-        cell_gpus: float | None = None) -> Path:
+        cell_gpus: float | None = None, accept_unlearned: bool = False) -> Path:
     """Run (or resume) the grid and write the report; returns the manifest path. The executor flags are
-    `executors.from_flags`'s."""
+    `executors.from_flags`'s. Runs that did not learn (`train.learned`) are left out of the report's verdicts;
+    unless `accept_unlearned`, the grid then stops with a TrainingError naming them and writes no manifest."""
     from aplot_cli import report
 
     runner = executors.from_flags(executor, workers=workers, address=address, cell_cpus=cell_cpus,
@@ -238,13 +304,21 @@ def run(grid_path: Path, out_dir: Path, overwrite: bool = False, seeds: tuple[in
     if not report_only:
         root = out_dir.resolve()  # cells may run elsewhere (Ray): absolute paths on the shared filesystem
         failed = _run_cells(grid, root, _prepare_data(grid, root), runner)
-    summary = report.build(grid, out_dir)
+    summary = report.build(grid, out_dir, accept_unlearned=accept_unlearned)
     if failed:
         raise TrainingError(f"compare: {len(failed)} cell(s) failed twice: " +
                             "; ".join(f"{cell}: {error[:200]}" for cell, error in failed.items()),
                             hint="fix the cause and re-run the same command: finished cells are kept")
+    if summary.unlearned and not accept_unlearned:
+        raise TrainingError(f"compare: {len(summary.unlearned)} run(s) did not learn and are left out of every verdict: "
+                            + ", ".join(summary.unlearned),
+                            hint=f"see {out_dir / 'report' / 'report.md'} (section 'Did every run learn?'); fix the "
+                                 "training settings (learning rate, warm-up, steps) and re-run them in a new --out-dir, "
+                                 "or pass --accept-unlearned to finish with them excluded")
     outputs = [artifacts.describe_output(out_dir, str(p.relative_to(out_dir))) for p in summary.files]
     return artifacts.write_manifest(
-        out_dir, stage=STAGE, config={"grid": grid.raw, "seeds": list(grid.seeds), "methods": list(grid.methods)},
+        out_dir, stage=STAGE, config={"grid": grid.raw, "seeds": list(grid.seeds), "methods": list(grid.methods),
+                                      "twins": dict(grid.twins), "flip_seed": grid.flip_seed},
         outputs=outputs, metrics=summary.metrics,
-        diagnostics={"missing_cells": summary.missing, "executor": dataclasses.asdict(runner)})
+        diagnostics={"missing_cells": summary.missing, "unlearned_cells": summary.unlearned,
+                     "accept_unlearned": accept_unlearned, "executor": dataclasses.asdict(runner)})

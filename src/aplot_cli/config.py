@@ -57,6 +57,9 @@ class PrepareConfig:
               "still validated.", shown="all")
     every_nth: int = option(1, "Read every n-th source row.")
     flip_ratio: float = option(0.0, "Swap chosen/rejected on this fraction of training pairs (label noise).")
+    flip_seed: int | None = option(
+        None, "Seed of the --flip-ratio draw alone (the split stays --seed's): a new draw of noisy labels on the "
+              "same split.", shown="--seed")
     synthetic_pairs: int = option(4000, "Synthetic recipe: pairs from the in-distribution task families.")
     synthetic_ood_pairs: int = option(600, "Synthetic recipe: pairs from the reserved OOD families.")
     from_samples: str | None = option(

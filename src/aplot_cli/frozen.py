@@ -141,10 +141,6 @@ def extract(model, head: str, encoded: list[Any], pad_id: int, cache, batch_size
     """(N, H) float32 head inputs for `encoded` (formatting.Encoded, any order; duplicates computed once),
     read from `cache` where present; the rest computed with `model` (eval mode, no grad, length-sorted
     batches) and stored batch by batch, so an interrupted extraction resumes."""
-    import torch
-
-    from aplot_cli.console import progress as progress_display
-
     if stats.backbone_digest is None:
         stats.backbone_digest = backbone_digest(model, head)
     identity = f"{stats.backbone_digest}|{RULE_VERSION}"
@@ -158,8 +154,53 @@ def extract(model, head: str, encoded: list[Any], pad_id: int, cache, batch_size
                      key=lambda i: len(encoded[i].input_ids), reverse=True)
     stats.sequences += len(encoded)
     stats.unique += len(first)
-    stats.cache_hits += len(first) - len(missing)
     start = time.perf_counter()
+    with _extraction_lock(cache, identity, bool(missing)):
+        if missing:  # another process may have computed them while this one waited for the lock
+            have.update(cache.get_many([keys[texts[i]] for i in missing]))
+            missing = [i for i in missing if keys[texts[i]] not in have]
+        stats.cache_hits += len(first) - len(missing)
+        _compute_missing(model, head, encoded, missing, texts, keys, have, pad_id, cache, batch_size, stats, device,
+                         label)
+    stats.computed += len(missing)
+    stats.seconds += time.perf_counter() - start
+    return np.stack([have[keys[t]] for t in texts]).astype(np.float32)
+
+
+@contextmanager
+def _extraction_lock(cache, identity: str, needed: bool):
+    """One process at a time computes the features of one backbone into one cache (an exclusive lock file
+    beside the store, per backbone digest); the others wait here and then read what it stored. Parallel
+    `aplot compare` cells on one machine or on a shared filesystem extract each feature once."""
+    if not needed or getattr(cache, "path", None) is None:
+        yield
+        return
+    try:
+        import fcntl
+    except ImportError:  # no POSIX locks (Windows): each process computes what it misses
+        yield
+        return
+    path = Path(cache.path).parent / f"features-{hashlib.sha256(identity.encode()).hexdigest()[:16]}.lock"
+    with open(path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            info(f"waiting for another process that is computing these features into {Path(cache.path).parent}")
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _compute_missing(model, head: str, encoded: list[Any], missing: list[int], texts: list[str], keys: dict,
+                     have: dict, pad_id: int, cache, batch_size: int, stats: FeatureStats, device: str,
+                     label: str) -> None:
+    """Compute and store the features of `encoded[i]` for i in `missing` (longest first), batch by batch."""
+    import torch
+
+    from aplot_cli.console import progress as progress_display
+
     if missing:
         was_training = model.training
         model.to(device).eval()
@@ -176,9 +217,6 @@ def extract(model, head: str, encoded: list[Any], pad_id: int, cache, batch_size
                 have.update(items)
                 progress.advance(task, len(chunk))
         model.train(was_training)
-    stats.computed += len(missing)
-    stats.seconds += time.perf_counter() - start
-    return np.stack([have[keys[t]] for t in texts]).astype(np.float32)
 
 
 def _check_rule(stats: FeatureStats, rule: str) -> None:

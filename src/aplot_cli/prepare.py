@@ -149,6 +149,11 @@ def _flip(pairs: list[Pair], ratio: float, seed: int) -> set[int]:
     return flipped
 
 
+def flip_seed(cfg: PrepareConfig) -> int:
+    """The seed of the label-noise draw: `flip_seed` when set, else the split's `seed`."""
+    return cfg.seed if cfg.flip_seed is None else cfg.flip_seed
+
+
 def _frame(pairs: list[Pair], split: str, flipped: set[int]):
     import pandas as pd
 
@@ -230,7 +235,7 @@ def run(cfg: PrepareConfig, out_dir: Path, overwrite: bool = False) -> Path:
     splits = split_by_prompt(pairs, cfg.test_size, cfg.seed)
     outputs, counts = [], {}
     for name, split_pairs in splits.items():
-        flipped = _flip(split_pairs, cfg.flip_ratio, cfg.seed) if name == "train" else set()
+        flipped = _flip(split_pairs, cfg.flip_ratio, flip_seed(cfg)) if name == "train" else set()
         frame = _frame(split_pairs, name, flipped)
         with disk_full_names(out_dir / f"{name}.parquet"):
             frame.to_parquet(out_dir / f"{name}.parquet", index=False)
@@ -238,7 +243,8 @@ def run(cfg: PrepareConfig, out_dir: Path, overwrite: bool = False) -> Path:
         counts[name] = {"pairs": len(frame), "prompts": int(frame["prompt"].nunique()),
                         "flipped": len(flipped)}
     metrics = {"rows_read": tally.read, "rows_filtered": tally.filtered, "pairs_sampled_out": tally.sampled_out,
-               "rows_bad": dict(tally.bad), "pairs_written": len(pairs), "splits": counts}
+               "rows_bad": dict(tally.bad), "pairs_written": len(pairs), "splits": counts,
+               "flip_seed": flip_seed(cfg) if cfg.flip_ratio > 0 else None}
     info(f"[bold]prepare[/] read {tally.read} rows -> {len(pairs)} pairs "
          + ", ".join(f"{k}: {v['pairs']}" for k, v in counts.items())
          + (f" (filtered {tally.filtered}, bad {sum(tally.bad.values())})" if tally.filtered or tally.bad else ""))

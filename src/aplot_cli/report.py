@@ -1,5 +1,13 @@
 """The comparison report of `aplot compare`, rebuilt from the cells' artifacts alone.
 
+What a verdict rests on (docs/method.md section 7): only cells that learned (`train.learned`; the others are
+named and left out of every table, interval and verdict); only evaluation sets on which the baseline is
+above chance (a set where BT's accuracy interval includes 50% measures nothing and decides nothing); a
+difference counts when its t interval over seeds and its paired bootstrap interval over test pairs both
+exclude zero, and every interval is given with the smallest difference the grid could detect at 80% power
+(MDE). Each APLOT reading is also compared with its no-OT twin (the same normalisation of the pair's own
+cost), and each reading's Sinkhorn convergence is disclosed.
+
 Tables (markdown, and the same in a self-contained HTML page): accuracy mean +- 95% CI (Student t over
 seeds) per method and evaluation set, for each label-noise level; paired differences against the
 reference methods (the baseline, and `constant_margin` when the grid has it): per seed the same data
@@ -32,6 +40,7 @@ class Summary:
     files: list[Path] = field(default_factory=list)
     metrics: dict[str, Any] = field(default_factory=dict)
     missing: list[str] = field(default_factory=list)
+    unlearned: list[str] = field(default_factory=list)
 
 
 def mean_ci(values: list[float], level: float = 0.95) -> tuple[float, float, int]:
@@ -65,11 +74,61 @@ def bootstrap_ci(correct_m: np.ndarray, correct_r: np.ndarray, n_boot: int = 200
     return float(per_pair.mean()), float(np.percentile(draws, tail)), float(np.percentile(draws, 100 - tail))
 
 
-def fmt_ci(values: list[float], scale: float = 100.0) -> str:
+@dataclass(frozen=True)
+class Boot:
+    """A paired bootstrap over test pairs: mean difference, percentile interval, and the standard error
+    (the standard deviation of the resampled means)."""
+
+    mean: float
+    low: float
+    high: float
+    se: float
+
+
+def bootstrap(correct_m: np.ndarray, correct_r: np.ndarray, n_boot: int = 2000, level: float = 0.95,
+              seed: int = 0) -> Boot:
+    """`bootstrap_ci` with the bootstrap standard error (what the power of the interval depends on)."""
+    per_pair = (np.asarray(correct_m, float) - np.asarray(correct_r, float)).mean(axis=0)
+    rng = np.random.default_rng(seed)
+    draws = per_pair[rng.integers(0, per_pair.size, size=(n_boot, per_pair.size))].mean(axis=1)
+    tail = (1 - level) / 2 * 100
+    return Boot(float(per_pair.mean()), float(np.percentile(draws, tail)), float(np.percentile(draws, 100 - tail)),
+                float(draws.std(ddof=1)))
+
+
+POWER = 0.8
+
+
+def mde_t(diffs: list[float], level: float = 0.95, power: float = POWER) -> float:
+    """Smallest true mean difference that the two-sided Student-t interval over `len(diffs)` paired seeds would
+    exclude from zero with probability `power`: `(t_{1-a/2} + t_{power}) * sd / sqrt(n)` (df n - 1); nan
+    under 2 seeds."""
+    arr = np.asarray([d for d in diffs if d is not None and math.isfinite(d)], dtype=float)
+    if arr.size < 2:
+        return math.nan
+    from scipy import stats
+
+    df = arr.size - 1
+    return float((stats.t.ppf(0.5 + level / 2, df) + stats.t.ppf(power, df)) * arr.std(ddof=1) / math.sqrt(arr.size))
+
+
+def mde_boot(se: float, level: float = 0.95, power: float = POWER) -> float:
+    """Smallest true difference a bootstrap interval of standard error `se` would exclude from zero with
+    probability `power` (normal approximation): `(z_{1-a/2} + z_{power}) * se`."""
+    from scipy import stats
+
+    return float((stats.norm.ppf(0.5 + level / 2) + stats.norm.ppf(power)) * se)
+
+
+def fmt_ci(values: list[float], scale: float = 100.0, low: float = 0.0, high: float = 1.0) -> str:
+    """`mean [low, high]` (95% Student-t over seeds) in points, the interval clipped to the scale
+    ([0, 100] for accuracies); the mean alone for one value."""
     mean, half, n = mean_ci(values)
     if n == 0:
         return "-"
-    return f"{mean * scale:.1f}" if n == 1 else f"{mean * scale:.1f} ± {half * scale:.1f}"
+    if n == 1:
+        return f"{mean * scale:.1f}"
+    return f"{mean * scale:.1f} [{max(low, mean - half) * scale:.1f}, {min(high, mean + half) * scale:.1f}]"
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -87,6 +146,30 @@ class Cell:
     log: list[dict[str, Any]]
     evals: dict[str, dict[str, Any]]
     path: Path
+    learning: dict[str, Any] = field(default_factory=dict)
+    ot: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def learned(self) -> bool:
+        return bool(self.learning.get("learned", True))
+
+    @property
+    def name(self) -> str:
+        return f"noise {self.noise:.0%} / {self.method} / seed {self.seed}"
+
+
+def _learning(manifest: dict[str, Any], log: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run's learned verdict as train-rm recorded it, or (a run recorded before the rule) applied now to
+    its log and metrics."""
+    from aplot_cli.train import learned
+
+    recorded = (manifest.get("diagnostics") or {}).get("learning")
+    if recorded:
+        return recorded
+    config, metrics = manifest.get("config") or {}, manifest.get("metrics") or {}
+    world = (manifest.get("diagnostics") or {}).get("world_size") or 1
+    return learned.judge(log, metrics.get("train_accuracy"), metrics.get("train_eval_pairs", 0),
+                         int(config.get("batch_size", 1)) * int(config.get("grad_accum", 1)) * int(world)).to_dict()
 
 
 def collect(grid, out_dir: Path) -> tuple[list[Cell], list[str]]:
@@ -98,7 +181,8 @@ def collect(grid, out_dir: Path) -> tuple[list[Cell], list[str]]:
                 if not (path / "train" / artifacts.MANIFEST).is_file():
                     missing.append(str(path.relative_to(out_dir)))
                     continue
-                train = json.loads((path / "train" / artifacts.MANIFEST).read_text())["metrics"]
+                manifest = json.loads((path / "train" / artifacts.MANIFEST).read_text())
+                train = manifest["metrics"]
                 evals = {}
                 for ev in grid.evals:
                     metrics_path = path / f"eval-{ev.name}" / "metrics.json"
@@ -106,8 +190,9 @@ def collect(grid, out_dir: Path) -> tuple[list[Cell], list[str]]:
                         evals[ev.name] = json.loads(metrics_path.read_text())
                     else:
                         missing.append(str((path / f"eval-{ev.name}").relative_to(out_dir)))
-                cells.append(Cell(noise, method, seed, train, _read_jsonl(path / "train" / "train_log.jsonl"),
-                                  evals, path))
+                log = _read_jsonl(path / "train" / "train_log.jsonl")
+                cells.append(Cell(noise, method, seed, train, log, evals, path, learning=_learning(manifest, log),
+                                  ot=(manifest.get("diagnostics") or {}).get("ot") or {}))
     return cells, missing
 
 
@@ -126,6 +211,11 @@ def _steps_to_reach(cell: Cell, target: float) -> int | None:
         if acc >= target:
             return step
     return None
+
+
+def _pairs_dir(grid, out_dir: Path, cell: Cell) -> Path:
+    """The pairs artifact a cell trained on (its noise level's, or its seed's own flipped copy)."""
+    return grid.data_dir(out_dir, cell.noise, cell.seed) / "pairs"
 
 
 def _margin_stats(cell: Cell, pairs_dir: Path) -> dict[str, float]:
@@ -168,7 +258,7 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 def _accuracy_tables(grid, by: dict) -> list[str]:
     lines = []
     for noise in grid.noise:
-        lines += ["", f"### Label noise {noise:.0%} (pair accuracy %, mean ± 95% CI over seeds)", ""]
+        lines += ["", f"### Label noise {noise:.0%} (pair accuracy %, mean [95% t interval over learned seeds])", ""]
         header = ["method", "train acc"] + [ev.name for ev in grid.evals] + ["n"]
         rows = []
         for method in grid.methods:
@@ -216,64 +306,201 @@ def _correct_by_pair(cell: Cell, ev_name: str):
     return (table["chosen"] > table["rejected"]).astype(float)
 
 
-def _bootstrap(cells_m: list[Cell], cells_r: list[Cell], ev_name: str) -> tuple[float, float, float] | None:
-    ref = {c.seed: c for c in cells_r}
-    rows_m, rows_r = [], []
-    for cell in cells_m:
-        if cell.seed not in ref:
-            continue
-        m, r = _correct_by_pair(cell, ev_name), _correct_by_pair(ref[cell.seed], ev_name)
-        if m is None or r is None:
-            continue
-        shared = m.index.intersection(r.index)
-        rows_m.append(m.loc[shared].sort_index().to_numpy())
-        rows_r.append(r.loc[shared].sort_index().to_numpy())
-    if not rows_m or len({len(x) for x in rows_m + rows_r}) != 1:
+def _correct_matrix(cells: list[Cell], ev_name: str, seeds: list[int]) -> tuple[np.ndarray, list] | None:
+    """(seeds, pairs) 0/1 correctness of `cells` on one set, rows in `seeds` order, columns on the pairs every
+    cell scored (sorted by example id); None when a cell has no predictions."""
+    by_seed = {c.seed: c for c in cells}
+    series = [_correct_by_pair(by_seed[s], ev_name) for s in seeds]
+    if not series or any(x is None for x in series):
         return None
-    return bootstrap_ci(np.stack(rows_m), np.stack(rows_r))
+    shared = series[0].index
+    for x in series[1:]:
+        shared = shared.intersection(x.index)
+    shared = shared.sort_values()
+    return np.stack([x.loc[shared].to_numpy() for x in series]), list(shared)
+
+
+def _bootstrap(cells_m: list[Cell], cells_r: list[Cell], ev_name: str) -> Boot | None:
+    """Paired bootstrap of `method - reference` over the seeds both learned and the pairs both scored."""
+    seeds = sorted({c.seed for c in cells_m} & {c.seed for c in cells_r})
+    m, r = _correct_matrix(cells_m, ev_name, seeds), _correct_matrix(cells_r, ev_name, seeds)
+    if m is None or r is None or not seeds:
+        return None
+    shared = sorted(set(m[1]) & set(r[1]))
+    if not shared:
+        return None
+    cols_m = [m[1].index(k) for k in shared]
+    cols_r = [r[1].index(k) for k in shared]
+    return bootstrap(m[0][:, cols_m], r[0][:, cols_r])
 
 
 def _scores(cells: list[Cell], ev_name: str) -> dict[int, float]:
     return {c.seed: c.evals[ev_name]["score"] for c in cells if ev_name in c.evals}
 
 
-def _paired_rows(grid, by: dict, reference: str) -> tuple[list[list[str]], list[dict[str, Any]]]:
-    rows, records = [], []
+def informative_sets(grid, by: dict) -> dict[tuple[float, str], dict[str, Any]]:
+    """Per (noise, evaluation set): the baseline's accuracy (mean over its learned seeds, Student-t interval)
+    and a paired bootstrap interval over test pairs of its seed-mean accuracy; the set is informative when
+    that bootstrap interval excludes 50% (chance). No baseline in the grid: nothing is marked."""
+    out = {}
+    if grid.baseline not in grid.methods:
+        return out
     for noise in grid.noise:
-        for method in grid.methods:
-            if method == reference:
-                continue
-            for ev in grid.evals:
-                diffs = paired_differences(_scores(by[(noise, method)], ev.name), _scores(by[(noise, reference)], ev.name))
-                mean, half, n = mean_ci(diffs)
-                boot = _bootstrap(by[(noise, method)], by[(noise, reference)], ev.name)
-                excludes = n >= 2 and math.isfinite(half) and abs(mean) > half
-                rows.append([f"{noise:.0%}", method, ev.name,
-                             "-" if n == 0 else f"{mean * 100:+.2f}" + (f" [{(mean - half) * 100:+.2f}, {(mean + half) * 100:+.2f}]"
-                                                                     if n >= 2 else ""),
-                             "-" if boot is None else f"[{boot[1] * 100:+.2f}, {boot[2] * 100:+.2f}]",
-                             str(n), "yes" if excludes else "no"])
-                records.append({"noise": noise, "method": method, "reference": reference, "eval": ev.name,
-                                "mean_diff": mean if n else None, "t_half_width": half if n >= 2 else None, "seeds": n,
-                                "bootstrap": None if boot is None else {"low": boot[1], "high": boot[2]},
-                                "t_ci_excludes_zero": bool(excludes)})
-    return rows, records
+        cells = by[(noise, grid.baseline)]
+        for ev in grid.evals:
+            accs = [c.evals[ev.name]["score"] for c in cells if ev.name in c.evals]
+            mean, half, n = mean_ci(accs)
+            seeds = sorted(c.seed for c in cells if ev.name in c.evals)
+            matrix = _correct_matrix(cells, ev.name, seeds) if seeds else None
+            boot = bootstrap(matrix[0], np.full_like(matrix[0], 0.5)) if matrix is not None else None
+            informative = None if boot is None else bool(boot.low > 0 or boot.high < 0)
+            out[(noise, ev.name)] = {
+                "noise": noise, "eval": ev.name, "method": grid.baseline, "seeds": n, "mean": mean if n else None,
+                "t_half_width": half if n >= 2 else None, "pairs": None if matrix is None else len(matrix[1]),
+                "bootstrap": None if boot is None else {"low": boot.low + 0.5, "high": boot.high + 0.5},
+                "informative": informative, "below_chance": bool(boot is not None and boot.high < 0)}
+    return out
 
 
-def _paired_tables(grid, by: dict) -> tuple[list[str], list[dict[str, Any]]]:
+def _fmt_diff(mean: float, half: float, n: int) -> str:
+    if n == 0:
+        return "-"
+    return f"{mean * 100:+.2f}" + (f" [{(mean - half) * 100:+.2f}, {(mean + half) * 100:+.2f}]" if n >= 2 else "")
+
+
+def _pts(value: float | None) -> str:
+    return "-" if value is None or not math.isfinite(value) else f"{value * 100:.2f}"
+
+
+def paired_record(noise: float, method: str, reference: str, ev_name: str, cells_m: list[Cell],
+                  cells_r: list[Cell], informative: bool | None) -> dict[str, Any]:
+    """One paired comparison (method minus reference on one set, learned seeds both have): mean, t interval,
+    bootstrap interval, both minimum detectable effects, and whether it decides (both intervals exclude
+    zero on an informative set)."""
+    diffs = paired_differences(_scores(cells_m, ev_name), _scores(cells_r, ev_name))
+    mean, half, n = mean_ci(diffs)
+    boot = _bootstrap(cells_m, cells_r, ev_name)
+    t_excludes = bool(n >= 2 and math.isfinite(half) and abs(mean) > half)
+    boot_excludes = bool(boot is not None and (boot.low > 0 or boot.high < 0))
+    m_t, m_b = mde_t(diffs), (mde_boot(boot.se) if boot is not None else math.nan)
+    finite = [v for v in (m_t, m_b) if math.isfinite(v)]
+    return {"noise": noise, "method": method, "reference": reference, "eval": ev_name,
+            "mean_diff": mean if n else None, "t_half_width": half if n >= 2 else None, "seeds": n,
+            "bootstrap": None if boot is None else {"low": boot.low, "high": boot.high, "se": boot.se},
+            "t_ci_excludes_zero": t_excludes, "bootstrap_excludes_zero": boot_excludes,
+            "mde_t": m_t if math.isfinite(m_t) else None, "mde_bootstrap": m_b if math.isfinite(m_b) else None,
+            "mde": max(finite) if finite else None, "informative": informative,
+            "decides": bool(t_excludes and boot_excludes and informative is not False)}
+
+
+def _paired_row(r: dict[str, Any]) -> list[str]:
+    boot = r["bootstrap"]
+    verdict = ("uninformative set" if r["informative"] is False else
+               ("differs" if r["decides"] else "no difference"))
+    return [f"{r['noise']:.0%}", r["method"], r["eval"],
+            _fmt_diff(r["mean_diff"] or 0.0, r["t_half_width"] or math.nan, r["seeds"]),
+            "-" if boot is None else f"[{boot['low'] * 100:+.2f}, {boot['high'] * 100:+.2f}]",
+            str(r["seeds"]), _pts(r["mde"]), verdict]
+
+
+PAIRED_HEADER = ["noise", "method", "eval", "t: mean [95% CI]", "bootstrap 95%", "seeds", "MDE (80%)", "verdict"]
+PAIRED_NOTE = ("Each seed trains both methods on the same data (and flipped labels) in the same order from the same "
+               "head initialisation; the difference per seed is the unit. t: mean [95% Student-t interval over "
+               "learned seeds]; bootstrap: 95% interval of the seed-mean difference with test pairs resampled "
+               "(2,000 draws). MDE: the smallest true difference the decision (both intervals exclude zero) would "
+               "detect with 80% power, the larger of the two intervals' MDEs. A difference counts (`differs`) only "
+               "when both intervals exclude zero on an informative set; on an uninformative set nothing is decided.")
+
+
+def _paired_tables(grid, by: dict, informative: dict) -> tuple[list[str], list[dict[str, Any]]]:
     lines, records = [], []
     for reference in references(grid):
-        rows, recs = _paired_rows(grid, by, reference)
-        if not rows:
+        recs = [paired_record(noise, method, reference, ev.name, by[(noise, method)], by[(noise, reference)],
+                              (informative.get((noise, ev.name)) or {}).get("informative"))
+                for noise in grid.noise for method in grid.methods if method != reference for ev in grid.evals]
+        if not recs:
             continue
         records += recs
         lines += ["", f"### Paired differences against `{reference}` (accuracy points, method minus {reference})", "",
-                  "Each seed trains both methods on the same data order and head initialisation; the difference per "
-                  "seed is the unit. t: mean [95% Student-t interval over seeds]; bootstrap: 95% interval of the "
-                  "seed-mean difference with test pairs resampled (2,000 draws).", ""]
-        lines += _table(["noise", "method", "eval", "t: mean [95% CI]", "bootstrap 95%", "seeds", "t CI excludes 0"],
-                        rows)
+                  PAIRED_NOTE, ""]
+        lines += _table(PAIRED_HEADER, [_paired_row(r) for r in recs if r["seeds"]])
     return lines, records
+
+
+def _twin_tables(grid, by: dict, informative: dict) -> tuple[list[str], list[dict[str, Any]]]:
+    """Each APLOT reading minus its no-OT twin: what the OT plan adds beyond the pair's own cost."""
+    if not grid.twins:
+        return [], []
+    records = [paired_record(noise, reading, twin, ev.name, by[(noise, reading)], by[(noise, twin)],
+                             (informative.get((noise, ev.name)) or {}).get("informative"))
+               for reading, twin in grid.twins.items() for noise in grid.noise for ev in grid.evals]
+    lines = ["", "### Does the OT plan add anything? Each reading minus its no-OT twin (accuracy points)", "",
+             "The twin computes the same margin normalisation from the pair's own cost `H[i, i]` alone "
+             "(`margin_from: own_cost`, no plan): a reading that does not beat its twin gets nothing from the plan. "
+             "Twins: " + ", ".join(f"`{r}` - `{t}`" for r, t in grid.twins.items()) + ".", ""]
+    header = ["noise", "reading", "eval", "t: mean [95% CI]", "bootstrap 95%", "seeds", "MDE (80%)", "verdict"]
+    return lines + _table(header, [_paired_row(r) for r in records if r["seeds"]]), records
+
+
+def _informative_table(informative: dict) -> list[str]:
+    if not informative:
+        return []
+    rows = []
+    for rec in informative.values():
+        boot = rec["bootstrap"]
+        mean, half, n = rec["mean"], rec["t_half_width"], rec["seeds"]
+        rows.append([f"{rec['noise']:.0%}", rec["eval"], "-" if n == 0 else
+                     f"{mean * 100:.1f}" + (f" [{max(0, mean - half) * 100:.1f}, {min(1, mean + half) * 100:.1f}]"
+                                            if half is not None else ""),
+                     "-" if boot is None else f"[{boot['low'] * 100:.1f}, {boot['high'] * 100:.1f}]",
+                     str(rec["pairs"] or "-"), str(n),
+                     "-" if rec["informative"] is None else
+                     ("yes (below chance)" if rec["below_chance"] else "yes" if rec["informative"] else "no")])
+    method = next(iter(informative.values()))["method"]
+    return ["", f"### Which evaluation sets can decide anything? ({method}'s accuracy against chance)", "",
+            f"A set is informative when the paired bootstrap interval (test pairs resampled) of {method}'s seed-mean "
+            "accuracy excludes 50%. On an uninformative set the models score at chance: no difference there is "
+            "counted.", ""] + _table(["noise", "eval", f"{method} accuracy % [95% t CI]", "bootstrap 95%", "pairs",
+                                      "seeds", "informative"], rows)
+
+
+def ot_convergence(grid, by: dict) -> dict[str, dict[str, Any]]:
+    """Per method with an OT plan: the fraction of steps whose Sinkhorn solve met its tolerance (mean and
+    minimum over cells), and whether every cell converged on at least 95% of its steps."""
+    out = {}
+    for method in grid.methods:
+        fracs = [c.ot["converged_frac"] for noise in grid.noise for c in by[(noise, method)]
+                 if c.ot.get("solves") and c.ot.get("converged_frac") is not None
+                 and grid.methods[method].margin_from != "own_cost"]
+        if fracs:
+            out[method] = {"mean": float(np.mean(fracs)), "min": float(np.min(fracs)), "cells": len(fracs),
+                           "ot_iters": grid.methods[method].ot_iters, "ot_tol": grid.methods[method].ot_tol,
+                           "converged": bool(min(fracs) >= 0.95)}
+    return out
+
+
+def _ot_table(conv: dict[str, dict[str, Any]]) -> list[str]:
+    if not conv:
+        return []
+    rows = [[m, f"{v['mean']:.1%}", f"{v['min']:.1%}", str(v["cells"]), str(v["ot_iters"]), f"{v['ot_tol']:g}",
+             "yes" if v["converged"] else "**no**: margins read from plans short of the tolerance"]
+            for m, v in conv.items()]
+    return ["", "### Sinkhorn convergence (share of training steps whose plan met the marginal tolerance)", ""] + \
+        _table(["method", "mean", "worst cell", "cells", "ot_iters", "ot_tol", "converged (>= 95% in every cell)"],
+               rows)
+
+
+def _learned_section(cells: list[Cell], unlearned: list[Cell], accepted: bool) -> list[str]:
+    from aplot_cli.train.learned import RULE
+
+    lines = ["", "## Did every run learn?", "", f"Rule (train-rm): {RULE}.", ""]
+    if not unlearned:
+        return lines + [f"All {len(cells)} finished runs learned."]
+    lines += [f"**{len(unlearned)} of {len(cells)} runs did not learn** and are left out of every table, interval "
+              "and verdict below (a paired difference loses that seed)"
+              + (" (accepted with --accept-unlearned)" if accepted else "") + ":", ""]
+    lines += [f"- {c.name}: " + "; ".join(c.learning.get("reasons") or ["-"]) for c in unlearned]
+    return lines
 
 
 def _final_eval(cell: Cell) -> float | None:
@@ -314,9 +541,8 @@ def _convergence_table(grid, by: dict) -> tuple[list[str], list[dict[str, Any]]]
 def _margin_table(grid, by: dict, out_dir: Path) -> tuple[list[str], dict]:
     rows, stats_all = [], {}
     for noise in grid.noise:
-        pairs_dir = out_dir / "data" / noise_tag(noise) / "pairs"
         for method in grid.methods:
-            stats = [_margin_stats(c, pairs_dir) for c in by[(noise, method)]]
+            stats = [_margin_stats(c, _pairs_dir(grid, out_dir, c)) for c in by[(noise, method)]]
             merged = {k: float(np.mean([s[k] for s in stats if k in s])) for k in sorted({k for s in stats for k in s})}
             if not merged:
                 continue
@@ -357,7 +583,8 @@ def _figures(grid, by: dict, cells: list[Cell], out_dir: Path, report_dir: Path)
         ax.set(title=f"test accuracy (mean, 95% band over seeds), noise {noise:.0%}", xlabel="step",
                ylabel="pair accuracy %")
         ax.title.set_fontsize(9)
-        ax.legend(fontsize=7, ncol=2)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7, ncol=2)
     if any_curve:
         files.append(report_dir / "accuracy_vs_step.png")
         fig.tight_layout()
@@ -366,7 +593,7 @@ def _figures(grid, by: dict, cells: list[Cell], out_dir: Path, report_dir: Path)
     files += _hard_easy_figure(grid, by, out_dir, report_dir, plt)
 
     noise = grid.noise[0]
-    train = pd.read_parquet(out_dir / "data" / noise_tag(noise) / "pairs" / "train.parquet")
+    train = pd.read_parquet(grid.data_dir(out_dir, noise, grid.seeds[0]) / "pairs" / "train.parquet")
     aplot_methods = [m for m in grid.methods if any(_has_margins(c) for c in by[(noise, m)])]
     if aplot_methods:
         fig, axes = plt.subplots(1, len(aplot_methods), figsize=(5 * len(aplot_methods), 3.5), squeeze=False)
@@ -414,9 +641,8 @@ def _hard_easy_figure(grid, by: dict, out_dir: Path, report_dir: Path, plt) -> l
     bars per noise level; drawn only where the data has a difficulty and some method has margins."""
     bars = {}
     for noise in grid.noise:
-        pairs_dir = out_dir / "data" / noise_tag(noise) / "pairs"
         for method in grid.methods:
-            stats = [_margin_stats(c, pairs_dir) for c in by[(noise, method)]]
+            stats = [_margin_stats(c, _pairs_dir(grid, out_dir, c)) for c in by[(noise, method)]]
             gaps = [st["hard_mean"] - st["easy_mean"] for st in stats if "hard_mean" in st and "easy_mean" in st]
             if gaps:
                 bars[(noise, method)] = mean_ci(gaps)
@@ -478,41 +704,71 @@ def _html(title: str, markdown_lines: list[str], figures: list[Path]) -> str:
             f"<style>{style}</style></head><body>{''.join(body)}</body></html>")
 
 
-def build(grid, out_dir: Path) -> Summary:
-    """Collect every finished cell and write report.md, report.html, results.json and the figures."""
+def build(grid, out_dir: Path, accept_unlearned: bool = False) -> Summary:
+    """Collect every finished cell and write report.md, report.html, results.json and the figures. Cells that
+    did not learn are named and left out of every table and verdict (`Summary.unlearned`)."""
     report_dir = out_dir / "report"
     report_dir.mkdir(parents=True, exist_ok=True)
     cells, missing = collect(grid, out_dir)
+    unlearned = [c for c in cells if not c.learned]
     by: dict = defaultdict(list)
     for cell in cells:
-        by[(cell.noise, cell.method)].append(cell)
+        if cell.learned:
+            by[(cell.noise, cell.method)].append(cell)
     lines = [f"# {grid.title}", ""]
     if grid.notes:
         lines += [grid.notes.strip(), ""]
-    lines += [f"Methods: {', '.join(grid.methods)}; seeds: {', '.join(map(str, grid.seeds))}; label noise: "
-              f"{', '.join(f'{n:.0%}' for n in grid.noise)}; evaluation sets: "
+    flips = ("each seed draws its own flipped training labels" if grid.flips_per_seed() else
+             f"one draw of flipped training labels (seed {grid.flip_seed}) for every seed")
+    lines += [f"Methods: {', '.join(grid.methods)}; seeds: {_seed_list(grid.seeds)} ({len(grid.seeds)}); label noise: "
+              f"{', '.join(f'{n:.0%}' for n in grid.noise)}"
+              + (f" ({flips})" if any(n > 0 for n in grid.noise) else "") + "; evaluation sets: "
               f"{', '.join(ev.name for ev in grid.evals)}. Cells finished: {len(cells)}"
-              + (f"; missing: {len(missing)}" if missing else "") + "."]
-    paired_lines, paired = _paired_tables(grid, by)
+              + (f"; missing: {len(missing)}" if missing else "")
+              + (f"; did not learn: {len(unlearned)}" if unlearned else "") + "."]
+    if 0 < len(grid.seeds) < 3:
+        lines += ["", f"**Warning: {len(grid.seeds)} seed(s).** A Student-t interval over fewer than 3 seeds is "
+                      "too wide to decide anything; use at least 3, better 10 or more."]
+    informative = informative_sets(grid, by)
+    paired_lines, paired = _paired_tables(grid, by, informative)
+    twin_lines, twin_records = _twin_tables(grid, by, informative)
     convergence_lines, convergence = _convergence_table(grid, by)
-    lines += ["", "## Accuracy"] + _accuracy_tables(grid, by) + paired_lines + _difficulty_table(grid, by)
-    lines += convergence_lines
+    conv_ot = ot_convergence(grid, by)
+    lines += _learned_section(cells, unlearned, accept_unlearned)
+    lines += ["", "## Accuracy"] + _accuracy_tables(grid, by) + _informative_table(informative)
+    lines += paired_lines + twin_lines + _difficulty_table(grid, by)
+    lines += convergence_lines + _ot_table(conv_ot)
     margin_lines, margin_stats = _margin_table(grid, by, out_dir)
     lines += margin_lines
-    figures = _figures(grid, by, cells, out_dir, report_dir) if cells else []
+    learned_cells = [c for c in cells if c.learned]
+    figures = _figures(grid, by, learned_cells, out_dir, report_dir) if learned_cells else []
     if figures:
         lines += ["", "## Figures", ""] + [f"![{f.stem}]({f.name})" for f in figures]
-    results = {"cells": [{"noise": c.noise, "method": c.method, "seed": c.seed,
+    results = {"cells": [{"noise": c.noise, "method": c.method, "seed": c.seed, "learned": c.learned,
                           "train": {k: c.train.get(k) for k in ("train_accuracy", "test_accuracy", "steps",
                                                                  "pairs_per_second")},
                           "evals": {k: {"accuracy": v["score"],
                                         "hard": _difficulty_accuracy(v, "hard"), "easy": _difficulty_accuracy(v, "easy")}
                                     for k, v in c.evals.items()}} for c in cells],
-               "paired": paired, "convergence": convergence, "margins": margin_stats, "missing": missing}
+               "unlearned": [{"noise": c.noise, "method": c.method, "seed": c.seed,
+                              "reasons": c.learning.get("reasons") or []} for c in unlearned],
+               "informative": list(informative.values()), "paired": paired, "twins": twin_records,
+               "twin_of": dict(grid.twins), "convergence": convergence, "ot_convergence": conv_ot,
+               "margins": margin_stats, "missing": missing, "seeds": list(grid.seeds),
+               "flip_seed": grid.flip_seed}
     (report_dir / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     artifacts.write_json_atomic(report_dir / "results.json", results)
     (report_dir / "report.html").write_text(_html(grid.title, lines, figures), encoding="utf-8")
     summary_metrics = {f"{c['noise']:.2f}/{c['method']}/{c['seed']}/{k}": v["accuracy"]
-                       for c in results["cells"] for k, v in c["evals"].items()}
+                       for c in results["cells"] if c["learned"] for k, v in c["evals"].items()}
     return Summary(files=[report_dir / "report.md", report_dir / "report.html", report_dir / "results.json", *figures],
-                   metrics=summary_metrics, missing=missing)
+                   metrics=summary_metrics, missing=missing,
+                   unlearned=[f"{c.noise:.2f}/{c.method}/seed-{c.seed}" for c in unlearned])
+
+
+def _seed_list(seeds) -> str:
+    """`0-29` for a run of consecutive seeds, else the list."""
+    seeds = list(seeds)
+    if len(seeds) > 2 and seeds == list(range(seeds[0], seeds[0] + len(seeds))):
+        return f"{seeds[0]}-{seeds[-1]}"
+    return ", ".join(map(str, seeds))

@@ -91,13 +91,17 @@ def _fmt(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
-def page(title: str, config: dict[str, Any], metrics: dict[str, Any], warnings: list[str], has_figure: bool) -> str:
+def page(title: str, config: dict[str, Any], metrics: dict[str, Any], warnings: list[str], has_figure: bool,
+         learning=None) -> str:
     keys = ("backbone", "loss", "learning_rate", "batch_size", "max_steps", "epochs", "seed", "frozen_backbone",
             "plan_on", "cost_norm", "margin_from", "margin_norm", "margin_scale")
     lines = [f"# {title}", "", "| setting | value |", "| --- | --- |"]
     lines += [f"| {k} | {config[k]} |" for k in keys if k in config]
     lines += ["", "| metric | value |", "| --- | ---: |"]
     lines += [f"| {k} | {_fmt(v)} |" for k, v in metrics.items() if isinstance(v, (int, float))]
+    if learning is not None:
+        lines += ["", f"**Learned: {'yes' if learning.learned else 'no'}** ({learning.rule})."
+                  + ("" if learning.learned else " Failed: " + "; ".join(learning.reasons) + ".")]
     lines += [""] + [f"**Warning:** {w}" for w in warnings]
     if has_figure:
         lines += ["", f"![training curves]({FIGURE})"]
@@ -106,19 +110,25 @@ def page(title: str, config: dict[str, Any], metrics: dict[str, Any], warnings: 
     return "\n".join(lines).rstrip() + "\n"
 
 
-def write(out_dir: Path, config: dict[str, Any], metrics: dict[str, Any], log_file: str) -> RunReport:
-    """Write the figure and the page into `out_dir`; return their names and the run's warnings."""
+def write(out_dir: Path, config: dict[str, Any], metrics: dict[str, Any], log_file: str,
+          learning=None) -> RunReport:
+    """Write the figure and the page into `out_dir`; return their names and the run's warnings.
+    `learning`: the run's `train.learned.Learning` verdict, stated on the page (a run that did not learn is
+    also a warning)."""
     log = read_log(out_dir / log_file)
     report = RunReport()
     warning = stall_warning(log, float(config.get("learning_rate", 0.0)))
     if warning:
         report.warnings.append(warning)
+    if learning is not None and not learning.learned:
+        report.warnings.append("this run did not learn (" + "; ".join(learning.reasons) + "); `aplot compare` leaves "
+                               "it out of every comparison")
     loss = config.get("loss")
     loss = "+".join(loss) if isinstance(loss, (list, tuple)) else loss
     title = f"train-rm {out_dir.name}: {config.get('backbone')} / {loss}"
     if figure(log, out_dir / FIGURE, title):
         report.files.append(FIGURE)
-    (out_dir / REPORT).write_text(page(title, config, metrics, report.warnings, FIGURE in report.files),
+    (out_dir / REPORT).write_text(page(title, config, metrics, report.warnings, FIGURE in report.files, learning),
                                   encoding="utf-8")
     report.files.append(REPORT)
     return report

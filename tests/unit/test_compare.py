@@ -20,6 +20,21 @@ def test_mean_ci_matches_student_t():
     assert half == pytest.approx(4.302652729911275 * 0.02 / math.sqrt(3), rel=1e-6)
     assert math.isnan(report.mean_ci([0.5])[1])
     assert report.fmt_ci([]) == "-" and report.fmt_ci([0.5]) == "50.0"
+    # the interval is clipped to the scale: two far-apart seeds near the top do not reach past 100
+    assert report.fmt_ci([0.99, 0.30]).endswith("100.0]") and "[0.0," in report.fmt_ci([0.01, 0.70])
+
+
+@pytest.fixture
+def learned_always(monkeypatch):
+    """The tiny grids below train a 2-layer model for a few steps: it learns nothing, and the plumbing they
+    test (tables, resume, workers) would be left with no cells to show. Here every run counts as learned;
+    tests/unit/test_compare_science.py checks the real rule end to end."""
+    import dataclasses
+
+    from aplot_cli.train import learned
+
+    real = learned.judge
+    monkeypatch.setattr(learned, "judge", lambda *a, **k: dataclasses.replace(real(*a, **k), learned=True, reasons=[]))
 
 
 def _grid(tmp_path: Path, backbone: Path, extra: str = "") -> Path:
@@ -51,10 +66,10 @@ def test_grid_rejects_unknown_keys_and_bad_method_options(tmp_path, tiny_bert_di
         compare.load_grid(path)
 
 
-def test_tiny_grid_end_to_end_and_resume(tmp_path, tiny_bert_dir):
+def test_tiny_grid_end_to_end_and_resume(tmp_path, tiny_bert_dir, learned_always):
     grid = _grid(tmp_path, tiny_bert_dir)
     out = tmp_path / "cmp"
-    manifest = json.loads(compare.run(grid, out).read_text())
+    manifest = json.loads(compare.run(grid, out, accept_unlearned=True).read_text())
     assert manifest["stage"] == "compare" and manifest["diagnostics"]["missing_cells"] == []
     text = (out / "report" / "report.md").read_text()
     for needle in ("| bt |", "| aplot |", "Hard vs easy", "Margin diagnostics", "Convergence",
@@ -69,13 +84,13 @@ def test_tiny_grid_end_to_end_and_resume(tmp_path, tiny_bert_dir):
     cell_manifest = out / "cells" / "noise-0.00" / "bt" / "seed-0" / "train" / "manifest.json"
     before = cell_manifest.read_bytes()
     (out / "cells" / "noise-0.00" / "aplot" / "seed-0" / "eval-ood" / "manifest.json").unlink()  # "killed"
-    compare.run(grid, out)
+    compare.run(grid, out, accept_unlearned=True)
     assert cell_manifest.read_bytes() == before
     assert (out / "cells" / "noise-0.00" / "aplot" / "seed-0" / "eval-ood" / "manifest.json").is_file()
     # A changed grid does not silently reuse cells trained with another config.
     grid.write_text(grid.read_text().replace("learning_rate: 1.0e-3", "learning_rate: 2.0e-3"))
     with pytest.raises(ConfigError, match="learning_rate changed"):
-        compare.run(grid, out)
+        compare.run(grid, out, accept_unlearned=True)
 
 
 def test_paired_differences_pair_by_seed_and_ignore_unmatched_seeds():
@@ -111,7 +126,7 @@ def test_paired_table_uses_the_same_seed_and_the_bootstrap(tmp_path):
     import pandas as pd
 
     cells = {}
-    scores = {"bt": [0.60, 0.70, 0.65], "x": [0.62, 0.73, 0.66]}
+    scores = {"bt": [0.60, 0.70, 0.65], "x": [0.70, 0.81, 0.74]}
     for method, accs in scores.items():
         for seed, acc in enumerate(accs):
             path = tmp_path / method / str(seed)
@@ -126,16 +141,29 @@ def test_paired_table_uses_the_same_seed_and_the_bootstrap(tmp_path):
             cells.setdefault((0.0, method), []).append(
                 report.Cell(0.0, method, seed, {}, [], {"id": {"score": acc}}, path))
 
-    class G:
-        noise = (0.0,)
-        methods = {"bt": None, "x": None}
-        evals = (type("E", (), {"name": "id"}),)
-        baseline = "bt"
+    record = report.paired_record(0.0, "x", "bt", "id", cells[(0.0, "x")], cells[(0.0, "bt")], informative=True)
+    assert record["mean_diff"] == pytest.approx(0.10) and record["seeds"] == 3
+    assert 0 < record["bootstrap"]["low"] <= 0.10 <= record["bootstrap"]["high"]
+    # the MDE of the t interval is the textbook one: (t_.975 + t_.80) * sd / sqrt(n), df = n - 1
+    from scipy import stats
 
-    rows, records = report._paired_rows(G, cells, "bt")
-    assert len(rows) == 1 and rows[0][1] == "x"
-    assert records[0]["mean_diff"] == pytest.approx(0.02) and records[0]["seeds"] == 3
-    assert records[0]["bootstrap"]["low"] <= 0.02 <= records[0]["bootstrap"]["high"]
+    sd = np.std([0.10, 0.11, 0.09], ddof=1)
+    expected = (stats.t.ppf(0.975, 2) + stats.t.ppf(0.8, 2)) * sd / math.sqrt(3)
+    assert record["mde_t"] == pytest.approx(expected)
+    assert record["mde"] == pytest.approx(max(record["mde_t"], record["mde_bootstrap"]))
+    # the same difference on an uninformative set decides nothing
+    quiet = report.paired_record(0.0, "x", "bt", "id", cells[(0.0, "x")], cells[(0.0, "bt")], informative=False)
+    assert record["decides"] and quiet["t_ci_excludes_zero"] and not quiet["decides"]
+
+
+def test_bootstrap_mde_scales_with_the_standard_error():
+    assert report.mde_boot(0.01) == pytest.approx((1.959964 + 0.841621) * 0.01, rel=1e-5)
+    rng = np.random.default_rng(0)
+    small = rng.integers(0, 2, size=(5, 100)).astype(float)
+    large = rng.integers(0, 2, size=(5, 1600)).astype(float)
+    # 16x the test pairs: a quarter of the standard error
+    ratio = report.bootstrap(large, 1 - large).se / report.bootstrap(small, 1 - small).se
+    assert 0.15 < ratio < 0.4
 
 
 def test_parallel_workers_give_the_sequential_result(tmp_path, tiny_bert_dir):
@@ -145,8 +173,8 @@ def test_parallel_workers_give_the_sequential_result(tmp_path, tiny_bert_dir):
     import pandas as pd
 
     grid = _grid(tmp_path, tiny_bert_dir)
-    compare.run(grid, tmp_path / "seq")
-    manifest = json.loads(compare.run(grid, tmp_path / "par", workers=2).read_text())
+    compare.run(grid, tmp_path / "seq", accept_unlearned=True)
+    manifest = json.loads(compare.run(grid, tmp_path / "par", workers=2, accept_unlearned=True).read_text())
     assert manifest["diagnostics"]["missing_cells"] == []
     for method in ("bt", "aplot"):
         for ev in ("id", "ood"):
@@ -185,7 +213,7 @@ def test_frozen_backbone_grid_trains_heads_and_evaluates_from_cached_features(tm
     (tmp_path / "frozen.yaml").write_text(grid)
     assert all(cfg.frozen_backbone for cfg in compare.load_grid(tmp_path / "frozen.yaml").methods.values())
     out = tmp_path / "cmp"
-    manifest = json.loads(compare.run(tmp_path / "frozen.yaml", out).read_text())
+    manifest = json.loads(compare.run(tmp_path / "frozen.yaml", out, accept_unlearned=True).read_text())
     assert manifest["diagnostics"]["missing_cells"] == []
     cells = out / "cells" / "noise-0.00"
     trained = {m: json.loads((cells / m / "seed-0" / "train" / "manifest.json").read_text()) for m in ("bt", "aplot")}

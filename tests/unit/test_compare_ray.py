@@ -68,10 +68,10 @@ def runs(local_ray, tiny_bert_dir, aplot_cache, tmp_path_factory):
         env.setenv("APLOT_CACHE", str(aplot_cache))
         torch.set_num_threads(1)
         try:
-            compare.run(grid, base / "seq")
+            compare.run(grid, base / "seq", accept_unlearned=True)
         finally:
             torch.set_num_threads(threads)
-        compare.run(grid, base / "ray", executor="ray")
+        compare.run(grid, base / "ray", executor="ray", accept_unlearned=True)
     return grid, base / "seq", base / "ray"
 
 
@@ -123,7 +123,8 @@ def test_ray_rerun_skips_finished_cells_and_redoes_what_is_missing(runs, aplot_c
     before = bt_train.read_bytes()
     missing = ray_out / CELLS / "aplot" / "seed-0" / "eval-ood" / "manifest.json"
     missing.unlink()  # "killed" before this evaluation finished
-    result = CliRunner().invoke(app, ["compare", str(grid), "--out-dir", str(ray_out), "--executor", "ray"])
+    result = CliRunner().invoke(app, ["compare", str(grid), "--out-dir", str(ray_out), "--executor", "ray",
+                                      "--accept-unlearned"])  # a tiny model trained a few steps: it learns nothing
     assert result.exit_code == 0, result.output
     assert result.stdout.strip() == str(ray_out / "manifest.json")
     assert bt_train.read_bytes() == before and missing.is_file()
@@ -132,19 +133,19 @@ def test_ray_rerun_skips_finished_cells_and_redoes_what_is_missing(runs, aplot_c
     missing.unlink()
     monkeypatch.setattr(aplot_cli, "__version__", "0.0.0-driver")
     with pytest.raises(ConfigError, match=r"runs aplot \S+, this driver 0.0.0-driver"):
-        compare.run(grid, ray_out, executor="ray")
+        compare.run(grid, ray_out, executor="ray", accept_unlearned=True)
     assert not missing.exists()
     monkeypatch.undo()
     # so does a config that train-rm refuses inside a task (while the aplot cell finishes its evaluation)
     grid.write_text(grid.read_text().replace("  aplot: {loss: [aplot]}\n",
                                              "  aplot: {loss: [aplot]}\n  both: {loss: [aplot, constant_margin]}\n"))
     with pytest.raises(ConfigError, match="both supply the margin"):
-        compare.run(grid, ray_out, executor="ray")
+        compare.run(grid, ray_out, executor="ray", accept_unlearned=True)
     assert missing.is_file()
     # a changed grid is refused (before any task), as the local executor refuses it
     grid.write_text(grid.read_text().replace("learning_rate: 1.0e-3", "learning_rate: 2.0e-3"))
     with pytest.raises(ConfigError, match="learning_rate changed"):
-        compare.run(grid, ray_out, executor="ray")
+        compare.run(grid, ray_out, executor="ray", accept_unlearned=True)
 
 
 def test_ray_retries_a_failed_cell_once_and_names_one_that_fails_twice(local_ray, tiny_bert_dir, tmp_path,
@@ -167,7 +168,7 @@ def test_ray_retries_a_failed_cell_once_and_names_one_that_fails_twice(local_ray
     out = tmp_path / "out"
     with pytest.raises(TrainingError, match=r"1 cell\(s\) failed twice: cells/noise-0.00/aplot/seed-0: "
                                             r"RuntimeError: device lost \(aplot, try 2\)\n"):
-        compare.run(grid, out, executor="ray")
+        compare.run(grid, out, executor="ray", accept_unlearned=True)
     assert (attempts / "bt").read_text() == "2" and (attempts / "aplot").read_text() == "2"
     for part in ("train", "eval-id", "eval-ood"):
         assert (out / CELLS / "bt" / "seed-0" / part / "manifest.json").is_file(), part

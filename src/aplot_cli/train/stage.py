@@ -16,6 +16,7 @@ from aplot_cli import artifacts, formatting, models, run_report
 from aplot_cli.config import TrainConfig, config_to_dict, resolve_train
 from aplot_cli.console import info
 from aplot_cli.errors import ArtifactError, ConfigError
+from aplot_cli.train import learned
 from aplot_cli.train.data import PairDataset, _SplitCollator, _take, encode_split
 from aplot_cli.train.metrics import _final_metrics, _ot_summary, pair_accuracy
 from aplot_cli.train.model import load_model
@@ -91,9 +92,13 @@ def run(cfg: TrainConfig, pairs_dir: Path, out_dir: Path, embeddings_dir: Path |
         return out_dir / artifacts.MANIFEST
     outputs = _save(trainer, tokenizer, cfg, out_dir, train.pair_ids if trainer.margin_sink else None)
     outputs.append(artifacts.describe_output(out_dir, RUN_CONFIG))
+    learning = learned.judge(run_report.read_log(out_dir / LOG_FILE), metrics.get("train_accuracy"),
+                             metrics.get("train_eval_pairs", 0),
+                             cfg.batch_size * cfg.grad_accum * trainer.accelerator.num_processes)
+    metrics["learned"] = learning.learned
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    pictures = run_report.write(out_dir, config_to_dict(cfg), metrics, LOG_FILE, learning)
     outputs.append(artifacts.describe_output(out_dir, "metrics.json"))
-    pictures = run_report.write(out_dir, config_to_dict(cfg), metrics, LOG_FILE)
     outputs += [artifacts.describe_output(out_dir, name) for name in pictures.files]
     for warning in pictures.warnings:
         info(f"[bold yellow]train-rm warning:[/] {warning}")
@@ -104,6 +109,7 @@ def run(cfg: TrainConfig, pairs_dir: Path, out_dir: Path, embeddings_dir: Path |
                       if test else {}),
                    "resumed_from_step": resumed_step if checkpoint else None,
                    "warnings": pictures.warnings,
+                   "learning": learning.to_dict(),
                    "learning_rate": {"value": cfg.learning_rate, "source": learning_rate_source},
                    **({"resume": {"settings_checked": resume_changes is not None,
                                   "changed": resume_changes or {}}} if checkpoint else {}),

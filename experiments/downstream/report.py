@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from aplot_cli import bon
-from aplot_cli.report import mean_ci, paired_differences
+from aplot_cli.report import mde_t, mean_ci, paired_differences
 
 NAME = re.compile(r"^(?P<label>.+)-s(?P<seed>\d+)$")
 BASELINE_LABEL = "bt"
@@ -364,10 +364,22 @@ def ppo_lines(runs: dict[str, dict[int, list[dict]]], figure: str) -> tuple[list
         lines.append(f"- `{label}`: " + "; ".join(f"u{u}: {gold[u].text()} at KL {kl[u].mean:.3f}" for u in gold if u in kl))
     lines += ["", "Did PPO move held-out gold? Final minus update 0, per seed (percentage points):", ""]
     conclusions = []
+    gains = {}
     for label, seeds in sorted(runs.items()):
-        moved = t_interval([final_value(rows, "gold_success") - rows[0]["gold_success"] for rows in seeds.values()])
+        gains[label] = [final_value(rows, "gold_success") - rows[0]["gold_success"] for rows in seeds.values()]
+        moved = t_interval(gains[label])
         text = verdict(moved, f"PPO on `{label}`: final gold", "the reference's")
         lines.append(f"- {text}")
+        conclusions.append(f"{text}.")
+    if "gold" in gains and len(gains["gold"]) >= 2:
+        # the positive control: PPO on the gold checker itself is the largest gain any reward model could give
+        control = t_interval(gains["gold"])
+        detectable = mde_t(gains["gold"])
+        text = (f"What PPO at this size can detect: even the gold reward's own gain, {control.text()} points over "
+                f"{control.n} seeds, is {'not ' if control.includes_zero else ''}distinguishable from zero; the "
+                f"smallest gain this design detects with 80% power is about {detectable * 100:.1f} points, so it "
+                "cannot rank reward models whose policies differ by less")
+        lines += ["", f"{text}.", ""]
         conclusions.append(f"{text}.")
     lines += ["", "Paired by seed, final held-out gold success (percentage points):", ""]
     for a, b in comparisons(list(runs)):

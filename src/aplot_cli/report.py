@@ -132,9 +132,16 @@ def fmt_ci(values: list[float], scale: float = 100.0, low: float = 0.0, high: fl
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
+    """A JSONL log, or its gzip-compressed copy (`<name>.gz`, as exported raw results keep it)."""
+    import gzip
+
+    if path.is_file():
+        text = path.read_text()
+    elif path.with_name(path.name + ".gz").is_file():
+        text = gzip.decompress(path.with_name(path.name + ".gz").read_bytes()).decode()
+    else:
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 @dataclass

@@ -143,7 +143,7 @@ seeds: [0]
 evals: {{id: {{split: test}}}}
 """)
     out = tmp_path / "cmp"
-    result = CliRunner().invoke(app, ["compare", str(path), "--out-dir", str(out), "-q"])
+    result = CliRunner().invoke(app, ["compare", str(path), "--out-dir", str(out)])
     assert result.exit_code == 6, result.output
     assert "0.00/stuck/seed-0" in result.stderr and "0.00/bt" not in result.stderr
     assert not (out / "manifest.json").exists()
@@ -153,7 +153,7 @@ evals: {{id: {{split: test}}}}
     assert [(u["method"], u["seed"]) for u in results["unlearned"]] == [("stuck", 0)]
     train = json.loads((out / "cells/noise-0.00/bt/seed-0/train/manifest.json").read_text())
     assert train["metrics"]["learned"] is True and train["diagnostics"]["learning"]["reasons"] == []
-    accepted = CliRunner().invoke(app, ["compare", str(path), "--out-dir", str(out), "-q", "--accept-unlearned"])
+    accepted = CliRunner().invoke(app, ["compare", str(path), "--out-dir", str(out), "--accept-unlearned"])
     assert accepted.exit_code == 0, accepted.output
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["diagnostics"]["unlearned_cells"] == ["0.00/stuck/seed-0"]

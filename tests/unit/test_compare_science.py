@@ -145,7 +145,8 @@ evals: {{id: {{split: test}}}}
     out = tmp_path / "cmp"
     result = CliRunner().invoke(app, ["compare", str(path), "--out-dir", str(out)])
     assert result.exit_code == 6, result.output
-    assert "0.00/stuck/seed-0" in result.stderr and "0.00/bt" not in result.stderr
+    error = next(line for line in result.stderr.splitlines() if line.startswith("error:"))
+    assert "0.00/stuck/seed-0" in error and "0.00/bt" not in error
     assert not (out / "manifest.json").exists()
     text = (out / "report" / "report.md").read_text()
     assert "1 of 2 runs did not learn" in text and "noise 0% / stuck / seed 0" in text

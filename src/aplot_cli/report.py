@@ -431,7 +431,19 @@ def _paired_tables(grid, by: dict, informative: dict) -> tuple[list[str], list[d
         lines += ["", f"### Paired differences against `{reference}` (accuracy points, method minus {reference})", "",
                   PAIRED_NOTE, ""]
         lines += _table(PAIRED_HEADER, [_paired_row(r) for r in recs if r["seeds"]])
+        lines += ["", chance_note(recs)]
     return lines, records
+
+
+def chance_note(records: list[dict[str, Any]]) -> str:
+    """How many verdicts `differs` the table holds against how many chance alone would give: each comparison
+    on an informative set has at most a 5% chance to differ when there is no difference (both 95% intervals
+    must exclude zero), so a table of N comparisons holds about N/20 such verdicts by chance."""
+    tested = [r for r in records if r["seeds"] and r["informative"] is not False]
+    differ = sum(r["decides"] for r in tested)
+    return (f"{differ} of {len(tested)} comparisons on informative sets differ; with no true difference anywhere, "
+            f"up to about {len(tested) / 20:.1f} would by chance (5% each), so a single `differs` is weak evidence "
+            "unless it recurs across noise levels, sets and grids.")
 
 
 def _twin_tables(grid, by: dict, informative: dict) -> tuple[list[str], list[dict[str, Any]]]:
@@ -446,7 +458,7 @@ def _twin_tables(grid, by: dict, informative: dict) -> tuple[list[str], list[dic
              "(`margin_from: own_cost`, no plan): a reading that does not beat its twin gets nothing from the plan. "
              "Twins: " + ", ".join(f"`{r}` - `{t}`" for r, t in grid.twins.items()) + ".", ""]
     header = ["noise", "reading", "eval", "t: mean [95% CI]", "bootstrap 95%", "seeds", "MDE (80%)", "verdict"]
-    return lines + _table(header, [_paired_row(r) for r in records if r["seeds"]]), records
+    return lines + _table(header, [_paired_row(r) for r in records if r["seeds"]]) + ["", chance_note(records)], records
 
 
 def _informative_table(informative: dict) -> list[str]:

@@ -251,3 +251,22 @@ def test_encoders_and_frozen_backbones_keep_two_sequences(
     assert "frozen-backbone" in frozen["diagnostics"]["prefix_sharing"]["reason"]
     with pytest.raises(ConfigError, match="encoder"):
         train.run(tiny_cfg(tiny_bert_dir, loss=("bt",), prefix_sharing=True), synthetic_pairs_dir, tmp_path / "asked")
+
+
+@pytest.mark.slow
+def test_the_real_smollm2_scores_and_trains_the_same_shared(smollm2_tokenizer_dir):
+    """The real SmolLM2-135M-Instruct (30 layers, GQA, tied embeddings) with a fresh score head."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(smollm2_tokenizer_dir)
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(smollm2_tokenizer_dir, num_labels=1, dtype=torch.float32)
+    formatting.prepare_tokenizer(tok, model.config)
+    split = split_of(tok, 64)  # truncated: both rules of formatting._truncate in play
+    sep_c, sep_r = separate_scores(model, split, tok.pad_token_id)
+    sh_c, sh_r, _ = shared_scores(model, split, tok.pad_token_id, packing=True)
+    torch.testing.assert_close(sh_c, sep_c, atol=1e-5, rtol=0)
+    torch.testing.assert_close(sh_r, sep_r, atol=1e-5, rtol=0)
+    g_sep, g_sh = grads(model, sep_c, sep_r), grads(model, sh_c, sh_r)
+    for name in g_sep:
+        torch.testing.assert_close(g_sh[name], g_sep[name], atol=1e-4, rtol=0, msg=name)

@@ -301,6 +301,9 @@ def write(results: dict, args, command: str) -> None:
                                                "whole-process resident set") + ")", "",
               "| run | peak (MiB) | wall s |", "| --- | --- | --- |"]
     key = "peak_cuda_mib" if args.device == "cuda" else "peak_rss_mib"
+    if not results["memory"]:
+        lines += ["| not measured in this run (`--skip-memory`; SmolLM2's peak beside TRL's: "
+                  "`bench/results/train_rm_prefix.md`) | | |"]
     for name, m in results["memory"].items():
         lines.append(f"| {name} | {m.get(key, 'n/a')} | {m.get('wall_s', 'n/a')} |")
     lines += ["", "Raw numbers:", "", "```json", json.dumps(results, indent=1, default=str)[:8000], "```", ""]

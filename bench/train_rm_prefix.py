@@ -11,7 +11,8 @@ each side's token count). Runs are interleaved in counterbalanced order per rep 
 ratio is the median of the per-rep ratios.
 
 Usage: `python bench/train_rm_prefix.py [--steps 5] [--reps 2] [--batch 4] [--max-length 192]` (writes
-bench/results/train_rm_prefix.md and its raw numbers, bench/results/train_rm_prefix.json). TRL's interpreter as in
+bench/results/train_rm_prefix.md and its raw numbers, bench/results/train_rm_prefix.json; `--from-json FILE`
+rewrites the page from them, `--add-tokens` with it adds the tokens-fed table, which runs no model). TRL's interpreter as in
 bench/train_rm.py's docstring."""
 
 from __future__ import annotations
@@ -106,8 +107,45 @@ def paired(runs: dict[str, list[dict]], a: str, b: str) -> dict:
     return {"ratio": statistics.median(ratios), "per_rep": ratios}
 
 
+def tokens_fed(name: str, args) -> dict:
+    """Tokens a forward pass is fed per epoch, padding included (the CPU's cost), for train-rm's default
+    max_length and batch on the whole dataset: two sequences per pair, shared, and shared + packed, on random
+    batches (APLOT's) and on length-grouped ones (Trainer's LengthGroupedSampler, as train-rm uses it)."""
+    import torch
+    from transformers import AutoTokenizer
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    from aplot_cli import formatting, models, prepare
+    from aplot_cli.train import prefix
+
+    fitting_pairs(name, args)  # prepares the full dataset once
+    tok = formatting.prepare_tokenizer(AutoTokenizer.from_pretrained(models.resolve(args.model)))
+    frame = prepare.load_pairs(WORK / f"prefix-full-{name}", "train")
+    sides = []
+    for prompt, chosen, rejected, messages in zip(frame["prompt"], frame["chosen"], frame["rejected"],
+                                                  frame["prompt_messages"], strict=True):
+        c, r = (formatting.encode(tok, prompt, t, args.token_max_length, messages).input_ids for t in (chosen, rejected))
+        sides.append((len(c), len(r), len(c) + len(r) - prefix.shared_length(c, r)))
+    out = {"pairs": len(sides), "max_length": args.token_max_length, "batch": args.token_batch,
+           "real_tokens": sum(a + b for a, b, _ in sides), "real_tokens_shared": sum(s for _, _, s in sides)}
+    gen = torch.Generator().manual_seed(0)
+    orders = {"random": torch.randperm(len(sides), generator=gen).tolist(),
+              "grouped": list(LengthGroupedSampler(args.token_batch, lengths=[max(a, b) for a, b, _ in sides],
+                                                   generator=gen))}
+    for kind, order in orders.items():
+        fed = {"two_sequences": 0, "shared": 0, "shared_packed": 0}
+        for k in range(0, len(order), args.token_batch):
+            batch = [sides[i] for i in order[k:k + args.token_batch]]
+            width = max(s for _, _, s in batch)
+            fed["two_sequences"] += 2 * len(batch) * max(max(a, b) for a, b, _ in batch)
+            fed["shared"] += len(batch) * width
+            fed["shared_packed"] += len(prefix.pack([s for _, _, s in batch], True)) * width
+        out[kind] = fed
+    return out
+
+
 def measure(args) -> dict:
-    results: dict = {}
+    results: dict = {"tokens_fed": {name: tokens_fed(name, args) for name in args.datasets}}
     for name in args.datasets:
         pairs = fitting_pairs(name, args)
         variants = {"trl": ("trl", {}), "aplot": ("aplot", {"loss": "bt"})}
@@ -179,6 +217,24 @@ def write(results: dict, args, command: str) -> None:
             f"bt {med(runs['bt'], 'pairs_per_s'):.3f} pairs/s, aplot {med(runs['aplot'], 'pairs_per_s'):.3f} pairs/s: "
             f"**aplot / bt = {o['ratio']:.3f}** (per rep " + ", ".join(f"{x:.3f}" for x in o["per_rep"])
             + f"; overhead {100 * (1 - o['ratio']):+.1f}%, target <= 5%). Both with prefix sharing and packing on.", ""]
+    if "tokens_fed" in results:
+        lines += [
+            "## Tokens fed per epoch, padding included (no model run; train-rm's defaults)", "",
+            "What a forward pass is fed on each whole dataset (train split, SmolLM2's chat template, truncation as "
+            "train-rm applies it): two sequences per pair padded to the batch's longest side, one shared row per "
+            "pair padded to the longest pair, and shared rows packed (`--pack-pairs`: first-fit into rows no wider "
+            "than the longest pair).", "",
+            "| dataset | batches | two sequences | shared | shared + packed |", "| --- | --- | --- | --- | --- |"]
+        for name, t in results["tokens_fed"].items():
+            for kind in ("grouped", "random"):
+                fed = t[kind]
+                base = fed["two_sequences"]
+                lines.append(f"| {name} ({t['pairs']} pairs, max_length {t['max_length']}, batch {t['batch']}) | "
+                             f"{kind} | {base} | {fed['shared']} ({fed['shared'] / base:.2f}) | "
+                             f"{fed['shared_packed']} ({fed['shared_packed'] / base:.2f}) |")
+        lines += ["", "A shared row is as wide as its pair's prompt plus both responses, so on random batches sharing "
+                  "alone saves little padding-included work (the widest pair sets the width); packing the shorter "
+                  "pairs beside it is what recovers the saving there (APLOT's batches are random).", ""]
     lines += ["Every run's numbers are in the JSON file beside this page.", ""]
     Path(args.results).write_text("\n".join(lines))
 
@@ -194,17 +250,24 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--datasets", nargs="+", default=["hh-rlhf", "alpacaeval"], choices=list(SOURCES))
     parser.add_argument("--skip-overhead", action="store_true")
+    parser.add_argument("--token-batch", type=int, default=16, help="batch of the tokens-fed table (train-rm's)")
+    parser.add_argument("--token-max-length", type=int, default=256, help="max_length of that table (train-rm's)")
     parser.add_argument("--trl-python", default=str(WORK / "venv" / "bin" / "python"))
     parser.add_argument("--results", default=str(ROOT / "bench" / "results" / "train_rm_prefix.md"))
     parser.add_argument("--from-json", help="rewrite the page from a raw results file, without measuring")
+    parser.add_argument("--add-tokens", action="store_true", help="with --from-json: add the tokens-fed table")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from aplot_cli.console import set_quiet
 
     set_quiet(True)
-    if args.from_json:
+    if args.from_json:  # rewrite the page; --add-tokens first computes the tokens-fed table into the raw file
         raw = json.loads(Path(args.from_json).read_text())
-        vars(args).update({k: v for k, v in raw["args"].items() if k not in ("from_json", "results")})
+        keep = ("from_json", "results", "add_tokens", "token_batch", "token_max_length")
+        vars(args).update({k: v for k, v in raw["args"].items() if k not in keep})
+        if args.add_tokens:
+            raw["results"]["tokens_fed"] = {name: tokens_fed(name, args) for name in args.datasets}
+            Path(args.from_json).write_text(json.dumps(raw, indent=1) + "\n")
         write(raw["results"], args, raw["command"])
         return
     command = "python bench/train_rm_prefix.py " + " ".join(sys.argv[1:])

@@ -31,7 +31,8 @@ def main(pairs: str, out: str, steps: int, batch: int, max_length: int, lr: floa
     diag = manifest["diagnostics"]
     print(json.dumps({"loop_pairs_per_second": timer.steps_per_second() * batch,
                       "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-                      "prefix_sharing": diag["prefix_sharing"], "truncated_pairs": diag["truncation"]["train"]}))
+                      "prefix_sharing": diag["prefix_sharing"], "truncated_pairs": diag["truncation"]["train"],
+                      "ot_seconds_per_step": diag["ot"].get("mean_seconds", 0.0), "ot_solves": diag["ot"].get("solves")}))
 
 
 if __name__ == "__main__":

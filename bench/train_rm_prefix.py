@@ -31,6 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "bench" / "_work"
 DATA = ROOT.parent / "shared" / "data"
+OT_SHARE = ROOT / "bench" / "results" / "train_rm_prefix_ot.json"
 SOURCES = {"hh-rlhf": ("hh-rlhf-harmless-base-test.jsonl", "hh-rlhf"), "alpacaeval": ("alpacaeval-train.jsonl", None)}
 
 
@@ -78,7 +79,7 @@ def run(kind: str, args, pairs: Path, **changes) -> dict:
         cmd = [args.trl_python, str(ROOT / "bench" / "_trl_reward.py"), models.resolve(args.model),
                str(pairs / "train.parquet"), str(WORK / "prefix-trl-out"), *common, "grouped"]
     else:
-        cmd = [sys.executable, str(ROOT / "bench" / "_aplot_reward.py"), str(pairs), str(WORK / "prefix-rm"), *common,
+        cmd = [sys.executable, str(ROOT / "bench" / "_aplot_reward.py"), str(pairs), str(WORK / f"prefix-rm-{os.getpid()}"), *common,
                args.model, *(f"{key}={json.dumps(value)}" for key, value in changes.items())]
         env["PYTHONPATH"] = str(ROOT / "src") + os.pathsep + env.get("PYTHONPATH", "")
     start = time.perf_counter()
@@ -217,6 +218,21 @@ def write(results: dict, args, command: str) -> None:
             f"bt {med(runs['bt'], 'pairs_per_s'):.3f} pairs/s, aplot {med(runs['aplot'], 'pairs_per_s'):.3f} pairs/s: "
             f"**aplot / bt = {o['ratio']:.3f}** (per rep " + ", ".join(f"{x:.3f}" for x in o["per_rep"])
             + f"; overhead {100 * (1 - o['ratio']):+.1f}%, target <= 5%). Both with prefix sharing and packing on.", ""]
+    if OT_SHARE.exists():
+        share = json.loads(OT_SHARE.read_text())
+        o, batch = share["run"], share["args"]["batch"]
+        step = batch / o["pairs_per_s"]
+        lines += [
+            "## APLOT's own cost with prefix sharing (HH-RLHF, one run)", "",
+            f"Measured by `{share['command']}` (raw: `bench/results/train_rm_prefix_ot.json`): batch {batch}, "
+            f"max_length {share['args']['max_length']}, {share['args']['steps']} steps, "
+            f"`--loss aplot --semantic-source backbone` (random batches, prefix sharing and packing on): the OT "
+            f"solve and margin take {1000 * o['ot_seconds_per_step']:.2f} ms of host time per step "
+            f"({o['ot_solves']} solves) against a {step:.1f} s step: "
+            f"**{100 * o['ot_seconds_per_step'] / step:.3f}% of the step** (target: within 5% of BT's step time). "
+            "The semantic cost reads the head's input at the scoring tokens from the same forward pass (no "
+            "extra forward). An interleaved BT-vs-APLOT timing on this loaded machine would measure only its "
+            "noise at this size; `bench/train_rm.py` section 1 times the ratio on MiniLM.", ""]
     if "tokens_fed" in results:
         lines += [
             "## Tokens fed per epoch, padding included (no model run; train-rm's defaults)", "",
@@ -256,6 +272,9 @@ def main() -> None:
     parser.add_argument("--results", default=str(ROOT / "bench" / "results" / "train_rm_prefix.md"))
     parser.add_argument("--from-json", help="rewrite the page from a raw results file, without measuring")
     parser.add_argument("--add-tokens", action="store_true", help="with --from-json: add the tokens-fed table")
+    parser.add_argument("--ot-share", action="store_true",
+                        help="only one APLOT run (HH-RLHF): its OT time per step against its step time, into "
+                             "bench/results/train_rm_prefix_ot.json (the page includes it when present)")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from aplot_cli.console import set_quiet
@@ -263,15 +282,20 @@ def main() -> None:
     set_quiet(True)
     if args.from_json:  # rewrite the page; --add-tokens first computes the tokens-fed table into the raw file
         raw = json.loads(Path(args.from_json).read_text())
-        keep = ("from_json", "results", "add_tokens", "token_batch", "token_max_length")
+        keep = ("from_json", "results", "add_tokens", "ot_share", "token_batch", "token_max_length")
         vars(args).update({k: v for k, v in raw["args"].items() if k not in keep})
         if args.add_tokens:
             raw["results"]["tokens_fed"] = {name: tokens_fed(name, args) for name in args.datasets}
+        if args.add_tokens:
             Path(args.from_json).write_text(json.dumps(raw, indent=1) + "\n")
         write(raw["results"], args, raw["command"])
         return
     command = "python bench/train_rm_prefix.py " + " ".join(sys.argv[1:])
     WORK.mkdir(parents=True, exist_ok=True)
+    if args.ot_share:
+        out = run("aplot", args, fitting_pairs("hh-rlhf", args), loss="aplot", semantic_source="backbone")
+        OT_SHARE.write_text(json.dumps({"command": command, "args": vars(args), "run": out}, indent=1) + "\n")
+        return
     results = measure(args)
     raw = Path(args.results).with_suffix(".json")  # the raw numbers first: the page is rebuilt from them
     results["machine"] = {"measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),

@@ -12,7 +12,8 @@ ratio is the median of the per-rep ratios.
 
 Usage: `python bench/train_rm_prefix.py [--steps 5] [--reps 2] [--batch 4] [--max-length 192]` (writes
 bench/results/train_rm_prefix.md and its raw numbers, bench/results/train_rm_prefix.json; `--from-json FILE`
-rewrites the page from them, `--add-tokens` with it adds the tokens-fed table, which runs no model). TRL's interpreter as in
+rewrites the page from them; `--tokens` (no model run) and `--ot-share` (one APLOT run) write their own raw
+files beside it, which the page includes). TRL's interpreter as in
 bench/train_rm.py's docstring."""
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "bench" / "_work"
 DATA = ROOT.parent / "shared" / "data"
 OT_SHARE = ROOT / "bench" / "results" / "train_rm_prefix_ot.json"
+TOKENS = ROOT / "bench" / "results" / "train_rm_prefix_tokens.json"
 SOURCES = {"hh-rlhf": ("hh-rlhf-harmless-base-test.jsonl", "hh-rlhf"), "alpacaeval": ("alpacaeval-train.jsonl", None)}
 
 
@@ -146,7 +148,7 @@ def tokens_fed(name: str, args) -> dict:
 
 
 def measure(args) -> dict:
-    results: dict = {"tokens_fed": {name: tokens_fed(name, args) for name in args.datasets}}
+    results: dict = {}
     for name in args.datasets:
         pairs = fitting_pairs(name, args)
         variants = {"trl": ("trl", {}), "aplot": ("aplot", {"loss": "bt"})}
@@ -233,15 +235,17 @@ def write(results: dict, args, command: str) -> None:
             "The semantic cost reads the head's input at the scoring tokens from the same forward pass (no "
             "extra forward). An interleaved BT-vs-APLOT timing on this loaded machine would measure only its "
             "noise at this size; `bench/train_rm.py` section 1 times the ratio on MiniLM.", ""]
-    if "tokens_fed" in results:
+    if TOKENS.exists():
+        tokens = json.loads(TOKENS.read_text())
         lines += [
             "## Tokens fed per epoch, padding included (no model run; train-rm's defaults)", "",
+            f"Computed by `{tokens['command']}` (raw: `bench/results/train_rm_prefix_tokens.json`). "
             "What a forward pass is fed on each whole dataset (train split, SmolLM2's chat template, truncation as "
             "train-rm applies it): two sequences per pair padded to the batch's longest side, one shared row per "
             "pair padded to the longest pair, and shared rows packed (`--pack-pairs`: first-fit into rows no wider "
             "than the longest pair).", "",
             "| dataset | batches | two sequences | shared | shared + packed |", "| --- | --- | --- | --- | --- |"]
-        for name, t in results["tokens_fed"].items():
+        for name, t in tokens["tokens_fed"].items():
             for kind in ("grouped", "random"):
                 fed = t[kind]
                 base = fed["two_sequences"]
@@ -271,7 +275,8 @@ def main() -> None:
     parser.add_argument("--trl-python", default=str(WORK / "venv" / "bin" / "python"))
     parser.add_argument("--results", default=str(ROOT / "bench" / "results" / "train_rm_prefix.md"))
     parser.add_argument("--from-json", help="rewrite the page from a raw results file, without measuring")
-    parser.add_argument("--add-tokens", action="store_true", help="with --from-json: add the tokens-fed table")
+    parser.add_argument("--tokens", action="store_true",
+                        help="only the tokens-fed table (no model run), into bench/results/train_rm_prefix_tokens.json")
     parser.add_argument("--ot-share", action="store_true",
                         help="only one APLOT run (HH-RLHF): its OT time per step against its step time, into "
                              "bench/results/train_rm_prefix_ot.json (the page includes it when present)")
@@ -280,18 +285,18 @@ def main() -> None:
     from aplot_cli.console import set_quiet
 
     set_quiet(True)
-    if args.from_json:  # rewrite the page; --add-tokens first computes the tokens-fed table into the raw file
+    if args.from_json:  # rewrite the page from the raw numbers
         raw = json.loads(Path(args.from_json).read_text())
-        keep = ("from_json", "results", "add_tokens", "ot_share", "token_batch", "token_max_length")
+        keep = ("from_json", "results", "tokens", "ot_share", "token_batch", "token_max_length")
         vars(args).update({k: v for k, v in raw["args"].items() if k not in keep})
-        if args.add_tokens:
-            raw["results"]["tokens_fed"] = {name: tokens_fed(name, args) for name in args.datasets}
-        if args.add_tokens:
-            Path(args.from_json).write_text(json.dumps(raw, indent=1) + "\n")
         write(raw["results"], args, raw["command"])
         return
     command = "python bench/train_rm_prefix.py " + " ".join(sys.argv[1:])
     WORK.mkdir(parents=True, exist_ok=True)
+    if args.tokens:
+        fed = {name: tokens_fed(name, args) for name in args.datasets}
+        TOKENS.write_text(json.dumps({"command": command, "tokens_fed": fed}, indent=1) + "\n")
+        return
     if args.ot_share:
         out = run("aplot", args, fitting_pairs("hh-rlhf", args), loss="aplot", semantic_source="backbone")
         OT_SHARE.write_text(json.dumps({"command": command, "args": vars(args), "run": out}, indent=1) + "\n")

@@ -5,8 +5,9 @@
    both alike; the ratio is the median of the per-rep ratios. On CUDA also APLOT with
    the CPU solver (`--ot-solver pot`), to show what the on-device graph solver buys.
 2. aplot `bt` vs TRL's RewardTrainer pairs/s: same model, pairs, batch size, max length and steps; TRL
-   runs in its own interpreter (`--trl-python`; it is never a dependency of aplot). aplot in its default
-   configuration (length-grouped batches for bt) and on random batches; the three interleaved per rep.
+   runs in its own interpreter (`--trl-python`; it is never a dependency of aplot). Like for like: both on
+   length-grouped batches (aplot's default for bt; TRL's `train_sampling_strategy="group_by_length"`) and both
+   on random batches; the four interleaved per rep.
 3. Peak memory of a short MiniLM run and a short SmolLM2-135M run (CPU: resident set; CUDA: the
    allocator's peak).
 
@@ -18,7 +19,8 @@ weights (throughput does not depend on the weights; the device machine gets conf
 Usage: `.venv/bin/python bench/train_rm.py [--steps 40] [--reps 2]` (CPU, writes
 bench/results/train_rm.md); on a GPU: `python bench/train_rm.py --device cuda --batch 32 --random-init
 --results bench/results/train_rm_gpu.md`. TRL's interpreter: `python3 -m venv bench/_work/venv &&
-bench/_work/venv/bin/pip install torch==2.13.0 transformers==5.24.0 datasets accelerate trl==1.16.0 pandas`."""
+bench/_work/venv/bin/pip install torch==2.13.0 transformers==5.25.0 datasets accelerate trl==1.16.0 pandas`
+(transformers as in aplot's own environment). Prefix sharing on SmolLM2 against TRL: bench/train_rm_prefix.py."""
 
 from __future__ import annotations
 
@@ -151,9 +153,10 @@ def solver_micro(batch: int = 32, solves: int = 500) -> dict:
     return out
 
 
-def trl_run(args) -> dict:
+def trl_run(args, grouped: bool) -> dict:
     cmd = [args.trl_python, str(ROOT / "bench" / "_trl_reward.py"), args.model, str(WORK / "pairs" / "train.parquet"),
-           str(WORK / "trl-out"), str(args.steps), str(args.batch), str(args.max_length), str(args.lr)]
+           str(WORK / "trl-out"), str(args.steps), str(args.batch), str(args.max_length), str(args.lr),
+           "grouped" if grouped else "random"]
     done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     if done.returncode != 0:
         raise RuntimeError("TRL run failed: " + done.stderr[-800:])
@@ -161,20 +164,21 @@ def trl_run(args) -> dict:
 
 
 def trl_compare(args, pairs: Path, emb: Path) -> dict:
-    """TRL, aplot `bt` as train-rm runs it by default (length-grouped batches) and aplot `bt` on random batches,
-    interleaved per rep in counterbalanced order; each ratio is the median of the per-rep ratios."""
+    """TRL and aplot `bt`, each on length-grouped batches (aplot's default for bt; TRL's
+    `train_sampling_strategy="group_by_length"`) and on random batches, interleaved per rep in counterbalanced
+    order; each ratio (grouped vs grouped, random vs random) is the median of the per-rep ratios."""
     import shutil
 
     trl_py = Path(shutil.which(args.trl_python) or args.trl_python)
     if not trl_py.exists():
         return {"skipped": f"{args.trl_python} is missing"}
     args.trl_python = str(trl_py)
-    order = ["trl", "default", "random"]
+    order = ["trl-grouped", "default", "trl-random", "random"]
     runs: dict[str, list[dict]] = {name: [] for name in order}
     for rep in range(args.reps):
         for name in order if rep % 2 == 0 else order[::-1]:
-            if name == "trl":
-                run = trl_run(args)
+            if name.startswith("trl"):
+                run = trl_run(args, grouped=name == "trl-grouped")
                 run["pairs_per_s"] = run["loop_pairs_per_second"]
             else:
                 run = aplot_run(args, pairs, emb, "bt", f"bt-{name}-{rep}",
@@ -184,11 +188,11 @@ def trl_compare(args, pairs: Path, emb: Path) -> dict:
     version = subprocess.run([args.trl_python, "-c", "import trl; print(trl.__version__)"], capture_output=True,
                              text=True).stdout.strip()
     ratio = {name: statistics.median(a["pairs_per_s"] / t["pairs_per_s"]
-                                     for a, t in zip(runs[name], runs["trl"], strict=True))
-             for name in ("default", "random")}
-    return {"runs": runs, "trl_version": version, "ratio_default": ratio["default"], "ratio_random": ratio["random"],
+                                     for a, t in zip(runs[name], runs[trl], strict=True))
+             for name, trl in (("default", "trl-grouped"), ("random", "trl-random"))}
+    return {"runs": runs, "trl_version": version, "ratio_grouped": ratio["default"], "ratio_random": ratio["random"],
             "pairs_per_s": {name: statistics.median(r["pairs_per_s"] for r in rs) for name, rs in runs.items()},
-            "pairs_kept": runs["trl"][0]["pairs_kept"], "pairs_in": runs["trl"][0]["pairs_in"]}
+            "pairs_kept": runs["trl-random"][0]["pairs_kept"], "pairs_in": runs["trl-random"][0]["pairs_in"]}
 
 
 def peak_memory(args, pairs: Path, emb: Path) -> dict:
@@ -236,11 +240,30 @@ def micro_lines(micro: dict | None) -> list[str]:
     return lines + [""]
 
 
+def overhead_lines(o: dict) -> list[str]:
+    rate = o["steps_per_s"]
+    lines = ["| loss | steps/s (median of runs) |", "| --- | --- |",
+             f"| bt (random batches, as aplot's) | {rate['bt']:.3f} |",
+             f"| aplot (defaults, solver {o['solver']}) | {rate['aplot']:.3f} |"]
+    if "aplot-pot" in rate:
+        lines.append(f"| aplot with `--ot-solver pot` (POT on the CPU, float64) | {rate['aplot-pot']:.3f} |")
+    return lines + [
+        "", f"**Ratio aplot/bt = {o['ratio']:.3f}** (median of the {len(o['paired_ratios'])} per-rep ratios "
+        + ", ".join(f"{r:.3f}" for r in o["paired_ratios"]) + f"; overhead {o['overhead_pct']:+.1f}%; target <= 5%)"
+        + (f"; with the CPU solver {o['ratio_pot']:.3f} ({100 * (1 - o['ratio_pot']):+.1f}%)." if "ratio_pot" in o
+           else "."),
+        f"The OT solve takes {1000 * o['ot_seconds_per_step']:.2f} ms of host time per step "
+        f"({100 * o['ot_seconds_per_step'] * rate['aplot']:.2f}% of an APLOT step; the rest of the gap between the "
+        "columns is run-to-run spread, see the per-run rates); Sinkhorn converged on "
+        f"{100 * o['converged_frac']:.0f}% of steps.", "",
+        "Per-run steps/s: " + "; ".join(f"{name} " + ", ".join(f"{r['steps_per_s']:.3f}" for r in rs)
+                                        for name, rs in o["runs"].items()) + ".", ""]
+
+
 def write(results: dict, args, command: str) -> None:
     import transformers
 
     o, t = results["overhead"], results.get("trl", {"skipped": "--skip-trl"})
-    rate = o["steps_per_s"]
     lines = [
         "# train-rm benchmarks" + (" (GPU)" if args.device == "cuda" else " (CPU)"), "",
         f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by `{command}`.",
@@ -251,35 +274,27 @@ def write(results: dict, args, command: str) -> None:
         "only (from the end of step 1 to the end of the last step; bench/_step_timer.py, the same callback in "
         "aplot and TRL); runs are interleaved in this one process, in counterbalanced order (bt, aplot, aplot, bt, "
         "...: the process's step rate drifts down as it ages, which penalised whichever ran second).", "",
-        "## 1. APLOT vs BT (same backbone, batch, data)", "",
-        "| loss | steps/s (median of runs) |", "| --- | --- |",
-        f"| bt (random batches, as aplot's) | {rate['bt']:.3f} |", f"| aplot (defaults, solver {o['solver']}) | {rate['aplot']:.3f} |"]
-    if "aplot-pot" in rate:
-        lines.append(f"| aplot with `--ot-solver pot` (POT on the CPU, float64) | {rate['aplot-pot']:.3f} |")
-    lines += [
-        "", f"**Ratio aplot/bt = {o['ratio']:.3f}** (median of the {len(o['paired_ratios'])} per-rep ratios "
-        + ", ".join(f"{r:.3f}" for r in o["paired_ratios"]) + f"; overhead {o['overhead_pct']:+.1f}%; target <= 5%)"
-        + (f"; with the CPU solver {o['ratio_pot']:.3f} ({100 * (1 - o['ratio_pot']):+.1f}%)." if "ratio_pot" in o
-           else "."),
-        f"The OT solve takes {1000 * o['ot_seconds_per_step']:.2f} ms of host time per step "
-        f"({100 * o['ot_seconds_per_step'] * rate['aplot']:.2f}% of an APLOT step; the rest of the gap between the "
-        "columns is run-to-run spread, see the per-run rates); Sinkhorn converged on "
-        f"{100 * o['converged_frac']:.0f}% of steps.", "",
-        "Per-run steps/s: " + "; ".join(f"{name} " + ", ".join(f"{r['steps_per_s']:.3f}" for r in rs)
-                                        for name, rs in o["runs"].items()) + ".", "",
-        *micro_lines(results.get("solver_micro")),
-        "## 2. aplot `bt` vs TRL `RewardTrainer` (same model, data, batch size, max length, steps)", ""]
+        "## 1. APLOT vs BT (same backbone, batch, data)", ""]
+    lines += overhead_lines(o) if o else ["Not measured in this run (`--skip-overhead`).", ""]
+    lines += [*micro_lines(results.get("solver_micro")),
+              "## 2. aplot `bt` vs TRL `RewardTrainer` (same model, data, batch size, max length, steps)", ""]
     if "skipped" in t:
         lines += [f"Skipped: {t['skipped']}", ""]
     else:
         rate = t["pairs_per_s"]
         lines += [
-            "| trainer | pairs/s (loop, median of runs) |", "| --- | --- |",
-            f"| TRL RewardTrainer {t['trl_version']} | {rate['trl']:.2f} |",
-            f"| aplot train-rm --loss bt (default: length-grouped batches) | {rate['default']:.2f} |",
-            f"| aplot train-rm --loss bt --no-group-by-length (random batches) | {rate['random']:.2f} |", "",
-            f"**Ratio aplot/TRL = {t['ratio_default']:.2f}x in the default configuration** (target >= 1.3x; median "
-            f"of the {len(t['runs']['trl'])} per-rep ratios); on random batches {t['ratio_random']:.2f}x. Losses "
+            "| batching | TRL RewardTrainer " + t["trl_version"] + " pairs/s | aplot train-rm --loss bt pairs/s | "
+            "aplot / TRL (like for like) |", "| --- | --- | --- | --- |",
+            f"| length-grouped (aplot's default for bt; TRL `train_sampling_strategy=\"group_by_length\"`) | "
+            f"{rate['trl-grouped']:.2f} | {rate['default']:.2f} | **{t['ratio_grouped']:.2f}x** |",
+            f"| random (`--no-group-by-length`; TRL's default) | {rate['trl-random']:.2f} | {rate['random']:.2f} | "
+            f"**{t['ratio_random']:.2f}x** |", "",
+            f"Like for like, aplot's loop runs at {t['ratio_grouped']:.2f}x TRL's on grouped batches and "
+            f"{t['ratio_random']:.2f}x on random batches (medians of the {len(t['runs']['default'])} per-rep "
+            "ratios; the earlier 1.32x set grouped aplot against random-batch TRL, a batching difference): on an "
+            "encoder both trainers run the same two sequences per pair, and length grouping is a batching choice "
+            "either trainer has. Prefix sharing, which runs fewer tokens for "
+            "decoders, is measured against TRL in `bench/results/train_rm_prefix.md`. Losses "
             "without a batch-level term (bt, label_smooth, focal, margin, constant_margin, center) group batches "
             "by length by default; `aplot` keeps random batches, so its plans are unchanged. TRL kept "
             f"{t['pairs_kept']} of {t['pairs_in']} pairs "
@@ -292,6 +307,9 @@ def write(results: dict, args, command: str) -> None:
                                                "whole-process resident set") + ")", "",
               "| run | peak (MiB) | wall s |", "| --- | --- | --- |"]
     key = "peak_cuda_mib" if args.device == "cuda" else "peak_rss_mib"
+    if not results["memory"]:
+        lines += ["| not measured in this run (`--skip-memory`; SmolLM2's peak beside TRL's: "
+                  "`bench/results/train_rm_prefix.md`) | | |"]
     for name, m in results["memory"].items():
         lines.append(f"| {name} | {m.get(key, 'n/a')} | {m.get('wall_s', 'n/a')} |")
     lines += ["", "Raw numbers:", "", "```json", json.dumps(results, indent=1, default=str)[:8000], "```", ""]
@@ -313,6 +331,7 @@ def main() -> None:
     parser.add_argument("--trl-python", default=str(TRL_PY))
     parser.add_argument("--skip-trl", action="store_true")
     parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--skip-overhead", action="store_true", help="leave out section 1 (APLOT vs BT)")
     parser.add_argument("--results", default=str(ROOT / "bench" / "results" / "train_rm.md"))
     args = parser.parse_args()
     command = "python bench/train_rm.py " + " ".join(sys.argv[1:])
@@ -324,7 +343,7 @@ def main() -> None:
     pairs, emb = data()
     args.model = random_model(args.minilm_source, "minilm-l6") if args.random_init else args.minilm_source
     results: dict = {"solver_micro": solver_micro(args.batch)} if args.device == "cuda" else {}
-    results["overhead"] = overhead(args, pairs, emb)
+    results["overhead"] = {} if args.skip_overhead else overhead(args, pairs, emb)
     if not args.skip_trl:
         from aplot_cli import models
 

@@ -287,6 +287,12 @@ class TrainConfig:
               "they are off where pairs share a batch term (an APLOT plan).",
         shown="on for losses without a batch term (bt, label_smooth, focal, margin, constant_margin, center), "
               "off with aplot or --frozen-backbone; aplot compare keeps it off in every cell unless the grid sets it")
+    prefix_sharing: bool | None = option(
+        None, "Causal decoders: one sequence per pair, the prompt run once (a block attention mask; scores equal the "
+              "two-sequence forward, checked on the run's first pairs before training).",
+        shown="on for causal decoder backbones, off for encoders and --frozen-backbone")
+    pack_pairs: bool = option(
+        True, "With prefix sharing: several pairs per row where they fit beside the batch's longest pair.")
     chat_template: bool = option(True, "Render conversational pairs with the tokenizer's chat template.")
     max_train_pairs: int | None = option(None, "Train on a seeded sample of this many pairs.", shown="all")
     max_eval_pairs: int | None = option(None, "Evaluate on a seeded sample of this many test pairs.", shown="all")

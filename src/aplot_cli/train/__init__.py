@@ -11,6 +11,7 @@ one forward pass and applies `losses.reward_loss` with the margin from `margins.
 One concern a module:
     validation.py  every config value and the inputs checked before anything is loaded
     data.py        encoding (`EncodedSplit`), the dataset and the (2B, L) collator
+    prefix.py      prefix sharing for decoders: one row per pair (or packed pairs), block mask, exactness check
     model.py       the backbone: tokenizer + sequence-classification model, LoRA
     trainer.py     `RewardTrainer` (imports transformers: loaded only when a run builds its trainer)
     metrics.py     per-step means at log time, pair accuracy, final metrics, the OT summary

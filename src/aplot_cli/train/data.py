@@ -130,10 +130,10 @@ class PairCollator:
 class _SplitCollator:
     """Trainer has one collator for train and eval: route by the split id each record carries."""
 
-    def __init__(self, train: EncodedSplit, test: EncodedSplit | None, pad_id: int):
-        self.collators = {0: PairCollator(train, pad_id)}
+    def __init__(self, train: EncodedSplit, test: EncodedSplit | None, pad_id: int, make=PairCollator):
+        self.collators = {0: make(train, pad_id)}  # make: PairCollator, or prefix.SharedPairCollator's factory
         if test is not None:
-            self.collators[1] = PairCollator(test, pad_id)
+            self.collators[1] = make(test, pad_id)
 
     def __call__(self, features):
         return self.collators[features[0]["split"]](features)

@@ -5,6 +5,7 @@ build the trainer (imported only here), train, then write the model, the logs, t
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -16,7 +17,7 @@ from aplot_cli import artifacts, formatting, models, run_report
 from aplot_cli.config import TrainConfig, config_to_dict, resolve_train
 from aplot_cli.console import info
 from aplot_cli.errors import ArtifactError, ConfigError
-from aplot_cli.train import learned
+from aplot_cli.train import learned, prefix
 from aplot_cli.train.data import PairDataset, _SplitCollator, _take, encode_split
 from aplot_cli.train.metrics import _final_metrics, _ot_summary, pair_accuracy
 from aplot_cli.train.model import load_model
@@ -67,15 +68,19 @@ def run(cfg: TrainConfig, pairs_dir: Path, out_dir: Path, embeddings_dir: Path |
         train = encode_split(train_frame, tokenizer, cfg, load_embeddings(emb_art.path, "train") if need_emb else None,
                              encode=encode)
         test = encode_split(test_frame, tokenizer, cfg, split_id=1, encode=encode) if test_frame is not None else None
+    sharing = prefix.decide(cfg.prefix_sharing, model, head, cfg.frozen_backbone, cfg.pack_pairs)
+    sharing = prefix.confirm(sharing, cfg.prefix_sharing, model, head, train, tokenizer.pad_token_id, args.device)
+    cfg = dataclasses.replace(cfg, prefix_sharing=sharing.enabled)  # the manifest records what it trained with
     attached = None
     if cfg.frozen_backbone:  # the head trains on cached backbone features
         attached = frozen.attach(cfg, model, head, tokenizer.pad_token_id, [train, test], use_cpu, memo=encode)
         model = attached.model
     info(f"[bold]train-rm[/] {cfg.backbone} loss={spec.name}: {len(train.records)} train pairs"
          f"{f', {len(test.records)} test pairs' if test else ''}; truncated pairs: "
-         f"{train.truncation['pairs_truncated']} (max_length {cfg.max_length})")
+         f"{train.truncation['pairs_truncated']} (max_length {cfg.max_length}); prefix sharing "
+         f"{'on' if sharing.enabled else 'off'}")
     trainer = _build_trainer(cfg, spec, model, head, tokenizer, train, test, out_dir, args, rank, resumed_step,
-                             extra_callbacks)
+                             extra_callbacks, sharing)
     if attached is not None:
         frozen.adapt_trainer(trainer, [train, test])
     t0 = time.perf_counter()
@@ -119,7 +124,8 @@ def run(cfg: TrainConfig, pairs_dir: Path, out_dir: Path, embeddings_dir: Path |
                                 ("bf16" if cfg.bf16 else "fp16") + " mixed",
                    "mixed_precision_ignored_on_cpu": bool((cfg.bf16 or cfg.fp16) and use_cpu),
                    **({"dataset_margin": dataset_margin} if dataset_margin else {}),
-                   **({"frozen_backbone": attached.manifest()} if attached is not None else {})}
+                   **({"frozen_backbone": attached.manifest()} if attached is not None else {}),
+                   "prefix_sharing": sharing.manifest()}
     info(f"[bold]train-rm[/] done in {seconds:.1f}s: train accuracy {metrics.get('train_accuracy', float('nan')):.4f}"
          f", test accuracy {metrics.get('test_accuracy', float('nan')):.4f}")
     manifest = artifacts.write_manifest(
@@ -182,7 +188,7 @@ def _test_frame(pairs_art, cfg: TrainConfig):
 
 
 def _build_trainer(cfg, spec, model, head, tokenizer, train, test, out_dir, args, rank, resumed_step,
-                   extra_callbacks):
+                   extra_callbacks, sharing: prefix.Sharing):
     from aplot_cli.margins import AplotMargin, AplotSettings
     from aplot_cli.train.callbacks import run_callbacks
     from aplot_cli.train.trainer import RewardTrainer  # here, so that importing the package skips transformers
@@ -197,7 +203,8 @@ def _build_trainer(cfg, spec, model, head, tokenizer, train, test, out_dir, args
     trainer = RewardTrainer(
         model=model, args=args,
         train_dataset=PairDataset(train), eval_dataset=PairDataset(test) if test else None,
-        data_collator=_SplitCollator(train, test, tokenizer.pad_token_id), processing_class=tokenizer,
+        data_collator=_SplitCollator(train, test, tokenizer.pad_token_id, make=sharing.collator()),
+        processing_class=tokenizer,
         compute_metrics=pair_accuracy,
         callbacks=run_callbacks(out_dir, resumed_step, sink, args.process_index == 0, cfg.keep_checkpoints)
         + list(extra_callbacks),

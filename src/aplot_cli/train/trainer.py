@@ -17,6 +17,7 @@ from aplot_cli import losses
 from aplot_cli.config import TrainConfig
 from aplot_cli.errors import TrainingError
 from aplot_cli.margins import device_stats, step_mean
+from aplot_cli.train import prefix
 from aplot_cli.train.metrics import _mean_metrics
 
 PENDING_STEPS = 256  # step tensors kept for the next log before they are reduced early
@@ -24,8 +25,9 @@ PENDING_STEPS = 256  # step tensors kept for the next log before they are reduce
 
 class RewardTrainer(Trainer):
     """Trainer with a pairwise reward loss. `compute_loss` concatenates chosen and rejected into one
-    (2B, L) forward pass, reads one scalar per sequence, and applies `losses.reward_loss` with the
-    dataset and/or APLOT margin (a constant). Per-step metrics are averaged between log calls."""
+    (2B, L) forward pass (with prefix sharing, one row per pair or fewer: train/prefix.py), reads one scalar
+    per response, and applies `losses.reward_loss` with the dataset and/or APLOT margin (a constant).
+    Per-step metrics are averaged between log calls."""
 
     def __init__(self, *args, spec: losses.LossSpec, cfg: TrainConfig, head: str, margin_fn=None,
                  margin_sink=None, **kwargs):
@@ -56,10 +58,14 @@ class RewardTrainer(Trainer):
         rows, dataset_margin = inputs["rows"], inputs["dataset_margin"]
         n = rows.shape[0]
         use_backbone = self.spec.aplot and self.cfg.semantic_source == "backbone"
-        forward = {k: inputs[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in inputs}
-        outputs = model(**forward, output_hidden_states=use_backbone)
-        rewards = outputs.logits[:, 0].float()
-        r_c, r_r = rewards[:n], rewards[n:]
+        states = None
+        if "score_index" in inputs:  # prefix sharing (train/prefix.py): the prompt runs once per pair
+            r_c, r_r, states = prefix.score_pairs(model, self.head, inputs, hidden=use_backbone)
+        else:
+            forward = {k: inputs[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in inputs}
+            outputs = model(**forward, output_hidden_states=use_backbone)
+            rewards = outputs.logits[:, 0].float()
+            r_c, r_r = rewards[:n], rewards[n:]
         margin = dataset_margin.to(r_c.dtype) if self.spec.dataset_margin else None
         if self.spec.constant_margin:  # "shifted BT": the same c for every pair
             constant = torch.full_like(r_c, self.cfg.constant_margin)
@@ -67,7 +73,9 @@ class RewardTrainer(Trainer):
         result_ot = None
         if self.spec.aplot and model.training:
             e_c = e_r = None
-            if use_backbone:
+            if use_backbone and states is not None:
+                e_c, e_r = states[0].detach(), states[1].detach()
+            elif use_backbone:
                 emb = self._backbone_embeddings(outputs, inputs["attention_mask"])
                 e_c, e_r = emb[:n], emb[n:]
             elif self.cfg.semantic_source == "embeddings" and "emb_chosen" in inputs:

@@ -210,12 +210,13 @@ def _check_same_config(train_dir: Path, cfg: TrainConfig) -> None:
     import json
 
     from aplot_cli.config import config_to_dict
+    from aplot_cli.train.resume import HOW_NOT_WHAT
 
     if not _finished(train_dir):
         return
     done = json.loads((train_dir / artifacts.MANIFEST).read_text())["config"]
     wanted = json.loads(json.dumps(config_to_dict(cfg)))
-    changed = sorted(k for k in wanted if done.get(k) != wanted[k])
+    changed = sorted(k for k in wanted if done.get(k) != wanted[k] and k not in HOW_NOT_WHAT)
     if changed:
         raise ConfigError(f"{train_dir} was trained with a different config ({', '.join(changed)} changed)",
                           hint="use a new --out-dir for the changed grid, or --overwrite to redo every cell")

@@ -246,7 +246,8 @@ def test_conversational_pairs_are_scored_as_the_chat_template_renders_them(
     assert frame["prompt_messages"].notna().all()
     seen = spy_batches(monkeypatch)
     out = tmp_path / "rm"
-    manifest = json.loads(train.run(tiny_cfg(folder, max_steps=1, batch_size=6, max_length=256,
+    # two sequences per pair (prefix sharing's layout is tested in test_prefix.py)
+    manifest = json.loads(train.run(tiny_cfg(folder, max_steps=1, batch_size=6, max_length=256, prefix_sharing=False,
                                              chat_template=chat_template), pairs, out).read_text())
     assert manifest["model"]["chat_template"] is templated
 

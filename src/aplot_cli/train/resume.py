@@ -16,11 +16,12 @@ RUN_CONFIG = "run_config.json"  # the resolved config and inputs a run started w
 # May differ between a run and its --resume: how long it trains, how often it logs, evaluates and saves,
 # what it scores at the end, and where it runs. Any other change would train another model than the one
 # the checkpoint belongs to.
-RESUMABLE = frozenset({"max_steps", "epochs", "logging_steps", "eval_steps", "save_steps", "save_total_limit",
-                       "keep_checkpoints",
-                       "report_to", "max_eval_pairs", "eval_batch_size", "train_eval_pairs", "device", "ot_solver",
-                       "dataloader_workers", "gradient_checkpointing", "trust_remote_code",
-                       "prefix_sharing", "pack_pairs"})  # these change how scores are computed, not what they are
+# How scores are computed, not what they are: a finished run trained with other values of these is the
+# same model (compare reuses its cell). prefix_sharing is recorded resolved (auto -> true/false).
+HOW_NOT_WHAT = frozenset({"device", "dataloader_workers", "gradient_checkpointing", "prefix_sharing", "pack_pairs"})
+RESUMABLE = HOW_NOT_WHAT | frozenset({"max_steps", "epochs", "logging_steps", "eval_steps", "save_steps",
+                                      "save_total_limit", "keep_checkpoints", "report_to", "max_eval_pairs",
+                                      "eval_batch_size", "train_eval_pairs", "ot_solver", "trust_remote_code"})
 
 
 def _resume_step(out_dir: Path, resume: bool) -> tuple[str | None, int]:

@@ -299,7 +299,8 @@ def run(grid_path: Path, out_dir: Path, overwrite: bool = False, seeds: tuple[in
         _check_report_only(grid, Path(out_dir), overwrite)
     # without --overwrite a folder holding a compare run is continued (finished cells are kept)
     out_dir = artifacts.prepare_out_dir(out_dir, stage=STAGE, inputs=input_paths(grid, grid_path),
-                                        overwrite=overwrite, reopen=True)
+                                        overwrite=overwrite, reopen=True,
+                                        places=[("embed.cache_dir", grid.embed.cache_dir)])
     (out_dir / artifacts.MANIFEST).unlink(missing_ok=True)  # unfinished until the report is written
     (out_dir / "grid.yaml").write_text(grid_text, encoding="utf-8")
     failed: dict[str, str] = {}

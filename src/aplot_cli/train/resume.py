@@ -83,3 +83,8 @@ def check_resume(out_dir: Path, record: dict[str, Any]) -> dict[str, dict[str, A
                           hint=f"resume with the first start's settings and inputs (only {', '.join(sorted(RESUMABLE))} "
                                "may change), or start again with --overwrite")
     return {key: {"first_start": was, "resumed": now} for key, (was, now) in changed.items()}
+
+
+def resumable(out_dir: Path) -> bool:
+    """Whether `out_dir` holds a complete checkpoint that `--resume` would continue from."""
+    return _resume_step(Path(out_dir), True)[0] is not None

@@ -45,6 +45,11 @@ def run(cfg: TrainConfig, pairs_dir: Path, out_dir: Path, embeddings_dir: Path |
              "places": [("feature cache", cfg.feature_cache_dir if cfg.frozen_backbone else None)]}
     kept = artifacts.check_out_dir(out_dir, **claim)  # refuse now; clear only once the inputs pass
     checkpoint, resumed_step = _resume_step(out_dir, kept)
+    if resume and checkpoint is None:  # as ppo and sample: no silent restart from step 0
+        raise ArtifactError(f"--resume: {out_dir} holds no complete train-rm checkpoint, so there is nothing to "
+                            "continue from",
+                            hint="start the run again with --overwrite (a checkpoint is written every --save-steps "
+                                 "steps), or pass the --out-dir of the run to resume")
     record = run_record(cfg, pairs_art, emb_art)
     resume_changes = check_resume(out_dir, record) if checkpoint else None
     use_cpu = _use_cpu(cfg.device)

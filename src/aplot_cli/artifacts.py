@@ -396,8 +396,13 @@ def open_artifact(path: Path | str, stage: str | tuple[str, ...], redo: str | No
     if not isinstance(outputs, list) or not all(isinstance(o, dict) for o in outputs):
         what = "has no `outputs`" if outputs is None else "`outputs` is not a list of entries"
         raise ArtifactError(f"{manifest_path} is damaged: {what}", hint=damaged)
+    seen: set[str] = set()
     for i, entry in enumerate(outputs):
         check_member(path, f"outputs[{i}].path", entry.get("path"), redo=redo)
+        if entry["path"] in seen:  # a split listed twice would be read (and counted) twice
+            raise ArtifactError(f"{manifest_path} is damaged: outputs[{i}].path {entry['path']!r} is listed twice",
+                                hint=damaged)
+        seen.add(entry["path"])
         if not _is_sha256(entry.get("sha256")):
             raise ArtifactError(f"{manifest_path} is damaged: outputs[{i}].sha256 is {entry.get('sha256')!r}, "
                                 "expected a sha256 hex digest", hint=damaged)

@@ -186,6 +186,7 @@ def test_a_link_anywhere_inside_an_artifact_is_refused(copies, tmp_path):
     (lambda m: m["outputs"][0].pop("sha256"), "manifest.json is damaged: outputs[0].sha256 is None"),
     (lambda m: m["outputs"][1].update(sha256="abc"), "manifest.json is damaged: outputs[1].sha256 is 'abc'"),
     (lambda m: m.update(schema_version="1"), "manifest.json is damaged: `schema_version` is '1'"),
+    (lambda m: m["outputs"].append(dict(m["outputs"][0])), "is listed twice"),
 ])
 def test_a_damaged_manifest_is_named_as_such(copies, tmp_path, change, needle):
     pairs = copies["pairs"]

@@ -37,7 +37,7 @@ def _resume_step(out_dir: Path, resume: bool) -> tuple[str | None, int]:
         info(f"[bold]train-rm[/] skipping {path.name} in {ckpt_dir}: it has no readable trainer_state.json "
              "(the run was stopped while saving it)")
     if found:
-        info(f"[bold]train-rm[/] no complete checkpoint in {ckpt_dir}: training starts from step 0")
+        info(f"[bold]train-rm[/] no complete checkpoint in {ckpt_dir}")
     return None, -1
 
 

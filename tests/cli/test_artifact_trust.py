@@ -30,8 +30,11 @@ def _invoke(*args: object):
 
 
 def _snapshot(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +45,12 @@ def made(tmp_path_factory, tiny_bert_dir) -> dict[str, Path]:
 
     root = tmp_path_factory.mktemp("trust")
     data = root / "prefs.jsonl"
-    data.write_text("".join(json.dumps({"prompt": f"question {i}", "chosen": f"a good answer {i}",
-                                        "rejected": f"bad {i}"}) + "\n" for i in range(24)))
+    data.write_text(
+        "".join(
+            json.dumps({"prompt": f"question {i}", "chosen": f"a good answer {i}", "rejected": f"bad {i}"}) + "\n"
+            for i in range(24)
+        )
+    )
     prepare.run(PrepareConfig(files=(str(data),), test_size=0.25), root / "pairs")
     embed.run(EmbedConfig(model=str(tiny_bert_dir), max_length=32), root / "pairs", root / "emb")
     return {"pairs": root / "pairs", "emb": root / "emb", "model": tiny_bert_dir}
@@ -52,8 +59,11 @@ def made(tmp_path_factory, tiny_bert_dir) -> dict[str, Path]:
 @pytest.fixture
 def copies(made, tmp_path) -> dict[str, Path]:
     """Copies of the artifacts that a test may damage."""
-    return {"pairs": Path(shutil.copytree(made["pairs"], tmp_path / "pairs")),
-            "emb": Path(shutil.copytree(made["emb"], tmp_path / "emb")), "model": made["model"]}
+    return {
+        "pairs": Path(shutil.copytree(made["pairs"], tmp_path / "pairs")),
+        "emb": Path(shutil.copytree(made["emb"], tmp_path / "emb")),
+        "model": made["model"],
+    }
 
 
 def _resign(art: Path, name: str) -> None:
@@ -61,8 +71,11 @@ def _resign(art: Path, name: str) -> None:
     manifest = json.loads((art / artifacts.MANIFEST).read_text())
     for entry in manifest["outputs"]:
         if entry["path"] == name:
-            entry.update(artifacts.describe_output(art, name) if not (art / name).is_symlink() else
-                         {"bytes": (art / name).stat().st_size, "sha256": artifacts.sha256_file(art / name)})
+            entry.update(
+                artifacts.describe_output(art, name)
+                if not (art / name).is_symlink()
+                else {"bytes": (art / name).stat().st_size, "sha256": artifacts.sha256_file(art / name)}
+            )
     (art / artifacts.MANIFEST).write_text(json.dumps(manifest))
 
 
@@ -74,8 +87,18 @@ def test_embeddings_swapped_for_others_of_the_same_size_are_refused_before_train
     assert (emb / "train_chosen.npy").stat().st_size == (emb / "train_rejected.npy").stat().st_size
     shutil.copyfile(emb / "train_rejected.npy", emb / "train_chosen.npy")  # chosen now holds the rejected vectors
     before = _snapshot(emb)
-    result = _invoke("train-rm", copies["pairs"], "--embeddings", emb, "--backbone", copies["model"], "--loss", "aplot",
-                     "--out-dir", tmp_path / "rm")
+    result = _invoke(
+        "train-rm",
+        copies["pairs"],
+        "--embeddings",
+        emb,
+        "--backbone",
+        copies["model"],
+        "--loss",
+        "aplot",
+        "--out-dir",
+        tmp_path / "rm",
+    )
     assert result.exit_code == 4, result.output
     assert "train_chosen.npy does not hold the bytes its manifest records (its sha256 differs)" in result.stderr
     assert f"re-run `aplot embed --out-dir {emb} --overwrite`" in result.stderr
@@ -87,8 +110,11 @@ def test_a_pairs_split_edited_in_place_is_refused_by_every_reader(copies, tmp_pa
     data = bytearray((pairs / "train.parquet").read_bytes())
     data[len(data) // 2] ^= 0xFF  # one byte flipped; the size is unchanged
     (pairs / "train.parquet").write_bytes(bytes(data))
-    for args in (["embed", pairs, "--model", copies["model"]], ["train-rm", pairs, "--loss", "bt"],
-                 ["eval-rm", copies["model"], "--benchmark", "pairs", "--data", pairs]):
+    for args in (
+        ["embed", pairs, "--model", copies["model"]],
+        ["train-rm", pairs, "--loss", "bt"],
+        ["eval-rm", copies["model"], "--benchmark", "pairs", "--data", pairs],
+    ):
         result = _invoke(*args, "--out-dir", tmp_path / "out")
         assert result.exit_code == 4, result.output
         assert "train.parquet does not hold the bytes its manifest records" in result.stderr
@@ -102,8 +128,9 @@ def _large_embeddings(art: Path) -> Path:
     for name in ("train_chosen.npy", "train_rejected.npy"):
         np.save(art / name, rng.standard_normal((1024, 384)).astype(np.float32))
     (art / "train_pair_ids.json").write_text("[]")
-    outputs = [artifacts.describe_output(art, n) for n in ("train_chosen.npy", "train_rejected.npy",
-                                                            "train_pair_ids.json")]
+    outputs = [
+        artifacts.describe_output(art, n) for n in ("train_chosen.npy", "train_rejected.npy", "train_pair_ids.json")
+    ]
     (art / artifacts.MANIFEST).write_text(json.dumps({"stage": "embed", "schema_version": 1, "outputs": outputs}))
     assert (art / "train_chosen.npy").stat().st_size >= models.MEMO_MIN_BYTES
     return art
@@ -178,16 +205,19 @@ def test_a_link_anywhere_inside_an_artifact_is_refused(copies, tmp_path):
 # --- damaged manifests --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("change", "needle"), [
-    (lambda m: m.pop("stage"), "manifest.json is damaged: it records no `stage` (got None)"),
-    (lambda m: m.update(stage=3), "manifest.json is damaged: it records no `stage` (got 3)"),
-    (lambda m: m.pop("outputs"), "manifest.json is damaged: has no `outputs`"),
-    (lambda m: m.update(outputs={"train.parquet": {}}), "manifest.json is damaged: `outputs` is not a list"),
-    (lambda m: m["outputs"][0].pop("sha256"), "manifest.json is damaged: outputs[0].sha256 is None"),
-    (lambda m: m["outputs"][1].update(sha256="abc"), "manifest.json is damaged: outputs[1].sha256 is 'abc'"),
-    (lambda m: m.update(schema_version="1"), "manifest.json is damaged: `schema_version` is '1'"),
-    (lambda m: m["outputs"].append(dict(m["outputs"][0])), "is listed twice"),
-])
+@pytest.mark.parametrize(
+    ("change", "needle"),
+    [
+        (lambda m: m.pop("stage"), "manifest.json is damaged: it records no `stage` (got None)"),
+        (lambda m: m.update(stage=3), "manifest.json is damaged: it records no `stage` (got 3)"),
+        (lambda m: m.pop("outputs"), "manifest.json is damaged: has no `outputs`"),
+        (lambda m: m.update(outputs={"train.parquet": {}}), "manifest.json is damaged: `outputs` is not a list"),
+        (lambda m: m["outputs"][0].pop("sha256"), "manifest.json is damaged: outputs[0].sha256 is None"),
+        (lambda m: m["outputs"][1].update(sha256="abc"), "manifest.json is damaged: outputs[1].sha256 is 'abc'"),
+        (lambda m: m.update(schema_version="1"), "manifest.json is damaged: `schema_version` is '1'"),
+        (lambda m: m["outputs"].append(dict(m["outputs"][0])), "is listed twice"),
+    ],
+)
 def test_a_damaged_manifest_is_named_as_such(copies, tmp_path, change, needle):
     pairs = copies["pairs"]
     manifest = json.loads((pairs / artifacts.MANIFEST).read_text())
@@ -216,8 +246,9 @@ def test_embed_refuses_a_cache_inside_its_own_out_dir(made, tmp_path, where):
 def test_embed_refuses_a_new_cache_inside_a_finished_embeddings_artifact(made, tmp_path):
     out = Path(shutil.copytree(made["emb"], tmp_path / "emb"))
     before = _snapshot(out)
-    result = _invoke("embed", made["pairs"], "--model", made["model"], "--cache-dir", out / "cache", "--out-dir", out,
-                     "--overwrite")
+    result = _invoke(
+        "embed", made["pairs"], "--model", made["model"], "--cache-dir", out / "cache", "--out-dir", out, "--overwrite"
+    )
     assert result.exit_code == 4 and "contains the input embedding cache" in result.stderr
     assert _snapshot(out) == before and not (out / "cache").exists()
 
@@ -232,19 +263,34 @@ def trained(made, tmp_path_factory) -> Path:
     from aplot_cli.config import TrainConfig
 
     out = tmp_path_factory.mktemp("rm") / "rm"
-    train.run(TrainConfig(backbone=str(made["model"]), loss=("bt",), max_steps=2, batch_size=4, max_length=32,
-                          save_steps=100, max_eval_pairs=4, train_eval_pairs=4, save_margins=False), made["pairs"], out)
+    train.run(
+        TrainConfig(
+            backbone=str(made["model"]),
+            loss=("bt",),
+            max_steps=2,
+            batch_size=4,
+            max_length=32,
+            save_steps=100,
+            max_eval_pairs=4,
+            train_eval_pairs=4,
+            save_margins=False,
+        ),
+        made["pairs"],
+        out,
+    )
     return out
 
 
 @pytest.mark.parametrize("damage", ["tokenizer replaced", "file added"])
 def test_a_reward_models_folder_changed_after_training_is_refused(made, trained, tmp_path, damage):
     run = Path(shutil.copytree(trained, tmp_path / "rm"))
-    assert (json.loads((run / artifacts.MANIFEST).read_text())["model"]["all_files_listed"] is True)
+    assert json.loads((run / artifacts.MANIFEST).read_text())["model"]["all_files_listed"] is True
     if damage == "tokenizer replaced":
         text = (run / "model" / "tokenizer_config.json").read_text()
         assert '"do_lower_case": true' in text
-        (run / "model" / "tokenizer_config.json").write_text(text.replace('"do_lower_case": true', '"do_lower_case": 0   '))
+        (run / "model" / "tokenizer_config.json").write_text(
+            text.replace('"do_lower_case": true', '"do_lower_case": 0   ')
+        )
         needle = "model/tokenizer_config.json does not hold the bytes its manifest records"
     else:
         (run / "model" / "added_tokens.json").write_text('{"<new>": 30522}')

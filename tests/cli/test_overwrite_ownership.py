@@ -33,8 +33,11 @@ USER_TEXT = b"\\chapter{Results}\n% three years of work\n"
 
 
 def _snapshot(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file() and not p.is_symlink()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and not p.is_symlink()
+    }
 
 
 def _invoke(*args: object):
@@ -72,8 +75,11 @@ def inputs(tmp_path_factory, tiny_bert_dir) -> dict[str, Path]:
 
     root = tmp_path_factory.mktemp("inputs")
     data = root / "prefs.jsonl"
-    data.write_text("".join(json.dumps({"prompt": f"q{i}", "chosen": f"good {i}", "rejected": f"bad {i}"}) + "\n"
-                            for i in range(16)))
+    data.write_text(
+        "".join(
+            json.dumps({"prompt": f"q{i}", "chosen": f"good {i}", "rejected": f"bad {i}"}) + "\n" for i in range(16)
+        )
+    )
     pairs = root / "pairs"
     prepare.run(PrepareConfig(files=(str(data),), test_size=0.25), pairs)
     emb = root / "emb"
@@ -90,8 +96,17 @@ def _command(stage: str, out: Path, inputs: dict[str, Path]) -> list[object]:
         "embed": ["embed", inputs["pairs"], "--model", inputs["model"]],
         "train-rm": ["train-rm", inputs["pairs"], "--backbone", inputs["model"], "--loss", "bt"],
         "eval-rm": ["eval-rm", inputs["model"], "--benchmark", "pairs", "--data", inputs["pairs"]],
-        "ppo": ["ppo", "--policy", inputs["model"], "--reward-model", inputs["model"], "--prompts", inputs["pairs"],
-                "--device", "cpu"],
+        "ppo": [
+            "ppo",
+            "--policy",
+            inputs["model"],
+            "--reward-model",
+            inputs["model"],
+            "--prompts",
+            inputs["pairs"],
+            "--device",
+            "cpu",
+        ],
         "sample": ["sample", "--policy", inputs["model"], "--device", "cpu"],
         "compare": ["compare", inputs["grid"]],
         "margins": ["margins", inputs["pairs"], "--embeddings", inputs["emb"], "--model", inputs["model"]],
@@ -107,8 +122,9 @@ def _refused_and_intact(stage: str, out: Path, inputs: dict[str, Path], *needles
         assert needle in result.stderr, result.stderr
     assert "nothing was deleted" in result.stderr
     assert _snapshot(out) == before  # the user's file and the artifact, byte for byte
-    assert input_before == {name: _snapshot(path) if path.is_dir() else path.read_bytes()
-                            for name, path in inputs.items()}
+    assert input_before == {
+        name: _snapshot(path) if path.is_dir() else path.read_bytes() for name, path in inputs.items()
+    }
 
 
 STAGES = list(STAGE_FILES)

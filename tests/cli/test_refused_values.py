@@ -98,8 +98,14 @@ def test_skip_counts_non_finite_margins_as_bad_rows(tmp_path):
 @pytest.mark.parametrize("side", ["prompt", "chosen"])
 def test_a_message_with_an_unknown_role_is_refused_naming_the_field(tmp_path, side):
     prompt = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]
-    rows = [{"prompt": prompt, "chosen": [{"role": "assistant", "content": f"hello {i}"}],
-             "rejected": [{"role": "assistant", "content": f"go away {i}"}]} for i in range(4)]
+    rows = [
+        {
+            "prompt": prompt,
+            "chosen": [{"role": "assistant", "content": f"hello {i}"}],
+            "rejected": [{"role": "assistant", "content": f"go away {i}"}],
+        }
+        for i in range(4)
+    ]
     if side == "prompt":
         rows[1]["prompt"] = [{"role": "robot", "content": "hi"}]
         field = "prompt[0].role"
@@ -108,19 +114,24 @@ def test_a_message_with_an_unknown_role_is_refused_naming_the_field(tmp_path, si
         field = "chosen[0].role"
     source = tmp_path / "chat.jsonl"
     source.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    _prepare_refused(source, tmp_path, f"{source}:2: field `{field}` is 'robot', expected one of system, user, assistant")
+    _prepare_refused(
+        source, tmp_path, f"{source}:2: field `{field}` is 'robot', expected one of system, user, assistant"
+    )
 
 
 # --- losses -------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("loss", "needle"), [
-    ("bt+", "loss 'bt+' has an empty term"),
-    ("+aplot", "loss '+aplot' has an empty term"),
-    ("bt++center", "loss 'bt++center' has an empty term"),
-    ("bt,", "loss 'bt,' has an empty term"),
-    ("aplot+aplot", "loss 'aplot+aplot' names `aplot` twice"),
-])
+@pytest.mark.parametrize(
+    ("loss", "needle"),
+    [
+        ("bt+", "loss 'bt+' has an empty term"),
+        ("+aplot", "loss '+aplot' has an empty term"),
+        ("bt++center", "loss 'bt++center' has an empty term"),
+        ("bt,", "loss 'bt,' has an empty term"),
+        ("aplot+aplot", "loss 'aplot+aplot' names `aplot` twice"),
+    ],
+)
 def test_a_loss_with_an_empty_or_repeated_term_is_refused(tmp_path, loss, needle):
     result = _invoke("train-rm", tmp_path / "pairs", "--loss", loss, "--out-dir", tmp_path / "rm")
     assert result.exit_code == 2, result.output
@@ -164,8 +175,18 @@ def test_resume_with_only_incomplete_checkpoints_is_refused_and_the_run_kept(pai
 
 
 def test_eval_rm_refuses_the_same_data_twice(pairs, tiny_bert_dir, tmp_path):
-    result = _invoke("eval-rm", tiny_bert_dir, "--benchmark", "pairs", "--data", pairs, "--data",
-                     tmp_path / "x" / ".." / "pairs", "--out-dir", tmp_path / "ev")
+    result = _invoke(
+        "eval-rm",
+        tiny_bert_dir,
+        "--benchmark",
+        "pairs",
+        "--data",
+        pairs,
+        "--data",
+        tmp_path / "x" / ".." / "pairs",
+        "--out-dir",
+        tmp_path / "ev",
+    )
     assert result.exit_code == 2, result.output
     assert "--data names" in result.stderr and "twice" in result.stderr and not (tmp_path / "ev").exists()
 

@@ -461,36 +461,66 @@ def _coerce(name: str, value: Any, hint: Any, source: str) -> Any:
 _EXPONENT_FLOAT = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9][0-9_]*)[eE][-+]?[0-9]+$")
 
 
+class DuplicateKeyError(ValueError):
+    """A YAML mapping names one key twice (YAML itself keeps the last value silently)."""
+
+    def __init__(self, key: Any, line: int, first_line: int):
+        super().__init__(f"line {line}: key `{key}` appears twice (first on line {first_line})")
+        self.key, self.line, self.first_line = key, line, first_line
+
+
 @functools.cache
 def _loader() -> type:
     import yaml
 
     class Loader(yaml.SafeLoader):
-        """safe_load, plus floats written with an exponent and no dot."""
+        """safe_load, plus floats written with an exponent and no dot, and no key twice in one mapping."""
+
+        def construct_mapping(self, node, deep=False):
+            if isinstance(node, yaml.MappingNode):
+                first: dict[Any, int] = {}
+                for key_node, _ in node.value:
+                    if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` may be overridden by design
+                        continue
+                    key = self.construct_object(key_node, deep=True)
+                    try:
+                        if key in first:
+                            raise DuplicateKeyError(key, key_node.start_mark.line + 1, first[key])
+                    except TypeError:  # an unhashable key: SafeLoader names it
+                        continue
+                    first[key] = key_node.start_mark.line + 1
+            return super().construct_mapping(node, deep=deep)
 
     Loader.add_implicit_resolver("tag:yaml.org,2002:float", _EXPONENT_FLOAT, list("-+0123456789."))
     return Loader
 
 
 def parse_yaml(text: str) -> Any:
-    """`yaml.safe_load` that also reads `1e-4` as a float (what config, grid and recipe files use)."""
+    """`yaml.safe_load` that also reads `1e-4` as a float (what config, grid and recipe files use) and
+    raises DuplicateKeyError for a key given twice in one mapping."""
     import yaml
 
     return yaml.load(text, Loader=_loader())  # noqa: S506 - a SafeLoader subclass
 
 
-def load_yaml(path: Path | str) -> dict[str, Any]:
+def load_yaml(path: Path | str, kind: str = "config file") -> dict[str, Any]:
+    """The mapping a YAML file holds (`kind` names the file in errors: config file, grid, recipe). Every
+    YAML aplot reads goes through here, so each refuses a key given twice, naming the file, line and key."""
     import yaml
 
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist", hint="check the --config path")
+        raise ConfigError(f"{kind} {path} does not exist", hint=f"check the {kind} path")
     try:
         data = parse_yaml(path.read_text(encoding="utf-8")) or {}
+    except DuplicateKeyError as exc:
+        raise ConfigError(f"{kind} {path}, line {exc.line}: key `{exc.key}` is given twice (first on line "
+                          f"{exc.first_line})",
+                          hint="keep one of them: YAML would silently use the last and drop the first") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+        raise ConfigError(f"{kind} {path} is not valid YAML: {exc}") from exc
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a mapping of option: value, "
+        raise ConfigError(f"{kind} {path} must hold a mapping of option: value, "
                           f"got {type(data).__name__}")
     return data
 

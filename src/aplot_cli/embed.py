@@ -292,13 +292,14 @@ def run(cfg: EmbedConfig, pairs_dir: Path, out_dir: Path, overwrite: bool = Fals
         raise ConfigError("--batch-size must be >= 1 and --max-length >= 8")
     models.pick_device(cfg.device)  # a bad --device stops the run before the cache serves any vector
     cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
-    inputs = [("PAIRS", pairs_dir), ("--model", cfg.model), ("embedding cache", cache_dir)]
-    artifacts.check_out_dir(out_dir, stage=STAGE, inputs=inputs, overwrite=overwrite)
+    inputs = [("PAIRS", pairs_dir), ("--model", cfg.model)]
+    claim = {"stage": STAGE, "inputs": inputs, "overwrite": overwrite, "places": [("embedding cache", cache_dir)]}
+    artifacts.check_out_dir(out_dir, **claim)
     pairs_art = artifacts.open_artifact(pairs_dir, "prepare")
     splits = {name.removesuffix(".parquet"): load_pairs(pairs_dir, name.removesuffix(".parquet"))
               for name in split_files(pairs_art)}
     encoder = Encoder(cfg.model, cfg.max_length, cfg.device, cfg.trust_remote_code)
-    out_dir = artifacts.prepare_out_dir(out_dir, stage=STAGE, inputs=inputs, overwrite=overwrite)
+    out_dir = artifacts.prepare_out_dir(out_dir, **claim)
     cache = EmbeddingCache(cache_dir)
     stats, outputs, dim, truncation = EmbedStats(), [], None, {}
     try:
@@ -349,12 +350,12 @@ class SplitEmbeddings:
 def load_embeddings(embed_dir: Path | str, split: str) -> SplitEmbeddings:
     """Read one split of an embeddings artifact (refuses unfinished runs)."""
     art = artifacts.open_artifact(embed_dir, STAGE)
-    ids_path = art.path / f"{split}_pair_ids.json"
-    if not ids_path.is_file():
+    if f"{split}_pair_ids.json" not in art.output_hashes():
         from aplot_cli.errors import ArtifactError
 
         raise ArtifactError(f"{art.path} has no embeddings for split `{split}`",
                             hint="re-run `aplot embed` on the pairs artifact that holds that split")
-    return SplitEmbeddings(pair_ids=json.loads(ids_path.read_text()),
-                           chosen=np.load(art.path / f"{split}_chosen.npy", allow_pickle=False),
-                           rejected=np.load(art.path / f"{split}_rejected.npy", allow_pickle=False))
+    # only files the manifest lists, whose hashes open_artifact has checked
+    return SplitEmbeddings(pair_ids=json.loads(art.file(f"{split}_pair_ids.json").read_text()),
+                           chosen=np.load(art.file(f"{split}_chosen.npy"), allow_pickle=False),
+                           rejected=np.load(art.file(f"{split}_rejected.npy"), allow_pickle=False))

@@ -183,14 +183,20 @@ def _hub_snapshot(repo_id: str) -> Path | None:
 
 
 def file_sha256(file: Path) -> str:
-    """sha256 of a file's bytes. Large files (weights) are memoised in `file_hashes.sqlite` under the
-    cache root, keyed by absolute path, size, mtime_ns, ctime_ns and inode, so an unchanged file is
-    hashed once across runs and processes, and a rewritten one (even at the same size) is hashed again."""
+    """`memo_sha256` of a model file; a file that cannot be read is a ModelError."""
     try:
-        real = file.resolve()
-        stat = real.stat()
+        return memo_sha256(file)
     except OSError as exc:
         raise ModelError(f"cannot read model file {file}: {exc}", hint="check the folder's permissions") from exc
+
+
+def memo_sha256(file: Path) -> str:
+    """sha256 of a file's bytes (raises OSError). Large files (weights, embeddings) are memoised in
+    `file_hashes.sqlite` under the cache root, keyed by absolute path, size, mtime_ns, ctime_ns and inode,
+    so an unchanged file is hashed once across runs and processes, and a rewritten or replaced one (even at
+    the same size) is hashed again."""
+    real = Path(file).resolve()
+    stat = real.stat()
     if stat.st_size < MEMO_MIN_BYTES:
         return _hash_file(real)
     stamp = (str(real), stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino)
@@ -211,12 +217,9 @@ def _hash_file(file: Path) -> str:
     import hashlib
 
     digest = hashlib.sha256()
-    try:
-        with open(file, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 22), b""):
-                digest.update(block)
-    except OSError as exc:
-        raise ModelError(f"cannot read model file {file}: {exc}", hint="check the folder's permissions") from exc
+    with open(file, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
     return digest.hexdigest()
 
 

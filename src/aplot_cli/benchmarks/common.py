@@ -114,12 +114,16 @@ def text_list(row: dict[str, Any], column: str, where: str, length: int | None =
 
 def prompt_fields(value: Any, where: str) -> tuple[str, str | None]:
     """A prompt given as text or as a list of {role, content} turns -> (plain text, messages JSON)."""
-    from aplot_cli.data.schema import render_messages
+    from aplot_cli.data.schema import ROLES, render_messages
 
     if isinstance(value, str) and value.strip():
         return value, None
     if isinstance(value, list) and value and all(isinstance(m, dict) and "content" in m for m in value):
         messages = [{"role": str(m.get("role", "user")), "content": str(m["content"])} for m in value]
+        for i, message in enumerate(messages):
+            if message["role"] not in ROLES:
+                raise InputDataError(f"{where}: `prompt[{i}].role` is {message['role']!r}, expected one of "
+                                     f"{', '.join(ROLES)}", hint="check that the file follows the benchmark's hub schema")
         return render_messages(messages), json.dumps(messages, ensure_ascii=False)
     raise InputDataError(f"{where}: `prompt` must be a string or a list of {{role, content}} turns",
                          hint="check that the file follows the benchmark's hub schema")

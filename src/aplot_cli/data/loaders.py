@@ -140,21 +140,37 @@ def _table(path: Path, kind: str) -> Iterator[RawRecord]:
     import pandas as pd
 
     try:
-        frame = pd.read_parquet(path) if kind == "parquet" else pd.read_csv(path, dtype=object,
-                                                                             keep_default_na=False)
+        # parquet through pyarrow: a null stays None and a stored NaN stays NaN (pandas makes both NaN)
+        rows = _parquet_rows(path) if kind == "parquet" else \
+            pd.read_csv(path, dtype=object, keep_default_na=False).to_dict(orient="records")
+        columns = list(rows[0]) if rows else _columns(path, kind)
     except UnicodeDecodeError as exc:
         raise InputDataError(f"{path}: bytes are not UTF-8 ({exc.reason})",
                              hint="re-encode the file as UTF-8") from exc
     except Exception as exc:  # pandas/pyarrow raise many types for unreadable files
         raise InputDataError(f"{path}: cannot read as {kind} ({exc})",
                              hint=f"check that the file is a valid {kind} file") from exc
-    if frame.empty:
-        raise _empty(path, f"has a header ({', '.join(map(str, frame.columns))}) but no rows" if kind == "csv"
+    if not rows:
+        raise _empty(path, f"has a header ({', '.join(map(str, columns))}) but no rows" if kind == "csv"
                      else "holds no rows")
     offset = 2 if kind == "csv" else 0  # csv: line 1 is the header
-    for number, row in enumerate(frame.to_dict(orient="records")):
+    for number, row in enumerate(rows):
         yield RawRecord(f"{path}:{number + offset}" if kind == "csv" else f"{path}#row{number}",
                         {k: _plain(v) for k, v in row.items()})
+
+
+def _parquet_rows(path: Path) -> list[dict[str, Any]]:
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    index = [c for c in table.column_names if c.startswith("__index_level_")]  # pandas' saved index
+    return table.drop(index).to_pylist() if index else table.to_pylist()
+
+
+def _columns(path: Path, kind: str) -> list[str]:
+    import pandas as pd
+
+    return list(pd.read_csv(path, dtype=object, nrows=0).columns) if kind == "csv" else []
 
 
 def _plain(value: Any) -> Any:

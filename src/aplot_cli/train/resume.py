@@ -39,7 +39,7 @@ def _resume_step(out_dir: Path, resume: bool) -> tuple[str | None, int]:
         info(f"[bold]train-rm[/] skipping {path.name} in {ckpt_dir}: it has no readable trainer_state.json "
              "(the run was stopped while saving it)")
     if found:
-        info(f"[bold]train-rm[/] no complete checkpoint in {ckpt_dir}: training starts from step 0")
+        info(f"[bold]train-rm[/] no complete checkpoint in {ckpt_dir}")
     return None, -1
 
 
@@ -85,3 +85,8 @@ def check_resume(out_dir: Path, record: dict[str, Any]) -> dict[str, dict[str, A
                           hint=f"resume with the first start's settings and inputs (only {', '.join(sorted(RESUMABLE))} "
                                "may change), or start again with --overwrite")
     return {key: {"first_start": was, "resumed": now} for key, (was, now) in changed.items()}
+
+
+def resumable(out_dir: Path) -> bool:
+    """Whether `out_dir` holds a complete checkpoint that `--resume` would continue from."""
+    return _resume_step(Path(out_dir), True)[0] is not None

@@ -43,10 +43,15 @@ def run(cfg: TrainConfig, pairs_dir: Path, out_dir: Path, embeddings_dir: Path |
         check_embeddings_match(emb_art, pairs_art)
     out_dir = Path(out_dir)
     claim = {"stage": STAGE, "overwrite": overwrite, "resume": resume,
-             "inputs": [("PAIRS", pairs_dir), ("--embeddings", embeddings_dir), ("--backbone", cfg.backbone),
-                        ("feature cache", cfg.feature_cache_dir)]}
+             "inputs": [("PAIRS", pairs_dir), ("--embeddings", embeddings_dir), ("--backbone", cfg.backbone)],
+             "places": [("feature cache", cfg.feature_cache_dir if cfg.frozen_backbone else None)]}
     kept = artifacts.check_out_dir(out_dir, **claim)  # refuse now; clear only once the inputs pass
     checkpoint, resumed_step = _resume_step(out_dir, kept)
+    if resume and checkpoint is None:  # as ppo and sample: no silent restart from step 0
+        raise ArtifactError(f"--resume: {out_dir} holds no complete train-rm checkpoint, so there is nothing to "
+                            "continue from",
+                            hint="start the run again with --overwrite (a checkpoint is written every --save-steps "
+                                 "steps), or pass the --out-dir of the run to resume")
     record = run_record(cfg, pairs_art, emb_art)
     resume_changes = check_resume(out_dir, record) if checkpoint else None
     use_cpu = _use_cpu(cfg.device)
@@ -135,7 +140,7 @@ def run(cfg: TrainConfig, pairs_dir: Path, out_dir: Path, embeddings_dir: Path |
                          "identity": models.identity(resolved),
                          "head": head,
                          "frozen_backbone": attached.manifest() if attached is not None else None,
-                         "loss": spec.name, "path": "model", "lora": cfg.lora,
+                         "loss": spec.name, "path": "model", "all_files_listed": True, "lora": cfg.lora,
                          "chat_template": formatting.uses_chat_template(tokenizer, cfg.chat_template),
                          "max_length": cfg.max_length, "pad_token_id": tokenizer.pad_token_id,
                          "padding_side": tokenizer.padding_side}})
@@ -223,14 +228,12 @@ def _save(trainer, tokenizer, cfg: TrainConfig, out_dir: Path, pair_ids) -> list
     outputs = []
     if cfg.lora:
         model.save_pretrained(out_dir / "adapter", safe_serialization=True)
-        outputs.append(artifacts.describe_output(out_dir, "adapter/adapter_model.safetensors"))
+        outputs += _folder_outputs(out_dir, "adapter")
         model = model.merge_and_unload()
     model.config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(model_dir, safe_serialization=True)
     tokenizer.save_pretrained(model_dir)
-    for name in ("config.json", "model.safetensors"):
-        if (model_dir / name).exists():
-            outputs.append(artifacts.describe_output(out_dir, f"model/{name}"))
+    outputs += _folder_outputs(out_dir, "model")
     if (out_dir / LOG_FILE).exists():
         rows = sum(1 for line in (out_dir / LOG_FILE).read_text().splitlines() if line.strip())
         outputs.append(artifacts.describe_output(out_dir, LOG_FILE, rows=rows))
@@ -238,6 +241,13 @@ def _save(trainer, tokenizer, cfg: TrainConfig, out_dir: Path, pair_ids) -> list
         rows = trainer.margin_sink.merge(out_dir / MARGINS_FILE)
         outputs.append(artifacts.describe_output(out_dir, MARGINS_FILE, rows=rows))
     return outputs
+
+
+def _folder_outputs(out_dir: Path, folder: str) -> list[dict[str, Any]]:
+    """Every file of a saved model folder (weights, config, tokenizer): a stage that loads the model checks
+    each against its hash, so none can be swapped unseen."""
+    return [artifacts.describe_output(out_dir, f"{folder}/{p.name}")
+            for p in sorted((out_dir / folder).iterdir()) if p.is_file()]
 
 
 def check_model_dir(path: Path) -> None:

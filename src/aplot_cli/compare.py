@@ -242,7 +242,7 @@ def _run_cell(grid: Grid, out_dir: Path, noise: float, method: str, seed: int, d
     cfg = _cell_config(grid, method, seed)
     _check_same_config(train_dir, resolve_train(cfg))  # as train-rm records it
     if not _finished(train_dir):
-        resume = train_dir.is_dir() and (train_dir / "checkpoints").is_dir()
+        resume = train_dir.is_dir() and train.has_usable_checkpoint(train_dir)  # else a fresh start
         info(f"[bold]compare[/] {noise_tag(noise)} {method} seed {seed}: train-rm" + (" (resume)" if resume else ""))
         train.run(cfg, data[0], train_dir, embeddings_dir=data[1], overwrite=not resume, resume=resume)
     for ev in grid.evals:

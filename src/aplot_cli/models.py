@@ -12,6 +12,7 @@ disk or network at import."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import tempfile
@@ -136,11 +137,55 @@ def resolve(name: str) -> str:
         if not (path / "config.json").is_file():
             raise ModelError(f"{path} is not a model folder (no config.json)",
                              hint="pass a save_pretrained folder, a hub id, or one of " + ", ".join(EMBEDDED))
+        problem = weights_problem(path, torch_files=False)
+        if problem:
+            raise ModelError(f"model folder {path}: {problem}",
+                             hint="restore the file (copy it again, or save the model again with save_pretrained)")
         return str(path)
     if name.count("/") > 1 or name.startswith((".", "/", "~")):
         raise ModelError(f"model path {name} does not exist",
                          hint="pass an existing folder, a hub id, or one of " + ", ".join(EMBEDDED))
     return name  # a hub id; from_pretrained reports a missing one
+
+
+WEIGHTS = ("*.safetensors", "pytorch_model*.bin")  # what a model folder or a checkpoint holds its weights in
+TORCH_FILES = ("*.pt", "*.pth", "*.bin")  # torch.save files of a checkpoint: zip archives
+
+
+def weights_problem(folder: Path, torch_files: bool = True) -> str | None:
+    """Why the weights at the top of `folder` cannot be loaded, or None: a safetensors file whose header does
+    not cover it (cut short, zeroed, not safetensors), a shard that the index names and that is missing, and
+    with `torch_files` a torch file (optimizer, scheduler and RNG states) that is not a whole zip archive, or
+    no weights file at all. Reads headers and zip directories only (no tensor, no pickle)."""
+    import zipfile
+
+    from safetensors import safe_open
+
+    for file in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(str(file), framework="numpy"):
+                pass
+        except Exception as exc:  # noqa: BLE001 - SafetensorError, OSError: the file cannot be read
+            return f"{file.name} is unreadable, cut short or damaged ({exc})"
+    for index in sorted(folder.glob("*.safetensors.index.json")):
+        try:
+            shards = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            return f"{index.name} is not a readable shard index ({exc})"
+        missing = sorted(shard for shard in shards if not (folder / str(shard)).is_file())
+        if missing:
+            return f"{index.name} names shard(s) that are missing: {', '.join(map(str, missing[:3]))}"
+    if not torch_files:
+        return None
+    if not any(file.is_file() for pattern in WEIGHTS for file in folder.glob(pattern)):
+        return "it holds no weights file (*.safetensors)"
+    for file in sorted({f for pattern in TORCH_FILES for f in folder.glob(pattern) if f.is_file()}):
+        try:
+            with zipfile.ZipFile(file):
+                pass
+        except (OSError, zipfile.BadZipFile) as exc:
+            return f"{file.name} is unreadable, cut short or damaged ({exc})"
+    return None
 
 
 # What `from_pretrained` reads from a model folder (top level only; checkpoints and other subfolders

@@ -612,17 +612,19 @@ CHECKPOINT_FILES = ("state.json", "value_head.safetensors", "optimizer.safetenso
 
 
 def checkpoint_problem(path: Path) -> str | None:
-    """Why a checkpoint folder cannot be resumed from (a kill during its save), or None if it is complete."""
+    """Why a checkpoint folder cannot be resumed from (a kill during its save, a file cut short or damaged
+    since), or None if it is complete."""
     missing = [name for name in CHECKPOINT_FILES if not (path / name).is_file()]
     if not any((path / POLICY_DIR).glob("*.safetensors")):
         missing.append(f"{POLICY_DIR}/*.safetensors")
     if missing:
-        return f"missing {', '.join(missing)}"
+        return f"missing {', '.join(missing)}; the run was stopped while saving it"
     try:
         json.loads((path / "state.json").read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError):
-        return "state.json is not valid JSON"
-    return None
+        return "state.json is not valid JSON; the run was stopped while saving it"
+    return (models.weights_problem(path, torch_files=False)  # cut short or damaged after its save
+            or models.weights_problem(path / POLICY_DIR, torch_files=False))
 
 
 @dataclass(frozen=True)
@@ -650,8 +652,7 @@ def resume_checkpoint(out_dir: Path) -> Path:
     artifacts.check_out_dir(out_dir, stage=STAGE, resume=True)
     search = latest_checkpoint(out_dir)
     for path, problem in search.skipped:
-        info(f"[bold]ppo[/] skipping the incomplete checkpoint {path.name} ({problem}; the run was stopped "
-             "while saving it)")
+        info(f"[bold]ppo[/] skipping the incomplete checkpoint {path.name} ({problem})")
     if search.path is None:
         passed = f" (incomplete: {', '.join(p.name for p, _ in search.skipped)})" if search.skipped else ""
         raise ArtifactError(f"--resume: {out_dir} holds no complete PPO checkpoint{passed}, so there is nothing "

@@ -162,6 +162,20 @@ def disk_full_names(path: Path | str, hint: str | None = None) -> Iterator[None]
         raise error from exc
 
 
+@contextmanager
+def damaged_names(path: Path | str, hint: str) -> Iterator[None]:
+    """Turn a file of an artifact that cannot be parsed (cut short, garbage, another format: the ValueError
+    family, which pyarrow's ArrowInvalid and the JSON and Unicode errors belong to, EOFError, or an OSError
+    while reading it) into an ArtifactError naming it."""
+    try:
+        yield
+    except AplotError:
+        raise
+    except (ValueError, EOFError, OSError) as exc:
+        raise ArtifactError(f"{path} cannot be read: it is cut short or damaged ({type(exc).__name__}: {exc})",
+                            hint=hint) from exc
+
+
 def _free_bytes(path: Path) -> int | None:
     for folder in (path, *path.parents):
         try:

@@ -74,9 +74,11 @@ def smollm2_gguf() -> Path:
 
 
 def smollm2_converted(cache_dir: Path | None = None) -> Path | None:
-    """The converted SmolLM2 folder if it is already in the cache, else None (never converts)."""
+    """The converted SmolLM2 folder if it is already in the cache and its weights are whole, else None (never
+    converts)."""
     target = _smollm2_target(cache_dir)
-    return target if (target / "config.json").is_file() and any(target.glob("*.safetensors")) else None
+    ready = (target / "config.json").is_file() and any(target.glob("*.safetensors"))
+    return target if ready and weights_problem(target, torch_files=False) is None else None
 
 
 def _smollm2_target(cache_dir: Path | None) -> Path:
@@ -90,6 +92,11 @@ def smollm2_path(cache_dir: Path | None = None) -> Path:
     if (ready := smollm2_converted(cache_dir)) is not None:
         return ready
     target = _smollm2_target(cache_dir)
+    if target.exists():  # a conversion cut short, or damaged since: it is aplot's own cache, made again
+        from aplot_cli.console import info
+
+        problem = weights_problem(target, torch_files=False) or "it is incomplete"
+        info(f"[yellow]warning:[/] the converted SmolLM2 in {target} cannot be used ({problem}): converting again")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".convert-"))
     try:
@@ -267,45 +274,53 @@ def _hash_file(file: Path) -> str:
 
 class _HashMemo:
     """The sha256 memo. A cache that cannot be opened or written (read-only, full disk) only costs a
-    re-hash, so its errors are swallowed and the hash is computed."""
+    re-hash, so its errors are swallowed and the hash is computed; a damaged file is moved aside and the memo
+    starts empty (`cachefile`)."""
 
-    def __init__(self, db):
-        self.db = db
+    def __init__(self, store):
+        self.store = store
 
     @classmethod
     def open(cls, path: Path) -> _HashMemo | None:
         import sqlite3
 
+        from aplot_cli.cachefile import CacheFile
+        from aplot_cli.errors import AplotError
+
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(path, timeout=30)
-            db.execute("CREATE TABLE IF NOT EXISTS file_hashes (path TEXT, size INTEGER, mtime_ns INTEGER, "
-                       "ctime_ns INTEGER, inode INTEGER, sha256 TEXT, "
-                       "PRIMARY KEY (path, size, mtime_ns, ctime_ns, inode))")
-            return cls(db)
-        except (OSError, sqlite3.Error):
+            return cls(CacheFile(path, label="file-hash memo", flag="APLOT_CACHE", schema=(
+                "CREATE TABLE IF NOT EXISTS file_hashes (path TEXT, size INTEGER, mtime_ns INTEGER, "
+                "ctime_ns INTEGER, inode INTEGER, sha256 TEXT, PRIMARY KEY (path, size, mtime_ns, ctime_ns, inode))",)))
+        except (AplotError, OSError, sqlite3.Error):
             return None
 
     def get(self, stamp: tuple) -> str | None:
         import sqlite3
 
+        from aplot_cli.errors import AplotError
+
         try:
-            row = self.db.execute("SELECT sha256 FROM file_hashes WHERE path = ? AND size = ? AND mtime_ns = ? "
-                                  "AND ctime_ns = ? AND inode = ?", stamp).fetchone()
-        except sqlite3.Error:
+            row = self.store.run(lambda db: db.execute(
+                "SELECT sha256 FROM file_hashes WHERE path = ? AND size = ? AND mtime_ns = ? AND ctime_ns = ? "
+                "AND inode = ?", stamp).fetchone())
+        except (AplotError, OSError, sqlite3.Error):
             return None
-        return row[0] if row else None
+        return row[0] if row and isinstance(row[0], str) else None
 
     def put(self, stamp: tuple, digest: str) -> None:
         import sqlite3
 
+        from aplot_cli.errors import AplotError
+
+        def write(db) -> None:
+            with db:  # one row per path: the stamp of an older version of the file is never asked for again
+                db.execute("DELETE FROM file_hashes WHERE path = ?", stamp[:1])
+                db.execute("INSERT OR REPLACE INTO file_hashes VALUES (?, ?, ?, ?, ?, ?)", (*stamp, digest))
+
         try:
-            # One row per path: the stamp of an older version of the file is never asked for again.
-            self.db.execute("DELETE FROM file_hashes WHERE path = ?", stamp[:1])
-            self.db.execute("INSERT OR REPLACE INTO file_hashes VALUES (?, ?, ?, ?, ?, ?)", (*stamp, digest))
-            self.db.commit()
-        except sqlite3.Error:
+            self.store.run(write)
+        except (AplotError, OSError, sqlite3.Error):
             pass
 
     def close(self) -> None:
-        self.db.close()
+        self.store.close()

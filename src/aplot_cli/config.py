@@ -473,18 +473,23 @@ def parse_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_loader())  # noqa: S506 - a SafeLoader subclass
 
 
-def load_yaml(path: Path | str) -> dict[str, Any]:
+def load_yaml(path: Path | str, what: str = "config file", flag: str = "--config") -> dict[str, Any]:
+    """A YAML mapping read with the safe loader: a tag that would build a Python object (`!!python/object`),
+    invalid YAML, a file that is not UTF-8 text or not readable are ConfigErrors naming `what` and the file."""
     import yaml
 
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist", hint="check the --config path")
+        raise ConfigError(f"{what} {path} does not exist", hint=f"check the {flag} path")
     try:
         data = parse_yaml(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+    except yaml.YAMLError as exc:  # a python/* tag is a ConstructorError: the safe loader builds no object
+        raise ConfigError(f"{what} {path} is not valid YAML: {exc}",
+                          hint="plain YAML only: mappings, lists, strings and numbers (no !!python tags)") from exc
+    except (UnicodeDecodeError, OSError) as exc:
+        raise ConfigError(f"{what} {path} cannot be read as UTF-8 text ({exc})", hint=f"check the {flag} path") from exc
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a mapping of option: value, "
+        raise ConfigError(f"{what} {path} must hold a mapping of option: value, "
                           f"got {type(data).__name__}")
     return data
 

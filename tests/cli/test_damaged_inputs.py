@@ -107,3 +107,130 @@ def test_a_train_rm_run_with_cut_short_weights_is_a_damaged_artifact(tiny_bert_d
     _fails(["eval-rm", str(run), "--benchmark", "pairs", "--data", str(pairs_dir), "--out-dir", str(tmp_path / "ev"),
             "--device", "cpu"], 4, f"train-rm artifact {run}: model/model.safetensors is unreadable", "--overwrite")
     assert not (tmp_path / "ev").exists()
+
+
+# ----------------------------------------------------------------------------------------- embeddings
+
+
+@pytest.fixture
+def emb_dir(tiny_bert_dir, pairs_dir, tmp_path) -> Path:
+    result = runner.invoke(app, ["embed", str(pairs_dir), "--model", str(tiny_bert_dir), "--max-length", "32",
+                                 "--cache-dir", str(tmp_path / "cache"), "--out-dir", str(tmp_path / "emb")])
+    assert result.exit_code == 0, result.stderr
+    return tmp_path / "emb"
+
+
+def _npy_damage(path: Path, how: str) -> None:
+    import numpy as np
+
+    good = np.load(path)
+    if how == "cut short":
+        path.write_bytes(path.read_bytes()[:-64])
+    elif how == "objects":
+        np.save(path, np.array([{"row": i} for i in range(len(good))], dtype=object), allow_pickle=True)
+    elif how == "one row short":
+        np.save(path, good[:-1])
+    elif how == "float64":
+        np.save(path, good.astype(np.float64))
+    elif how == "nan":
+        good[0, 0] = np.nan
+        np.save(path, good)
+
+
+@pytest.mark.parametrize("how, said", [("cut short", "cannot be read: it is cut short or damaged"),
+                                       ("objects", "Object arrays cannot be loaded when allow_pickle=False"),
+                                       ("one row short", "expected float32 of shape (9, D)"),
+                                       ("float64", "holds a float64 array"), ("nan", "NaN or infinite")])
+def test_a_damaged_embeddings_file_is_named_before_training(tiny_bert_dir, pairs_dir, emb_dir, tmp_path, how, said):
+    file = emb_dir / "train_chosen.npy"
+    _npy_damage(file, how)
+    resign(emb_dir, "train_chosen.npy")
+    before = _digest(emb_dir)
+    out = tmp_path / "rm"
+    _fails(["train-rm", str(pairs_dir), "--embeddings", str(emb_dir), "--backbone", str(tiny_bert_dir), "--loss",
+            "aplot", "--max-steps", "1", "--batch-size", "4", "--max-length", "32", "--device", "cpu",
+            "--out-dir", str(out)], 4, str(file), said, "aplot embed")
+    assert not out.exists() and _digest(emb_dir) == before  # read before the out-dir is touched; never unpickled
+
+
+def test_pair_ids_that_are_not_a_list_of_strings(emb_dir):
+    from aplot_cli.embed import load_embeddings
+    from aplot_cli.errors import ArtifactError
+
+    ids = emb_dir / "train_pair_ids.json"
+    ids.write_text('{"not": "a list"}')
+    resign(emb_dir, "train_pair_ids.json")
+    with pytest.raises(ArtifactError, match="is not a JSON list of pair ids"):
+        load_embeddings(emb_dir, "train")
+    ids.write_text('["abc", 3')
+    resign(emb_dir, "train_pair_ids.json")
+    with pytest.raises(ArtifactError, match="train_pair_ids.json cannot be read"):
+        load_embeddings(emb_dir, "train")
+
+
+# ------------------------------------------------------------------------------------------ pairs splits
+
+
+@pytest.mark.parametrize("how, said", [("cut short", "cannot be read: it is cut short or damaged"),
+                                       ("no rejected", "has no `rejected` column"),
+                                       ("list in chosen", "column `chosen` row 0 is")])
+def test_a_damaged_pairs_split_is_named(tiny_bert_dir, pairs_dir, tmp_path, how, said):
+    import pandas as pd
+
+    split = pairs_dir / "train.parquet"
+    frame = pd.read_parquet(split)
+    if how == "cut short":
+        split.write_bytes(split.read_bytes()[:-200])
+    elif how == "no rejected":
+        frame.drop(columns=["rejected"]).to_parquet(split)
+    else:
+        frame.assign(chosen=[["a", "b"]] * len(frame)).to_parquet(split)
+    resign(pairs_dir, "train.parquet")
+    _fails(["train-rm", str(pairs_dir), "--backbone", str(tiny_bert_dir), "--loss", "bt", "--max-steps", "1",
+            "--device", "cpu", "--out-dir", str(tmp_path / "rm")], 4, str(split), said, "aplot prepare")
+    assert not (tmp_path / "rm").exists()
+
+
+# ------------------------------------------------------------------------------------------------ YAML
+
+
+def test_a_recipe_with_a_python_tag_is_a_config_error_and_runs_nothing(tmp_path):
+    marker = tmp_path / "pwned"
+    recipe = tmp_path / "evil.yaml"
+    recipe.write_text(f'name: evil\ncolumns: !!python/object/apply:os.system ["touch {marker}"]\n')
+    _fails(["prepare", "--recipe", str(recipe), "--out-dir", str(tmp_path / "p")], 2,
+           f"recipe {recipe} is not valid YAML", "python/object/apply:os.system", "no !!python tags")
+    not_text = tmp_path / "binary.yaml"
+    not_text.write_bytes(b"name: \x81\xff\n")
+    _fails(["prepare", "--recipe", str(not_text), "--out-dir", str(tmp_path / "p")], 2,
+           f"recipe {not_text} cannot be read as UTF-8 text")
+    assert not marker.exists() and not (tmp_path / "p").exists()
+
+
+# -------------------------------------------------------------------------------------- --from-predictions
+
+
+def test_predictions_with_string_scores_or_wrong_columns_name_the_file_and_column(tmp_path):
+    import pandas as pd
+
+    long = pd.DataFrame({"example_id": ["a", "a", "b", "b"], "subset": "s", "kind": ["chosen", "rejected"] * 2,
+                         "position": 0, "score": [1.0, 0.5, 0.2, 0.1]})
+    cases = {
+        "strings.parquet": (long.assign(score=["1.0", "high", "0.2", "0.1"]), "column `score` row 1 is 'high'"),
+        "nan.parquet": (long.assign(score=[1.0, float("nan"), 0.2, 0.1]), "column `score` row 1 is nan"),
+        "renamed.parquet": (long.rename(columns={"score": "scores"}), "no column score"),
+        "no_subset.jsonl": (long.drop(columns=["subset"]), "no column subset"),
+        "kind.parquet": (long.assign(kind=["chosen", "other", "chosen", "rejected"]), "column `kind` row 1 is 'other'"),
+        "position.parquet": (long.assign(position=[0, 0.5, 0, 0]), "column `position` row 1 is 0.5"),
+        "wide.jsonl": (pd.DataFrame({"id": [1, 2], "subset": "s", "scores_chosen": [[1.0], [2.0]],
+                                     "scores_rejected": [[0.5], ["x"]]}), "column `scores_rejected` row 1 holds 'x'"),
+        "wide_cols.jsonl": (pd.DataFrame({"id": [1], "subset": "s", "chosen": [1.0]}),
+                            "no column scores_chosen and scores_rejected"),
+    }
+    for name, (frame, said) in cases.items():
+        path = tmp_path / name
+        frame.to_parquet(path) if name.endswith(".parquet") else frame.to_json(path, orient="records", lines=True)
+        before = path.read_bytes()
+        _fails(["eval-rm", "--from-predictions", str(path), "--benchmark", "pairs", "--out-dir",
+                str(tmp_path / "ev")], 3, f"{path}: ", said)
+        assert not (tmp_path / "ev").exists() and path.read_bytes() == before

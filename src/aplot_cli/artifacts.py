@@ -264,6 +264,9 @@ def open_artifact(path: Path | str, stage: str | tuple[str, ...], redo: str | No
                             hint=f"re-run `{redo}` into a fresh directory") from exc
     if not isinstance(manifest, dict):
         raise ArtifactError(f"{manifest_path} is not a JSON object", hint=f"re-run `{redo}` into a fresh directory")
+    if not isinstance(manifest.get("stage"), str):
+        raise ArtifactError(f"{manifest_path} has no `stage`: the manifest is damaged or not aplot's",
+                            hint=f"re-run `{redo}` into a fresh directory")
     if manifest.get("stage") not in stages:
         raise ArtifactError(
             f"{path} is a `{manifest.get('stage')}` artifact, expected {' or '.join(stages)}",

@@ -149,10 +149,29 @@ def resolve(name: str) -> str:
             raise ModelError(f"model folder {path}: {problem}",
                              hint="restore the file (copy it again, or save the model again with save_pretrained)")
         return str(path)
-    if name.count("/") > 1 or name.startswith((".", "/", "~")):
-        raise ModelError(f"model path {name} does not exist",
-                         hint="pass an existing folder, a hub id, or one of " + ", ".join(EMBEDDED))
+    if name.count("/") > 1 or name.startswith((".", "/", "~")) or "\\" in name:
+        raise ModelError(f"model folder {name} does not exist",
+                         hint="check the path (a local folder saved with save_pretrained), or pass a hub id or one "
+                              "of " + ", ".join(EMBEDDED))
+    _check_hub(name)
     return name  # a hub id; from_pretrained reports a missing one
+
+
+def _check_hub(repo_id: str) -> None:
+    """A hub id is loaded from the hub or its local cache: one quick probe of the hub first (`hub.check`), so an
+    offline machine fails in seconds with HubUnreachableError when the model is not cached, instead of spending
+    ~50 s in the libraries' retries; a cached model then loads from the cache at once."""
+    from aplot_cli import hub
+    from aplot_cli.errors import HubUnreachableError
+
+    if hub.check(repo_id) or _hub_snapshot(repo_id) is not None:
+        return
+    host, _ = hub.endpoint()
+    raise HubUnreachableError(
+        f"the Hugging Face Hub ({host}) is unreachable and model {repo_id!r} is not in the local hub cache "
+        f"(nor is there a local folder {repo_id})",
+        hint="download it on a machine with network (loading it once fills ~/.cache/huggingface; copy that over), "
+             "or pass a local save_pretrained folder or one of " + ", ".join(EMBEDDED))
 
 
 WEIGHTS = ("*.safetensors", "pytorch_model*.bin")  # what a model folder or a checkpoint holds its weights in

@@ -234,3 +234,41 @@ def test_predictions_with_string_scores_or_wrong_columns_name_the_file_and_colum
         _fails(["eval-rm", "--from-predictions", str(path), "--benchmark", "pairs", "--out-dir",
                 str(tmp_path / "ev")], 3, f"{path}: ", said)
         assert not (tmp_path / "ev").exists() and path.read_bytes() == before
+
+
+# ------------------------------------------------------------------------------- messages name the field
+
+
+def test_a_lone_surrogate_names_the_file_line_and_field(tmp_path):
+    data = tmp_path / "s.jsonl"
+    data.write_text('{"prompt": "q", "chosen": "fine", "rejected": "z"}\n'
+                    '{"prompt": "q", "chosen": "a", "rejected": [{"role": "assistant", "content": "x\\udc00"}]}\n')
+    _fails(["prepare", "--files", str(data), "--test-size", "0", "--out-dir", str(tmp_path / "p")], 3,
+           f"{data}:2: field `rejected[0].content` holds a lone surrogate")
+
+
+def test_a_list_in_rejected_names_rejected(tmp_path):
+    import pandas as pd
+
+    data = tmp_path / "mixed.parquet"
+    pd.DataFrame({"prompt": ["q", "r"], "chosen": ["a", "b"], "rejected": [["x", "y"], ["z"]]}).to_parquet(data)
+    result = _fails(["prepare", "--files", str(data), "--test-size", "0", "--out-dir", str(tmp_path / "p")], 3,
+                    "field `rejected` is a list while `chosen` is a string")
+    assert "field `chosen`" not in result.stderr
+
+
+def test_a_manifest_without_stage_is_named_as_damaged(pairs_dir, tmp_path):
+    manifest = json.loads((pairs_dir / "manifest.json").read_text())
+    del manifest["stage"]
+    (pairs_dir / "manifest.json").write_text(json.dumps(manifest))
+    result = _fails(["embed", str(pairs_dir), "--out-dir", str(tmp_path / "e")], 4,
+                    f"{pairs_dir / 'manifest.json'} has no `stage`")
+    assert "None" not in result.stderr and not (tmp_path / "e").exists()
+
+
+@pytest.mark.parametrize("typed", ["./nope/model", "nope/deeper/model", "~/nope-aplot-model"])
+def test_eval_rm_of_a_missing_local_folder_says_so(pairs_dir, tmp_path, monkeypatch, typed):
+    monkeypatch.chdir(tmp_path)
+    result = _fails(["eval-rm", typed, "--benchmark", "pairs", "--data", str(pairs_dir), "--out-dir", "ev"], 5,
+                    f"model folder {typed} does not exist")
+    assert "huggingface" not in result.stderr.lower() and not (tmp_path / "ev").exists()

@@ -28,7 +28,7 @@ from typing import Any
 from aplot_cli import artifacts, executors
 from aplot_cli.config import EmbedConfig, EvalConfig, PrepareConfig, TrainConfig, build_config, load_yaml, resolve_train
 from aplot_cli.console import info
-from aplot_cli.errors import ConfigError, TrainingError
+from aplot_cli.errors import ConfigError, TrainingError, damaged_names
 from aplot_cli.grid_layout import cell_dir, data_dir, noise_tag
 
 STAGE = "compare"
@@ -213,7 +213,9 @@ def _check_same_config(train_dir: Path, cfg: TrainConfig) -> None:
 
     if not _finished(train_dir):
         return
-    done = json.loads((train_dir / artifacts.MANIFEST).read_text())["config"]
+    manifest = train_dir / artifacts.MANIFEST
+    with damaged_names(manifest, hint=f"remove {train_dir.parent} to run that cell again"):
+        done = dict(json.loads(manifest.read_text(encoding="utf-8"))["config"])
     wanted = json.loads(json.dumps(config_to_dict(cfg)))
     changed = sorted(k for k in wanted if done.get(k) != wanted[k])
     if changed:

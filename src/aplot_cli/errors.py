@@ -166,12 +166,13 @@ def disk_full_names(path: Path | str, hint: str | None = None) -> Iterator[None]
 def damaged_names(path: Path | str, hint: str) -> Iterator[None]:
     """Turn a file of an artifact that cannot be parsed (cut short, garbage, another format: the ValueError
     family, which pyarrow's ArrowInvalid and the JSON and Unicode errors belong to, EOFError, or an OSError
-    while reading it) into an ArtifactError naming it."""
+    while reading it; a KeyError or TypeError of a JSON document without the expected fields) into an
+    ArtifactError naming it."""
     try:
         yield
     except AplotError:
         raise
-    except (ValueError, EOFError, OSError) as exc:
+    except (ValueError, EOFError, OSError, KeyError, TypeError) as exc:
         raise ArtifactError(f"{path} cannot be read: it is cut short or damaged ({type(exc).__name__}: {exc})",
                             hint=hint) from exc
 

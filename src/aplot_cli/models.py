@@ -144,7 +144,7 @@ def resolve(name: str) -> str:
         if not (path / "config.json").is_file():
             raise ModelError(f"{path} is not a model folder (no config.json)",
                              hint="pass a save_pretrained folder, a hub id, or one of " + ", ".join(EMBEDDED))
-        problem = weights_problem(path, torch_files=False)
+        problem = json_problem(path) or weights_problem(path, torch_files=False)
         if problem:
             raise ModelError(f"model folder {path}: {problem}",
                              hint="restore the file (copy it again, or save the model again with save_pretrained)")
@@ -176,6 +176,17 @@ def _check_hub(repo_id: str) -> None:
 
 WEIGHTS = ("*.safetensors", "pytorch_model*.bin")  # what a model folder or a checkpoint holds its weights in
 TORCH_FILES = ("*.pt", "*.pth", "*.bin")  # torch.save files of a checkpoint: zip archives
+
+
+def json_problem(folder: Path) -> str | None:
+    """The first JSON file at the top of a model folder (config, tokenizer, generation config) that is not valid
+    UTF-8 JSON, named with the parser's words, or None: the libraries' own errors do not say which file."""
+    for file in sorted(folder.glob("*.json")):
+        try:
+            json.loads(file.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            return f"{file.name} is not valid JSON, cut short or damaged ({exc})"
+    return None
 
 
 def weights_problem(folder: Path, torch_files: bool = True) -> str | None:

@@ -82,7 +82,7 @@ def _locate(name: str) -> tuple[str, str, artifacts.Artifact | None]:
         if not (path / "model" / "config.json").is_file():
             raise ModelError(f"train-rm artifact {path} has no model/ folder",
                              hint=f"re-run `aplot train-rm --out-dir {path} --overwrite`")
-        problem = models.weights_problem(path / "model", torch_files=False)
+        problem = models.json_problem(path / "model") or models.weights_problem(path / "model", torch_files=False)
         if problem:
             raise ArtifactError(f"train-rm artifact {path}: model/{problem}",
                                 hint=f"restore it, or re-run `aplot train-rm --out-dir {path} --overwrite`")

@@ -85,7 +85,7 @@ def test_a_ppo_checkpoint_with_damaged_weights_is_passed_over(tmp_path):
     for name in ("value_head.safetensors", "optimizer.safetensors", "rng.safetensors",
                  f"{ppo.POLICY_DIR}/model.safetensors"):
         save_file({"w": torch.zeros(64)}, folder / name)
-    (folder / "state.json").write_text('{"updates_done": 2}')
+    (folder / "state.json").write_text('{"updates_done": 2, "optimizer": {}, "config": {}, "moments": {}}')
     assert ppo.checkpoint_problem(folder) is None
     policy = folder / ppo.POLICY_DIR / "model.safetensors"
     policy.write_bytes(policy.read_bytes()[:-10])
@@ -272,3 +272,83 @@ def test_eval_rm_of_a_missing_local_folder_says_so(pairs_dir, tmp_path, monkeypa
     result = _fails(["eval-rm", typed, "--benchmark", "pairs", "--data", str(pairs_dir), "--out-dir", "ev"], 5,
                     f"model folder {typed} does not exist")
     assert "huggingface" not in result.stderr.lower() and not (tmp_path / "ev").exists()
+
+
+# ----------------------------------------------------------------- beyond the listed cases: same faults
+
+
+def test_a_model_folder_with_a_cut_short_tokenizer_names_the_file(tiny_bert_dir, pairs_dir, tmp_path):
+    import shutil
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_bert_dir, folder)
+    tokenizer = folder / "tokenizer.json"
+    tokenizer.write_bytes(tokenizer.read_bytes()[:100])
+    _fails(["eval-rm", str(folder), "--benchmark", "pairs", "--data", str(pairs_dir), "--out-dir", str(tmp_path / "ev"),
+            "--device", "cpu"], 5, f"model folder {folder}: tokenizer.json is not valid JSON")
+
+
+def test_a_log_line_cut_short_by_a_kill_is_dropped_on_resume_and_other_damage_is_named(tmp_path):
+    from aplot_cli import artifacts
+    from aplot_cli.errors import ArtifactError
+
+    log = tmp_path / "log.jsonl"
+    log.write_text('{"step": 1}\n{"step": 2}\n{"step": 3}\n{"st')
+    artifacts.trim_log(log, 2, "step")
+    assert log.read_text() == '{"step": 1}\n{"step": 2}\n'
+    log.write_text('{"step": 1}\n{"st\n{"step": 3}\n')
+    with pytest.raises(ArtifactError, match=r"log.jsonl:2 is not a log record with `step`"):
+        artifacts.trim_log(log, 3, "step")
+    assert log.read_text() == '{"step": 1}\n{"st\n{"step": 3}\n'  # left as it was
+
+
+def test_a_margin_part_is_never_left_cut_short(tmp_path, monkeypatch):
+    import numpy as np
+    import pandas as pd
+    import torch
+
+    from aplot_cli.train.records import MarginSink
+
+    sink = MarginSink(tmp_path, ["a", "b"], rank=0, resumed_step=-1)
+    sink.add(2, torch.tensor([0, 1]), torch.zeros(2), torch.ones(2), torch.zeros(2))
+    real = pd.DataFrame.to_parquet
+
+    def killed(self, path, *args, **kwargs):
+        real(self, path, *args, **kwargs)
+        Path(path).write_bytes(Path(path).read_bytes()[:50])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pd.DataFrame, "to_parquet", killed)
+    with pytest.raises(KeyboardInterrupt):
+        sink.flush()
+    assert not list((tmp_path / "margins").glob("part-*.parquet"))  # a resume keeps no part cut short
+    monkeypatch.setattr(pd.DataFrame, "to_parquet", real)
+    sink = MarginSink(tmp_path, ["a", "b"], rank=0, resumed_step=-1)  # the resumed run
+    sink.add(2, torch.tensor([0, 1]), torch.zeros(2), torch.ones(2), torch.zeros(2))
+    sink.flush()
+    assert np.array_equal(pd.read_parquet(next((tmp_path / "margins").glob("part-*.parquet")))["step"], [2, 2])
+
+
+def test_a_damaged_manifest_of_a_grid_cell_is_named(tmp_path):
+    from aplot_cli import compare
+    from aplot_cli.config import TrainConfig
+    from aplot_cli.errors import ArtifactError
+
+    train_dir = tmp_path / "cell" / "train"
+    train_dir.mkdir(parents=True)
+    (train_dir / "manifest.json").write_text('{"stage": "train-rm", "config": ')
+    with pytest.raises(ArtifactError, match=r"manifest.json cannot be read") as caught:
+        compare._check_same_config(train_dir, TrainConfig())
+    assert f"remove {tmp_path / 'cell'}" in caught.value.hint
+
+
+def test_a_ppo_checkpoint_whose_state_lacks_its_fields_is_passed_over(tmp_path):
+    from aplot_cli import ppo
+
+    folder = tmp_path / "update-000001"
+    (folder / ppo.POLICY_DIR).mkdir(parents=True)
+    for name in ppo.CHECKPOINT_FILES:
+        (folder / name).write_text("{}")
+    (folder / ppo.POLICY_DIR / "model.safetensors").write_text("x")
+    (folder / "state.json").write_text('{"updates_done": 1}')
+    assert "state.json lacks the checkpoint's fields" in ppo.checkpoint_problem(folder)

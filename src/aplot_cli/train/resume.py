@@ -88,7 +88,7 @@ def check_resume(out_dir: Path, record: dict[str, Any]) -> dict[str, dict[str, A
         return None
     try:
         first = json.loads(path.read_text(encoding="utf-8"))
-        was_config, was_inputs = first["config"], first["inputs"]
+        was_config, was_inputs = dict(first["config"]), dict(first["inputs"])
     except (ValueError, KeyError, TypeError) as exc:
         raise ArtifactError(f"{path} is not a readable run config ({exc})",
                             hint="start the run again with --overwrite") from exc

@@ -103,7 +103,7 @@ def _fault(exc: BaseException) -> str | None:
                 return "full"
             continue
         codes = {link.errno} if isinstance(link, OSError) else set()
-        codes |= {int(code) for _, code in _OS_ERROR.findall(str(link))}
+        codes |= {int(code) for code in _OS_ERROR.findall(str(link))}
         text = str(link)
         if codes & set(_FULL_ERRNOS) or any(os.strerror(code) in text for code in _FULL_ERRNOS):
             return "full"

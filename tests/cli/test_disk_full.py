@@ -144,3 +144,15 @@ def test_errors_keep_their_hint_through_pickling():
 
     error = pickle.loads(pickle.dumps(errors.DiskFullError("full", hint="free space")))
     assert isinstance(error, errors.DiskFullError) and error.hint == "free space"
+
+
+@pytest.mark.parametrize("words, kind", [("Error while serializing: I/O error (os error 122)", "full"),
+                                         ("write failed: [Errno 28]", "full"), ("(os error 27)", "limit"),
+                                         ("No such file or directory (os error 2)", None), ("shape mismatch", None)])
+def test_the_errno_is_read_from_a_library_s_words(words, kind):
+    # numbers only, without the OS's sentence: what a library wrapping the errno may keep
+    assert errors._fault(RuntimeError(words)) == kind
+    assert errors._fault(ValueError("saving failed").with_traceback(None)) is None
+    wrapped = RuntimeError("saving failed")
+    wrapped.__cause__ = OSError(28, "No space left on device")
+    assert errors._fault(wrapped) == "full"

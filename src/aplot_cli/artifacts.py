@@ -542,3 +542,28 @@ def write_manifest(out_dir: Path, *, stage: str, config: Any, inputs: dict[str, 
     path = out_dir / MANIFEST
     write_json_atomic(path, manifest)
     return path
+
+
+def trim_log(path: Path, keep: int, key: str) -> None:
+    """For a resume: keep the lines of a run's JSONL log whose `key` <= keep (a killed run may have logged past
+    its last checkpoint). A last line cut short by the kill is dropped; a line elsewhere that is not a JSON
+    object with `key` is damage, named (exit 4)."""
+    if not path.exists():
+        return
+    lines = [(number, line) for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1)
+             if line.strip()]
+    kept = []
+    for index, (number, line) in enumerate(lines):
+        try:
+            record = json.loads(line)
+            value = record.get(key, 0) if isinstance(record, dict) else None
+        except ValueError:
+            value = None
+        if not isinstance(value, (int, float)):
+            if index == len(lines) - 1:  # the line being written when the run was killed
+                break
+            raise ArtifactError(f"{path}:{number} is not a log record with `{key}` (the file is damaged)",
+                                hint="start the run again with --overwrite")
+        if value <= keep:
+            kept.append(line)
+    path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")

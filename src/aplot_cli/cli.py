@@ -104,15 +104,16 @@ def stage_command(func: Callable[..., Path]) -> Callable[..., None]:
 
 
 def _disk_full_named(func: Callable[..., Path], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Path:
-    """Run a stage; a full disk that the stage did not name itself (the manifest, checkpoints) becomes a
-    DiskFullError naming the file the OS names, else the --out-dir."""
-    import sqlite3
-
-    from aplot_cli.errors import disk_full_error
+    """Run a stage; a full disk (or file size limit) that the stage did not name itself (model and checkpoint
+    saves, whose libraries raise their own errors, the manifest) becomes a DiskFullError naming the file the
+    OS names, else the --out-dir."""
+    from aplot_cli.errors import AplotError, disk_full_error
 
     try:
         return func(*args, **kwargs)
-    except (OSError, sqlite3.Error) as exc:
+    except Exception as exc:
+        if isinstance(exc, AplotError):
+            raise
         error = disk_full_error(exc, getattr(exc, "filename", None) or kwargs.get("out_dir"))
         if error is None:
             raise

@@ -28,7 +28,7 @@ from typing import Any
 from aplot_cli import artifacts, executors
 from aplot_cli.config import EmbedConfig, EvalConfig, PrepareConfig, TrainConfig, build_config, load_yaml, resolve_train
 from aplot_cli.console import info
-from aplot_cli.errors import ArtifactError, ConfigError, TrainingError
+from aplot_cli.errors import ArtifactError, ConfigError, TrainingError, damaged_names
 from aplot_cli.grid_layout import cell_dir, data_dir, noise_tag
 
 STAGE = "compare"
@@ -265,7 +265,9 @@ def _check_same_config(train_dir: Path, cfg: TrainConfig) -> None:
 
     if not _finished(train_dir):
         return
-    done = json.loads((train_dir / artifacts.MANIFEST).read_text())["config"]
+    manifest = train_dir / artifacts.MANIFEST
+    with damaged_names(manifest, hint=f"remove {train_dir.parent} to run that cell again"):
+        done = dict(json.loads(manifest.read_text(encoding="utf-8"))["config"])
     wanted = json.loads(json.dumps(config_to_dict(cfg)))
     changed = sorted(k for k in wanted if done.get(k) != wanted[k] and k not in HOW_NOT_WHAT)
     if changed:
@@ -294,7 +296,7 @@ def _run_cell(grid: Grid, out_dir: Path, noise: float, method: str, seed: int, d
     cfg = _cell_config(grid, method, seed)
     _check_same_config(train_dir, resolve_train(cfg))  # as train-rm records it
     if not _finished(train_dir):
-        resume = train.resumable(train_dir)
+        resume = train_dir.is_dir() and train.has_usable_checkpoint(train_dir)  # else a fresh start
         info(f"[bold]compare[/] {noise_tag(noise)} {method} seed {seed}: train-rm" + (" (resume)" if resume else ""))
         train.run(cfg, data[0], train_dir, embeddings_dir=data[1], overwrite=not resume, resume=resume)
     for ev in grid.evals:

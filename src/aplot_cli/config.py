@@ -503,22 +503,27 @@ def parse_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_loader())  # noqa: S506 - a SafeLoader subclass
 
 
-def load_yaml(path: Path | str, kind: str = "config file") -> dict[str, Any]:
-    """The mapping a YAML file holds (`kind` names the file in errors: config file, grid, recipe). Every
-    YAML aplot reads goes through here, so each refuses a key given twice, naming the file, line and key."""
+def load_yaml(path: Path | str, kind: str = "config file", flag: str = "--config") -> dict[str, Any]:
+    """The mapping a YAML file holds, read with the safe loader (`kind` names the file in errors: config file,
+    grid, recipe; `flag` the option that named it). Every YAML aplot reads goes through here, so each refuses a
+    key given twice (naming file, line and key), a tag that would build a Python object (`!!python/object`),
+    invalid YAML and a file that is not UTF-8 text."""
     import yaml
 
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"{kind} {path} does not exist", hint=f"check the {kind} path")
+        raise ConfigError(f"{kind} {path} does not exist", hint=f"check the {flag} path")
     try:
         data = parse_yaml(path.read_text(encoding="utf-8")) or {}
     except DuplicateKeyError as exc:
         raise ConfigError(f"{kind} {path}, line {exc.line}: key `{exc.key}` is given twice (first on line "
                           f"{exc.first_line})",
                           hint="keep one of them: YAML would silently use the last and drop the first") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{kind} {path} is not valid YAML: {exc}") from exc
+    except yaml.YAMLError as exc:  # a python/* tag is a ConstructorError: the safe loader builds no object
+        raise ConfigError(f"{kind} {path} is not valid YAML: {exc}",
+                          hint="plain YAML only: mappings, lists, strings and numbers (no !!python tags)") from exc
+    except (UnicodeDecodeError, OSError) as exc:
+        raise ConfigError(f"{kind} {path} cannot be read as UTF-8 text ({exc})", hint=f"check the {flag} path") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"{kind} {path} must hold a mapping of option: value, "
                           f"got {type(data).__name__}")

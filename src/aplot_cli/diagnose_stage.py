@@ -28,7 +28,7 @@ from aplot_cli.config import MarginsConfig, config_to_dict
 from aplot_cli.console import info
 from aplot_cli.diagnose import Snapshot
 from aplot_cli.diagnose_report import LABELS, reward_stats, title
-from aplot_cli.errors import ArtifactError, ConfigError, InputDataError
+from aplot_cli.errors import ArtifactError, ConfigError, InputDataError, damaged_names
 
 STAGE = "margins"
 
@@ -132,7 +132,10 @@ def snapshot_from_run(run_art: artifacts.Artifact, frame, emb, emb_path: Path, c
                              "does not say which pair was in which",
                              hint=f"use --model {run_art.path}: it scores the pairs with the saved model and "
                                   "rebuilds the batches")
-    table = pd.read_parquet(path, columns=["pair_id", "step", "reward_chosen", "reward_rejected"])
+    with damaged_names(path, f"re-run the train-rm run {run_art.path}, or use --model {run_art.path}"):
+        # a missing column is an ArrowInvalid too; reward columns that are not numbers fail the float cast
+        table = pd.read_parquet(path, columns=["pair_id", "step", "reward_chosen", "reward_rejected"])
+        table = table.astype({"step": "int64", "reward_chosen": "float64", "reward_rejected": "float64"})
     steps = np.sort(table["step"].unique())
     if steps.size == 0:
         raise InputDataError(f"{path} holds no rows", hint="re-run the train-rm run")

@@ -612,17 +612,22 @@ CHECKPOINT_FILES = ("state.json", "value_head.safetensors", "optimizer.safetenso
 
 
 def checkpoint_problem(path: Path) -> str | None:
-    """Why a checkpoint folder cannot be resumed from (a kill during its save), or None if it is complete."""
+    """Why a checkpoint folder cannot be resumed from (a kill during its save, a file cut short or damaged
+    since), or None if it is complete."""
     missing = [name for name in CHECKPOINT_FILES if not (path / name).is_file()]
     if not any((path / POLICY_DIR).glob("*.safetensors")):
         missing.append(f"{POLICY_DIR}/*.safetensors")
     if missing:
-        return f"missing {', '.join(missing)}"
+        return f"missing {', '.join(missing)}; the run was stopped while saving it"
     try:
-        json.loads((path / "state.json").read_text(encoding="utf-8"))
+        state = json.loads((path / "state.json").read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError):
-        return "state.json is not valid JSON"
-    return None
+        return "state.json is not valid JSON; the run was stopped while saving it"
+    if not isinstance(state, dict) or not isinstance(state.get("updates_done"), int) \
+            or not all(isinstance(state.get(k), dict) for k in ("optimizer", "config", "moments")):
+        return "state.json lacks the checkpoint's fields (it is damaged)"
+    return (models.weights_problem(path, torch_files=False)  # cut short or damaged after its save
+            or models.weights_problem(path / POLICY_DIR, torch_files=False))
 
 
 @dataclass(frozen=True)
@@ -650,8 +655,7 @@ def resume_checkpoint(out_dir: Path) -> Path:
     artifacts.check_out_dir(out_dir, stage=STAGE, resume=True)
     search = latest_checkpoint(out_dir)
     for path, problem in search.skipped:
-        info(f"[bold]ppo[/] skipping the incomplete checkpoint {path.name} ({problem}; the run was stopped "
-             "while saving it)")
+        info(f"[bold]ppo[/] skipping the incomplete checkpoint {path.name} ({problem})")
     if search.path is None:
         passed = f" (incomplete: {', '.join(p.name for p, _ in search.skipped)})" if search.skipped else ""
         raise ArtifactError(f"--resume: {out_dir} holds no complete PPO checkpoint{passed}, so there is nothing "
@@ -728,11 +732,9 @@ def set_rng_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> Non
 
 
 def _truncate_jsonl(path: Path, keep: int, key: str = "update") -> None:
-    """Keep the lines whose `key` <= keep (a killed run may have logged past its last checkpoint)."""
-    if path.exists():
-        lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
-        kept = [ln for ln in lines if json.loads(ln)[key] <= keep]
-        path.write_text("".join(ln + "\n" for ln in kept), encoding="utf-8")
+    """Keep the lines whose `key` <= keep (a killed run may have logged past its last checkpoint, or cut its
+    last line short)."""
+    artifacts.trim_log(path, keep, key)
 
 
 # --- the stage ----------------------------------------------------------------------------------------

@@ -155,7 +155,7 @@ def _check_resume(out_dir: Path, cfg: SampleConfig) -> None:
         raise ArtifactError(f"--resume: {out_dir} holds no unfinished `aplot sample` run to continue",
                             hint="run without --resume to start one")
     try:
-        before = json.loads(path.read_text(encoding="utf-8"))["config"]
+        before = dict(json.loads(path.read_text(encoding="utf-8"))["config"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ArtifactError(f"--resume: {path} is missing or unreadable, so the run's settings are unknown",
                             hint="start again with --overwrite") from exc

@@ -83,6 +83,10 @@ def _locate(name: str) -> tuple[str, str, artifacts.Artifact | None]:
             raise ModelError(f"train-rm artifact {path} has no model/ folder",
                              hint=f"re-run `aplot train-rm --out-dir {path} --overwrite`")
         _check_model_files(art)
+        problem = models.json_problem(path / "model") or models.weights_problem(path / "model", torch_files=False)
+        if problem:
+            raise ArtifactError(f"train-rm artifact {path}: model/{problem}",
+                                hint=f"restore it, or re-run `aplot train-rm --out-dir {path} --overwrite`")
         return str(path / "model"), "train-rm artifact", art
     if path.is_dir() and not (path / "config.json").is_file() and _train_run_traces(path):
         raise ArtifactError(

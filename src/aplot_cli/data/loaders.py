@@ -30,27 +30,31 @@ class RawRecord:
     detail: str = ""
 
 
-def _lone_surrogate(data: Any) -> str | None:
-    """The first string (key or value) holding a lone UTF-16 surrogate, which JSON's `\\ud800` escapes can
-    produce but UTF-8 cannot store; walked without recursion, as the data may nest deeply."""
-    stack = [data]
+def _lone_surrogate(data: Any) -> tuple[str, str] | None:
+    """(field, text around it) of the first string (key or value, in the order of the document) holding a lone
+    UTF-16 surrogate, which JSON's `\\ud800` escapes can produce but UTF-8 cannot store; the field is a path
+    such as `chosen` or `chosen[1].content`. Walked without recursion, as the data may nest deeply."""
+    stack: list[tuple[Any, str]] = [(data, "")]
     while stack:
-        item = stack.pop()
+        item, where = stack.pop()
         if isinstance(item, dict):
-            stack.extend(item.keys())
-            stack.extend(item.values())
+            for key, value in reversed(list(item.items())):
+                name = f"{where}.{key}" if where else str(key)
+                stack += [(value, name), (key, f"{name} (its name)")]
         elif isinstance(item, list):
-            stack.extend(item)
+            stack.extend((value, f"{where}[{i}]") for i, value in reversed(list(enumerate(item))))
         elif isinstance(item, str):
             try:
                 item.encode("utf-8")
             except UnicodeEncodeError as exc:
-                return item[max(exc.start - 10, 0):exc.end + 10].encode("utf-8", "backslashreplace").decode()
+                near = item[max(exc.start - 10, 0):exc.end + 10].encode("utf-8", "backslashreplace").decode()
+                return where or "the row", near
     return None
 
 
-def _surrogate_detail(near: str) -> str:
-    return f'holds a lone surrogate escape (\\ud800-\\udfff, not a character) in "{near}"'
+def _surrogate_detail(found: tuple[str, str]) -> str:
+    field, near = found
+    return f'field `{field}` holds a lone surrogate escape (\\ud800-\\udfff, not a character) in "{near}"'
 
 
 def _parse(text: str) -> tuple[Any, str | None, str]:

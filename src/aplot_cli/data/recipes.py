@@ -53,7 +53,7 @@ def load_recipe(name_or_path: str) -> Recipe:
             raise ConfigError(f"unknown recipe {name_or_path!r}",
                               hint=(f"did you mean `{close[0]}`? " if close else "")
                               + f"available: {', '.join(available())}, or a path to a recipe .yaml")
-    data = load_yaml(path, kind="recipe")
+    data = load_yaml(path, kind="recipe", flag="--recipe")
     unknown = set(data) - _KEYS
     if unknown:
         key = sorted(unknown)[0]

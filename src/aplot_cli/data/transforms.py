@@ -88,12 +88,25 @@ def _split_conversation(chosen: list[dict[str, str]], rejected: list[dict[str, s
     return prompt, rest_c[0]["content"].strip(), rest_r[0]["content"].strip()
 
 
+def _same_form(chosen: Any, rejected: Any, chosen_col: str, rejected_col: str) -> None:
+    """Both responses plain text, or both message lists: a row mixing them names the field that differs."""
+    if isinstance(chosen, list) == isinstance(rejected, list):
+        return
+    listed, plain, value = ((rejected_col, chosen_col, chosen) if isinstance(rejected, list)
+                            else (chosen_col, rejected_col, rejected))
+    if not isinstance(value, str):
+        _text(value, plain)  # null or another type: that field is the problem, named as such
+    raise RowProblem("non_string", listed, f"is a list while `{plain}` is a string: both must be strings, or "
+                                           "both lists of {\"role\", \"content\"} messages")
+
+
 def pairwise(record: dict[str, Any], columns: dict[str, str], **_: Any) -> Pair:
     """Plain strings or `role`/`content` message lists, with an explicit or implicit prompt."""
     chosen_raw = _get(record, columns.get("chosen", "chosen"))
     rejected_raw = _get(record, columns.get("rejected", "rejected"))
     prompt_col = columns.get("prompt", "prompt")
     prompt_raw = _get(record, prompt_col) if prompt_col in record or "." in prompt_col else None
+    _same_form(chosen_raw, rejected_raw, columns.get("chosen", "chosen"), columns.get("rejected", "rejected"))
     if isinstance(chosen_raw, list) or isinstance(rejected_raw, list):
         chosen_m = _messages(chosen_raw, columns.get("chosen", "chosen"))
         rejected_m = _messages(rejected_raw, columns.get("rejected", "rejected"))

@@ -31,7 +31,14 @@ from aplot_cli.train.data import EncodedSplit, PairCollator, PairDataset, _Split
 from aplot_cli.train.metrics import _mean_metrics, pair_accuracy
 from aplot_cli.train.model import head_name, load_model
 from aplot_cli.train.records import LOG_FILE, MARGINS_FILE, MarginSink
-from aplot_cli.train.resume import RESUMABLE, RUN_CONFIG, _resume_step, check_resume, resumable, run_record
+from aplot_cli.train.resume import (
+    RESUMABLE,
+    RUN_CONFIG,
+    _resume_step,
+    check_resume,
+    has_usable_checkpoint,
+    run_record,
+)
 from aplot_cli.train.stage import STAGE, _training_args, _use_cpu, check_model_dir, run
 from aplot_cli.train.validation import DEVICES, check_dataset_margin, check_embeddings_match, validate
 
@@ -49,5 +56,5 @@ def __getattr__(name: str) -> Any:
 __all__ = ["DEVICES", "LOG_FILE", "MARGINS_FILE", "PENDING_STEPS", "RESUMABLE", "RUN_CONFIG", "STAGE", "EncodedSplit",
            "MarginSink", "PairCollator", "PairDataset", "RewardTrainer", "_SplitCollator", "_mean_metrics",
            "_resume_step", "_take", "_training_args", "_use_cpu", "check_dataset_margin", "check_embeddings_match",
-           "check_model_dir", "check_resume", "encode_split", "head_name", "load_model", "pair_accuracy",
-           "resumable", "run", "run_record", "validate"]
+           "check_model_dir", "check_resume", "encode_split", "has_usable_checkpoint", "head_name", "load_model", "pair_accuracy",
+           "run", "run_record", "validate"]

@@ -58,6 +58,8 @@ def run(cfg: TrainConfig, pairs_dir: Path, out_dir: Path, embeddings_dir: Path |
     test_frame = _test_frame(pairs_art, cfg)
     train_frame = _take(load_pairs(pairs_dir, "train"), cfg.max_train_pairs, cfg.seed)
     dataset_margin = check_dataset_margin(train_frame, pairs_art.path) if spec.dataset_margin else None
+    need_emb = spec.aplot and cfg.semantic_source == "embeddings" and emb_art is not None
+    train_emb = load_embeddings(emb_art.path, "train") if need_emb else None  # read before the out-dir is touched
     tokenizer, model, resolved, head = load_model(cfg)
     args = _training_args(cfg, out_dir, use_cpu, test_frame is not None)  # also joins the process group
     rank = args.process_index
@@ -66,12 +68,10 @@ def run(cfg: TrainConfig, pairs_dir: Path, out_dir: Path, embeddings_dir: Path |
             artifacts.prepare_out_dir(out_dir, **claim)
             if not (out_dir / RUN_CONFIG).is_file() or not checkpoint:  # a resume keeps its first start's
                 artifacts.write_json_atomic(out_dir / RUN_CONFIG, {**record, "from_step": max(resumed_step, 0)})
-    need_emb = spec.aplot and cfg.semantic_source == "embeddings" and emb_art is not None
     from aplot_cli import frozen  # --frozen-backbone: token ids and features remembered by content
 
     with frozen.remembered_encode(cfg.feature_cache_dir, tokenizer) if cfg.frozen_backbone else contextlib.nullcontext() as encode:
-        train = encode_split(train_frame, tokenizer, cfg, load_embeddings(emb_art.path, "train") if need_emb else None,
-                             encode=encode)
+        train = encode_split(train_frame, tokenizer, cfg, train_emb, encode=encode)
         test = encode_split(test_frame, tokenizer, cfg, split_id=1, encode=encode) if test_frame is not None else None
     sharing = prefix.decide(cfg.prefix_sharing, model, head, cfg.frozen_backbone, cfg.pack_pairs)
     sharing = prefix.confirm(sharing, cfg.prefix_sharing, model, head, train, tokenizer.pad_token_id, args.device)

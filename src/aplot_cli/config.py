@@ -364,7 +364,7 @@ SAMPLE_FLAGS = _flag_fields(SampleConfig)
 
 @dataclass(frozen=True)
 class MarginsConfig:
-    """`aplot margins`: margin diagnostics without training (method.md 2b): which readings, the reward
+    """`aplot margins`: margin diagnostics without training (method.md section 2b): which readings, the reward
     snapshot's window or batches, and the cost settings (None: the train-rm run's, else section 2's)."""
 
     readings: str = option("all", "all (the 64 readings: the grid and constant_margin), named (16 aliases), or a "

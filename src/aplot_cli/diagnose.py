@@ -2,8 +2,8 @@
 APLOT's margin gives hard pairs the larger margin on real reward snapshots.
 
 This module is the pure core: the registry of readings (every `plan_on` x `cost_norm` x `margin_from` x
-`margin_norm` of `margins.AplotSettings`, named aliases for the ones method.md discusses, and the
-`constant_margin` baseline), the margins of every reading on one batch (`batch_margins`, the same code
+`margin_norm` of `margins.AplotSettings`, named aliases for the ones method.md section 2b discusses, and
+the `constant_margin` baseline), the margins of every reading on one batch (`batch_margins`, the same code
 path as `AplotMargin` on the CPU solver, with one Sinkhorn solve per plan shared by the readings that
 read it), the per-pair hardness measures, and the statistics per reading (`diagnose`). No I/O: the stage
 (`diagnose_report`) loads the snapshot and writes the table, figures and manifest.

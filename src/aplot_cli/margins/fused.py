@@ -41,7 +41,8 @@ def _kernel():
         col_ok = cols < n_cols
         mask = row_ok[:, None] & col_ok[None, :]
         offsets = rows[:, None] * n_cols + cols[None, :]
-        if FROM_REWARDS:  # method.md step 4: C = w_rew (1 - sigmoid|r_c[i] - r_r[j]|) + w_sem cos(e_c[i], e_r[j])
+        # method.md section 2, step 4: C = w_rew (1 - sigmoid|r_c[i] - r_r[j]|) + w_sem cos(e_c[i], e_r[j])
+        if FROM_REWARDS:
             r_c = tl.load(rc_ptr + rows, mask=row_ok, other=0.0)
             r_r = tl.load(rr_ptr + cols, mask=col_ok, other=0.0)
             cost = w_rew * (1.0 - tl.sigmoid(tl.abs(r_c[:, None] - r_r[None, :])))
@@ -69,7 +70,7 @@ def _kernel():
             u = tl.where(row_ok, log_a - lse, 0.0)
         plan = tl.where(mask, tl.exp(scaled + u[:, None] + v[None, :]), 0.0)
         tl.store(plan_ptr + offsets, plan, mask=mask)
-        # method.md steps 6-7: the row's expected cost under the plan (x B), or the diagonal term
+        # method.md section 2, step 6: the row's expected cost under the plan (x B), or the diagonal term
         weighted = plan * cost
         bad = tl.sum(tl.sum(tl.where(mask & ((weighted != weighted) | (tl.abs(weighted) == float("inf"))), 1, 0),
                             axis=1), axis=0)

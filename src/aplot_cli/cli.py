@@ -176,7 +176,7 @@ def ppo(out_dir: OutDir, resume: Resume = False, config: ConfigFile = None, over
         quiet: Quiet = False, **flags: Any) -> Path:
     """PPO of a policy against a reward model (or --reward gold: the gold checker), with a KL penalty to the
     frozen initial policy; --eval-prompts: held-out gold, score and KL during training."""
-    from aplot_cli import ppo as stage
+    from aplot_cli.ppo import stage
 
     return stage.run(build_config(PPOConfig, config, flags), out_dir, overwrite=overwrite, resume=resume)
 

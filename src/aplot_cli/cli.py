@@ -257,7 +257,7 @@ def margins_cmd(
         callback=artifact_path)] = None,
     config: ConfigFile = None, overwrite: Overwrite = False, quiet: Quiet = False, **flags: Any) -> Path:
     """Margin diagnostics without training: which APLOT reading singles out hard pairs, on real batches."""
-    from aplot_cli import diagnose_stage as stage
+    from aplot_cli.margin_diagnostics import stage
 
     return stage.run(build_config(MarginsConfig, config, flags), pairs, embeddings, out_dir, model=model,
                      from_run=from_run, overwrite=overwrite)

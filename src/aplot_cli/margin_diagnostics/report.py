@@ -1,4 +1,4 @@
-"""Tables and figures of `aplot margins` (see `diagnose_stage`): `readings.parquet` and `readings.md`
+"""Tables and figures of `aplot margins` (see `stage`): `readings.parquet` and `readings.md`
 (one row per reading: rank correlation of the margin with each hardness measure, in-batch spread,
 hard-minus-easy margin), `pair_margins.parquet` (each pair's rewards, hardness and every reading's margin:
 what the table is computed from), `spearman.png` (the named readings' correlations, one bar per hardness
@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from aplot_cli import artifacts
-from aplot_cli.diagnose import HARDNESS, Diagnosis, Reading, Snapshot
+from aplot_cli.margin_diagnostics.core import HARDNESS, Diagnosis, Reading, Snapshot
 
 TABLE = "readings.parquet"
 TABLE_MD = "readings.md"

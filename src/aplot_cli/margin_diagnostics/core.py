@@ -5,8 +5,8 @@ This module is the pure core: the registry of readings (every `plan_on` x `cost_
 `margin_norm` of `margins.AplotSettings`, named aliases for the ones method.md section 2b discusses, and
 the `constant_margin` baseline), the margins of every reading on one batch (`batch_margins`, the same code
 path as `AplotMargin` on the CPU solver, with one Sinkhorn solve per plan shared by the readings that
-read it), the per-pair hardness measures, and the statistics per reading (`diagnose`). No I/O: the stage
-(`diagnose_report`) loads the snapshot and writes the table, figures and manifest.
+read it), the per-pair hardness measures, and the statistics per reading (`diagnose`). No I/O: `stage` loads the
+snapshot, `report` writes the table and figures.
 
 Hardness of a pair (higher = harder), each a column of the result:
 

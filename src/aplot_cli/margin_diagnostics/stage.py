@@ -1,5 +1,5 @@
-"""`aplot margins`: the stage around `diagnose` (margin diagnostics without training): its inputs, the
-reward snapshot, and the manifest. The tables and figures are `diagnose_report`'s.
+"""`aplot margins`: the stage around `core.diagnose` (margin diagnostics without training): its inputs,
+the reward snapshot, and the manifest. The tables and figures are `report`'s.
 
 Inputs: a pairs artifact, its embeddings artifact and one reward snapshot, either
 - `--from-run RUN`: a train-rm run's `margins.parquet`, which records every pair's rewards at the step it
@@ -26,9 +26,10 @@ import numpy as np
 from aplot_cli import artifacts
 from aplot_cli.config import MarginsConfig, config_to_dict
 from aplot_cli.console import info
-from aplot_cli.diagnose import Snapshot
-from aplot_cli.diagnose_report import LABELS, reward_stats, title
 from aplot_cli.errors import ArtifactError, ConfigError, InputDataError
+from aplot_cli.margin_diagnostics import core, report
+from aplot_cli.margin_diagnostics.core import Snapshot
+from aplot_cli.margin_diagnostics.report import LABELS, reward_stats, title
 
 STAGE = "margins"
 
@@ -165,7 +166,7 @@ def snapshot_from_run(run_art: artifacts.Artifact, frame, emb, emb_path: Path, c
 def snapshot_from_model(model: str, frame, emb, emb_path: Path, cfg: MarginsConfig
                         ) -> tuple[Snapshot, dict[str, Any], artifacts.Artifact | None]:
     """Score the train pairs with `model` (eval mode) and batch them as train-rm (or seeded random)."""
-    from aplot_cli import diagnose, scoring
+    from aplot_cli import scoring
     from aplot_cli.train import _take
 
     rm = scoring.load_reward_model(model, max_length=cfg.max_length, device=cfg.device,
@@ -183,9 +184,9 @@ def snapshot_from_model(model: str, frame, emb, emb_path: Path, cfg: MarginsConf
     seed = cfg.seed if cfg.seed is not None else int(run_cfg.get("seed", 0))
     if batches_kind == "train-rm":
         frame = _take(frame, run_cfg.get("max_train_pairs"), int(run_cfg.get("seed", 0)))
-        batches = diagnose.train_rm_batches(len(frame), batch_size, seed)
+        batches = core.train_rm_batches(len(frame), batch_size, seed)
     else:
-        batches = diagnose.random_batches(len(frame), batch_size, seed)
+        batches = core.random_batches(len(frame), batch_size, seed)
     if cfg.max_batches is not None:
         batches = batches[:cfg.max_batches]
     order = np.concatenate(batches) if batches else np.zeros(0, dtype=np.int64)
@@ -216,13 +217,12 @@ def snapshot_from_model(model: str, frame, emb, emb_path: Path, cfg: MarginsConf
 def run(cfg: MarginsConfig, pairs_dir: Path, embeddings_dir: Path, out_dir: Path, model: str | None = None,
         from_run: Path | None = None, overwrite: bool = False) -> Path:
     """Diagnose every reading's margins on one reward snapshot; returns the manifest path."""
-    from aplot_cli import diagnose, diagnose_report
     from aplot_cli.embed import load_embeddings
     from aplot_cli.prepare import load_pairs
     from aplot_cli.train import check_embeddings_match
 
     validate(cfg, model, from_run)
-    readings = diagnose.select_readings(cfg.readings, cfg.constant_margin)
+    readings = core.select_readings(cfg.readings, cfg.constant_margin)
     pairs_art = artifacts.open_artifact(pairs_dir, "prepare")
     emb_art = artifacts.open_artifact(embeddings_dir, "embed")
     check_embeddings_match(emb_art, pairs_art)
@@ -246,11 +246,11 @@ def run(cfg: MarginsConfig, pairs_dir: Path, embeddings_dir: Path, out_dir: Path
         raise InputDataError("margins: the snapshot holds no batch", hint="check --step/--window or --max-batches")
     base = _settings(cfg, run_art.config if run_art is not None else {})
     info(f"[bold]margins[/] {len(readings)} readings on {len(snapshot.batches)} batches ({len(snapshot.r_c)} pairs)")
-    result = diagnose.diagnose(snapshot, readings, base)
+    result = core.diagnose(snapshot, readings, base)
     artifacts.prepare_out_dir(out_dir, stage=STAGE, inputs=inputs_paths, overwrite=overwrite)
-    outputs = diagnose_report.write_tables(out_dir, result, readings, snapshot, source)
+    outputs = report.write_tables(out_dir, result, readings, snapshot, source)
     outputs += [artifacts.describe_output(out_dir, name)
-                for name in diagnose_report.draw(out_dir, result, readings, title(source))]
+                for name in report.draw(out_dir, result, readings, title(source))]
     inputs = {"pairs": pairs_art, "embeddings": emb_art, **({"run": run_art} if run_art is not None else {})}
     best = result.rows[0]
     metrics = {"primary_hardness": result.primary, "pairs": len(snapshot.r_c), "batches": len(snapshot.batches),

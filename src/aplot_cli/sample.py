@@ -17,7 +17,11 @@ Output directory:
 Resumable: responses are written in chunks of `--chunk-prompts` prompts (`chunks/`, each file written
 atomically, each chunk sampled from its own seed), so `--resume` continues a killed run where it
 stopped and gives the responses an uninterrupted run gives. The chunks are removed once the manifest
-is written."""
+is written.
+
+This module is the stage (named after its command, as every stage is); the artifact it writes, its file
+names and its reader, is `aplot_cli.samples` (named after what it holds), so that `prepare`, `ppo` and the
+best-of-n benchmark read samples without loading this stage."""
 
 from __future__ import annotations
 
@@ -210,7 +214,7 @@ def family_metrics(frame: Any, draws: int = 2000, seed: int = 0) -> dict[str, An
     """Per family and overall: gold success over responses with a 95% bootstrap interval over prompts
     (responses to one prompt are not independent), and how many prompts have a passing, a failing, or
     both kinds of response (only those give preference pairs)."""
-    from aplot_cli.bon import bootstrap
+    from aplot_cli.benchmarks.bon import bootstrap
 
     out = {}
     groups = [(name, part) for name, part in frame.groupby("family", sort=False)] + [("all", frame)]

@@ -151,13 +151,13 @@ def test_resume_step_picks_the_newest_complete_checkpoint(tmp_path, stderr_lines
         if state is not None:
             (ckpts / f"checkpoint-{step}" / "trainer_state.json").write_text(state)
     (ckpts / "checkpoint-10.tmp").mkdir()  # not a checkpoint name
-    assert train._resume_step(tmp_path, resume=True) == (str(ckpts / "checkpoint-4"), 4)
+    assert train.resume_step(tmp_path, resume=True) == (str(ckpts / "checkpoint-4"), 4)
     err = stderr_lines()
     assert "checkpoint-8" in err and "checkpoint-6" in err and "checkpoint-4 " not in err
-    assert train._resume_step(tmp_path, resume=False) == (None, -1)
+    assert train.resume_step(tmp_path, resume=False) == (None, -1)
     for step in (2, 4):
         (ckpts / f"checkpoint-{step}" / "trainer_state.json").unlink()
-    assert train._resume_step(tmp_path, resume=True) == (None, -1)
+    assert train.resume_step(tmp_path, resume=True) == (None, -1)
     assert "training starts from step 0" in stderr_lines()
 
 
@@ -233,7 +233,7 @@ def test_ot_diagnostics_average_only_finite_steps():
     assert torch.isnan(device_stats([bad])["cost_mean"])  # nothing finite to report: NaN, not a made-up 0
     pot = AplotMargin(AplotSettings(w_sem=0.0))
     cpu_steps = [pot(r_c, r_r).stats, pot(torch.tensor([1.0, float("nan"), 0.5, -0.3]), r_r).stats]
-    logged = train._mean_metrics({"ot/cost_mean": [s["cost_mean"] for s in cpu_steps],
+    logged = train.mean_metrics({"ot/cost_mean": [s["cost_mean"] for s in cpu_steps],
                                   "ot/cost_mean_dev": [good.cost_mean, bad.cost_mean],
                                   "accuracy": [torch.tensor(1.0), torch.tensor(float("nan"))], "loss": [0.5, 0.7]})
     assert logged["ot/cost_mean"] == pytest.approx(cpu_steps[0]["cost_mean"])

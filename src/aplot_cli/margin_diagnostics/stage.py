@@ -167,7 +167,7 @@ def snapshot_from_model(model: str, frame, emb, emb_path: Path, cfg: MarginsConf
                         ) -> tuple[Snapshot, dict[str, Any], artifacts.Artifact | None]:
     """Score the train pairs with `model` (eval mode) and batch them as train-rm (or seeded random)."""
     from aplot_cli import scoring
-    from aplot_cli.train import _take
+    from aplot_cli.train import sample_pairs
 
     rm = scoring.load_reward_model(model, max_length=cfg.max_length, device=cfg.device,
                                    trust_remote_code=cfg.trust_remote_code)
@@ -183,7 +183,7 @@ def snapshot_from_model(model: str, frame, emb, emb_path: Path, cfg: MarginsConf
     batch_size = cfg.batch_size or int(run_cfg.get("batch_size", 16))
     seed = cfg.seed if cfg.seed is not None else int(run_cfg.get("seed", 0))
     if batches_kind == "train-rm":
-        frame = _take(frame, run_cfg.get("max_train_pairs"), int(run_cfg.get("seed", 0)))
+        frame = sample_pairs(frame, run_cfg.get("max_train_pairs"), int(run_cfg.get("seed", 0)))
         batches = core.train_rm_batches(len(frame), batch_size, seed)
     else:
         batches = core.random_batches(len(frame), batch_size, seed)

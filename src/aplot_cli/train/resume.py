@@ -1,4 +1,4 @@
-"""--resume: which checkpoint a run resumes from (`_resume_step`), what `run_config.json` records at the
+"""--resume: which checkpoint a run resumes from (`resume_step`), what `run_config.json` records at the
 first start (`run_record`), and the check that a resume trains the same model (`check_resume`)."""
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ RESUMABLE = frozenset({"max_steps", "epochs", "logging_steps", "eval_steps", "sa
                        "prefix_sharing", "pack_pairs"})  # these change how scores are computed, not what they are
 
 
-def _resume_step(out_dir: Path, resume: bool) -> tuple[str | None, int]:
+def resume_step(out_dir: Path, resume: bool) -> tuple[str | None, int]:
     """The newest complete checkpoint and its step ((None, -1): start afresh). Trainer writes
     `trainer_state.json` last, so a checkpoint without a readable one was cut short by a kill while it
     was saved: it is skipped, and said so (Trainer writes over it when it reaches that step again)."""

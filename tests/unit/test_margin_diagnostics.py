@@ -58,7 +58,7 @@ def by_alias(result, alias):
 
 def test_batch_margins_are_what_aplot_margin_gives_train_rm_for_every_reading():
     r_c, r_r, e_c, e_r, _ = constructed_batch()
-    base = AplotSettings(scale=1.5)
+    base = AplotSettings(margin_scale=1.5)
     readings = core.reading_grid(constant=0.3)
     out = core.batch_margins(readings, r_c, r_r, e_c, e_r, base)
     for reading in readings:

@@ -223,7 +223,7 @@ def test_ot_diagnostics_average_only_finite_steps():
     from aplot_cli.margins import AplotMargin, AplotSettings, device_stats
 
     r_c, r_r = torch.tensor([1.0, 0.2, 0.5, -0.3]), torch.tensor([0.1, 0.4, -0.2, 0.0])
-    solver = AplotMargin(AplotSettings(w_sem=0.0, solver="torch"))
+    solver = AplotMargin(AplotSettings(w_sem=0.0, ot_solver="torch"))
     good = solver(r_c, r_r)
     bad = solver(torch.tensor([1.0, float("nan"), 0.5, -0.3]), r_r)
     assert bool(bad.fallback) and not torch.isfinite(bad.cost_mean)

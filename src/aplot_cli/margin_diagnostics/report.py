@@ -140,8 +140,7 @@ def _bar_chart(out_dir: Path, result: Diagnosis, readings: list[Reading], headin
 def _heatmap(out_dir: Path, result: Diagnosis, heading: str, plt) -> str:
     """One panel per hardness measure: rows plan_on/cost_norm, columns margin_from/margin_norm, cells the
     Spearman correlation (blank where not computed; own_cost reads no plan, so it fills the cost rows)."""
-    from aplot_cli.margins.adaptive import MARGIN_FROM, MARGIN_NORMS, PLAN_ON
-    from aplot_cli.margins.ot import COST_NORMS
+    from aplot_cli.margins.settings import COST_NORMS, MARGIN_FROM, MARGIN_NORMS, PLAN_ON
 
     by_name = {row["reading"]: row for row in result.rows}
     plan_rows = [(p, c) for p in PLAN_ON for c in COST_NORMS]

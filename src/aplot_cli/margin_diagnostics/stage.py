@@ -80,20 +80,19 @@ def _check_same_pairs(run_art: artifacts.Artifact, pairs_art: artifacts.Artifact
                             hint="pass the pairs artifact the run was trained on (its manifest's inputs.pairs.path)")
 
 
-def _settings(cfg: MarginsConfig, run_config: dict[str, Any]):
-    """AplotSettings for every reading: explicit values, else the run's, else section 2's."""
+COST_SETTINGS = ("w_rew", "w_sem", "ot_reg", "ot_iters", "ot_tol")  # taken from the run; the readings set the rest
+
+
+def base_settings(cfg: MarginsConfig, run_config: dict[str, Any]):
+    """AplotSettings for every reading: the cost settings given, else the run's, else section 2's (a run
+    without a semantic term keeps none unless `w_sem` is given); `margin_scale` as given; the CPU solver."""
     from aplot_cli.margins import AplotSettings
 
-    default = AplotSettings()
-    pick = {"w_rew": ("w_rew", default.w_rew), "w_sem": ("w_sem", default.w_sem), "reg": ("ot_reg", default.reg),
-            "num_iter": ("ot_iters", default.num_iter), "tol": ("ot_tol", default.tol)}
-    values = {}
-    for key, (name, fallback) in pick.items():
-        given = getattr(cfg, name)
-        values[key] = given if given is not None else run_config.get(name, fallback)
+    chosen = {name: run_config[name] for name in COST_SETTINGS if name in run_config}
+    chosen |= {name: getattr(cfg, name) for name in COST_SETTINGS if getattr(cfg, name) is not None}
     if cfg.w_sem is None and run_config.get("semantic_source") == "none":
-        values["w_sem"] = 0.0
-    return AplotSettings(**values, scale=cfg.margin_scale, solver="pot")
+        chosen["semantic_source"] = "none"
+    return AplotSettings.from_config({**chosen, "margin_scale": cfg.margin_scale, "ot_solver": "pot"})
 
 
 def _difficulty(frame) -> np.ndarray | None:
@@ -244,7 +243,7 @@ def run(cfg: MarginsConfig, pairs_dir: Path, embeddings_dir: Path, out_dir: Path
             _check_same_pairs(run_art, pairs_art)
     if not snapshot.batches:
         raise InputDataError("margins: the snapshot holds no batch", hint="check --step/--window or --max-batches")
-    base = _settings(cfg, run_art.config if run_art is not None else {})
+    base = base_settings(cfg, run_art.config if run_art is not None else {})
     info(f"[bold]margins[/] {len(readings)} readings on {len(snapshot.batches)} batches ({len(snapshot.r_c)} pairs)")
     result = core.diagnose(snapshot, readings, base)
     artifacts.prepare_out_dir(out_dir, stage=STAGE, inputs=inputs_paths, overwrite=overwrite)
@@ -259,8 +258,9 @@ def run(cfg: MarginsConfig, pairs_dir: Path, embeddings_dir: Path, out_dir: Path
                         "spearman": best[f"spearman_{result.primary}"]},
                "spearman": {row["reading"]: _finite(row[f"spearman_{result.primary}"]) for row in result.rows}}
     diagnostics = {"snapshot": source, "rewards": reward_stats(snapshot),
-                   "settings": {"w_rew": base.w_rew, "w_sem": base.w_sem, "reg": base.reg, "num_iter": base.num_iter,
-                                "tol": base.tol, "scale": base.scale, "solver": "pot-cpu-float64"},
+                   # the manifest's keys predate the settings' one vocabulary; kept as they are
+                   "settings": {"w_rew": base.w_rew, "w_sem": base.w_sem, "reg": base.ot_reg, "num_iter": base.ot_iters,
+                                "tol": base.ot_tol, "scale": base.margin_scale, "solver": "pot-cpu-float64"},
                    "hardness": {m: LABELS[m] for m in result.hardness},
                    "hardness_agreement": {k: _finite(v) for k, v in result.agreement.items()},
                    "fallback_batches": {row["reading"]: row["fallback_batches"] for row in result.rows

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-MARGIN_FROM = ("row", "diag", "diag_rel", "own_cost")
+from aplot_cli.margins.settings import MARGIN_FROM
 
 
 def plan_margin(plan: torch.Tensor, cost: torch.Tensor, margin_from: str = "row", plan_on: str = "cost") -> torch.Tensor:

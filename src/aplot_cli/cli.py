@@ -177,7 +177,7 @@ def ppo(out_dir: OutDir, resume: Resume = False, config: ConfigFile = None, over
         quiet: Quiet = False, **flags: Any) -> Path:
     """PPO of a policy against a reward model (or --reward gold: the gold checker), with a KL penalty to the
     frozen initial policy; --eval-prompts: held-out gold, score and KL during training."""
-    from aplot_cli import ppo as stage
+    from aplot_cli.ppo import stage
 
     return stage.run(build_config(PPOConfig, config, flags), out_dir, overwrite=overwrite, resume=resume)
 
@@ -258,7 +258,7 @@ def margins_cmd(
         callback=artifact_path)] = None,
     config: ConfigFile = None, overwrite: Overwrite = False, quiet: Quiet = False, **flags: Any) -> Path:
     """Margin diagnostics without training: which APLOT reading singles out hard pairs, on real batches."""
-    from aplot_cli import diagnose_stage as stage
+    from aplot_cli.margin_diagnostics import stage
 
     return stage.run(build_config(MarginsConfig, config, flags), pairs, embeddings, out_dir, model=model,
                      from_run=from_run, overwrite=overwrite)

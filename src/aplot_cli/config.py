@@ -18,6 +18,16 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from aplot_cli.errors import ConfigError
+from aplot_cli.margins.settings import (
+    SECTION2,
+    CostNorm,
+    MarginFrom,
+    MarginNorm,
+    OTScope,
+    OTSolver,
+    PlanOn,
+    SemanticSource,
+)
 
 C = TypeVar("C")
 
@@ -234,29 +244,29 @@ class TrainConfig:
     loss: tuple[str, ...] = option(
         ("aplot",), "bt, margin, label_smooth, focal, aplot, constant_margin, center; join with + (aplot+center).",
         split="+")
-    # APLOT margin (method.md section 2; defaults in brackets there)
-    semantic_source: Literal["embeddings", "backbone", "none"] = option(
+    # APLOT margin (method.md section 2; the names, allowed values and defaults are `margins.settings`')
+    semantic_source: SemanticSource = option(
         "embeddings", "APLOT's semantic cost from the --embeddings artifact, the backbone's last hidden states, "
                   "or none.")
-    w_rew: float = option(0.9, "Weight of the reward-difference term in APLOT's cost.")
-    w_sem: float = option(0.1, "Weight of the semantic (cosine) term in APLOT's cost.")
-    ot_reg: float = option(0.1, "Sinkhorn entropic regularisation epsilon.")
-    ot_iters: int = option(50, "Sinkhorn iterations (at most, on the CPU; exactly, on CUDA).")
-    ot_tol: float = option(1e-6, "Sinkhorn stops once the marginal error is below this (also the 'converged' test).")
+    w_rew: float = option(SECTION2.w_rew, "Weight of the reward-difference term in APLOT's cost.")
+    w_sem: float = option(SECTION2.w_sem, "Weight of the semantic (cosine) term in APLOT's cost.")
+    ot_reg: float = option(SECTION2.ot_reg, "Sinkhorn entropic regularisation epsilon.")
+    ot_iters: int = option(SECTION2.ot_iters, "Sinkhorn iterations (at most, on the CPU; exactly, on CUDA).")
+    ot_tol: float = option(SECTION2.ot_tol, "Sinkhorn stops once the marginal error is below this (also the 'converged' test).")
     # the readings of method.md section 2b (defaults: section 2)
-    plan_on: Literal["cost", "hardness"] = option(
-        "cost", "cost (section 2: plan mass avoids hard cells) or hardness (mass goes to them).")
-    cost_norm: Literal["none", "minmax", "std"] = option(
-        "none", "Rescale the cost within the batch before Sinkhorn.")
-    margin_from: Literal["row", "diag", "diag_rel", "own_cost"] = option(
-        "row", "How the margin is read off the plan (own_cost: no OT, the pair's own cost).")
-    margin_norm: Literal["none", "zscore", "minmax"] = option("none", "Normalise the margins within the plan.")
-    margin_scale: float = option(1.0, "APLOT margin scale.")
+    plan_on: PlanOn = option(
+        SECTION2.plan_on, "cost (section 2: plan mass avoids hard cells) or hardness (mass goes to them).")
+    cost_norm: CostNorm = option(
+        SECTION2.cost_norm, "Rescale the cost within the batch before Sinkhorn.")
+    margin_from: MarginFrom = option(
+        SECTION2.margin_from, "How the margin is read off the plan (own_cost: no OT, the pair's own cost).")
+    margin_norm: MarginNorm = option(SECTION2.margin_norm, "Normalise the margins within the plan.")
+    margin_scale: float = option(SECTION2.margin_scale, "APLOT margin scale.")
     constant_margin: float = option(0.5, "c of --loss constant_margin: -log sigmoid(d - c) for every pair.")
-    margin_warmup_steps: int = option(0, "Plain BT (a zero APLOT margin) for the first n steps.")
-    ot_scope: Literal["local", "global"] = option("local", "One plan per rank (local) or across ranks (global).")
-    ot_solver: Literal["auto", "pot", "torch"] = option(
-        "auto", "auto: POT on the CPU, the float32 GPU solver (fused kernel) on CUDA.")
+    margin_warmup_steps: int = option(SECTION2.margin_warmup_steps, "Plain BT (a zero APLOT margin) for the first n steps.")
+    ot_scope: OTScope = option(SECTION2.ot_scope, "One plan per rank (local) or across ranks (global).")
+    ot_solver: OTSolver = option(
+        SECTION2.ot_solver, "auto: POT on the CPU, the float32 GPU solver (fused kernel) on CUDA.")
     # baseline loss constants (method.md section 3)
     label_smooth_eps: float = option(0.1, "eps of --loss label_smooth.")
     center_eta: float = option(0.01, "eta of --loss center (reward centering).")
@@ -364,7 +374,7 @@ SAMPLE_FLAGS = _flag_fields(SampleConfig)
 
 @dataclass(frozen=True)
 class MarginsConfig:
-    """`aplot margins`: margin diagnostics without training (method.md 2b): which readings, the reward
+    """`aplot margins`: margin diagnostics without training (method.md section 2b): which readings, the reward
     snapshot's window or batches, and the cost settings (None: the train-rm run's, else section 2's)."""
 
     readings: str = option("all", "all (the 64 readings: the grid and constant_margin), named (16 aliases), or a "
@@ -379,12 +389,12 @@ class MarginsConfig:
     seed: int | None = option(None, "--model: the batch order's seed.", shown="the run's, else 0")
     max_batches: int | None = option(None, "--model: score only the pairs of the first n batches.", shown="all")
     constant_margin: float = option(0.5, "The margin of the reference reading constant_margin (every pair).")
-    margin_scale: float = option(1.0, "Scale of every reading's margin (as train-rm's margin_scale).")
-    w_rew: float | None = option(None, "Weight of the reward cost.", shown="the run's, else 0.9")
-    w_sem: float | None = option(None, "Weight of the semantic cost.", shown="the run's, else 0.1")
-    ot_reg: float | None = option(None, "Sinkhorn epsilon.", shown="the run's, else 0.1")
-    ot_iters: int | None = option(None, "Sinkhorn iterations.", shown="the run's, else 50")
-    ot_tol: float | None = option(None, "Sinkhorn marginal tolerance (early stop).", shown="the run's, else 1e-6")
+    margin_scale: float = option(SECTION2.margin_scale, "Scale of every reading's margin (as train-rm's margin_scale).")
+    w_rew: float | None = option(None, "Weight of the reward cost.", shown=f"the run's, else {SECTION2.w_rew}")
+    w_sem: float | None = option(None, "Weight of the semantic cost.", shown=f"the run's, else {SECTION2.w_sem}")
+    ot_reg: float | None = option(None, "Sinkhorn epsilon.", shown=f"the run's, else {SECTION2.ot_reg}")
+    ot_iters: int | None = option(None, "Sinkhorn iterations.", shown=f"the run's, else {SECTION2.ot_iters}")
+    ot_tol: float | None = option(None, "Sinkhorn marginal tolerance (early stop).", shown=f"the run's, else {_rate(SECTION2.ot_tol)}")
     score_batch_size: int = option(32, "--model: texts per forward pass.")
     max_length: int | None = option(None, "--model: max tokens per input.", shown="the train-rm manifest's")
     device: str = option("auto", "--model: auto, cpu, cuda.")

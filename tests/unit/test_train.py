@@ -325,3 +325,9 @@ def test_off_a_terminal_the_final_evaluations_print_progress_too(tiny_bert_dir, 
     evaluated = [line for line in lines[trained:] if line.startswith("train-rm evaluate ")]
     assert any(line.startswith("train-rm evaluate 4/4 (100%)") for line in evaluated)  # 16 test pairs / 4
     assert len(evaluated) >= 8  # the test split and the train sample, a line per batch at interval 0
+
+
+def test_the_package_exports_public_names_only():
+    """What tests and other stages use of train-rm is public: no private name is handed on."""
+    assert [name for name in train.__all__ if name.startswith("_")] == []
+    assert all(hasattr(train, name) for name in train.__all__)

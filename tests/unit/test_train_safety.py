@@ -156,15 +156,15 @@ def test_resume_step_picks_the_newest_complete_checkpoint(tmp_path, stderr_lines
         if state is not None:
             (ckpts / f"checkpoint-{step}" / "trainer_state.json").write_text(state)
     (ckpts / "checkpoint-10.tmp").mkdir()  # not a checkpoint name
-    assert train._resume_step(tmp_path, resume=True) == (str(ckpts / "checkpoint-4"), 4)
+    assert train.resume_step(tmp_path, resume=True) == (str(ckpts / "checkpoint-4"), 4)
     err = stderr_lines()
     assert "checkpoint-8" in err and "checkpoint-6" in err and "checkpoint-4 " not in err
-    assert train._resume_step(tmp_path, resume=False) == (None, -1)
+    assert train.resume_step(tmp_path, resume=False) == (None, -1)
     for step in (2, 4):
         (ckpts / f"checkpoint-{step}" / "trainer_state.json").unlink()
     with pytest.raises(ArtifactError, match=r"no checkpoint in .* can be resumed from: checkpoint-8 \(it has no "
                                             r"readable trainer_state.json .*checkpoint-2 \(") as refused:
-        train._resume_step(tmp_path, resume=True)  # none is usable: not a silent restart from step 0
+        train.resume_step(tmp_path, resume=True)  # none is usable: not a silent restart from step 0
     assert "--overwrite" in refused.value.hint
 
 
@@ -193,7 +193,7 @@ def test_resume_step_skips_a_checkpoint_whose_files_are_damaged(tmp_path, stderr
         optimizer = newest / "optimizer.pt"
         assert zipfile.is_zipfile(optimizer)
         optimizer.write_bytes(optimizer.read_bytes()[:200])
-    assert train._resume_step(tmp_path, resume=True) == (str(ckpts / "checkpoint-2"), 2)
+    assert train.resume_step(tmp_path, resume=True) == (str(ckpts / "checkpoint-2"), 2)
     err = stderr_lines()
     named = {"cut short": "model.safetensors is unreadable", "zeroed": "model.safetensors is unreadable",
              "no weights": "holds no weights file", "optimizer cut short": "optimizer.pt is unreadable"}[damage]
@@ -282,7 +282,7 @@ def test_ot_diagnostics_average_only_finite_steps():
     from aplot_cli.margins import AplotMargin, AplotSettings, device_stats
 
     r_c, r_r = torch.tensor([1.0, 0.2, 0.5, -0.3]), torch.tensor([0.1, 0.4, -0.2, 0.0])
-    solver = AplotMargin(AplotSettings(w_sem=0.0, solver="torch"))
+    solver = AplotMargin(AplotSettings(w_sem=0.0, ot_solver="torch"))
     good = solver(r_c, r_r)
     bad = solver(torch.tensor([1.0, float("nan"), 0.5, -0.3]), r_r)
     assert bool(bad.fallback) and not torch.isfinite(bad.cost_mean)
@@ -292,7 +292,7 @@ def test_ot_diagnostics_average_only_finite_steps():
     assert torch.isnan(device_stats([bad])["cost_mean"])  # nothing finite to report: NaN, not a made-up 0
     pot = AplotMargin(AplotSettings(w_sem=0.0))
     cpu_steps = [pot(r_c, r_r).stats, pot(torch.tensor([1.0, float("nan"), 0.5, -0.3]), r_r).stats]
-    logged = train._mean_metrics({"ot/cost_mean": [s["cost_mean"] for s in cpu_steps],
+    logged = train.mean_metrics({"ot/cost_mean": [s["cost_mean"] for s in cpu_steps],
                                   "ot/cost_mean_dev": [good.cost_mean, bad.cost_mean],
                                   "accuracy": [torch.tensor(1.0), torch.tensor(float("nan"))], "loss": [0.5, 0.7]})
     assert logged["ot/cost_mean"] == pytest.approx(cpu_steps[0]["cost_mean"])

@@ -1,4 +1,4 @@
-"""--resume: which checkpoint a run resumes from (`_resume_step`), what `run_config.json` records at the
+"""--resume: which checkpoint a run resumes from (`resume_step`), what `run_config.json` records at the
 first start (`run_record`), and the check that a resume trains the same model (`check_resume`)."""
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ RESUMABLE = HOW_NOT_WHAT | frozenset({"max_steps", "epochs", "logging_steps", "e
                                       "eval_batch_size", "train_eval_pairs", "ot_solver", "trust_remote_code"})
 
 
-def _resume_step(out_dir: Path, resume: bool) -> tuple[str | None, int]:
+def resume_step(out_dir: Path, resume: bool) -> tuple[str | None, int]:
     """The newest usable checkpoint and its step ((None, -1): start afresh). Trainer writes
     `trainer_state.json` last, so a checkpoint without a readable one was cut short by a kill while it
     was saved; one whose weights or optimizer state are cut short or damaged (a full disk, a bad copy) cannot

@@ -18,11 +18,11 @@ from aplot_cli.config import TrainConfig, config_to_dict, resolve_train
 from aplot_cli.console import info
 from aplot_cli.errors import ArtifactError, ConfigError
 from aplot_cli.train import learned, prefix
-from aplot_cli.train.data import PairDataset, _SplitCollator, _take, encode_split
+from aplot_cli.train.data import PairDataset, SplitCollator, encode_split, sample_pairs
 from aplot_cli.train.metrics import _final_metrics, _ot_summary, pair_accuracy
 from aplot_cli.train.model import load_model
 from aplot_cli.train.records import LOG_FILE, MARGINS_FILE, MarginSink
-from aplot_cli.train.resume import RUN_CONFIG, _resume_step, check_resume, run_record
+from aplot_cli.train.resume import RUN_CONFIG, check_resume, resume_step, run_record
 from aplot_cli.train.validation import check_dataset_margin, check_embeddings_match, validate
 
 STAGE = "train-rm"
@@ -46,7 +46,7 @@ def run(cfg: TrainConfig, pairs_dir: Path, out_dir: Path, embeddings_dir: Path |
              "inputs": [("PAIRS", pairs_dir), ("--embeddings", embeddings_dir), ("--backbone", cfg.backbone)],
              "places": [("feature cache", cfg.feature_cache_dir if cfg.frozen_backbone else None)]}
     kept = artifacts.check_out_dir(out_dir, **claim)  # refuse now; clear only once the inputs pass
-    checkpoint, resumed_step = _resume_step(out_dir, kept)
+    checkpoint, resumed_step = resume_step(out_dir, kept)
     if resume and checkpoint is None:  # as ppo and sample: no silent restart from step 0
         raise ArtifactError(f"--resume: {out_dir} holds no complete train-rm checkpoint, so there is nothing to "
                             "continue from",
@@ -54,14 +54,14 @@ def run(cfg: TrainConfig, pairs_dir: Path, out_dir: Path, embeddings_dir: Path |
                                  "steps), or pass the --out-dir of the run to resume")
     record = run_record(cfg, pairs_art, emb_art)
     resume_changes = check_resume(out_dir, record) if checkpoint else None
-    use_cpu = _use_cpu(cfg.device)
+    use_cpu = runs_on_cpu(cfg.device)
     test_frame = _test_frame(pairs_art, cfg)
-    train_frame = _take(load_pairs(pairs_dir, "train"), cfg.max_train_pairs, cfg.seed)
+    train_frame = sample_pairs(load_pairs(pairs_dir, "train"), cfg.max_train_pairs, cfg.seed)
     dataset_margin = check_dataset_margin(train_frame, pairs_art.path) if spec.dataset_margin else None
     need_emb = spec.aplot and cfg.semantic_source == "embeddings" and emb_art is not None
     train_emb = load_embeddings(emb_art.path, "train") if need_emb else None  # read before the out-dir is touched
     tokenizer, model, resolved, head = load_model(cfg)
-    args = _training_args(cfg, out_dir, use_cpu, test_frame is not None)  # also joins the process group
+    args = training_args(cfg, out_dir, use_cpu, test_frame is not None)  # also joins the process group
     rank = args.process_index
     with args.main_process_first(desc="prepare the output directory"):
         if args.process_index == 0:
@@ -149,7 +149,7 @@ def run(cfg: TrainConfig, pairs_dir: Path, out_dir: Path, embeddings_dir: Path |
     return manifest
 
 
-def _training_args(cfg: TrainConfig, out_dir: Path, use_cpu: bool, has_eval: bool):
+def training_args(cfg: TrainConfig, out_dir: Path, use_cpu: bool, has_eval: bool):
     from transformers import TrainingArguments
 
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
@@ -170,7 +170,7 @@ def _training_args(cfg: TrainConfig, out_dir: Path, use_cpu: bool, has_eval: boo
         ddp_find_unused_parameters=False if distributed else None)
 
 
-def _use_cpu(device: str) -> bool:
+def runs_on_cpu(device: str) -> bool:
     import torch
 
     if device == "auto":
@@ -189,7 +189,7 @@ def _test_frame(pairs_art, cfg: TrainConfig):
 
     if "test.parquet" not in split_files(pairs_art):
         return None
-    return _take(load_pairs(pairs_art.path, "test"), cfg.max_eval_pairs, cfg.seed)
+    return sample_pairs(load_pairs(pairs_art.path, "test"), cfg.max_eval_pairs, cfg.seed)
 
 
 def _build_trainer(cfg, spec, model, head, tokenizer, train, test, out_dir, args, rank, resumed_step,
@@ -198,17 +198,12 @@ def _build_trainer(cfg, spec, model, head, tokenizer, train, test, out_dir, args
     from aplot_cli.train.callbacks import run_callbacks
     from aplot_cli.train.trainer import RewardTrainer  # here, so that importing the package skips transformers
 
-    margin_fn = AplotMargin(AplotSettings(
-        w_rew=cfg.w_rew, w_sem=0.0 if cfg.semantic_source == "none" else cfg.w_sem, reg=cfg.ot_reg,
-        num_iter=cfg.ot_iters, tol=cfg.ot_tol, plan_on=cfg.plan_on, cost_norm=cfg.cost_norm,
-        margin_from=cfg.margin_from, margin_norm=cfg.margin_norm,
-        scale=cfg.margin_scale, warmup_steps=cfg.margin_warmup_steps, scope=cfg.ot_scope,
-        solver=cfg.ot_solver)) if spec.aplot else None
+    margin_fn = AplotMargin(AplotSettings.from_config(cfg)) if spec.aplot else None
     sink = MarginSink(out_dir, train.pair_ids, rank, resumed_step) if cfg.save_margins else None
     trainer = RewardTrainer(
         model=model, args=args,
         train_dataset=PairDataset(train), eval_dataset=PairDataset(test) if test else None,
-        data_collator=_SplitCollator(train, test, tokenizer.pad_token_id, make=sharing.collator()),
+        data_collator=SplitCollator(train, test, tokenizer.pad_token_id, make=sharing.collator()),
         processing_class=tokenizer,
         compute_metrics=pair_accuracy,
         callbacks=run_callbacks(out_dir, resumed_step, sink, args.process_index == 0, cfg.keep_checkpoints)

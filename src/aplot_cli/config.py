@@ -192,6 +192,9 @@ class EvalConfig:
                                shown="the benchmark's own")
     prior_sets: str | None = option(
         None, "rewardbench: allenai/preference-test-sets (hub) or local files, for the paper score.", shown="none")
+    domain: str | None = option(
+        None, "rm-bench: the domain of rows that name none (chat, code, math, safety-refuse, safety-response).",
+        shown="the file's name (chat_filtered.json: chat)")
     from_predictions: str | None = option(
         None, "Recompute every metric from a predictions file (ours or the official wide format); no model.",
         shown="none")

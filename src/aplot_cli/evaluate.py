@@ -44,6 +44,12 @@ def _check(cfg: EvalConfig, model: str | None) -> None:
     name = benchmarks.get(cfg.benchmark).NAME
     if cfg.prior_sets and name != "rewardbench":
         raise ConfigError("--prior-sets only applies to --benchmark rewardbench")
+    if cfg.domain and name != "rm-bench":
+        raise ConfigError("--domain only applies to --benchmark rm-bench")
+    if cfg.domain:
+        from aplot_cli.benchmarks import rmbench
+
+        rmbench.check_domain(cfg.domain)
     if cfg.samples and name != "bon":
         raise ConfigError(f"--samples only applies to --benchmark bon (this run's benchmark is {name})",
                           hint="pass --benchmark bon, or --data for the other benchmarks")
@@ -287,11 +293,14 @@ def run(cfg: EvalConfig, model: str | None, out_dir: Path, overwrite: bool = Fal
     artifacts.check_out_dir(out_dir, **claim)
     data_info, inputs = _data_info(cfg, bench)
     if cfg.from_predictions is not None:
-        pred = read_predictions(cfg.from_predictions)
+        file_subset = getattr(bench, "file_domain", None)  # RM-Bench: a per-domain file's domain
+        pred = read_predictions(cfg.from_predictions, file_subset(cfg.from_predictions, cfg.domain) if file_subset
+                                else None)
         model_info = {"name": model or Path(cfg.from_predictions).name, "source": "predictions file"}
         info(f"[bold]eval-rm[/] re-scoring {len(pred)} saved scores from {cfg.from_predictions}")
     else:
-        items = bench.load((cfg.samples,) if cfg.samples else cfg.data, cfg.split, cfg.prior_sets)
+        items = bench.load((cfg.samples,) if cfg.samples else cfg.data, cfg.split, cfg.prior_sets,
+                           **({"domain": cfg.domain} if cfg.domain else {}))
         info(f"[bold]eval-rm[/] {bench.NAME}: {len(items)} texts to score with {model}")
         pred, model_info, rm = _score_items(cfg, model, items)
         if rm.artifact is not None:

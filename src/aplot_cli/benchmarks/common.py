@@ -231,11 +231,13 @@ def _as_list(value: Any) -> list[float]:
     return [float(v[0] if isinstance(v, list) else v) for v in value] if isinstance(value, list) else [float(value)]
 
 
-def long_predictions(frame):
+def long_predictions(frame, subset: str | None = None):
     """A predictions table in our long form (`aplot eval-rm`'s predictions.parquet), or the wide form of
     the official per-example score files, one row per example, converted to it:
-    id, subset (or domain), and either scores_chosen + scores_rejected (scalars or lists; also
-    score_chosen / score_rejected) or scores + num_correct (RewardBench 2: chosen first)."""
+    id, domain (RM-Bench) or subset, and either scores_chosen + scores_rejected (scalars or lists; also
+    score_chosen / score_rejected) or scores + num_correct (RewardBench 2: chosen first). `subset` is the
+    subset of every row of a wide file without a `domain` column (an RM-Bench per-domain result file,
+    whose `subset` column names the source data, not the domain)."""
     import pandas as pd
 
     if {"kind", "score"} <= set(frame.columns):
@@ -245,7 +247,9 @@ def long_predictions(frame):
         out["example_id"] = out["example_id"].astype(str)
         out["subset"] = out["subset"].astype(str)
         return out
-    subset_col = next((c for c in ("subset", "domain") if c in frame.columns), None)
+    subset_col = next((c for c in ("domain", "subset") if c in frame.columns), None)
+    if subset is not None and subset_col != "domain":
+        frame, subset_col = frame.assign(_subset=subset), "_subset"
     chosen_col = next((c for c in _CHOSEN if c in frame.columns), None)
     rejected_col = next((c for c in _REJECTED if c in frame.columns), None)
     v2 = {"scores", "num_correct"} <= set(frame.columns)
@@ -268,8 +272,9 @@ def long_predictions(frame):
     return pd.DataFrame(rows)
 
 
-def read_predictions(path: str | Path):
-    """parquet, jsonl, or json (a list of records, or a dict of equal-length columns) -> long form."""
+def read_predictions(path: str | Path, subset: str | None = None):
+    """parquet, jsonl, or json (a list of records, or a dict of equal-length columns) -> long form
+    (`subset`: see `long_predictions`)."""
     import pandas as pd
 
     path = Path(path)
@@ -288,4 +293,4 @@ def read_predictions(path: str | Path):
                                  hint="use .parquet, .jsonl or .json")
     except (ValueError, OSError) as exc:
         raise InputDataError(f"cannot read predictions {path}: {exc}", hint="check the file") from exc
-    return long_predictions(frame)
+    return long_predictions(frame, subset)

@@ -8,6 +8,7 @@ with the benchmark's pure scorer, and write into `--out-dir`:
     metrics.md          the same as markdown tables (percentages)
     predictions.parquet per-text scores: example_id, subset, kind, position, score, response_chars, n_tokens
     length_bias.png     score vs response length, and score gap vs length gap within pairs
+    eval-set/, eval-set-scores/   RewardBench v1/v2: reward-bench's own result files (`benchmarks.rewardbench_files`)
     manifest.json       written last
 
 metrics.json keys: schema, benchmark, primary, score (= final[primary]), final, sections, subsets
@@ -292,6 +293,7 @@ def run(cfg: EvalConfig, model: str | None, out_dir: Path, overwrite: bool = Fal
                         *(("--data", source) for source in cfg.data)]}
     artifacts.check_out_dir(out_dir, **claim)
     data_info, inputs = _data_info(cfg, bench)
+    items = None
     if cfg.from_predictions is not None:
         file_subset = getattr(bench, "file_domain", None)  # RM-Bench: a per-domain file's domain
         pred = read_predictions(cfg.from_predictions, file_subset(cfg.from_predictions, cfg.domain) if file_subset
@@ -320,6 +322,11 @@ def run(cfg: EvalConfig, model: str | None, out_dir: Path, overwrite: bool = Fal
     if bias is not None:
         plot_length_bias(pred, bias, out_dir / "length_bias.png", f"{bench.NAME}: {short_name(model_info['name'])}")
         outputs.append(artifacts.describe_output(out_dir, "length_bias.png"))
+    if hasattr(bench, "official_files"):  # RewardBench v1/v2: reward-bench's own result files
+        from aplot_cli.benchmarks import rewardbench_files
+
+        for name in rewardbench_files.write(out_dir, bench.official_files(pred, items, result, model_info)):
+            outputs.append(artifacts.describe_output(out_dir, name))
     if hasattr(bench, "plot"):  # a benchmark's own figures (bon: the best-of-n curves)
         for name in bench.plot(metrics, out_dir, f"{bench.NAME}: {short_name(model_info['name'])}"):
             outputs.append(artifacts.describe_output(out_dir, name))

@@ -100,6 +100,7 @@ def run(cfg: TrainConfig, pairs_dir: Path, out_dir: Path, embeddings_dir: Path |
     pictures = run_report.write(out_dir, config_to_dict(cfg), metrics, LOG_FILE, learning)
     outputs.append(artifacts.describe_output(out_dir, "metrics.json"))
     outputs += [artifacts.describe_output(out_dir, name) for name in pictures.files]
+    outputs += _write_cards(cfg, spec.name, metrics, pairs_art, record, tokenizer, out_dir)
     for warning in pictures.warnings:
         info(f"[bold yellow]train-rm warning:[/] {warning}")
     inputs = {"pairs": pairs_art, **({"embeddings": emb_art} if emb_art is not None else {})}
@@ -126,6 +127,7 @@ def run(cfg: TrainConfig, pairs_dir: Path, out_dir: Path, embeddings_dir: Path |
         out_dir, stage=STAGE, config=config_to_dict(cfg), inputs=inputs, outputs=outputs, metrics=metrics,
         diagnostics=diagnostics,
         extra={"model": {"backbone": cfg.backbone, "resolved": _relative_or_id(resolved),
+                         "base_model": models.portable_name(cfg.backbone),
                          "identity": models.identity(resolved),
                          "head": head,
                          "frozen_backbone": attached.manifest() if attached is not None else None,
@@ -215,8 +217,12 @@ def _save(trainer, tokenizer, cfg: TrainConfig, out_dir: Path, pair_ids) -> list
     model = trainer.accelerator.unwrap_model(trainer.model)
     outputs = []
     if cfg.lora:
+        for adapter in model.peft_config.values():  # loaded elsewhere by this name, not this machine's cache path
+            adapter.base_model_name_or_path = models.portable_name(cfg.backbone)
         model.save_pretrained(out_dir / "adapter", safe_serialization=True)
-        outputs.append(artifacts.describe_output(out_dir, "adapter/adapter_model.safetensors"))
+        tokenizer.save_pretrained(out_dir / "adapter")  # the pad token the head was trained with travels too
+        outputs += [artifacts.describe_output(out_dir, f"adapter/{name}")
+                    for name in ("adapter_config.json", "adapter_model.safetensors")]
         model = model.merge_and_unload()
     model.config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(model_dir, safe_serialization=True)
@@ -231,6 +237,21 @@ def _save(trainer, tokenizer, cfg: TrainConfig, out_dir: Path, pair_ids) -> list
         rows = trainer.margin_sink.merge(out_dir / MARGINS_FILE)
         outputs.append(artifacts.describe_output(out_dir, MARGINS_FILE, rows=rows))
     return outputs
+
+
+def _write_cards(cfg: TrainConfig, loss: str, metrics: dict[str, Any], pairs_art, record: dict[str, Any], tokenizer,
+                 out_dir: Path) -> list[dict[str, Any]]:
+    """model/README.md (and adapter/README.md with --lora): the model card (`train/card.py`)."""
+    from aplot_cli.train import card
+
+    templated = formatting.uses_chat_template(tokenizer, cfg.chat_template)
+    written = []
+    for folder, library in (("model", "transformers"), *((("adapter", "peft"),) if cfg.lora else ())):
+        text = card.card_text(cfg, loss, metrics, pairs_art.manifest, record["inputs"], templated, library,
+                              getattr(cfg, "push_to_hub", None))
+        (out_dir / folder / "README.md").write_text(text, encoding="utf-8")
+        written.append(artifacts.describe_output(out_dir, f"{folder}/README.md"))
+    return written
 
 
 def check_model_dir(path: Path) -> None:

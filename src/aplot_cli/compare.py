@@ -151,6 +151,11 @@ def load_grid(path: Path | str, seeds: tuple[int, ...] | None = None, methods: t
         base["group_by_length"] = False  # train-rm's default differs by loss: cells stay paired by seed (same batches)
     method_cfgs = {name: build_config(TrainConfig, None, {**base, **(overrides or {})})
                    for name, overrides in method_raw.items()}
+    pushing = [name for name, cfg in method_cfgs.items() if cfg.push_to_hub]
+    if pushing:
+        raise ConfigError(f"grid {path}: method `{pushing[0]}` sets push_to_hub: every cell would push to one repo",
+                          hint="push a chosen cell's run with `hf upload REPO CELL/train/model .`, or rerun it with "
+                               "`aplot train-rm --push-to-hub REPO`")
     method_cfgs, twins = _add_twins(method_cfgs, bool(raw.get("no_ot_twins", True)))
     flip_seed = raw.get("flip_seed", "cell")
     if flip_seed != "cell" and (isinstance(flip_seed, bool) or not isinstance(flip_seed, int)):
@@ -259,7 +264,8 @@ def _check_same_config(train_dir: Path, cfg: TrainConfig) -> None:
         return
     done = json.loads((train_dir / artifacts.MANIFEST).read_text())["config"]
     wanted = json.loads(json.dumps(config_to_dict(cfg)))
-    changed = sorted(k for k in wanted if done.get(k) != wanted[k])
+    defaults = json.loads(json.dumps(config_to_dict(TrainConfig())))  # keys a newer aplot added: their default then
+    changed = sorted(k for k in wanted if done.get(k, defaults.get(k)) != wanted[k])
     if changed:
         raise ConfigError(f"{train_dir} was trained with a different config ({', '.join(changed)} changed)",
                           hint="use a new --out-dir for the changed grid, or --overwrite to redo every cell")

@@ -309,6 +309,10 @@ class TrainConfig:
                                            shown="$APLOT_CACHE/features, else ~/.cache/aplot/features")
     # runtime
     report_to: tuple[str, ...] = option((), "tensorboard, wandb, ... (repeat for several).", shown="none")
+    push_to_hub: str | None = option(
+        None, "Upload the finished run to this Hub repo (model/ at its root, adapter/, aplot/manifest.json) in one "
+              "commit; the Hub and a token are checked before training.", shown="none")
+    hub_private: bool = option(False, "Create the --push-to-hub repo as private.")
     device: str = option("auto", "auto, cpu or cuda.")
     bf16: bool = option(False, "bf16 mixed precision (GPU only; float32 on the CPU always).")
     fp16: bool = option(False, "fp16 mixed precision (GPUs without bf16; GPU only).")

@@ -154,3 +154,112 @@ def test_portable_name_of_a_hub_cache_folder(tmp_path):
     other = tmp_path / "my-model"
     other.mkdir()
     assert models.portable_name(str(other)) == str(other.resolve()) and not models.is_hub_id(str(other))
+
+
+# ---------------------------------------------------------------------------------------------- push to hub
+
+
+@pytest.fixture
+def online_hub(monkeypatch):
+    """A Hub that the checks pass (not offline, a token, reachable, the token accepted) and whose uploads are
+    recorded instead of sent: no network."""
+    import huggingface_hub
+
+    from aplot_cli import hub
+
+    calls: dict = {"repo": [], "commit": []}
+
+    def create_commit(self, repo_id, operations, commit_message, repo_type=None, **kw):
+        calls["commit"].append({"repo": repo_id, "message": commit_message, "manifest_then": manifest_exists(),
+                                "files": {op.path_in_repo: Path(op.path_or_fileobj).read_bytes() for op in operations}})
+        return type("Commit", (), {"commit_url": f"https://huggingface.co/{repo_id}/commit/abc"})()
+
+    def manifest_exists():
+        return all((d / "manifest.json").is_file() for d in calls.get("out", []))
+
+    monkeypatch.setattr(hub, "offline_requested", lambda: False)
+    monkeypatch.setattr(hub, "reachable", lambda timeout=3.0: True)
+    monkeypatch.setattr(huggingface_hub, "get_token", lambda: "hf_test")
+    monkeypatch.setattr(huggingface_hub.HfApi, "whoami", lambda self, *a, **k: {"name": "me"})
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo",
+                        lambda self, repo_id, **kw: calls["repo"].append({"repo": repo_id, **kw}))
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_commit", create_commit)
+    return calls
+
+
+def test_push_to_hub_uploads_the_finished_run_in_one_commit(tiny_bert_dir, synthetic_pairs_dir, tmp_path, online_hub):
+    out = tmp_path / "rm"
+    online_hub["out"] = [out]
+    cfg = tiny_cfg(tiny_bert_dir, loss=("bt",), lora=True, lora_r=4, lora_alpha=8, max_steps=1,
+                   push_to_hub="me/tiny-rm", hub_private=True)
+    train.run(cfg, synthetic_pairs_dir, out)
+    assert online_hub["repo"] == [{"repo": "me/tiny-rm", "private": True, "exist_ok": True, "repo_type": "model"}]
+    (commit,) = online_hub["commit"]
+    assert commit["repo"] == "me/tiny-rm" and commit["manifest_then"]  # pushed once the run was finished
+    uploaded = commit["files"]
+    expected = {name: (out / "model" / name).read_bytes() for name in ("config.json", "model.safetensors", "README.md",
+                                                                        "tokenizer.json", "tokenizer_config.json")}
+    expected.update({f"adapter/{name}": (out / "adapter" / name).read_bytes()
+                     for name in ("adapter_config.json", "adapter_model.safetensors", "README.md")})
+    expected.update({f"aplot/{name}": (out / name).read_bytes() for name in ("manifest.json", "metrics.json",
+                                                                             "run_config.json", "report.md")})
+    for name, content in expected.items():
+        assert uploaded.get(name) == content, name
+    assert not any(name.startswith(("checkpoints", "margins", "train_log")) for name in uploaded)
+    card = uploaded["README.md"].decode()
+    assert 'MODEL = "me/tiny-rm"' in card and "name: tiny-rm" in card  # the card names where it lives
+    assert json.loads(uploaded["aplot/manifest.json"])["config"]["push_to_hub"] == "me/tiny-rm"
+
+
+def test_push_failure_keeps_the_finished_run_and_says_how_to_upload(tmp_path, monkeypatch, online_hub):
+    import huggingface_hub
+
+    from aplot_cli.errors import TrainingError
+    from aplot_cli.train import push
+
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text("{}")
+
+    def refuse(self, *a, **k):
+        raise RuntimeError("403 Forbidden")
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_commit", refuse)
+    with pytest.raises(TrainingError) as info:
+        push.push(tmp_path, "me/x", False, "m")
+    assert "403" in info.value.message and "hf upload me/x" in info.value.hint
+    assert (tmp_path / "model" / "config.json").is_file()
+
+
+@pytest.mark.parametrize(("setup", "code", "needle"), [
+    ("offline", 7, "HF_HUB_OFFLINE"),
+    ("no_token", 2, "token"),
+    ("unreachable", 7, "cannot be reached"),
+    ("refused", 2, "refused the token"),
+    ("bad_repo", 2, "not a Hub repo id"),
+])
+def test_push_to_hub_is_refused_before_training(synthetic_pairs_dir, tmp_path, monkeypatch, setup, code, needle):
+    """No model is loaded and the out-dir is not created when the upload could not happen."""
+    import huggingface_hub
+    from typer.testing import CliRunner
+
+    from aplot_cli import hub
+    from aplot_cli.cli import app
+
+    repo = "me/rm"
+    if setup != "offline":
+        monkeypatch.setattr(hub, "offline_requested", lambda: False)
+        monkeypatch.setattr(huggingface_hub, "get_token", lambda: None if setup == "no_token" else "hf_test")
+        monkeypatch.setattr(hub, "reachable", lambda timeout=3.0: setup != "unreachable")
+
+        def whoami(self, *a, **k):
+            raise RuntimeError("401 Unauthorized")
+
+        monkeypatch.setattr(huggingface_hub.HfApi, "whoami", whoami)
+    if setup == "bad_repo":
+        repo = "me/../../x"
+    monkeypatch.setattr(train.stage, "load_model", lambda cfg: pytest.fail("a model was loaded"), raising=True)
+    out = tmp_path / "rm"
+    result = CliRunner().invoke(app, ["train-rm", str(synthetic_pairs_dir), "--out-dir", str(out), "--loss", "bt",
+                                      "--push-to-hub", repo])
+    assert result.exit_code == code, result.stderr
+    assert needle in result.stderr and not out.exists()

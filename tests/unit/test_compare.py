@@ -285,3 +285,23 @@ def test_grid_benchmark_set_without_a_headline_is_refused_before_training(tmp_pa
     with pytest.raises(ConfigError, match="no headline score"):
         compare.run(grid, tmp_path / "cmp")
     assert not (tmp_path / "cmp").exists()
+
+
+def test_a_finished_cell_from_an_older_aplot_is_reused_when_only_new_options_are_missing(tmp_path):
+    """A cell trained before an option existed has no key for it in its manifest: it had the default then."""
+    from aplot_cli.config import TrainConfig, config_to_dict
+
+    cfg = TrainConfig(loss=("bt",), learning_rate=1e-3)
+    done = json.loads(json.dumps(config_to_dict(cfg)))
+    del done["hub_private"], done["push_to_hub"]
+    (tmp_path / "manifest.json").write_text(json.dumps({"config": done}))
+    compare._check_same_config(tmp_path, cfg)
+    with pytest.raises(ConfigError, match="learning_rate changed"):
+        compare._check_same_config(tmp_path, TrainConfig(loss=("bt",), learning_rate=2e-3))
+
+
+def test_a_grid_may_not_push_every_cell_to_one_repo(tmp_path, tiny_bert_dir):
+    grid = _grid(tmp_path, tiny_bert_dir)
+    grid.write_text(grid.read_text().replace("learning_rate: 1.0e-3}", "learning_rate: 1.0e-3, push_to_hub: me/rm}"))
+    with pytest.raises(ConfigError, match="push_to_hub"):
+        compare.load_grid(grid)

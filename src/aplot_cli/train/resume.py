@@ -19,7 +19,8 @@ RUN_CONFIG = "run_config.json"  # the resolved config and inputs a run started w
 RESUMABLE = frozenset({"max_steps", "epochs", "logging_steps", "eval_steps", "save_steps", "save_total_limit",
                        "keep_checkpoints",
                        "report_to", "max_eval_pairs", "eval_batch_size", "train_eval_pairs", "device", "ot_solver",
-                       "dataloader_workers", "gradient_checkpointing", "trust_remote_code"})
+                       "dataloader_workers", "gradient_checkpointing", "trust_remote_code", "push_to_hub",
+                       "hub_private"})
 
 
 def _resume_step(out_dir: Path, resume: bool) -> tuple[str | None, int]:

@@ -16,7 +16,7 @@ from aplot_cli import artifacts, formatting, models, run_report
 from aplot_cli.config import TrainConfig, config_to_dict, resolve_train
 from aplot_cli.console import info
 from aplot_cli.errors import ArtifactError, ConfigError
-from aplot_cli.train import learned
+from aplot_cli.train import learned, push
 from aplot_cli.train.data import PairDataset, _SplitCollator, _take, encode_split
 from aplot_cli.train.metrics import _final_metrics, _ot_summary, pair_accuracy
 from aplot_cli.train.model import load_model
@@ -36,6 +36,7 @@ def run(cfg: TrainConfig, pairs_dir: Path, out_dir: Path, embeddings_dir: Path |
     learning_rate_source = "set" if cfg.learning_rate is not None else "default for the backbone"
     cfg = resolve_train(cfg)  # the learning rate it trains with is the one the manifest records
     spec = validate(cfg, embeddings_dir is not None)
+    push.check(cfg.push_to_hub, Path(out_dir))  # before anything trains or the out-dir is touched
     pairs_art = artifacts.open_artifact(pairs_dir, "prepare")
     emb_art = artifacts.open_artifact(embeddings_dir, "embed") if embeddings_dir is not None else None
     if emb_art is not None:
@@ -137,6 +138,9 @@ def run(cfg: TrainConfig, pairs_dir: Path, out_dir: Path, embeddings_dir: Path |
                          "padding_side": tokenizer.padding_side}})
     if not cfg.keep_checkpoints:  # finished: model/ is the result, and a finished run is not resumed
         shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
+    if cfg.push_to_hub:
+        url = push.push(out_dir, cfg.push_to_hub, cfg.hub_private, f"aplot train-rm: {spec.name} on {cfg.backbone}")
+        info(f"[bold]train-rm[/] pushed to the Hub: {url}")
     return manifest
 
 
@@ -248,7 +252,7 @@ def _write_cards(cfg: TrainConfig, loss: str, metrics: dict[str, Any], pairs_art
     written = []
     for folder, library in (("model", "transformers"), *((("adapter", "peft"),) if cfg.lora else ())):
         text = card.card_text(cfg, loss, metrics, pairs_art.manifest, record["inputs"], templated, library,
-                              getattr(cfg, "push_to_hub", None))
+                              cfg.push_to_hub)
         (out_dir / folder / "README.md").write_text(text, encoding="utf-8")
         written.append(artifacts.describe_output(out_dir, f"{folder}/README.md"))
     return written

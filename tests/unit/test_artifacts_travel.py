@@ -115,6 +115,7 @@ def test_model_card_front_matter_and_its_scoring_code(tiny_bert_dir, tiny_llama_
     meta = front_matter(card_path)
     assert meta["library_name"] == "transformers" and meta["pipeline_tag"] == "text-classification"
     assert "base_model" not in meta  # a local folder is no hub id: no false claim
+    assert str(tiny_llama_rm_dir) not in card_path.read_text()  # nor its path in a card that may go public
     assert {"reward-model", "aplot", "bt"} <= set(meta["tags"])
     result = meta["model-index"][0]["results"][0]
     assert result["metrics"][0]["type"] == "accuracy"

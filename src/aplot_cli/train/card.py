@@ -7,6 +7,7 @@ for people and how to score a pair with plain transformers, exactly as aplot sco
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from aplot_cli import models
@@ -80,8 +81,8 @@ def card_text(cfg: TrainConfig, loss: str, metrics: dict[str, Any], pairs_manife
                           dataset_split="test", metric_type="accuracy", metric_value=round(float(test_accuracy), 6),
                           metric_name="pair accuracy (chosen scored above rejected)")] \
         if isinstance(test_accuracy, (int, float)) else None
-    sources = [s for s in (pairs_manifest.get("config", {}).get("files") or datasets or
-                           [(pairs_manifest.get("recipe") or {}).get("name")]) if s]
+    files = [Path(f).name for f in pairs_manifest.get("config", {}).get("files") or []]  # names: a card may be public
+    sources = [s for s in (files or datasets or [(pairs_manifest.get("recipe") or {}).get("name")]) if s]
     shown = {k: metrics[k] for k in ("train_accuracy", "test_accuracy", "test_pairs", "steps", "learned") if k in metrics}
     block = {"version": __version__, **settings(cfg, loss), "data": {"sources": sources, "sha256": data_hashes},
              "metrics": shown}
@@ -92,7 +93,7 @@ def card_text(cfg: TrainConfig, loss: str, metrics: dict[str, Any], pairs_manife
     copy = models.HUB_COPY.get(cfg.backbone)
     body = [f"# {name}", "",
             f"A reward model (one score per prompt and response) trained by aplot {__version__} `train-rm` with the "
-            f"loss `{loss}` on `{base}`"
+            f"loss `{loss}` on `{base if models.is_hub_id(base) else Path(base).name}`"
             + (f" (`{cfg.backbone}` in aplot; {copy})" if copy else "")
             + ("" if models.is_hub_id(base) else " (a local folder, not a Hub model)") + ".", ""]
     if library == "peft":

@@ -249,9 +249,10 @@ def _save(trainer, tokenizer, cfg: TrainConfig, out_dir: Path, pair_ids) -> list
 
 def _folder_outputs(out_dir: Path, folder: str) -> list[dict[str, Any]]:
     """Every file of a saved model folder (weights, config, tokenizer): a stage that loads the model checks
-    each against its hash, so none can be swapped unseen."""
+    each against its hash, so none can be swapped unseen. README.md (peft writes one) is replaced and listed by
+    `_write_cards`."""
     return [artifacts.describe_output(out_dir, f"{folder}/{p.name}")
-            for p in sorted((out_dir / folder).iterdir()) if p.is_file()]
+            for p in sorted((out_dir / folder).iterdir()) if p.is_file() and p.name != "README.md"]
 
 
 def _write_cards(cfg: TrainConfig, loss: str, metrics: dict[str, Any], pairs_art, record: dict[str, Any], tokenizer,

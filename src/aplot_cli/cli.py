@@ -28,7 +28,7 @@ from aplot_cli.config import (
     SampleConfig,
     TrainConfig,
     build_config,
-    load_yaml,
+    load_config_file,
 )
 from aplot_cli.help import AplotCommand, AplotGroup
 from aplot_cli.options import (
@@ -129,7 +129,7 @@ def prepare(out_dir: OutDir, config: ConfigFile = None, overwrite: Overwrite = F
     """Turn preference data into a validated pairs artifact with splits."""
     from aplot_cli import prepare as stage
 
-    recipe_name = flags.get("recipe") or (load_yaml(config).get("recipe") if config else None)
+    recipe_name = flags.get("recipe") or (load_config_file(config, PrepareConfig).get("recipe") if config else None)
     cfg = build_config(PrepareConfig, config, flags, base=stage.recipe_defaults(recipe_name))
     return stage.run(cfg, out_dir, overwrite=overwrite)
 

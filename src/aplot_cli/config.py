@@ -1,7 +1,7 @@
 """Stage configs: one frozen dataclass per stage, and how they are resolved.
 
-Precedence, lowest to highest: dataclass defaults < `--config file.yaml` < flags given on the command
-line. The CLI passes only the flags a user actually typed (Typer defaults are `None`), so an explicit
+Precedence, lowest to highest: dataclass defaults < `--config file.yaml` (or a finished run's
+manifest.json: its resolved config, to rerun it) < flags given on the command line. The CLI passes only the flags a user actually typed (Typer defaults are `None`), so an explicit
 `--no-x` (False) beats a YAML `x: true` and nothing is merged by truthiness. Unknown keys are an error
 that suggests the nearest known name."""
 
@@ -562,18 +562,56 @@ def _canonical(layer: dict[str, Any], cls: type, source: str) -> dict[str, Any]:
     return renamed
 
 
+def _stage_of(cls: type) -> str:
+    """The stage (as its manifest names it) whose command takes the options of `cls`."""
+    return {PrepareConfig: "prepare", EmbedConfig: "embed", TrainConfig: "train-rm", EvalConfig: "eval-rm",
+            PPOConfig: "ppo", SampleConfig: "sample", MarginsConfig: "margins"}.get(cls, cls.__name__)
+
+
+def load_config_file(path: Path | str, cls: type) -> dict[str, Any]:
+    """The option values a `--config` file sets, by its kind: a stage's `manifest.json` or train-rm's
+    `run_config.json` gives the resolved config of that run (to rerun it; the rest of the file is not
+    read), refused unless it is a run of the stage of `cls`; any other file is a YAML (or JSON) mapping of
+    option: value (`load_yaml`)."""
+    import json
+
+    path = Path(path)
+    if path.suffix != ".json":
+        return load_yaml(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist", hint="check the --config path")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {path} is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of option: value, got {type(data).__name__}")
+    if not isinstance(data.get("config"), dict):  # no stage config has a `config` option: a plain mapping
+        return data
+    # a manifest names its stage; run_config.json (no stage, its inputs' hashes) is train-rm's alone
+    stage, wanted = data.get("stage", "train-rm" if "inputs" in data else None), _stage_of(cls)
+    if stage != wanted:
+        kind = f"the manifest of an `aplot {stage}` run" if stage else "not a manifest of any aplot stage"
+        raise ConfigError(f"config file {path} is {kind}, and `aplot {wanted} --config` takes {wanted} options",
+                          hint=f"give an {wanted} run's manifest.json{' or run_config.json' if wanted == 'train-rm' else ''}"
+                               f", or a YAML of {wanted} options" + (f"; to rerun that run: `aplot {stage} ... "
+                                                                    f"--config {path}`" if stage else ""))
+    return data["config"]
+
+
 def build_config(cls: type[C], yaml_path: Path | str | None = None,
                  flags: dict[str, Any] | None = None, base: dict[str, Any] | None = None) -> C:
-    """Resolve defaults < `base` (e.g. a recipe's defaults) < YAML < explicit flags (flags whose
-    value is None were not given). Aliases (`lr`) count as their field's name, and a path given for an
-    artifact field may name the artifact's manifest.json."""
+    """Resolve defaults < `base` (e.g. a recipe's defaults) < the --config file (YAML, or a run's manifest:
+    `load_config_file`) < explicit flags (flags whose value is None were not given). Aliases (`lr`) count
+    as their field's name, and a path given for an artifact field may name the artifact's manifest.json."""
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     known = [*fields, *aliases(cls)]
     values: dict[str, Any] = {}
     layers = [("recipe defaults", base)] if base else []
     if yaml_path is not None:
-        layers.append((f"config {yaml_path}", {k.replace("-", "_"): v for k, v in load_yaml(yaml_path).items()}))
+        layers.append((f"config {yaml_path}",
+                       {k.replace("-", "_"): v for k, v in load_config_file(yaml_path, cls).items()}))
     layers.append(("command line", {k: v for k, v in (flags or {}).items() if v is not None}))
     for source, layer in layers:
         for key, value in _canonical(layer, cls, source).items():
@@ -594,4 +632,4 @@ def replace(config: C, **changes: Any) -> C:
 
 __all__ = ["PrepareConfig", "EmbedConfig", "TrainConfig", "EvalConfig", "PPOConfig", "SampleConfig", "PREPARE_FLAGS",
            "EMBED_FLAGS", "TRAIN_FLAGS", "EVAL_FLAGS", "PPO_FLAGS", "SAMPLE_FLAGS", "aliases", "build_config", "config_to_dict", "default_learning_rate",
-           "load_yaml", "option", "replace", "resolve_train"]
+           "load_config_file", "load_yaml", "option", "replace", "resolve_train"]

@@ -39,7 +39,8 @@ Overwrite = Annotated[bool, typer.Option(
     rich_help_panel=OUTPUT)]
 ConfigFile = Annotated[Optional[Path], typer.Option(
     "--config", "-c", metavar="<path>",
-    help="YAML file of options (keys: the flag names with _); flags typed here override it.")]
+    help="YAML file of options (keys: the flag names with _), or a finished run's manifest.json (train-rm: "
+         "or its run_config.json) to rerun it with the same options; flags typed here override it.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but the manifest path.",
                                      rich_help_panel=OUTPUT)]
 Resume = Annotated[bool, typer.Option(

@@ -290,7 +290,7 @@ def default_cache_dir() -> Path:
 
 
 def run(cfg: EmbedConfig, pairs_dir: Path, out_dir: Path, overwrite: bool = False) -> Path:
-    from aplot_cli.prepare import load_pairs, split_files
+    from aplot_cli.readers.pairs import load_pairs, split_files
 
     if cfg.batch_size < 1 or cfg.max_length < 8:
         raise ConfigError("--batch-size must be >= 1 and --max-length >= 8")

@@ -169,7 +169,7 @@ def snapshot_from_model(model: str, frame, emb, emb_path: Path, cfg: MarginsConf
                         ) -> tuple[Snapshot, dict[str, Any], artifacts.Artifact | None]:
     """Score the train pairs with `model` (eval mode) and batch them as train-rm (or seeded random)."""
     from aplot_cli import scoring
-    from aplot_cli.train import sample_pairs
+    from aplot_cli.readers.pairs import sample_pairs
 
     rm = scoring.load_reward_model(model, max_length=cfg.max_length, device=cfg.device,
                                    trust_remote_code=cfg.trust_remote_code)
@@ -220,7 +220,7 @@ def run(cfg: MarginsConfig, pairs_dir: Path, embeddings_dir: Path, out_dir: Path
         from_run: Path | None = None, overwrite: bool = False) -> Path:
     """Diagnose every reading's margins on one reward snapshot; returns the manifest path."""
     from aplot_cli.embed import load_embeddings
-    from aplot_cli.prepare import load_pairs
+    from aplot_cli.readers.pairs import load_pairs
     from aplot_cli.train import check_embeddings_match
 
     validate(cfg, model, from_run)

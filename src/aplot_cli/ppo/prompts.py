@@ -45,7 +45,7 @@ def load_prompts(source: str, split: str = "train", max_prompts: int | None = No
         art = artifacts.open_artifact(path, "sample")
         prompts = _read_prompt_jsonl(art.file("prompts.jsonl"))
     elif path.is_dir():
-        from aplot_cli.prepare import load_pairs
+        from aplot_cli.readers.pairs import load_pairs
 
         art = artifacts.open_artifact(path, "prepare")
         frame = load_pairs(path, split).drop_duplicates("prompt")

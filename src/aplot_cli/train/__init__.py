@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from aplot_cli.train.data import EncodedSplit, PairCollator, PairDataset, SplitCollator, encode_split, sample_pairs
+from aplot_cli.train.data import EncodedSplit, PairCollator, PairDataset, SplitCollator, encode_split
 from aplot_cli.train.metrics import mean_metrics, pair_accuracy
 from aplot_cli.train.model import head_name, load_model
 from aplot_cli.train.records import LOG_FILE, MARGINS_FILE, MarginSink
@@ -55,6 +55,6 @@ def __getattr__(name: str) -> Any:
 
 __all__ = ["DEVICES", "LOG_FILE", "MARGINS_FILE", "PENDING_STEPS", "RESUMABLE", "RUN_CONFIG", "STAGE", "EncodedSplit",
            "MarginSink", "PairCollator", "PairDataset", "RewardTrainer", "SplitCollator", "mean_metrics",
-           "resume_step", "sample_pairs", "training_args", "runs_on_cpu", "check_dataset_margin", "check_embeddings_match",
+           "resume_step", "training_args", "runs_on_cpu", "check_dataset_margin", "check_embeddings_match",
            "check_model_dir", "check_resume", "encode_split", "has_usable_checkpoint", "head_name", "load_model", "pair_accuracy",
            "run", "run_record", "validate"]

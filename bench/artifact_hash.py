@@ -87,7 +87,7 @@ def main() -> None:
         os.environ["APLOT_CACHE"] = str(tmp / "cache")  # a hash memo of its own
         from aplot_cli import artifacts, models, prepare
         from aplot_cli.config import PrepareConfig
-        from aplot_cli.embed import load_embeddings
+        from aplot_cli.readers.embeddings import load_embeddings
         from aplot_cli.readers.pairs import load_pairs
 
         prepare.run(PrepareConfig(files=(str(SOURCE),), test_size=0.1), tmp / "pairs")

@@ -12,7 +12,7 @@ model files' contents, max_length, pooling and `TEXT_RULE`) and the prompt and r
 run over the same texts computes nothing, and an interrupted run resumes from what it already stored
 (each batch is committed). Output per split: `{split}_chosen.npy`, `{split}_rejected.npy` (float32,
 rows aligned with `{split}_pair_ids.json` and the split's parquet order), and `{split}_prompt.npy`
-when asked."""
+when asked; other stages read them with `readers.embeddings`."""
 
 from __future__ import annotations
 
@@ -32,10 +32,10 @@ from aplot_cli.cachefile import CacheFile
 from aplot_cli.config import EmbedConfig, config_to_dict
 from aplot_cli.console import info
 from aplot_cli.console import progress as progress_display
-from aplot_cli.errors import ArtifactError, ConfigError, ModelError, damaged_names, disk_full_names
+from aplot_cli.errors import ConfigError, ModelError, disk_full_names
 from aplot_cli.formatting import MIN_PROMPT_TOKENS
+from aplot_cli.readers.embeddings import STAGE
 
-STAGE = "embed"
 SEPARATOR = "\n\n"
 # Version of how a (prompt, response) becomes encoder input; part of every cache key, so vectors made
 # under an older rule are never served. 2: the prompt is cut from the left first (1 cut the joined text
@@ -342,40 +342,3 @@ def run(cfg: EmbedConfig, pairs_dir: Path, out_dir: Path, overwrite: bool = Fals
                  "computed": stats.computed, "seconds": round(stats.seconds, 3), "dim": dim, **cut},
         diagnostics={"truncation": truncation, "text_rule": TEXT_RULE},
         extra={"encoder": {"model": cfg.model, "identity": encoder.identity, "device": encoder.device}})
-
-
-@dataclass(frozen=True)
-class SplitEmbeddings:
-    pair_ids: list[str]
-    chosen: np.ndarray     # (N, D) float32, L2-normalised
-    rejected: np.ndarray   # (N, D)
-
-
-def load_embeddings(embed_dir: Path | str, split: str) -> SplitEmbeddings:
-    """Read one split of an embeddings artifact (refuses unfinished runs, and files that are cut short, hold
-    objects or another shape: chosen and rejected are (N, D) float32 with N = the number of pair ids)."""
-    art = artifacts.open_artifact(embed_dir, STAGE)
-    if f"{split}_pair_ids.json" not in art.output_hashes():
-        raise ArtifactError(f"{art.path} has no embeddings for split `{split}`",
-                            hint="re-run `aplot embed` on the pairs artifact that holds that split")
-    redo = f"re-run `aplot embed PAIRS --out-dir {art.path} --overwrite`"
-    ids_path = art.file(f"{split}_pair_ids.json")  # only files the manifest lists, whose hashes open_artifact checked
-    with damaged_names(ids_path, redo):
-        pair_ids = json.loads(ids_path.read_text(encoding="utf-8"))
-    if not isinstance(pair_ids, list) or not all(isinstance(i, str) for i in pair_ids):
-        raise ArtifactError(f"{ids_path} is not a JSON list of pair ids", hint=redo)
-    sides = {}
-    for side in ("chosen", "rejected"):
-        path = art.file(f"{split}_{side}.npy")
-        with damaged_names(path, redo):  # never allow_pickle: an array of objects is refused here
-            vectors = np.load(path, allow_pickle=False)
-        if vectors.dtype != np.float32 or vectors.ndim != 2 or vectors.shape[0] != len(pair_ids):
-            raise ArtifactError(f"{path} holds a {vectors.dtype} array of shape {vectors.shape}; expected float32 "
-                                f"of shape ({len(pair_ids)}, D), one row per pair id", hint=redo)
-        if not np.isfinite(vectors).all():
-            raise ArtifactError(f"{path} holds NaN or infinite values", hint=redo)
-        sides[side] = vectors
-    if sides["chosen"].shape != sides["rejected"].shape:
-        raise ArtifactError(f"{art.path}: {split}_chosen.npy is {sides['chosen'].shape} but {split}_rejected.npy is "
-                            f"{sides['rejected'].shape}", hint=redo)
-    return SplitEmbeddings(pair_ids=pair_ids, chosen=sides["chosen"], rejected=sides["rejected"])

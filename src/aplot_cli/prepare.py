@@ -2,7 +2,8 @@
 
 Output directory: one parquet file per split (`train.parquet`, `test.parquet`, and `ood.parquet` for
 the synthetic recipe's reserved families) in the schema of `aplot_cli.data.schema`, and a manifest
-with counts of every row read, filtered, rejected (by reason) and written."""
+with counts of every row read, filtered, rejected (by reason) and written. Other stages read it with
+`readers.pairs`."""
 
 from __future__ import annotations
 

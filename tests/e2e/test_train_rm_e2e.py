@@ -81,8 +81,8 @@ def test_two_cpu_processes_global_scope(launcher, tiny_bert_dir, synthetic_pairs
     # rewards the ranks computed), not those of a plan over only 4 of them (what a rank-local plan would be)
     import torch
 
-    from aplot_cli.embed import load_embeddings
     from aplot_cli.margins import AplotMargin, AplotSettings
+    from aplot_cli.readers.embeddings import load_embeddings
 
     table = load_embeddings(emb, "train")
     index = {pid: i for i, pid in enumerate(table.pair_ids)}

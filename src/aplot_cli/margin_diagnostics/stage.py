@@ -219,9 +219,8 @@ def snapshot_from_model(model: str, frame, emb, emb_path: Path, cfg: MarginsConf
 def run(cfg: MarginsConfig, pairs_dir: Path, embeddings_dir: Path, out_dir: Path, model: str | None = None,
         from_run: Path | None = None, overwrite: bool = False) -> Path:
     """Diagnose every reading's margins on one reward snapshot; returns the manifest path."""
-    from aplot_cli.embed import load_embeddings
+    from aplot_cli.readers.embeddings import check_embeddings_match, load_embeddings
     from aplot_cli.readers.pairs import load_pairs
-    from aplot_cli.train import check_embeddings_match
 
     validate(cfg, model, from_run)
     readings = core.select_readings(cfg.readings, cfg.constant_margin)

@@ -40,7 +40,7 @@ from aplot_cli.train.resume import (
     run_record,
 )
 from aplot_cli.train.stage import STAGE, check_model_dir, run, runs_on_cpu, training_args
-from aplot_cli.train.validation import DEVICES, check_dataset_margin, check_embeddings_match, validate
+from aplot_cli.train.validation import DEVICES, check_dataset_margin, validate
 
 _FROM_TRAINER = ("RewardTrainer", "PENDING_STEPS")  # names of the module that imports transformers
 
@@ -55,6 +55,6 @@ def __getattr__(name: str) -> Any:
 
 __all__ = ["DEVICES", "LOG_FILE", "MARGINS_FILE", "PENDING_STEPS", "RESUMABLE", "RUN_CONFIG", "STAGE", "EncodedSplit",
            "MarginSink", "PairCollator", "PairDataset", "RewardTrainer", "SplitCollator", "mean_metrics",
-           "resume_step", "training_args", "runs_on_cpu", "check_dataset_margin", "check_embeddings_match",
+           "resume_step", "training_args", "runs_on_cpu", "check_dataset_margin",
            "check_model_dir", "check_resume", "encode_split", "has_usable_checkpoint", "head_name", "load_model", "pair_accuracy",
            "run", "run_record", "validate"]

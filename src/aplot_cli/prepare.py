@@ -194,7 +194,7 @@ def _check(cfg: PrepareConfig) -> None:
 def open_samples(path: str) -> tuple[artifacts.Artifact, Any]:
     """A finished samples artifact of train-split prompts and its responses. Held-out (test) samples are
     refused: their prompts are kept for best-of-n evaluation, and pairs from them would leak."""
-    from aplot_cli.samples import open_samples as read
+    from aplot_cli.readers.samples import open_samples as read
 
     art, frame = read(path)
     splits = sorted(set(frame["split"]))

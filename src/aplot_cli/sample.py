@@ -20,8 +20,8 @@ stopped and gives the responses an uninterrupted run gives. The chunks are remov
 is written.
 
 This module is the stage (named after its command, as every stage is); the artifact it writes, its file
-names and its reader, is `aplot_cli.samples` (named after what it holds), so that `prepare`, `ppo` and the
-best-of-n benchmark read samples without loading this stage."""
+names and its reader, is `aplot_cli.readers.samples`, so that `prepare`, `ppo` and the best-of-n
+benchmark read samples without loading this stage."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ from aplot_cli.config import SampleConfig, closest, config_to_dict
 from aplot_cli.console import info
 from aplot_cli.console import progress as progress_display
 from aplot_cli.errors import ArtifactError, ConfigError
-from aplot_cli.samples import CHUNKS, COLUMNS, PROMPTS, RESPONSES, RUN_CONFIG, STAGE, open_samples  # noqa: F401
+from aplot_cli.readers.samples import CHUNKS, COLUMNS, PROMPTS, RESPONSES, RUN_CONFIG, STAGE
 
 _RESUMABLE = {"device"}  # may change between a run and its resume
 

@@ -4,6 +4,6 @@ never other stages; the stage that writes an artifact takes its stage name and f
 
     pairs.py        `aplot prepare`'s pairs: the split files, a split as a DataFrame, train-rm's seeded sample
     embeddings.py   `aplot embed`'s vectors of one split, and whether they were made from these pairs
-    samples.py      `aplot sample`'s responses
+    samples.py      `aplot sample`'s responses and prompts
 
 Importing the package imports none of them."""

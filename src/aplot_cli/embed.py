@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from aplot_cli import artifacts, models
-from aplot_cli.cachefile import CacheFile
+from aplot_cli.cachefile import ContentStore
 from aplot_cli.config import EmbedConfig, config_to_dict
 from aplot_cli.console import info
 from aplot_cli.console import progress as progress_display
@@ -181,24 +179,15 @@ class Cached:
     response_cut: bool
 
 
-def select_in(db: sqlite3.Connection, query: str, keys: list[str]) -> Iterator[tuple]:
-    """Rows of `query IN (keys)`, in chunks under SQLite's bound-parameter limit (`query` ends with the
-    column the keys are matched on)."""
-    for start in range(0, len(keys), 900):
-        chunk = keys[start:start + 900]
-        yield from db.execute(f"{query} IN ({','.join('?' * len(chunk))})", chunk)
-
-
-class EmbeddingCache:
+class EmbeddingCache(ContentStore):
     """Content-addressed vector store: key = sha256 of (encoder identity, prompt, response); each vector
-    is stored with what truncation cut, so a run served from the cache still counts its cuts. A damaged
-    file is moved aside and the cache starts empty (`cachefile`)."""
+    is stored with what truncation cut (the side table `truncation`), so a run served from the cache still
+    counts its cuts. A damaged file is moved aside and the cache starts empty (`cachefile`)."""
 
     def __init__(self, directory: Path, filename: str = "embeddings.sqlite"):
-        self.path = directory / filename
-        self.store = CacheFile(self.path, label="embedding cache", flag="--cache-dir", full_hint=_CACHE_FULL, schema=(
-            "CREATE TABLE IF NOT EXISTS vectors (key TEXT PRIMARY KEY, dim INTEGER, vec BLOB)",
-            "CREATE TABLE IF NOT EXISTS truncation (key TEXT PRIMARY KEY, prompt_cut INTEGER, response_cut INTEGER)"))
+        super().__init__(directory / filename, label="embedding cache", flag="--cache-dir", full_hint=_CACHE_FULL,
+                         tables=("CREATE TABLE IF NOT EXISTS truncation (key TEXT PRIMARY KEY, prompt_cut INTEGER, "
+                                 "response_cut INTEGER)",))
 
     @staticmethod
     def key(identity: str, text: Text) -> str:
@@ -208,26 +197,13 @@ class EmbeddingCache:
 
     def get_many(self, keys: list[str]) -> dict[str, Cached]:
         """The cached entries of `keys`; a row whose vector is not `dim` float32 values is left out (computed again)."""
-        query = ("SELECT v.key, v.dim, v.vec, t.prompt_cut, t.response_cut FROM vectors v "
-                 "JOIN truncation t ON t.key = v.key WHERE v.key")
-        return self.store.run(lambda db: {
-            key: Cached(np.frombuffer(blob, dtype=np.float32), bool(prompt_cut), bool(response_cut))
-            for key, dim, blob, prompt_cut, response_cut in select_in(db, query, keys)
-            if isinstance(blob, bytes) and isinstance(dim, int) and dim > 0 and len(blob) == 4 * dim})
+        found = self.get_vectors(keys, "truncation", ("prompt_cut", "response_cut"))
+        return {key: Cached(vector, bool(prompt_cut), bool(response_cut))
+                for key, (vector, prompt_cut, response_cut) in found.items()}
 
     def put_many(self, items: list[tuple[str, Cached]]) -> None:
-        def write(db: sqlite3.Connection) -> None:
-            with db:  # one transaction: a vector is never stored without its truncation record
-                db.executemany("INSERT OR REPLACE INTO vectors VALUES (?, ?, ?)",
-                               [(k, int(c.vector.shape[0]),
-                                 np.ascontiguousarray(c.vector, dtype=np.float32).tobytes()) for k, c in items])
-                db.executemany("INSERT OR REPLACE INTO truncation VALUES (?, ?, ?)",
-                               [(k, int(c.prompt_cut), int(c.response_cut)) for k, c in items])
-
-        self.store.run(write)
-
-    def close(self) -> None:
-        self.store.close()
+        self.put_vectors([(k, c.vector) for k, c in items], "truncation",
+                         [(k, int(c.prompt_cut), int(c.response_cut)) for k, c in items])
 
 
 @dataclass

@@ -3,7 +3,7 @@ family's gold checker (the on-policy data of the synthetic-gold setup, Gao et al
 
 Prompts come from `aplot_cli.data.verifiable` (round-robin over `--families`, seeded, of one `--split`:
 a prompt's split is fixed by a hash of its text, so train and test runs never share a prompt). Responses
-are sampled exactly as PPO samples its rollouts (`ppo.rollout.sample`: the policy's chat template, plain
+are sampled exactly as PPO samples its rollouts (`generation.sample`: the policy's chat template, plain
 softmax(logits / T) sampling with no logits processor of the policy's own, cut after the first EOS).
 
 Output directory:
@@ -108,8 +108,7 @@ def sample_chunk(cfg: SampleConfig, policy: Any, tokenizer: Any, tasks: list[Pro
     import torch
 
     from aplot_cli.data.verifiable import gold
-    from aplot_cli.ppo.prompts import Prompt
-    from aplot_cli.ppo.rollout import sample
+    from aplot_cli.generation import Prompt, sample
 
     torch.manual_seed(chunk_seed(cfg.seed, index))
     wanted = [(task, k) for task in tasks for k in range(cfg.n)]
@@ -176,7 +175,7 @@ def _check_resume(out_dir: Path, cfg: SampleConfig) -> None:
 def run(cfg: SampleConfig, out_dir: Path, overwrite: bool = False, resume: bool = False) -> Path:
     """Sample, label and write; returns the manifest path."""
     from aplot_cli import models
-    from aplot_cli.ppo.policy import load_policy
+    from aplot_cli.generation import load_policy
 
     validate(cfg)
     if overwrite and resume:

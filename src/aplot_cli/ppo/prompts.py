@@ -12,13 +12,8 @@ from typing import Any
 
 from aplot_cli import artifacts
 from aplot_cli.errors import InputDataError
+from aplot_cli.generation import Prompt
 from aplot_cli.readers import samples
-
-
-@dataclass(frozen=True)
-class Prompt:
-    text: str
-    messages: list[dict[str, str]] | None = None
 
 
 @dataclass(frozen=True)

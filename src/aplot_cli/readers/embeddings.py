@@ -12,6 +12,7 @@ import numpy as np
 
 from aplot_cli import artifacts
 from aplot_cli.errors import ArtifactError, damaged_names
+from aplot_cli.readers.pairs import recorded_train_split
 
 STAGE = "embed"
 
@@ -57,12 +58,7 @@ def check_embeddings_match(emb_art, pairs_art) -> None:
     """Embeddings are looked up by pair id, and a pair id does not change when chosen and rejected are
     swapped (e.g. another `--flip-ratio`): only embeddings of this train split's content are safe. Older
     embeddings artifacts record only the pairs manifest's hash, so for those that must match."""
-    recorded = emb_art.manifest.get("inputs", {}).get("pairs") or {}
-    split = "train.parquet"
-    if split in recorded.get("outputs_sha256", {}):
-        was, now, what = recorded["outputs_sha256"][split], pairs_art.output_hashes().get(split), f"{split} sha256"
-    else:
-        was, now, what = recorded.get("manifest_sha256"), pairs_art.manifest_sha256(), "manifest sha256"
+    was, now, what = recorded_train_split(emb_art, pairs_art)
     if was != now:
         raise ArtifactError(f"the embeddings in {emb_art.path} were made from other pairs than {pairs_art.path} "
                             f"(their {what} {str(was)[:12]}, this one's {str(now)[:12]})",

@@ -1,5 +1,6 @@
 """The pairs artifact that `aplot prepare` writes: its stage name, its split files and their reader, and
-the seeded sample of a split that train-rm trains on (which `aplot margins` rebuilds). Apart from the
+the seeded sample of a split that train-rm trains on (which `aplot margins` rebuilds), and what another
+artifact recorded of the pairs it was made from. Apart from the
 stage, so that embed, train-rm, margins, ppo and the `pairs` benchmark read pairs without importing it."""
 
 from __future__ import annotations
@@ -60,6 +61,17 @@ def _check_split(frame, path: Path, redo: str) -> None:
         if bad:
             raise ArtifactError(f"{path}: column `{column}` row {bad[0]} is {frame[column].iloc[bad[0]]!r}, not a "
                                 f"string ({len(bad)} such row(s))", hint=redo)
+
+
+def recorded_train_split(art: artifacts.Artifact, pairs_art: artifacts.Artifact) -> tuple[str | None, str | None, str]:
+    """(what `art`'s manifest recorded of the pairs it was made from, what `pairs_art` holds now, which of the
+    two is compared): the train split's sha256 where `art` recorded it, else (older artifacts) the pairs
+    manifest's sha256. Equal when `art` was made from this train split's content."""
+    recorded = art.manifest.get("inputs", {}).get("pairs") or {}
+    split = "train.parquet"
+    if split in recorded.get("outputs_sha256", {}):
+        return recorded["outputs_sha256"][split], pairs_art.output_hashes().get(split), f"{split} sha256"
+    return recorded.get("manifest_sha256"), pairs_art.manifest_sha256(), "manifest sha256"
 
 
 def sample_pairs(frame, limit: int | None, seed: int):

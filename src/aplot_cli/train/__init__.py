@@ -30,7 +30,7 @@ from typing import Any
 from aplot_cli.train.data import EncodedSplit, PairCollator, PairDataset, SplitCollator, encode_split
 from aplot_cli.train.metrics import mean_metrics, pair_accuracy
 from aplot_cli.train.model import head_name, load_model
-from aplot_cli.train.records import LOG_FILE, MARGINS_FILE, MarginSink
+from aplot_cli.train.records import LOG_FILE, MarginSink
 from aplot_cli.train.resume import (
     RESUMABLE,
     RUN_CONFIG,
@@ -53,7 +53,7 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["DEVICES", "LOG_FILE", "MARGINS_FILE", "PENDING_STEPS", "RESUMABLE", "RUN_CONFIG", "STAGE", "EncodedSplit",
+__all__ = ["DEVICES", "LOG_FILE", "PENDING_STEPS", "RESUMABLE", "RUN_CONFIG", "STAGE", "EncodedSplit",
            "MarginSink", "PairCollator", "PairDataset", "RewardTrainer", "SplitCollator", "mean_metrics",
            "resume_step", "training_args", "runs_on_cpu", "check_dataset_margin",
            "check_model_dir", "check_resume", "encode_split", "has_usable_checkpoint", "head_name", "load_model", "pair_accuracy",

@@ -19,15 +19,15 @@ from aplot_cli.console import info
 from aplot_cli.errors import ArtifactError, ConfigError
 from aplot_cli.readers.embeddings import check_embeddings_match, load_embeddings
 from aplot_cli.readers.pairs import load_pairs, sample_pairs, split_files
+from aplot_cli.readers.train_runs import MARGINS_FILE, STAGE
 from aplot_cli.train import learned, prefix, push
 from aplot_cli.train.data import PairDataset, SplitCollator, encode_split
 from aplot_cli.train.metrics import _final_metrics, _ot_summary, pair_accuracy
 from aplot_cli.train.model import load_model
-from aplot_cli.train.records import LOG_FILE, MARGINS_FILE, MarginSink
+from aplot_cli.train.records import LOG_FILE, MarginSink
 from aplot_cli.train.resume import RUN_CONFIG, check_resume, resume_step, run_record
 from aplot_cli.train.validation import check_dataset_margin, validate
 
-STAGE = "train-rm"
 TENSORBOARD_DIR = "tensorboard"  # --report-to tensorboard: the event files, kept with the run
 
 

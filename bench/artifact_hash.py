@@ -42,7 +42,7 @@ def _embeddings(pairs: Path, out: Path) -> None:
     """embed's layout for every split of `pairs`, written by embed's own writer calls."""
     from aplot_cli import artifacts
     from aplot_cli.config import EmbedConfig, config_to_dict
-    from aplot_cli.prepare import load_pairs, split_files
+    from aplot_cli.readers.pairs import load_pairs, split_files
 
     pairs_art = artifacts.open_artifact(pairs, "prepare")
     artifacts.prepare_out_dir(out, stage="embed")
@@ -87,8 +87,8 @@ def main() -> None:
         os.environ["APLOT_CACHE"] = str(tmp / "cache")  # a hash memo of its own
         from aplot_cli import artifacts, models, prepare
         from aplot_cli.config import PrepareConfig
-        from aplot_cli.embed import load_embeddings
-        from aplot_cli.prepare import load_pairs
+        from aplot_cli.readers.embeddings import load_embeddings
+        from aplot_cli.readers.pairs import load_pairs
 
         prepare.run(PrepareConfig(files=(str(SOURCE),), test_size=0.1), tmp / "pairs")
         _embeddings(tmp / "pairs", tmp / "emb")

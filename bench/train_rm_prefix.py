@@ -43,6 +43,7 @@ def fitting_pairs(name: str, args) -> Path:
 
     from aplot_cli import formatting, models, prepare
     from aplot_cli.config import PrepareConfig
+    from aplot_cli.readers import pairs as readers_pairs
 
     out = WORK / f"prefix-pairs-{name}-{args.max_length}-{args.pairs}"
     if (out / "manifest.json").exists():
@@ -54,7 +55,7 @@ def fitting_pairs(name: str, args) -> Path:
     from transformers import AutoTokenizer
 
     tok = formatting.prepare_tokenizer(AutoTokenizer.from_pretrained(models.resolve(args.model)))
-    frame = pd.concat([prepare.load_pairs(full, "train"), prepare.load_pairs(full, "test")])
+    frame = pd.concat([readers_pairs.load_pairs(full, "train"), readers_pairs.load_pairs(full, "test")])
     rows = []
     for prompt, chosen, rejected, messages in zip(frame["prompt"], frame["chosen"], frame["rejected"],
                                                   frame["prompt_messages"], strict=True):
@@ -118,12 +119,13 @@ def tokens_fed(name: str, args) -> dict:
     from transformers import AutoTokenizer
     from transformers.trainer_pt_utils import LengthGroupedSampler
 
-    from aplot_cli import formatting, models, prepare
+    from aplot_cli import formatting, models
+    from aplot_cli.readers import pairs as readers_pairs
     from aplot_cli.train import prefix
 
     fitting_pairs(name, args)  # prepares the full dataset once
     tok = formatting.prepare_tokenizer(AutoTokenizer.from_pretrained(models.resolve(args.model)))
-    frame = prepare.load_pairs(WORK / f"prefix-full-{name}", "train")
+    frame = readers_pairs.load_pairs(WORK / f"prefix-full-{name}", "train")
     sides = []
     for prompt, chosen, rejected, messages in zip(frame["prompt"], frame["chosen"], frame["rejected"],
                                                   frame["prompt_messages"], strict=True):

@@ -42,17 +42,17 @@ def evaluate(policy: str, rm_dir: Path, prompts, cfg, batch: int, seed: int) -> 
     """Sample one answer per prompt; mean RM score, gold accuracy, EOS rate, length."""
     import torch
 
+    from aplot_cli import generation
     from aplot_cli.data.synthetic import verify
     from aplot_cli.ppo import policy as ppo_policy
-    from aplot_cli.ppo import rollout
 
     torch.manual_seed(seed)
-    model, tokenizer = ppo_policy.load_policy(policy, False)
+    model, tokenizer = generation.load_policy(policy, False)
     scorer, _ = ppo_policy.load_reward_model(str(rm_dir), cfg)
     rows = []
     for start in range(0, len(prompts), batch):
         chunk = prompts[start:start + batch]
-        out = rollout.sample(cfg, model, tokenizer, chunk, torch.device("cpu"))
+        out = generation.sample(cfg, model, tokenizer, chunk, torch.device("cpu"))
         scores = scorer.score(chunk, out.texts).tolist()
         for p, t, s, e, n in zip(chunk, out.texts, scores, out.has_eos.tolist(), out.mask.sum(1).tolist(),
                                  strict=True):

@@ -6,16 +6,23 @@ a zeroed header), is cut short, or that SQLite finds corrupt while it is read or
 `NAME.damaged-YYYYmmdd-HHMMSS` (kept for a look, never deleted; its journal goes with it) with a warning, and an
 empty cache takes its place. A folder that cannot hold the file (a regular file, no permission) is a ConfigError
 naming the flag that sets it. Parallel `compare` workers share one file: each moves aside only the file it found
-damaged (checked by inode), so a fresh file another worker made is kept."""
+damaged (checked by inode), so a fresh file another worker made is kept.
+
+`ContentStore` is the content-addressed store both vector caches are built on (`embed.EmbeddingCache`,
+`frozen.FeatureStore`): float32 vectors by key (a sha256 digest of whatever fixes the vector, which each cache
+makes itself), with the side tables a cache adds, and a lock per identity so that one process at a time
+computes what several would."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from aplot_cli.console import info
 from aplot_cli.errors import ConfigError, disk_full_names
@@ -161,3 +168,71 @@ class CacheFile:
         if self.db is not None:
             self.db.close()
             self.db = None
+
+
+def select_in(db: sqlite3.Connection, query: str, keys: list[str]) -> Iterator[tuple]:
+    """Rows of `query IN (keys)`, in chunks under SQLite's bound-parameter limit (`query` ends with the
+    column the keys are matched on)."""
+    for start in range(0, len(keys), 900):
+        chunk = keys[start:start + 900]
+        yield from db.execute(f"{query} IN ({','.join('?' * len(chunk))})", chunk)
+
+
+class ContentStore(CacheFile):
+    """Content-addressed float32 vectors in one cache file: the table `vectors (key, dim, vec)` and the side
+    tables a cache adds in `tables`, whose first column is the same key. A put is one transaction (a vector is
+    never stored without its side rows) and each is committed, so an interrupted run keeps what it stored; a
+    row whose vector is not `dim` float32 values is left out of a get (so it is computed again)."""
+
+    VECTORS = "CREATE TABLE IF NOT EXISTS vectors (key TEXT PRIMARY KEY, dim INTEGER, vec BLOB)"
+
+    def __init__(self, path: Path, label: str, flag: str, tables: tuple[str, ...] = (), full_hint: str | None = None):
+        super().__init__(path, schema=(self.VECTORS, *tables), label=label, flag=flag, full_hint=full_hint)
+
+    def get_vectors(self, keys: list[str], side: str | None = None, columns: tuple[str, ...] = ()
+                    ) -> dict[str, tuple[Any, ...]]:
+        """{key: (vector, *columns of the side table)} of the `keys` stored (with a row in `side` too, when given)."""
+        import numpy as np
+
+        query = ("SELECT v.key, v.dim, v.vec" + "".join(f", s.{c}" for c in columns) + " FROM vectors v"
+                 + (f" JOIN {side} s ON s.key = v.key" if side else "") + " WHERE v.key")
+        return self.run(lambda db: {
+            key: (np.frombuffer(blob, dtype=np.float32), *rest) for key, dim, blob, *rest in select_in(db, query, keys)
+            if isinstance(blob, bytes) and isinstance(dim, int) and dim > 0 and len(blob) == 4 * dim})
+
+    def put_vectors(self, items: list[tuple[str, Any]], side: str | None = None, rows: list[tuple] = ()) -> None:
+        """Store `(key, vector)` items and their `rows` of the side table `side`, in one transaction."""
+        import numpy as np
+
+        def write(db: sqlite3.Connection) -> None:
+            with db:
+                db.executemany("INSERT OR REPLACE INTO vectors VALUES (?, ?, ?)",
+                               [(k, int(v.shape[0]), np.ascontiguousarray(v, dtype=np.float32).tobytes())
+                                for k, v in items])
+                if side and rows:
+                    db.executemany(f"INSERT OR REPLACE INTO {side} VALUES ({', '.join('?' * len(rows[0]))})", rows)
+
+        self.run(write)
+
+    @contextmanager
+    def computing(self, identity: str, what: str = "vectors"):
+        """Held while one process computes the `what` of `identity` (a model's digest) into this store: an
+        exclusive lock file beside it (`STEM-DIGEST.lock`), so the other processes wait here and then read what
+        it stored instead of computing the same vectors (parallel `aplot compare` cells on one machine or on a
+        shared filesystem). Without POSIX locks (Windows) each process computes what it misses."""
+        try:
+            import fcntl
+        except ImportError:
+            yield
+            return
+        lock = self.path.parent / f"{self.path.stem}-{hashlib.sha256(identity.encode()).hexdigest()[:16]}.lock"
+        with open(lock, "a") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                info(f"waiting for another process that is computing these {what} into {self.path.parent}")
+                fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)

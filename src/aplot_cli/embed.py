@@ -12,15 +12,13 @@ model files' contents, max_length, pooling and `TEXT_RULE`) and the prompt and r
 run over the same texts computes nothing, and an interrupted run resumes from what it already stored
 (each batch is committed). Output per split: `{split}_chosen.npy`, `{split}_rejected.npy` (float32,
 rows aligned with `{split}_pair_ids.json` and the split's parquet order), and `{split}_prompt.npy`
-when asked."""
+when asked; other stages read them with `readers.embeddings`."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,14 +26,14 @@ from typing import Any
 import numpy as np
 
 from aplot_cli import artifacts, models
-from aplot_cli.cachefile import CacheFile
+from aplot_cli.cachefile import ContentStore
 from aplot_cli.config import EmbedConfig, config_to_dict
 from aplot_cli.console import info
 from aplot_cli.console import progress as progress_display
-from aplot_cli.errors import ArtifactError, ConfigError, ModelError, damaged_names, disk_full_names
+from aplot_cli.errors import ConfigError, ModelError, disk_full_names
 from aplot_cli.formatting import MIN_PROMPT_TOKENS
+from aplot_cli.readers.embeddings import STAGE
 
-STAGE = "embed"
 SEPARATOR = "\n\n"
 # Version of how a (prompt, response) becomes encoder input; part of every cache key, so vectors made
 # under an older rule are never served. 2: the prompt is cut from the left first (1 cut the joined text
@@ -181,24 +179,15 @@ class Cached:
     response_cut: bool
 
 
-def select_in(db: sqlite3.Connection, query: str, keys: list[str]) -> Iterator[tuple]:
-    """Rows of `query IN (keys)`, in chunks under SQLite's bound-parameter limit (`query` ends with the
-    column the keys are matched on)."""
-    for start in range(0, len(keys), 900):
-        chunk = keys[start:start + 900]
-        yield from db.execute(f"{query} IN ({','.join('?' * len(chunk))})", chunk)
-
-
-class EmbeddingCache:
+class EmbeddingCache(ContentStore):
     """Content-addressed vector store: key = sha256 of (encoder identity, prompt, response); each vector
-    is stored with what truncation cut, so a run served from the cache still counts its cuts. A damaged
-    file is moved aside and the cache starts empty (`cachefile`)."""
+    is stored with what truncation cut (the side table `truncation`), so a run served from the cache still
+    counts its cuts. A damaged file is moved aside and the cache starts empty (`cachefile`)."""
 
     def __init__(self, directory: Path, filename: str = "embeddings.sqlite"):
-        self.path = directory / filename
-        self.store = CacheFile(self.path, label="embedding cache", flag="--cache-dir", full_hint=_CACHE_FULL, schema=(
-            "CREATE TABLE IF NOT EXISTS vectors (key TEXT PRIMARY KEY, dim INTEGER, vec BLOB)",
-            "CREATE TABLE IF NOT EXISTS truncation (key TEXT PRIMARY KEY, prompt_cut INTEGER, response_cut INTEGER)"))
+        super().__init__(directory / filename, label="embedding cache", flag="--cache-dir", full_hint=_CACHE_FULL,
+                         tables=("CREATE TABLE IF NOT EXISTS truncation (key TEXT PRIMARY KEY, prompt_cut INTEGER, "
+                                 "response_cut INTEGER)",))
 
     @staticmethod
     def key(identity: str, text: Text) -> str:
@@ -208,26 +197,13 @@ class EmbeddingCache:
 
     def get_many(self, keys: list[str]) -> dict[str, Cached]:
         """The cached entries of `keys`; a row whose vector is not `dim` float32 values is left out (computed again)."""
-        query = ("SELECT v.key, v.dim, v.vec, t.prompt_cut, t.response_cut FROM vectors v "
-                 "JOIN truncation t ON t.key = v.key WHERE v.key")
-        return self.store.run(lambda db: {
-            key: Cached(np.frombuffer(blob, dtype=np.float32), bool(prompt_cut), bool(response_cut))
-            for key, dim, blob, prompt_cut, response_cut in select_in(db, query, keys)
-            if isinstance(blob, bytes) and isinstance(dim, int) and dim > 0 and len(blob) == 4 * dim})
+        found = self.get_vectors(keys, "truncation", ("prompt_cut", "response_cut"))
+        return {key: Cached(vector, bool(prompt_cut), bool(response_cut))
+                for key, (vector, prompt_cut, response_cut) in found.items()}
 
     def put_many(self, items: list[tuple[str, Cached]]) -> None:
-        def write(db: sqlite3.Connection) -> None:
-            with db:  # one transaction: a vector is never stored without its truncation record
-                db.executemany("INSERT OR REPLACE INTO vectors VALUES (?, ?, ?)",
-                               [(k, int(c.vector.shape[0]),
-                                 np.ascontiguousarray(c.vector, dtype=np.float32).tobytes()) for k, c in items])
-                db.executemany("INSERT OR REPLACE INTO truncation VALUES (?, ?, ?)",
-                               [(k, int(c.prompt_cut), int(c.response_cut)) for k, c in items])
-
-        self.store.run(write)
-
-    def close(self) -> None:
-        self.store.close()
+        self.put_vectors([(k, c.vector) for k, c in items], "truncation",
+                         [(k, int(c.prompt_cut), int(c.response_cut)) for k, c in items])
 
 
 @dataclass
@@ -290,7 +266,7 @@ def default_cache_dir() -> Path:
 
 
 def run(cfg: EmbedConfig, pairs_dir: Path, out_dir: Path, overwrite: bool = False) -> Path:
-    from aplot_cli.prepare import load_pairs, split_files
+    from aplot_cli.readers.pairs import load_pairs, split_files
 
     if cfg.batch_size < 1 or cfg.max_length < 8:
         raise ConfigError("--batch-size must be >= 1 and --max-length >= 8")
@@ -342,40 +318,3 @@ def run(cfg: EmbedConfig, pairs_dir: Path, out_dir: Path, overwrite: bool = Fals
                  "computed": stats.computed, "seconds": round(stats.seconds, 3), "dim": dim, **cut},
         diagnostics={"truncation": truncation, "text_rule": TEXT_RULE},
         extra={"encoder": {"model": cfg.model, "identity": encoder.identity, "device": encoder.device}})
-
-
-@dataclass(frozen=True)
-class SplitEmbeddings:
-    pair_ids: list[str]
-    chosen: np.ndarray     # (N, D) float32, L2-normalised
-    rejected: np.ndarray   # (N, D)
-
-
-def load_embeddings(embed_dir: Path | str, split: str) -> SplitEmbeddings:
-    """Read one split of an embeddings artifact (refuses unfinished runs, and files that are cut short, hold
-    objects or another shape: chosen and rejected are (N, D) float32 with N = the number of pair ids)."""
-    art = artifacts.open_artifact(embed_dir, STAGE)
-    if f"{split}_pair_ids.json" not in art.output_hashes():
-        raise ArtifactError(f"{art.path} has no embeddings for split `{split}`",
-                            hint="re-run `aplot embed` on the pairs artifact that holds that split")
-    redo = f"re-run `aplot embed PAIRS --out-dir {art.path} --overwrite`"
-    ids_path = art.file(f"{split}_pair_ids.json")  # only files the manifest lists, whose hashes open_artifact checked
-    with damaged_names(ids_path, redo):
-        pair_ids = json.loads(ids_path.read_text(encoding="utf-8"))
-    if not isinstance(pair_ids, list) or not all(isinstance(i, str) for i in pair_ids):
-        raise ArtifactError(f"{ids_path} is not a JSON list of pair ids", hint=redo)
-    sides = {}
-    for side in ("chosen", "rejected"):
-        path = art.file(f"{split}_{side}.npy")
-        with damaged_names(path, redo):  # never allow_pickle: an array of objects is refused here
-            vectors = np.load(path, allow_pickle=False)
-        if vectors.dtype != np.float32 or vectors.ndim != 2 or vectors.shape[0] != len(pair_ids):
-            raise ArtifactError(f"{path} holds a {vectors.dtype} array of shape {vectors.shape}; expected float32 "
-                                f"of shape ({len(pair_ids)}, D), one row per pair id", hint=redo)
-        if not np.isfinite(vectors).all():
-            raise ArtifactError(f"{path} holds NaN or infinite values", hint=redo)
-        sides[side] = vectors
-    if sides["chosen"].shape != sides["rejected"].shape:
-        raise ArtifactError(f"{art.path}: {split}_chosen.npy is {sides['chosen'].shape} but {split}_rejected.npy is "
-                            f"{sides['rejected'].shape}", hint=redo)
-    return SplitEmbeddings(pair_ids=pair_ids, chosen=sides["chosen"], rejected=sides["rejected"])

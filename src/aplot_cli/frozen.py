@@ -29,7 +29,7 @@ import hashlib
 import json
 import sqlite3
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -37,9 +37,8 @@ from typing import Any
 import numpy as np
 
 from aplot_cli import models
-from aplot_cli.cachefile import CacheFile, check_folder
+from aplot_cli.cachefile import ContentStore, check_folder
 from aplot_cli.console import info
-from aplot_cli.embed import select_in
 from aplot_cli.errors import ConfigError, ModelError
 from aplot_cli.formatting import pad_batch
 
@@ -156,7 +155,8 @@ def extract(model, head: str, encoded: list[Any], pad_id: int, cache, batch_size
     stats.sequences += len(encoded)
     stats.unique += len(first)
     start = time.perf_counter()
-    with _extraction_lock(cache, identity, bool(missing)):
+    # one process at a time computes one backbone's features into one store; the others wait, then read them
+    with cache.computing(identity, "features") if missing else nullcontext():
         if missing:  # another process may have computed them while this one waited for the lock
             have.update(cache.get_many([keys[texts[i]] for i in missing]))
             missing = [i for i in missing if keys[texts[i]] not in have]
@@ -166,32 +166,6 @@ def extract(model, head: str, encoded: list[Any], pad_id: int, cache, batch_size
     stats.computed += len(missing)
     stats.seconds += time.perf_counter() - start
     return np.stack([have[keys[t]] for t in texts]).astype(np.float32)
-
-
-@contextmanager
-def _extraction_lock(cache, identity: str, needed: bool):
-    """One process at a time computes the features of one backbone into one cache (an exclusive lock file
-    beside the store, per backbone digest); the others wait here and then read what it stored. Parallel
-    `aplot compare` cells on one machine or on a shared filesystem extract each feature once."""
-    if not needed or getattr(cache, "path", None) is None:
-        yield
-        return
-    try:
-        import fcntl
-    except ImportError:  # no POSIX locks (Windows): each process computes what it misses
-        yield
-        return
-    path = Path(cache.path).parent / f"features-{hashlib.sha256(identity.encode()).hexdigest()[:16]}.lock"
-    with open(path, "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            info(f"waiting for another process that is computing these features into {Path(cache.path).parent}")
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _compute_missing(model, head: str, encoded: list[Any], missing: list[int], texts: list[str], keys: dict,
@@ -239,17 +213,15 @@ def head_rule(model, head: str, pad_id: int, device: str = "cpu") -> str:
         return read_head_inputs(model, head, pad_batch([probe], pad_id, device))[1]
 
 
-class FeatureStore:
+class FeatureStore(ContentStore):
     """Content-addressed vectors in one SQLite file: key = sha256(identity + NUL + text), value = float32
-    bytes. Each batch is committed, so an interrupted extraction keeps what it computed. A damaged file is
-    moved aside and the cache starts empty (`cachefile`)."""
+    bytes; beside them the encodings `EncodingMemo` remembers. Each batch is committed, so an interrupted
+    extraction keeps what it computed. A damaged file is moved aside and the cache starts empty (`cachefile`)."""
 
     def __init__(self, directory: Path):
-        self.path = directory / "features.sqlite"
-        self.store = CacheFile(self.path, label="feature cache", flag="--feature-cache-dir", schema=(
-            "CREATE TABLE IF NOT EXISTS vectors (key TEXT PRIMARY KEY, dim INTEGER, vec BLOB)",
+        super().__init__(directory / "features.sqlite", label="feature cache", flag="--feature-cache-dir", tables=(
             "CREATE TABLE IF NOT EXISTS encodings (key TEXT PRIMARY KEY, ids BLOB, types BLOB, "
-            "prompt_cut INTEGER, response_cut INTEGER)"))
+            "prompt_cut INTEGER, response_cut INTEGER)",))
 
     @staticmethod
     def key(identity: str, text: str) -> str:
@@ -257,24 +229,15 @@ class FeatureStore:
 
     def get_many(self, keys: list[str]) -> dict[str, np.ndarray]:
         """The cached vectors of `keys`; a row whose vector is not `dim` float32 values is left out."""
-        return self.store.run(lambda db: {
-            key: np.frombuffer(blob, dtype=np.float32)
-            for key, dim, blob in select_in(db, "SELECT key, dim, vec FROM vectors WHERE key", keys)
-            if isinstance(blob, bytes) and isinstance(dim, int) and dim > 0 and len(blob) == 4 * dim})
+        return {key: vector for key, (vector,) in self.get_vectors(keys).items()}
 
     def put_many(self, items: list[tuple[str, np.ndarray]]) -> None:
-        def write(db: sqlite3.Connection) -> None:
-            with db:
-                db.executemany("INSERT OR REPLACE INTO vectors VALUES (?, ?, ?)",
-                               [(k, int(v.shape[0]), np.ascontiguousarray(v, dtype=np.float32).tobytes())
-                                for k, v in items])
-
-        self.store.run(write)
+        self.put_vectors(items)
 
     def encoding(self, key: str) -> tuple | None:
         """(ids, types, prompt_cut, response_cut) remembered for `key`, or None (also for a row whose ids
         are not whole int64 values)."""
-        row = self.store.run(lambda db: db.execute(
+        row = self.run(lambda db: db.execute(
             "SELECT ids, types, prompt_cut, response_cut FROM encodings WHERE key = ?", (key,)).fetchone())
         if row is None or not isinstance(row[0], bytes) or len(row[0]) % 8:
             return None
@@ -285,10 +248,7 @@ class FeatureStore:
             with db:
                 db.executemany("INSERT OR REPLACE INTO encodings VALUES (?, ?, ?, ?, ?)", rows)
 
-        self.store.run(write)
-
-    def close(self) -> None:
-        self.store.close()
+        self.run(write)
 
 
 def open_cache(directory: str | Path | None) -> FeatureStore:

@@ -2,7 +2,8 @@
 
 Output directory: one parquet file per split (`train.parquet`, `test.parquet`, and `ood.parquet` for
 the synthetic recipe's reserved families) in the schema of `aplot_cli.data.schema`, and a manifest
-with counts of every row read, filtered, rejected (by reason) and written."""
+with counts of every row read, filtered, rejected (by reason) and written. Other stages read it with
+`readers.pairs`."""
 
 from __future__ import annotations
 
@@ -21,9 +22,9 @@ from aplot_cli.data import loaders, onpolicy, synthetic
 from aplot_cli.data.recipes import Recipe, load_recipe
 from aplot_cli.data.schema import Pair, messages_json
 from aplot_cli.data.transforms import TRANSFORMS, RowProblem
-from aplot_cli.errors import ArtifactError, ConfigError, InputDataError, damaged_names, disk_full_names
+from aplot_cli.errors import ConfigError, InputDataError, disk_full_names
+from aplot_cli.readers.pairs import STAGE
 
-STAGE = "prepare"
 _FIX = "fix the row, or pass --on-bad-rows skip to drop such rows (they are counted in the manifest)"
 
 
@@ -193,7 +194,7 @@ def _check(cfg: PrepareConfig) -> None:
 def open_samples(path: str) -> tuple[artifacts.Artifact, Any]:
     """A finished samples artifact of train-split prompts and its responses. Held-out (test) samples are
     refused: their prompts are kept for best-of-n evaluation, and pairs from them would leak."""
-    from aplot_cli.samples import open_samples as read
+    from aplot_cli.readers.samples import open_samples as read
 
     art, frame = read(path)
     splits = sorted(set(frame["split"]))
@@ -258,53 +259,3 @@ def run(cfg: PrepareConfig, out_dir: Path, overwrite: bool = False) -> Path:
         diagnostics={"bad_row_examples": dict(tally.examples)},
         extra={"recipe": None if recipe is None else {"name": recipe.name, "transform": recipe.transform,
                                                       "hub_id": recipe.hub_id}})
-
-
-def split_files(art: artifacts.Artifact) -> list[str]:
-    """The split files a pairs artifact's manifest lists (`train.parquet`, ...): plain names, as the
-    split name is taken from them and reused in other artifacts' file names."""
-    names = []
-    for i, entry in enumerate(art.manifest["outputs"]):
-        name = artifacts.check_member(art.path, f"outputs[{i}].path", entry.get("path"), flat=True,
-                                      redo=f"aplot {STAGE}")
-        if not name.endswith(".parquet"):
-            raise ArtifactError(f"{art.path / artifacts.MANIFEST}: outputs[{i}].path is {name!r}, expected "
-                                "SPLIT.parquet", hint=f"re-run `aplot {STAGE}` into a fresh directory")
-        names.append(name)
-    return names
-
-
-def load_pairs(artifact_dir: Path | str, split: str | None = None):
-    """Read a pairs artifact (all splits, or one) as a DataFrame; refuses unfinished runs."""
-    import pandas as pd
-
-    art = artifacts.open_artifact(artifact_dir, STAGE)
-    names = split_files(art)
-    if split is not None:
-        if f"{split}.parquet" not in names:
-            raise InputDataError(f"{art.path} has no `{split}` split",
-                                 hint=f"available: {', '.join(n.removesuffix('.parquet') for n in names)}")
-        names = [f"{split}.parquet"]
-    redo = f"re-run `aplot {STAGE} --out-dir {art.path} --overwrite`"
-    frames = []
-    for name in names:
-        if not (art.path / name).is_file():
-            raise ArtifactError(f"{art.path} lists {name} in its manifest but the file is missing: "
-                                "an unfinished or damaged artifact", hint=redo)
-        with damaged_names(art.path / name, redo):
-            frames.append(pd.read_parquet(art.path / name))
-        _check_split(frames[-1], art.path / name, redo)
-    return pd.concat(frames, ignore_index=True)
-
-
-def _check_split(frame, path: Path, redo: str) -> None:
-    """A split file holds the text columns every stage reads, as strings (a file edited since it was written
-    is named here, with the column and row, not met as a KeyError or TypeError later)."""
-    for column in ("pair_id", "prompt", "chosen", "rejected"):
-        if column not in frame.columns:
-            raise ArtifactError(f"{path} has no `{column}` column (it has {', '.join(map(str, frame.columns))})",
-                                hint=redo)
-        bad = [i for i, value in enumerate(frame[column]) if not isinstance(value, str)]
-        if bad:
-            raise ArtifactError(f"{path}: column `{column}` row {bad[0]} is {frame[column].iloc[bad[0]]!r}, not a "
-                                f"string ({len(bad)} such row(s))", hint=redo)

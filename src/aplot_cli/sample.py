@@ -3,7 +3,7 @@ family's gold checker (the on-policy data of the synthetic-gold setup, Gao et al
 
 Prompts come from `aplot_cli.data.verifiable` (round-robin over `--families`, seeded, of one `--split`:
 a prompt's split is fixed by a hash of its text, so train and test runs never share a prompt). Responses
-are sampled exactly as PPO samples its rollouts (`ppo.rollout.sample`: the policy's chat template, plain
+are sampled exactly as PPO samples its rollouts (`generation.sample`: the policy's chat template, plain
 softmax(logits / T) sampling with no logits processor of the policy's own, cut after the first EOS).
 
 Output directory:
@@ -20,8 +20,8 @@ stopped and gives the responses an uninterrupted run gives. The chunks are remov
 is written.
 
 This module is the stage (named after its command, as every stage is); the artifact it writes, its file
-names and its reader, is `aplot_cli.samples` (named after what it holds), so that `prepare`, `ppo` and the
-best-of-n benchmark read samples without loading this stage."""
+names and its reader, is `aplot_cli.readers.samples`, so that `prepare`, `ppo` and the best-of-n
+benchmark read samples without loading this stage."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ from aplot_cli.config import SampleConfig, closest, config_to_dict
 from aplot_cli.console import info
 from aplot_cli.console import progress as progress_display
 from aplot_cli.errors import ArtifactError, ConfigError
-from aplot_cli.samples import CHUNKS, COLUMNS, PROMPTS, RESPONSES, RUN_CONFIG, STAGE, open_samples  # noqa: F401
+from aplot_cli.readers.samples import CHUNKS, COLUMNS, PROMPTS, RESPONSES, RUN_CONFIG, STAGE
 
 _RESUMABLE = {"device"}  # may change between a run and its resume
 
@@ -108,8 +108,7 @@ def sample_chunk(cfg: SampleConfig, policy: Any, tokenizer: Any, tasks: list[Pro
     import torch
 
     from aplot_cli.data.verifiable import gold
-    from aplot_cli.ppo.prompts import Prompt
-    from aplot_cli.ppo.rollout import sample
+    from aplot_cli.generation import Prompt, sample
 
     torch.manual_seed(chunk_seed(cfg.seed, index))
     wanted = [(task, k) for task in tasks for k in range(cfg.n)]
@@ -176,7 +175,7 @@ def _check_resume(out_dir: Path, cfg: SampleConfig) -> None:
 def run(cfg: SampleConfig, out_dir: Path, overwrite: bool = False, resume: bool = False) -> Path:
     """Sample, label and write; returns the manifest path."""
     from aplot_cli import models
-    from aplot_cli.ppo.policy import load_policy
+    from aplot_cli.generation import load_policy
 
     validate(cfg)
     if overwrite and resume:

@@ -23,6 +23,7 @@ import numpy as np
 from aplot_cli import artifacts, models
 from aplot_cli.errors import ArtifactError, ConfigError, ModelError
 from aplot_cli.formatting import pad_batch
+from aplot_cli.readers import train_runs
 
 DEFAULT_MAX_LENGTH = 2048  # RewardBench's own default; capped by the model's position embeddings
 
@@ -78,7 +79,7 @@ def _locate(name: str) -> tuple[str, str, artifacts.Artifact | None]:
     """(path for from_pretrained, source kind, artifact or None)."""
     path = Path(name).expanduser()
     if path.is_dir() and (path / artifacts.MANIFEST).exists():
-        art = artifacts.open_artifact(path, "train-rm")
+        art = artifacts.open_artifact(path, train_runs.STAGE)
         if not (path / "model" / "config.json").is_file():
             raise ModelError(f"train-rm artifact {path} has no model/ folder",
                              hint=f"re-run `aplot train-rm --out-dir {path} --overwrite`")
@@ -115,7 +116,7 @@ def _check_model_files(art: artifacts.Artifact) -> None:
 
 def _train_run_traces(path: Path) -> list[str]:
     """What train-rm writes into its --out-dir before the manifest, found in `path`."""
-    return [name for name in ("checkpoints/", "model/", "train_log.jsonl", "margins.parquet")
+    return [name for name in ("checkpoints/", "model/", "train_log.jsonl", train_runs.MARGINS_FILE)
             if (path / name.rstrip("/")).exists()]
 
 

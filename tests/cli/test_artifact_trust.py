@@ -306,7 +306,7 @@ def test_a_stage_reads_only_files_its_manifest_lists(copies):
     manifest = json.loads((emb / artifacts.MANIFEST).read_text())
     manifest["outputs"] = [o for o in manifest["outputs"] if o["path"] != "train_chosen.npy"]
     (emb / artifacts.MANIFEST).write_text(json.dumps(manifest))  # the file is there, unlisted and so unchecked
-    from aplot_cli.embed import load_embeddings
+    from aplot_cli.readers.embeddings import load_embeddings
 
     with pytest.raises(ArtifactError, match="manifest.json lists no train_chosen.npy"):
         load_embeddings(emb, "train")

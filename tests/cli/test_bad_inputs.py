@@ -231,8 +231,6 @@ def test_embed_on_a_full_disk_names_the_file(tiny_bert_dir, pairs_dir, tmp_path,
 def test_embedding_cache_on_a_full_disk_names_the_cache(tiny_bert_dir, pairs_dir, tmp_path, monkeypatch):
     import sqlite3
 
-    from aplot_cli import embed
-
     real_connect = sqlite3.connect
 
     def full_after_the_schema(path, *args, **kwargs):
@@ -241,7 +239,7 @@ def test_embedding_cache_on_a_full_disk_names_the_cache(tiny_bert_dir, pairs_dir
         db.execute("PRAGMA max_page_count = 5")
         return db
 
-    monkeypatch.setattr(embed.sqlite3, "connect", full_after_the_schema)
+    monkeypatch.setattr(sqlite3, "connect", full_after_the_schema)  # the module the cache connects with
     cache, out = tmp_path / "cache", tmp_path / "e"
     _fails(["embed", str(pairs_dir), "--model", str(tiny_bert_dir), "--cache-dir", str(cache), "--out-dir", str(out)],
            8, f"no space left on the disk holding {cache / 'embeddings.sqlite'}", "database or disk is full",

@@ -154,8 +154,8 @@ def test_a_damaged_embeddings_file_is_named_before_training(tiny_bert_dir, pairs
 
 
 def test_pair_ids_that_are_not_a_list_of_strings(emb_dir):
-    from aplot_cli.embed import load_embeddings
     from aplot_cli.errors import ArtifactError
+    from aplot_cli.readers.embeddings import load_embeddings
 
     ids = emb_dir / "train_pair_ids.json"
     ids.write_text('{"not": "a list"}')

@@ -12,14 +12,13 @@ from dataclasses import replace
 import pytest
 import torch
 
-from aplot_cli import artifacts
+from aplot_cli import artifacts, generation
 from aplot_cli.config import PPOConfig
 from aplot_cli.data.verifiable import gold
 from aplot_cli.errors import ConfigError, InputDataError
 from aplot_cli.ppo import checkpoints as ppo_checkpoints
 from aplot_cli.ppo import evaluation as ppo_evaluation
 from aplot_cli.ppo import policy as ppo_policy
-from aplot_cli.ppo import prompts as ppo_prompts
 from aplot_cli.ppo import stage as ppo_stage
 
 TRAIN = ("Write a short sentence that includes the word 'good'.",
@@ -46,13 +45,13 @@ def cfg(tiny_vocab_lm_dir, tmp_path) -> PPOConfig:
 
 
 def test_gold_scorer_is_the_checker_with_pass_above_fail():
-    prompts = [ppo_prompts.Prompt(TRAIN[0])] * 3 + [ppo_prompts.Prompt("What is 2 + 3?")] * 2
+    prompts = [generation.Prompt(TRAIN[0])] * 3 + [generation.Prompt("What is 2 + 3?")] * 2
     responses = ["a good b", "a b", "good", "5", "The answer is 6."]
     scores = ppo_policy.GoldScorer().score(prompts, responses)
     assert scores.tolist() == [1.0, 0.0, 1.0, 1.0, 0.0]
     assert scores.tolist() == [float(gold(p.text, r)) for p, r in zip(prompts, responses)]
     with pytest.raises(InputDataError, match="no gold checker"):
-        ppo_policy.GoldScorer().score([ppo_prompts.Prompt("a b")], ["good"])
+        ppo_policy.GoldScorer().score([generation.Prompt("a b")], ["good"])
 
 
 def test_ppo_against_gold_raises_held_out_gold_and_rewards_the_verdicts(cfg, tmp_path):
@@ -146,10 +145,10 @@ def test_eval_seed_depends_on_seed_and_update_only():
 
 
 def test_heldout_eval_is_seeded_by_seed_and_update(cfg, tmp_path):
-    policy, tokenizer = ppo_policy.load_policy(cfg.policy, False)
-    ref, _ = ppo_policy.load_policy(cfg.policy, False)
+    policy, tokenizer = generation.load_policy(cfg.policy, False)
+    ref, _ = generation.load_policy(cfg.policy, False)
     actor = ppo_policy.PolicyWithValue(policy)
-    prompts = [ppo_prompts.Prompt(p) for p in HELD_OUT]
+    prompts = [generation.Prompt(p) for p in HELD_OUT]
     cfg = replace(cfg, eval_n=8)
 
     def texts(update, seed=0):

@@ -18,6 +18,7 @@ from aplot_cli.config import SampleConfig
 from aplot_cli.data import verifiable
 from aplot_cli.errors import ArtifactError, ConfigError
 from aplot_cli.ppo import prompts as ppo_prompts
+from aplot_cli.readers import samples
 
 runner = CliRunner()
 
@@ -32,7 +33,7 @@ def test_sample_writes_gold_labelled_responses(tiny_llama_lm_dir, tmp_path):
     manifest_path = sample.run(_cfg(tiny_llama_lm_dir), tmp_path / "s")
     out = manifest_path.parent
     frame = pd.read_parquet(out / "responses.parquet")
-    assert list(frame.columns) == list(sample.COLUMNS) and len(frame) == 15
+    assert list(frame.columns) == list(samples.COLUMNS) and len(frame) == 15
     assert frame["family"].tolist()[::3] == ["add_small", "choose_option"] * 2 + ["add_small"]  # round-robin
     assert frame.groupby("prompt_id")["sample"].apply(list).map(lambda s: s == [0, 1, 2]).all()
     assert set(frame["split"]) == {"train"} and all(verifiable.split_of(p) == "train" for p in frame["prompt"])

@@ -38,6 +38,7 @@ def held_out_accuracy(model_dir, frame, max_length):
 def test_minilm_aplot_pipeline_beats_chance(tmp_path):
     from aplot_cli import embed, prepare, train
     from aplot_cli.config import EmbedConfig, PrepareConfig, TrainConfig
+    from aplot_cli.readers.pairs import load_pairs
 
     pairs, emb, rm = tmp_path / "pairs", tmp_path / "emb", tmp_path / "rm"
     prepare.run(PrepareConfig(recipe="synthetic", synthetic_pairs=700, synthetic_ood_pairs=60, test_size=0.15), pairs)
@@ -46,7 +47,7 @@ def test_minilm_aplot_pipeline_beats_chance(tmp_path):
                       logging_steps=10, save_steps=1000, max_eval_pairs=100, train_eval_pairs=100)
     manifest = json.loads(train.run(cfg, pairs, rm, embeddings_dir=emb).read_text())
     assert manifest["metrics"]["test_accuracy"] > 0.6
-    frame = prepare.load_pairs(pairs, "test").head(100)
+    frame = load_pairs(pairs, "test").head(100)
     assert held_out_accuracy(rm / "model", frame, 128) > 0.6
 
 
@@ -80,8 +81,8 @@ def test_two_cpu_processes_global_scope(launcher, tiny_bert_dir, synthetic_pairs
     # rewards the ranks computed), not those of a plan over only 4 of them (what a rank-local plan would be)
     import torch
 
-    from aplot_cli.embed import load_embeddings
     from aplot_cli.margins import AplotMargin, AplotSettings
+    from aplot_cli.readers.embeddings import load_embeddings
 
     table = load_embeddings(emb, "train")
     index = {pid: i for i, pid in enumerate(table.pair_ids)}

@@ -102,7 +102,7 @@ def test_a_file_another_worker_already_replaced_is_not_moved(tmp_path, warnings)
     other = tmp_path / "fresh.sqlite"
     sqlite3.connect(other).close()
     other.replace(path)  # another compare worker moved the damaged file aside and made this one
-    cache.store._move_aside("found damaged here", cache.store.opened)
+    cache._move_aside("found damaged here", cache.opened)
     cache.close()
     assert warnings == [] and not list(tmp_path.glob("*.damaged-*"))
 

@@ -12,6 +12,7 @@ import pytest
 from aplot_cli import artifacts, embed
 from aplot_cli.config import EmbedConfig
 from aplot_cli.errors import ArtifactError
+from aplot_cli.readers.embeddings import load_embeddings
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
@@ -64,7 +65,7 @@ def test_cache_key_depends_on_encoder_identity_and_text():
 
 
 def test_stage_writes_aligned_arrays_and_chains_manifest(tmp_path, synthetic_pairs_dir):
-    from aplot_cli.prepare import load_pairs
+    from aplot_cli.readers.pairs import load_pairs
 
     cfg = EmbedConfig(max_length=64, cache_dir=str(tmp_path / "cache"), embed_prompt=True)
     manifest = json.loads(embed.run(cfg, synthetic_pairs_dir, tmp_path / "emb").read_text())
@@ -74,7 +75,7 @@ def test_stage_writes_aligned_arrays_and_chains_manifest(tmp_path, synthetic_pai
     assert manifest["inputs"]["pairs"]["manifest_sha256"] == sha256_file(pairs_manifest)
     for split in ("train", "test", "ood"):
         frame = load_pairs(synthetic_pairs_dir, split)
-        emb = embed.load_embeddings(tmp_path / "emb", split)
+        emb = load_embeddings(tmp_path / "emb", split)
         assert emb.pair_ids == list(frame.pair_id)
         assert emb.chosen.shape == emb.rejected.shape == (len(frame), 384)
         assert (tmp_path / "emb" / f"{split}_prompt.npy").is_file()
@@ -302,6 +303,7 @@ def test_prompt_boundary_without_offsets_matches_the_offsets():
 def test_stage_counts_truncated_pairs_in_the_manifest(tmp_path):
     from aplot_cli import prepare
     from aplot_cli.config import PrepareConfig
+    from aplot_cli.readers import pairs as readers_pairs
 
     rows = [{"prompt": LONG_PROMPT, "chosen": CHOSEN, "rejected": REJECTED},
             {"prompt": "Say hi.", "chosen": "Hi!", "rejected": "No."},
@@ -318,7 +320,7 @@ def test_stage_counts_truncated_pairs_in_the_manifest(tmp_path):
         assert manifest["diagnostics"]["truncation"]["train"] == {
             "pairs": 3, "prompt_truncated": 2, "response_truncated": 0, "pairs_truncated": 1,
             "prompt_embeddings_truncated": 1}
-    emb = embed.load_embeddings(tmp_path / "emb", "train")
-    long_row = emb.pair_ids.index(prepare.load_pairs(tmp_path / "pairs", "train")
+    emb = load_embeddings(tmp_path / "emb", "train")
+    long_row = emb.pair_ids.index(readers_pairs.load_pairs(tmp_path / "pairs", "train")
                                   .set_index("prompt").loc[LONG_PROMPT, "pair_id"])
     assert float(emb.chosen[long_row] @ emb.rejected[long_row]) < 0.999

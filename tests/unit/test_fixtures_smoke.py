@@ -11,7 +11,7 @@ def test_tiny_bert_loads_and_scores(tiny_bert_dir):
 
 
 def test_synthetic_pairs_fixture_has_three_splits(synthetic_pairs_dir):
-    from aplot_cli.prepare import load_pairs
+    from aplot_cli.readers.pairs import load_pairs
 
     frame = load_pairs(synthetic_pairs_dir)
     assert set(frame["split"]) == {"train", "test", "ood"}

@@ -15,7 +15,7 @@ from aplot_cli import formatting, frozen, scoring, train
 from aplot_cli.config import TrainConfig
 from aplot_cli.errors import ConfigError
 from aplot_cli.formatting import Encoded
-from aplot_cli.prepare import load_pairs
+from aplot_cli.readers.pairs import load_pairs
 
 
 def frozen_cfg(backbone, **changes) -> TrainConfig:

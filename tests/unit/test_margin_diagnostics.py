@@ -140,7 +140,7 @@ def run_dir(synthetic_pairs_dir, embeddings_dir, tiny_bert_dir, tmp_path_factory
 
 
 def test_train_rm_batches_are_the_batches_train_rm_trained_on(run_dir, synthetic_pairs_dir):
-    from aplot_cli.prepare import load_pairs
+    from aplot_cli.readers.pairs import load_pairs
 
     ids = load_pairs(synthetic_pairs_dir, "train")["pair_id"].to_numpy()
     recorded = pd.read_parquet(run_dir / "margins.parquet")
@@ -218,7 +218,7 @@ def test_margins_refuses_bad_input_with_its_exit_code(run_dir, synthetic_pairs_d
 
 def fake_run(path: Path, pairs_dir: Path, **config) -> Path:
     """A finished train-rm artifact holding only a manifest and a margins.parquet of two steps."""
-    from aplot_cli.prepare import load_pairs
+    from aplot_cli.readers.pairs import load_pairs
 
     path.mkdir(parents=True)
     ids = load_pairs(pairs_dir, "train")["pair_id"].tolist()[:8]

@@ -7,15 +7,14 @@ from __future__ import annotations
 import pytest
 import torch
 
+from aplot_cli import generation
 from aplot_cli.config import PPOConfig
 from aplot_cli.ppo import core
 from aplot_cli.ppo import policy as ppo_policy
-from aplot_cli.ppo import prompts as ppo_prompts
-from aplot_cli.ppo import rollout as ppo_rollout
 from aplot_cli.ppo import stage as ppo_stage
 from aplot_cli.ppo import update as ppo_update
 
-PROMPTS = [ppo_prompts.Prompt(text) for text in ("a b", "c d e", "f g", "b a c", "e f", "d")]
+PROMPTS = [generation.Prompt(text) for text in ("a b", "c d e", "f g", "b a c", "e f", "d")]
 
 
 class ContainsWord:
@@ -24,7 +23,7 @@ class ContainsWord:
     def __init__(self, word: str, sign: float):
         self.word, self.sign = word, sign
 
-    def score(self, prompts: list[ppo_prompts.Prompt], responses: list[str]) -> torch.Tensor:
+    def score(self, prompts: list[generation.Prompt], responses: list[str]) -> torch.Tensor:
         return torch.tensor([self.sign * float(self.word in r.split()) for r in responses])
 
 
@@ -32,7 +31,7 @@ def share_with_word(cfg: PPOConfig, actor: ppo_policy.PolicyWithValue, tokenizer
     """Fraction of n responses (fixed seed, the training RNG untouched) that contain `good`."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(1234)
-        out = ppo_rollout.sample(cfg, actor.policy, tokenizer, [PROMPTS[i % len(PROMPTS)] for i in range(n)],
+        out = generation.sample(cfg, actor.policy, tokenizer, [PROMPTS[i % len(PROMPTS)] for i in range(n)],
                          torch.device("cpu"))
     return sum("good" in text.split() for text in out.texts) / n
 
@@ -42,8 +41,8 @@ def train(policy_dir, scorer: ppo_policy.Scorer, reward_norm: str, updates: int 
     cfg = PPOConfig(batch_size=16, mini_batch_size=8, ppo_epochs=2, max_new_tokens=3, lr=1e-2,
                     reward_norm=reward_norm, missing_eos_penalty=0.0, chat_template=False, device="cpu", seed=0)
     torch.manual_seed(cfg.seed)
-    policy, tokenizer = ppo_policy.load_policy(str(policy_dir), False)
-    ref, _ = ppo_policy.load_policy(str(policy_dir), False)
+    policy, tokenizer = generation.load_policy(str(policy_dir), False)
+    ref, _ = generation.load_policy(str(policy_dir), False)
     ref.requires_grad_(False).eval()
     actor = ppo_policy.PolicyWithValue(policy)
     optimizer = torch.optim.AdamW(actor.parameters(), lr=cfg.lr, eps=1e-5)

@@ -6,6 +6,7 @@ import json
 import pytest
 import torch
 
+from aplot_cli import generation
 from aplot_cli.config import PPOConfig
 from aplot_cli.errors import InputDataError
 from aplot_cli.ppo import core
@@ -17,7 +18,7 @@ from aplot_cli.ppo import stage as ppo_stage
 
 def test_response_mask_through_first_eos():
     response = torch.tensor([[5, 2, 0, 0], [5, 6, 7, 8], [2, 0, 0, 0], [5, 6, 7, 2]])
-    mask, has_eos = ppo_rollout.response_mask(response, eos_ids=[2])
+    mask, has_eos = generation.response_mask(response, eos_ids=[2])
     assert mask.tolist() == [[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0], [1, 1, 1, 1]]
     assert has_eos.tolist() == [True, False, True, True]
 
@@ -45,7 +46,7 @@ def test_prompts_from_synthetic_pairs(synthetic_pairs_dir):
 
 
 def test_batches_are_deterministic_and_cover_prompts():
-    prompts = [ppo_prompts.Prompt(str(i)) for i in range(5)]
+    prompts = [generation.Prompt(str(i)) for i in range(5)]
     first_pass = [p.text for k in range(5) for p in ppo_stage.batch_prompts(prompts, k, 1, seed=3)]
     assert sorted(first_pass) == [str(i) for i in range(5)]
     assert ppo_stage.batch_prompts(prompts, 2, 2, 3) == ppo_stage.batch_prompts(prompts, 2, 2, 3)
@@ -56,13 +57,13 @@ def rollout(tiny_llama_lm_dir, tiny_bert_dir):
     torch.manual_seed(0)
     cfg = PPOConfig(policy=str(tiny_llama_lm_dir), reward_model=str(tiny_bert_dir), prompts="unused",
                     max_new_tokens=12, temperature=1.0)
-    policy, tokenizer = ppo_policy.load_policy(cfg.policy, False)
-    ref, _ = ppo_policy.load_policy(cfg.policy, False)
+    policy, tokenizer = generation.load_policy(cfg.policy, False)
+    ref, _ = generation.load_policy(cfg.policy, False)
     scorer, _ = ppo_policy.load_reward_model(cfg.reward_model, cfg)
     actor = ppo_policy.PolicyWithValue(policy)
     # Prompts of very different lengths, so the short ones are left-padded.
-    prompts = [ppo_prompts.Prompt("Hi"), ppo_prompts.Prompt("Sort these numbers in ascending order: 13, 61, 34, 94, 30, 96, 69."),
-               ppo_prompts.Prompt("Reverse the string 'xetesa'.")]
+    prompts = [generation.Prompt("Hi"), generation.Prompt("Sort these numbers in ascending order: 13, 61, 34, 94, 30, 96, 69."),
+               generation.Prompt("Reverse the string 'xetesa'.")]
     return cfg, actor, ref, tokenizer, ppo_rollout.collect(cfg, actor, ref, tokenizer, scorer, prompts, torch.device("cpu"))
 
 
@@ -110,7 +111,7 @@ def test_reward_scorer_matches_formatting_encode(tiny_bert_dir):
     cfg = PPOConfig(reward_model=str(tiny_bert_dir))
     scorer, art = ppo_policy.load_reward_model(cfg.reward_model, cfg)
     assert art is None
-    prompts = [ppo_prompts.Prompt("What is 2+2?"), ppo_prompts.Prompt("Name a fruit, please, any fruit at all.")]
+    prompts = [generation.Prompt("What is 2+2?"), generation.Prompt("Name a fruit, please, any fruit at all.")]
     responses = ["4", "A banana is a long yellow fruit."]
     together = scorer.score(prompts, responses)
     alone = torch.cat([scorer.score([p], [r]) for p, r in zip(prompts, responses, strict=True)])
@@ -147,7 +148,7 @@ def test_rollouts_sample_from_logits_over_temperature_whatever_the_policy_ships(
     forward pass, on every position and over the whole vocabulary: none of the policy's repetition
     penalty, n-gram ban, top-k/top-p, suppressed tokens or minimum length reaches the rollouts."""
     cfg = PPOConfig(max_new_tokens=8, temperature=0.7, chat_template=False)
-    policy, tokenizer = ppo_policy.load_policy(str(opinionated_policy_dir), False)
+    policy, tokenizer = generation.load_policy(str(opinionated_policy_dir), False)
     assert policy.generation_config.repetition_penalty == 2.0  # the fixture does ship them
     seen = []
     real_generate = policy.generate
@@ -161,9 +162,9 @@ def test_rollouts_sample_from_logits_over_temperature_whatever_the_policy_ships(
         return out.sequences
 
     policy.generate = recording_generate
-    prompts = [ppo_prompts.Prompt(t) for t in ("a b a", "good good", "c d e f g a b c", "b")]
+    prompts = [generation.Prompt(t) for t in ("a b a", "good good", "c d e f g a b c", "b")]
     torch.manual_seed(0)
-    out = ppo_rollout.sample(cfg, policy, tokenizer, prompts, torch.device("cpu"))
+    out = generation.sample(cfg, policy, tokenizer, prompts, torch.device("cpu"))
     assert policy.generation_config.repetition_penalty == 2.0  # the policy's own config is left as it was
     ids, mask = torch.cat([out.query, out.response], 1), torch.cat([out.query_mask, out.mask], 1)
     with torch.no_grad():

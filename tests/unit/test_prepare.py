@@ -13,6 +13,7 @@ from aplot_cli import artifacts, prepare
 from aplot_cli.config import PrepareConfig
 from aplot_cli.data import synthetic
 from aplot_cli.errors import ArtifactError, ConfigError, InputDataError
+from aplot_cli.readers import pairs as readers_pairs
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "hub"
 
@@ -27,7 +28,7 @@ def _rows(n: int) -> list[dict]:
 
 
 def _all(out: Path) -> pd.DataFrame:
-    return prepare.load_pairs(out)
+    return readers_pairs.load_pairs(out)
 
 
 def test_synthetic_recipe_makes_verifiable_pairs_with_ood_split(tmp_path):
@@ -213,7 +214,7 @@ def test_refuses_non_empty_out_dir_and_unfinished_input(tmp_path):
     prepare.run(PrepareConfig(files=(str(src),)), tmp_path / "p", overwrite=True)
     (tmp_path / "p" / "manifest.json").unlink()
     with pytest.raises(ArtifactError, match="unfinished"):
-        prepare.load_pairs(tmp_path / "p")
+        readers_pairs.load_pairs(tmp_path / "p")
 
 
 def test_bad_options_are_config_errors(tmp_path):

@@ -107,7 +107,7 @@ def test_fresh_head_is_seeded_from_the_config(kind, head, tmp_path, smollm2_toke
 
 
 def test_dataset_margin_column_is_the_margin_applied(tiny_bert_dir, tmp_path):
-    from aplot_cli.prepare import load_pairs
+    from aplot_cli.readers.pairs import load_pairs
 
     rows = [{"prompt": f"question number {i}: name a colour", "chosen": f"red {i}", "rejected": f"table {i}",
              "margin": None if i % 4 == 3 else 0.5 + 0.75 * i} for i in range(12)]
@@ -144,7 +144,7 @@ def test_dataset_margin_column_is_the_margin_applied(tiny_bert_dir, tmp_path):
 def test_long_prompts_are_cut_from_the_left_and_counted(tiny_bert_dir, tmp_path, monkeypatch):
     from transformers import AutoTokenizer
 
-    from aplot_cli.prepare import load_pairs
+    from aplot_cli.readers.pairs import load_pairs
 
     rows = [{"prompt": " ".join(str(100 + 40 * i + j) for j in range(40)), "chosen": "red green",
              "rejected": "blue"} for i in range(11)]
@@ -238,7 +238,7 @@ def test_conversational_pairs_are_scored_as_the_chat_template_renders_them(
         backbone, chat_template, templated, tiny_llama_rm_dir, tiny_bert_dir, tmp_path, monkeypatch):
     from transformers import AutoTokenizer
 
-    from aplot_cli.prepare import load_pairs
+    from aplot_cli.readers.pairs import load_pairs
 
     folder = tiny_llama_rm_dir if backbone == "llama" else tiny_bert_dir
     pairs = prepare_rows(_conversations(), tmp_path)

@@ -164,7 +164,7 @@ def load(sources: tuple[str, ...] = (), split: str | None = None, prior_sets: st
     """The responses of one samples artifact as items (kind: chosen = passes the gold checker)."""
     import pandas as pd
 
-    from aplot_cli.samples import open_samples
+    from aplot_cli.readers.samples import open_samples
 
     if len(sources) != 1:
         raise ConfigError("the bon benchmark needs one samples artifact: --samples DIR",

@@ -21,7 +21,7 @@ def score(pred) -> BenchmarkResult:
 
 
 def _artifact_rows(path: Path, split: str):
-    from aplot_cli.prepare import load_pairs
+    from aplot_cli.readers.pairs import load_pairs
 
     frame = load_pairs(path, split)
     for row in frame.to_dict(orient="records"):

@@ -26,10 +26,11 @@ import numpy as np
 from aplot_cli import artifacts
 from aplot_cli.config import MarginsConfig, config_to_dict
 from aplot_cli.console import info
-from aplot_cli.errors import ArtifactError, ConfigError, InputDataError, damaged_names
+from aplot_cli.errors import ConfigError, InputDataError
 from aplot_cli.margin_diagnostics import core, report
 from aplot_cli.margin_diagnostics.core import Snapshot
 from aplot_cli.margin_diagnostics.report import LABELS, reward_stats, title
+from aplot_cli.readers import train_runs
 
 STAGE = "margins"
 
@@ -64,20 +65,6 @@ def validate(cfg: MarginsConfig, model: str | None, from_run: Path | None) -> No
 
 
 # ------------------------------------------------------------------------------------ inputs
-
-
-def _check_same_pairs(run_art: artifacts.Artifact, pairs_art: artifacts.Artifact) -> None:
-    """The run must have trained on this train split (pair ids do not change when labels flip)."""
-    recorded = run_art.manifest.get("inputs", {}).get("pairs") or {}
-    split = "train.parquet"
-    if split in recorded.get("outputs_sha256", {}):
-        was, now = recorded["outputs_sha256"][split], pairs_art.output_hashes().get(split)
-    else:
-        was, now = recorded.get("manifest_sha256"), pairs_art.manifest_sha256()
-    if was != now:
-        raise ArtifactError(f"the train-rm run {run_art.path} was trained on other pairs than {pairs_art.path} "
-                            f"(train split {str(was)[:12]} vs {str(now)[:12]})",
-                            hint="pass the pairs artifact the run was trained on (its manifest's inputs.pairs.path)")
 
 
 COST_SETTINGS = ("w_rew", "w_sem", "ot_reg", "ot_iters", "ot_tol")  # taken from the run; the readings set the rest
@@ -116,14 +103,8 @@ def snapshot_from_run(run_art: artifacts.Artifact, frame, emb, emb_path: Path, c
                       ) -> tuple[Snapshot, dict[str, Any]]:
     """The steps `step - window + 1 .. step` of the run's margins.parquet; each step's pairs are one batch
     (one OT plan) with the rewards recorded at that step."""
-    import pandas as pd
-
-    names = [o["path"] for o in run_art.manifest.get("outputs", [])]
-    path = run_art.path / "margins.parquet"
-    if "margins.parquet" not in names or not path.is_file():
-        raise ArtifactError(f"the train-rm run {run_art.path} has no margins.parquet",
-                            hint="re-run train-rm with `save_margins: true` (the default), or use --model "
-                                 f"{run_art.path} to score the pairs with its saved model")
+    path = train_runs.margins_file(run_art,
+                                   instead=f"use --model {run_art.path} to score the pairs with its saved model")
     run_cfg = run_art.config
     world = int(run_art.manifest.get("diagnostics", {}).get("world_size", 1) or 1)
     if int(run_cfg.get("grad_accum", 1)) > 1 or (world > 1 and run_cfg.get("ot_scope", "local") == "local"):
@@ -132,10 +113,7 @@ def snapshot_from_run(run_art: artifacts.Artifact, frame, emb, emb_path: Path, c
                              "does not say which pair was in which",
                              hint=f"use --model {run_art.path}: it scores the pairs with the saved model and "
                                   "rebuilds the batches")
-    with damaged_names(path, f"re-run the train-rm run {run_art.path}, or use --model {run_art.path}"):
-        # a missing column is an ArrowInvalid too; reward columns that are not numbers fail the float cast
-        table = pd.read_parquet(path, columns=["pair_id", "step", "reward_chosen", "reward_rejected"])
-        table = table.astype({"step": "int64", "reward_chosen": "float64", "reward_rejected": "float64"})
+    table = train_runs.read_margins(path, f"re-run the train-rm run {run_art.path}, or use --model {run_art.path}")
     steps = np.sort(table["step"].unique())
     if steps.size == 0:
         raise InputDataError(f"{path} holds no rows", hint="re-run the train-rm run")
@@ -169,7 +147,7 @@ def snapshot_from_model(model: str, frame, emb, emb_path: Path, cfg: MarginsConf
                         ) -> tuple[Snapshot, dict[str, Any], artifacts.Artifact | None]:
     """Score the train pairs with `model` (eval mode) and batch them as train-rm (or seeded random)."""
     from aplot_cli import scoring
-    from aplot_cli.train import sample_pairs
+    from aplot_cli.readers.pairs import sample_pairs
 
     rm = scoring.load_reward_model(model, max_length=cfg.max_length, device=cfg.device,
                                    trust_remote_code=cfg.trust_remote_code)
@@ -219,18 +197,17 @@ def snapshot_from_model(model: str, frame, emb, emb_path: Path, cfg: MarginsConf
 def run(cfg: MarginsConfig, pairs_dir: Path, embeddings_dir: Path, out_dir: Path, model: str | None = None,
         from_run: Path | None = None, overwrite: bool = False) -> Path:
     """Diagnose every reading's margins on one reward snapshot; returns the manifest path."""
-    from aplot_cli.embed import load_embeddings
-    from aplot_cli.prepare import load_pairs
-    from aplot_cli.train import check_embeddings_match
+    from aplot_cli.readers.embeddings import check_embeddings_match, load_embeddings
+    from aplot_cli.readers.pairs import load_pairs
 
     validate(cfg, model, from_run)
     readings = core.select_readings(cfg.readings, cfg.constant_margin)
     pairs_art = artifacts.open_artifact(pairs_dir, "prepare")
     emb_art = artifacts.open_artifact(embeddings_dir, "embed")
     check_embeddings_match(emb_art, pairs_art)
-    run_art = artifacts.open_artifact(from_run, "train-rm") if from_run is not None else None
+    run_art = artifacts.open_artifact(from_run, train_runs.STAGE) if from_run is not None else None
     if run_art is not None:
-        _check_same_pairs(run_art, pairs_art)
+        train_runs.check_trained_on(run_art, pairs_art)
     out_dir = Path(out_dir)
     inputs_paths = [("PAIRS", pairs_dir), ("--embeddings", embeddings_dir), ("--from-run", from_run),
                     ("--model", model)]
@@ -243,7 +220,7 @@ def run(cfg: MarginsConfig, pairs_dir: Path, embeddings_dir: Path, out_dir: Path
     else:
         snapshot, source, run_art = snapshot_from_model(model, frame, emb, emb_art.path, cfg)
         if run_art is not None:
-            _check_same_pairs(run_art, pairs_art)
+            train_runs.check_trained_on(run_art, pairs_art)
     if not snapshot.batches:
         raise InputDataError("margins: the snapshot holds no batch", hint="check --step/--window or --max-batches")
     base = base_settings(cfg, run_art.config if run_art is not None else {})

@@ -6,14 +6,15 @@ per-update log, and the output artifact. One concern a module:
 
     prompts.py      the prompts: a pairs or samples artifact's, or a jsonl's
     policy.py       the policy with its value head, the reference, the reward (`Scorer`)
-    rollout.py      sampling responses (also `aplot sample`'s) and one batch of scored rollouts
+    rollout.py      one batch of scored rollouts (sampled with `aplot_cli.generation`, as `aplot sample` samples)
     update.py       one PPO update: rewards, GAE, clipped policy and value steps
     core.py         the PPO math, pure tensor functions (no models, no I/O)
     evaluation.py   held-out evaluation (`--eval-prompts`)
     checkpoints.py  checkpoints, `--resume`, every RNG stream
     stage.py        `run`, the entry point, the logs and the manifest
 
-Importing the package imports none of them: `aplot sample` uses `rollout` and `policy` without the stage.
+Importing the package imports none of them. Loading the policy and sampling from it live in
+`aplot_cli.generation`, shared with `aplot sample`, which imports nothing of this package.
 The names below are the artifact's layout, shared by the stage and its checkpoints.
 
 Design choices, written down because PPO has many variants:

@@ -11,10 +11,10 @@ import torch
 from torch import nn
 
 from aplot_cli.config import PPOConfig
+from aplot_cli.generation import Prompt, sample
 from aplot_cli.ppo import core
 from aplot_cli.ppo.policy import PolicyWithValue, Scorer, reference_logits
-from aplot_cli.ppo.prompts import Prompt, PromptSet, load_prompts
-from aplot_cli.ppo.rollout import sample
+from aplot_cli.ppo.prompts import PromptSet, load_prompts
 
 
 def eval_points(cfg: PPOConfig) -> list[int]:

@@ -9,10 +9,10 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from aplot_cli import artifacts, formatting, models
+from aplot_cli import artifacts
 from aplot_cli.config import PPOConfig
-from aplot_cli.errors import InputDataError, ModelError
-from aplot_cli.ppo.prompts import Prompt
+from aplot_cli.errors import InputDataError
+from aplot_cli.generation import Prompt
 
 
 class PolicyWithValue(nn.Module):
@@ -46,26 +46,6 @@ def reference_logits(ref: nn.Module, input_ids: torch.Tensor, attention_mask: to
     out = ref(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
               use_cache=False, logits_to_keep=n_response + 1)
     return out.logits[:, :-1] / temperature
-
-
-def load_policy(name: str, trust_remote_code: bool) -> tuple[nn.Module, Any]:
-    """(model, tokenizer) for generation: left padding, a pad token distinct from EOS where possible."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    resolved = models.resolve(name)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(resolved, trust_remote_code=trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(resolved, dtype=torch.float32,
-                                                     trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"cannot load the policy {name!r} as a causal LM: {exc}",
-                         hint="pass a causal-LM folder or hub id, or smollm2-135m") from exc
-    formatting.prepare_tokenizer(tokenizer, model.config)
-    tokenizer.padding_side, tokenizer.truncation_side = "left", "left"
-    if tokenizer.eos_token_id is None:
-        raise ModelError(f"the policy tokenizer of {name!r} has no EOS token",
-                         hint="PPO needs an EOS token to end responses")
-    return model, tokenizer
 
 
 class Scorer(Protocol):

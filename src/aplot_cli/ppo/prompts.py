@@ -12,12 +12,8 @@ from typing import Any
 
 from aplot_cli import artifacts
 from aplot_cli.errors import InputDataError
-
-
-@dataclass(frozen=True)
-class Prompt:
-    text: str
-    messages: list[dict[str, str]] | None = None
+from aplot_cli.generation import Prompt
+from aplot_cli.readers import samples
 
 
 @dataclass(frozen=True)
@@ -41,11 +37,11 @@ def load_prompts(source: str, split: str = "train", max_prompts: int | None = No
 
     path = Path(source)
     art, synthetic = None, False
-    if path.is_dir() and artifacts.folder_stage(path)[0] == "sample":
-        art = artifacts.open_artifact(path, "sample")
-        prompts = _read_prompt_jsonl(art.file("prompts.jsonl"))
+    if path.is_dir() and artifacts.folder_stage(path)[0] == samples.STAGE:
+        art = artifacts.open_artifact(path, samples.STAGE)
+        prompts = _read_prompt_jsonl(art.file(samples.PROMPTS))
     elif path.is_dir():
-        from aplot_cli.prepare import load_pairs
+        from aplot_cli.readers.pairs import load_pairs
 
         art = artifacts.open_artifact(path, "prepare")
         frame = load_pairs(path, split).drop_duplicates("prompt")

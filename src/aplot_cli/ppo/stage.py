@@ -19,6 +19,7 @@ from aplot_cli.config import PPO_FLAGS, PPOConfig, config_to_dict
 from aplot_cli.console import info
 from aplot_cli.console import progress as progress_display
 from aplot_cli.errors import ArtifactError, ConfigError
+from aplot_cli.generation import Prompt, load_policy
 from aplot_cli.ppo import CHECKPOINTS, EVAL_LOG, EVAL_RESPONSES, LOG, POLICY_DIR, ROLLOUTS, STAGE, core
 from aplot_cli.ppo.checkpoints import load_checkpoint, resume_checkpoint, save_checkpoint, truncate_jsonl
 from aplot_cli.ppo.evaluation import eval_points, heldout_eval, load_eval_prompts
@@ -26,11 +27,10 @@ from aplot_cli.ppo.policy import (
     GoldScorer,
     PolicyWithValue,
     Scorer,
-    load_policy,
     load_reward_model,
     require_gold_checkers,
 )
-from aplot_cli.ppo.prompts import Prompt, PromptSet, load_prompts
+from aplot_cli.ppo.prompts import PromptSet, load_prompts
 from aplot_cli.ppo.update import update
 
 DEVICES = ("auto", "cpu", "cuda")

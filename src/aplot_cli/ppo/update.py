@@ -11,9 +11,9 @@ from torch import nn
 
 from aplot_cli.config import PPOConfig
 from aplot_cli.errors import TrainingError
+from aplot_cli.generation import Prompt
 from aplot_cli.ppo import core
 from aplot_cli.ppo.policy import PolicyWithValue, Scorer
-from aplot_cli.ppo.prompts import Prompt
 from aplot_cli.ppo.rollout import Rollout, collect, normalise_scores
 
 

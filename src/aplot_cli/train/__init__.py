@@ -27,10 +27,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from aplot_cli.train.data import EncodedSplit, PairCollator, PairDataset, SplitCollator, encode_split, sample_pairs
+from aplot_cli.train.data import EncodedSplit, PairCollator, PairDataset, SplitCollator, encode_split
 from aplot_cli.train.metrics import mean_metrics, pair_accuracy
 from aplot_cli.train.model import head_name, load_model
-from aplot_cli.train.records import LOG_FILE, MARGINS_FILE, MarginSink
+from aplot_cli.train.records import LOG_FILE, MarginSink
 from aplot_cli.train.resume import (
     RESUMABLE,
     RUN_CONFIG,
@@ -40,7 +40,7 @@ from aplot_cli.train.resume import (
     run_record,
 )
 from aplot_cli.train.stage import STAGE, check_model_dir, run, runs_on_cpu, training_args
-from aplot_cli.train.validation import DEVICES, check_dataset_margin, check_embeddings_match, validate
+from aplot_cli.train.validation import DEVICES, check_dataset_margin, validate
 
 _FROM_TRAINER = ("RewardTrainer", "PENDING_STEPS")  # names of the module that imports transformers
 
@@ -53,8 +53,8 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["DEVICES", "LOG_FILE", "MARGINS_FILE", "PENDING_STEPS", "RESUMABLE", "RUN_CONFIG", "STAGE", "EncodedSplit",
+__all__ = ["DEVICES", "LOG_FILE", "PENDING_STEPS", "RESUMABLE", "RUN_CONFIG", "STAGE", "EncodedSplit",
            "MarginSink", "PairCollator", "PairDataset", "RewardTrainer", "SplitCollator", "mean_metrics",
-           "resume_step", "sample_pairs", "training_args", "runs_on_cpu", "check_dataset_margin", "check_embeddings_match",
+           "resume_step", "training_args", "runs_on_cpu", "check_dataset_margin",
            "check_model_dir", "check_resume", "encode_split", "has_usable_checkpoint", "head_name", "load_model", "pair_accuracy",
            "run", "run_record", "validate"]

@@ -27,13 +27,6 @@ class EncodedSplit:
     truncation: dict[str, int] = field(default_factory=dict)
 
 
-def sample_pairs(frame, limit: int | None, seed: int):
-    """A seeded random sample of `limit` rows of a pairs frame (every row when `limit` is None), re-indexed."""
-    if limit is None or limit >= len(frame):
-        return frame.reset_index(drop=True)
-    return frame.sample(n=limit, random_state=seed).reset_index(drop=True)
-
-
 def encode_split(frame, tokenizer, cfg: TrainConfig, embeddings=None, split_id: int = 0, encode=None) -> EncodedSplit:
     """Encode every (prompt, chosen) and (prompt, rejected) with `formatting.encode` (or `encode`, a
     drop-in such as `frozen.EncodingMemo`); nothing is dropped."""

@@ -1,6 +1,6 @@
 """The margin record: `MarginSink` keeps each step's per-pair margins and rewards, writes them per rank
 at each checkpoint, and merges them into `margins.parquet` at the end. Also the names of the files a
-run logs into."""
+run logs into (the record's name is its reader's, `readers.train_runs`)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 
 LOG_FILE = "train_log.jsonl"
-MARGINS_FILE = "margins.parquet"
 
 
 class MarginSink:

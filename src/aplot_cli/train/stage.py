@@ -17,24 +17,23 @@ from aplot_cli import artifacts, formatting, models, run_report
 from aplot_cli.config import TrainConfig, config_to_dict, resolve_train
 from aplot_cli.console import info
 from aplot_cli.errors import ArtifactError, ConfigError
+from aplot_cli.readers.embeddings import check_embeddings_match, load_embeddings
+from aplot_cli.readers.pairs import load_pairs, sample_pairs, split_files
+from aplot_cli.readers.train_runs import MARGINS_FILE, STAGE
 from aplot_cli.train import learned, prefix, push
-from aplot_cli.train.data import PairDataset, SplitCollator, encode_split, sample_pairs
+from aplot_cli.train.data import PairDataset, SplitCollator, encode_split
 from aplot_cli.train.metrics import _final_metrics, _ot_summary, pair_accuracy
 from aplot_cli.train.model import load_model
-from aplot_cli.train.records import LOG_FILE, MARGINS_FILE, MarginSink
+from aplot_cli.train.records import LOG_FILE, MarginSink
 from aplot_cli.train.resume import RUN_CONFIG, check_resume, resume_step, run_record
-from aplot_cli.train.validation import check_dataset_margin, check_embeddings_match, validate
+from aplot_cli.train.validation import check_dataset_margin, validate
 
-STAGE = "train-rm"
 TENSORBOARD_DIR = "tensorboard"  # --report-to tensorboard: the event files, kept with the run
 
 
 def run(cfg: TrainConfig, pairs_dir: Path, out_dir: Path, embeddings_dir: Path | None = None,
         overwrite: bool = False, resume: bool = False, extra_callbacks: tuple = ()) -> Path:
     """Train a reward model; returns the manifest path (written last, by the main process)."""
-    from aplot_cli.embed import load_embeddings
-    from aplot_cli.prepare import load_pairs
-
     learning_rate_source = "set" if cfg.learning_rate is not None else "default for the backbone"
     cfg = resolve_train(cfg)  # the learning rate it trains with is the one the manifest records
     spec = validate(cfg, embeddings_dir is not None)
@@ -194,8 +193,6 @@ def _relative_or_id(resolved: str) -> str:
 
 
 def _test_frame(pairs_art, cfg: TrainConfig):
-    from aplot_cli.prepare import load_pairs, split_files
-
     if "test.parquet" not in split_files(pairs_art):
         return None
     return sample_pairs(load_pairs(pairs_art.path, "test"), cfg.max_eval_pairs, cfg.seed)

@@ -12,7 +12,7 @@ import numpy as np
 
 from aplot_cli import losses
 from aplot_cli.config import TRAIN_FLAGS, TrainConfig, closest, resolve_train
-from aplot_cli.errors import ArtifactError, ConfigError, InputDataError
+from aplot_cli.errors import ConfigError, InputDataError
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -128,20 +128,3 @@ def check_dataset_margin(frame, pairs_dir: Path) -> dict[str, int]:
                              hint="prepare data with a margin field (a rating gap, see `aplot prepare --help`), "
                                   "or use another loss")
     return {"pairs": len(frame), "with_margin": present, "without_margin_as_zero": len(frame) - present}
-
-
-def check_embeddings_match(emb_art, pairs_art) -> None:
-    """Embeddings are looked up by pair id, and a pair id does not change when chosen and rejected are
-    swapped (e.g. another `--flip-ratio`): only embeddings of this train split's content are safe. Older
-    embeddings artifacts record only the pairs manifest's hash, so for those that must match."""
-    recorded = emb_art.manifest.get("inputs", {}).get("pairs") or {}
-    split = "train.parquet"
-    if split in recorded.get("outputs_sha256", {}):
-        was, now, what = recorded["outputs_sha256"][split], pairs_art.output_hashes().get(split), f"{split} sha256"
-    else:
-        was, now, what = recorded.get("manifest_sha256"), pairs_art.manifest_sha256(), "manifest sha256"
-    if was != now:
-        raise ArtifactError(f"the embeddings in {emb_art.path} were made from other pairs than {pairs_art.path} "
-                            f"(their {what} {str(was)[:12]}, this one's {str(now)[:12]})",
-                            hint=f"re-run `aplot embed {pairs_art.path} --out-dir DIR` (cached texts are not "
-                                 "encoded again)")

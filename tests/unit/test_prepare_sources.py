@@ -388,3 +388,14 @@ def test_cli_prepares_a_saved_folder_with_columns_and_test_files_and_names_a_bad
     )
     assert result.exit_code == 3 and "no column `questoin`, which --columns prompt=questoin names" in result.stderr
     assert f"{saved}#row0" in result.stderr and not (tmp_path / "q").exists()
+
+
+def test_test_split_of_a_hub_layout_dataset_is_kept(tmp_path):
+    folder = tmp_path / "hub-like"
+    folder.mkdir()
+    _jsonl(folder / "train.jsonl", _rows(8))
+    _jsonl(folder / "test.jsonl", _rows(3, start=50, prefix="t"))
+    manifest, frames = _run(tmp_path, dataset=str(folder), test_split="test")
+    assert _prompts(frames["test"]) == {"t50", "t51", "t52"}
+    assert _prompts(frames["train"]) == {f"q{i}" for i in range(8)}
+    assert [(h["split"], h["rows"]) for h in manifest["sources"]["hub"]] == [("train", 8), ("test", 3)]

@@ -61,13 +61,25 @@ class PrepareConfig:
         None, "Recipe name in data_recipes/ (synthetic, hh-rlhf, unified-feedback[-40k|-400k], ultrafeedback, "
               "skywork-80k, hhh-alignment) or a path to a recipe YAML.", shown="none: --dataset or --files",
               panel="Source")
-    dataset: str | None = option(None, "Hub dataset id (or a local dataset folder), read when no recipe or files.",
-                                 shown="the recipe's", panel="Source")
+    dataset: str | None = option(
+        None, "Hub dataset id, a local folder laid out as on the hub, or a save_to_disk folder; read when no --files.",
+        shown="the recipe's", panel="Source")
     dataset_config: str | None = option(None, "Hub dataset config name.", shown="the recipe's, else none",
                                         panel="Source")
-    dataset_split: str = option("train", "Hub split to read.", panel="Source")
-    files: tuple[str, ...] = option((), "Local jsonl/json/parquet/csv file(s); repeat for several.", short="-f",
-                                    shown="none", panel="Source")
+    dataset_split: str = option("train", "Split to read: of a hub dataset, or of a folder a DatasetDict was saved to.",
+                                panel="Source")
+    test_split: str | None = option(
+        None, "A split of the source (hub dataset or saved DatasetDict, e.g. test) kept as the test split, instead "
+              "of holding out --test-size.", shown="none: --test-size", panel="Split and noise")
+    files: tuple[str, ...] = option(
+        (), "Local jsonl/json/parquet/csv file(s), or folders written by datasets' save_to_disk; repeat for several.",
+        short="-f", shown="none", panel="Source")
+    test_files: tuple[str, ...] = option(
+        (), "Your own test file(s) or save_to_disk folder(s), kept as the test split instead of holding out "
+            "--test-size; repeat for several.", shown="none: --test-size", panel="Split and noise")
+    columns: tuple[str, ...] = option(
+        (), "Your column names, TARGET=SOURCE joined by commas (prompt=question,chosen=good,rejected=bad; id=uid), "
+            "over the recipe's.", split=",", shown="the names themselves", panel="Source")
     on_bad_rows: Literal["error", "skip"] = option(
         "error", "error: stop at the first bad row, naming it; skip: drop and count it in the manifest.",
         panel="Source")

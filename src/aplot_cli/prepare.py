@@ -2,7 +2,8 @@
 
 Output directory: one parquet file per split (`train.parquet`, `test.parquet`, and `ood.parquet` for
 the synthetic recipe's reserved families) in the schema of `aplot_cli.data.schema`, and a manifest
-with counts of every row read, filtered, rejected (by reason) and written. Other stages read it with
+with counts of every row read, filtered, rejected (by reason) and written, and the sha256 of every
+source file read (`sources`; `aplot_cli.data.sources` says where rows come from). Other stages read it with
 `readers.pairs`."""
 
 from __future__ import annotations
@@ -18,10 +19,11 @@ from typing import Any
 from aplot_cli import artifacts
 from aplot_cli.config import PrepareConfig, config_to_dict
 from aplot_cli.console import info
-from aplot_cli.data import loaders, onpolicy, synthetic
-from aplot_cli.data.recipes import Recipe, load_recipe
+from aplot_cli.data import onpolicy, sources, synthetic
+from aplot_cli.data.loaders import RawRecord
+from aplot_cli.data.recipes import Recipe, load_recipe, parse_columns
 from aplot_cli.data.schema import Pair, messages_json
-from aplot_cli.data.transforms import TRANSFORMS, RowProblem
+from aplot_cli.data.transforms import TRANSFORMS, RowProblem, source_id
 from aplot_cli.errors import ConfigError, InputDataError, disk_full_names
 from aplot_cli.readers.pairs import STAGE
 
@@ -39,16 +41,34 @@ class Tally:
     examples: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
     onpolicy: onpolicy.OnPolicyCounts | None = None  # --from-samples: prompts with and without a pair
 
-    def reject(self, kind: str, where: str, detail: str, on_bad_rows: str) -> None:
+    def reject(self, kind: str, where: str, detail: str, on_bad_rows: str, hint: str | None = None) -> None:
         if on_bad_rows == "error":
-            raise InputDataError(f"{where}: {detail}", hint=_FIX)
+            raise InputDataError(f"{where}: {detail}", hint=f"{hint}; or {_FIX}" if hint else _FIX)
         self.bad[kind] += 1
         if len(self.examples[kind]) < 5:
             self.examples[kind].append(f"{where}: {detail}")
 
 
+def _column_mapping(cfg: PrepareConfig, recipe: Recipe | None) -> tuple[dict[str, str], dict[str, str]]:
+    """(every column mapping in force, the part --columns gave): --columns over the recipe's `columns`."""
+    given = parse_columns(cfg.columns, recipe.transform if recipe else "pairwise")
+    return {**(recipe.columns if recipe else {}), **given}, given
+
+
+def _check_mapped(record: RawRecord, given: dict[str, str]) -> None:
+    """The first row of a source holds every column --columns names (a misspelt name is met here, as what it
+    is, rather than as a bad row)."""
+    for target, column in given.items():
+        if column.split(".")[0] not in record.data:
+            raise InputDataError(f"{record.location}: no column `{column.split('.')[0]}`, which --columns "
+                                 f"{target}={column} names (the row's columns: {', '.join(map(str, record.data))})",
+                                 hint="fix the mapping: --columns TARGET=SOURCE, SOURCE spelt as your data names "
+                                      "the column")
+
+
 def _source_pairs(cfg: PrepareConfig, recipe: Recipe | None, tally: Tally,
-                  samples: tuple[artifacts.Artifact, Any] | None = None) -> Iterator[Pair]:
+                  samples: tuple[artifacts.Artifact, Any] | None = None,
+                  streams: list[sources.Stream] | None = None) -> Iterator[Pair]:
     if samples is not None:
         art, frame = samples
         pairs, counts = onpolicy.pairs_from_samples(frame, cfg.pairs_per_prompt, cfg.seed, where=str(art.path))
@@ -62,42 +82,38 @@ def _source_pairs(cfg: PrepareConfig, recipe: Recipe | None, tally: Tally,
         yield from pairs
         return
     transform = TRANSFORMS[recipe.transform if recipe else "pairwise"]
-    columns = recipe.columns if recipe else {}
-    if cfg.files:
-        streams = [(None, loaders.read_files(cfg.files))]
-    else:
-        dataset = cfg.dataset or (recipe.hub_id if recipe else None)
-        if dataset is None:
-            raise ConfigError("no data source given", hint="pass --recipe NAME, --dataset HUB_ID or "
-                                                            "--files FILE [FILE ...]")
-        configs = (cfg.dataset_config,) if cfg.dataset_config else (recipe.hub_configs if recipe else (None,))
-        split = cfg.dataset_split if cfg.dataset_split != "train" or recipe is None else recipe.hub_split
-        streams = [(conf, loaders.read_hub(dataset, conf, split, cfg.every_nth)) for conf in configs]
-    for conf, records in streams:
-        for index, record in enumerate(records):
-            if cfg.files and cfg.every_nth > 1 and index % cfg.every_nth:
-                continue
+    columns, given = _column_mapping(cfg, recipe)
+    for stream in streams or []:
+        first = True
+        for record in stream.records:
             tally.read += 1
             if record.problem:
                 tally.reject(record.problem, record.location, record.detail, cfg.on_bad_rows)
                 continue
+            if first:
+                _check_mapped(record, given)
+                first = False
             try:
-                pair = transform(record.data, columns, subset=conf or "")
+                pair = transform(record.data, columns, subset=stream.subset)
+                row_id = source_id(record.data, columns)
             except RowProblem as problem:
                 tally.reject(problem.kind, record.location, f"field `{problem.field}` {problem.detail}",
-                             cfg.on_bad_rows)
+                             cfg.on_bad_rows, hint=problem.hint)
                 continue
             if pair is None:
                 tally.filtered += 1
                 continue
             pair.location = record.location
-            if not pair.subset and conf:
-                pair.subset = conf
+            if row_id is not None:
+                pair.extras["source_id"] = row_id
+            if not pair.subset and stream.subset:
+                pair.subset = stream.subset
             yield pair
 
 
-def _valid_pairs(cfg: PrepareConfig, pairs: Iterator[Pair], tally: Tally) -> list[Pair]:
-    seen: dict[str, str] = {}
+def _valid_pairs(cfg: PrepareConfig, pairs: Iterator[Pair], tally: Tally, seen: dict[str, str]) -> list[Pair]:
+    """The pairs that pass validation; `seen` ({pair_id: location}) spans the training and test sources, so a
+    pair in both is a duplicate."""
     kept: list[Pair] = []
     for pair in pairs:
         for name in ("prompt", "chosen", "rejected"):
@@ -116,7 +132,7 @@ def _valid_pairs(cfg: PrepareConfig, pairs: Iterator[Pair], tally: Tally) -> lis
                 continue
             seen[pid] = pair.location
             kept.append(pair)
-    return _sample(kept, cfg.max_pairs, cfg.seed, tally)
+    return kept
 
 
 def _sample(pairs: list[Pair], max_pairs: int | None, seed: int, tally: Tally) -> list[Pair]:
@@ -189,6 +205,9 @@ def _check(cfg: PrepareConfig) -> None:
         if others:
             raise ConfigError(f"--from-samples and {', '.join(others)} name two data sources",
                               hint="pairs come from one source: drop one of them")
+        if cfg.columns:
+            raise ConfigError("--columns with --from-samples: a samples artifact has aplot's own columns",
+                              hint="drop --columns")
 
 
 def open_samples(path: str) -> tuple[artifacts.Artifact, Any]:
@@ -214,8 +233,45 @@ def recipe_defaults(recipe_name: str | None) -> dict[str, Any]:
 def input_paths(cfg: PrepareConfig) -> list[tuple[str, str | None]]:
     """The local paths this run reads (what its --out-dir must stay clear of)."""
     recipe_file = cfg.recipe if cfg.recipe and Path(cfg.recipe).suffix in (".yaml", ".yml") else None
-    return [("--files", f) for f in cfg.files] + [("--dataset", cfg.dataset), ("--recipe", recipe_file),
-                                                   ("--from-samples", cfg.from_samples)]
+    return [("--files", f) for f in cfg.files] + [("--test-files", f) for f in cfg.test_files] + [
+        ("--dataset", cfg.dataset), ("--recipe", recipe_file), ("--from-samples", cfg.from_samples)]
+
+
+def _read(cfg: PrepareConfig, recipe: Recipe | None, tally: Tally,
+          samples: tuple[artifacts.Artifact, Any] | None) -> tuple[dict[str, list[Pair]], sources.Sources | None]:
+    """Every source row read and validated, then split: by prompt (--test-size), or as the test source gives
+    them (--test-split / --test-files: the training pairs are all train, --max-pairs samples them alone)."""
+    made_here = samples is not None or (recipe is not None and recipe.transform == "synthetic")
+    found = None if made_here else sources.open_sources(cfg, recipe)
+    seen: dict[str, str] = {}
+    pairs = _valid_pairs(cfg, _source_pairs(cfg, recipe, tally, samples, found.train if found else None), tally,
+                         seen)
+    if not pairs:
+        raise InputDataError("no valid pairs were read",
+                             hint=f"rows read: {tally.read}, filtered: {tally.filtered}, "
+                                  f"bad: {dict(tally.bad)}")
+    if found is None or not found.test:
+        return split_by_prompt(_sample(pairs, cfg.max_pairs, cfg.seed, tally), cfg.test_size, cfg.seed), found
+    test = _valid_pairs(cfg, _source_pairs(cfg, recipe, tally, streams=found.test), tally, seen)
+    if not test:
+        raise InputDataError(f"the test source ({found.test_from}) gave no valid pairs",
+                             hint=f"rows read in all: {tally.read}, filtered: {tally.filtered}, "
+                                  f"bad: {dict(tally.bad)}")
+    return {"train": _sample(pairs, cfg.max_pairs, cfg.seed, tally), "test": test}, found
+
+
+def _source_metrics(splits: dict[str, list[Pair]], found: sources.Sources | None) -> dict[str, Any]:
+    """How the test split was made, prompts the user's own test split shares with train (said, not refused:
+    the split is theirs), and how many prompts were TRL-style implicit ones."""
+    metrics: dict[str, Any] = {"test_split_from": found.test_from if found else "--test-size",
+                               "implicit_prompts": sum(p.implicit_prompt for ps in splits.values() for p in ps)}
+    if found is not None and found.test:
+        shared = {p.prompt for p in splits.get("test", [])} & {p.prompt for p in splits.get("train", [])}
+        metrics["test_prompts_in_train"] = len(shared)
+        if shared:
+            info(f"[bold yellow]prepare[/] {len(shared)} prompt(s) of the test split ({found.test_from}) are also "
+                 "in the training split (kept: the split is yours; counted as metrics.test_prompts_in_train)")
+    return metrics
 
 
 def run(cfg: PrepareConfig, out_dir: Path, overwrite: bool = False) -> Path:
@@ -224,16 +280,15 @@ def run(cfg: PrepareConfig, out_dir: Path, overwrite: bool = False) -> Path:
     inputs = input_paths(cfg)
     artifacts.check_out_dir(out_dir, stage=STAGE, inputs=inputs, overwrite=overwrite)
     recipe = load_recipe(cfg.recipe) if cfg.recipe else None
+    sources.check(cfg, recipe)
+    if not cfg.from_samples:
+        _column_mapping(cfg, recipe)  # a bad --columns is named before any row is read
     samples = open_samples(cfg.from_samples) if cfg.from_samples else None
     tally = Tally()
-    pairs = _valid_pairs(cfg, _source_pairs(cfg, recipe, tally, samples), tally)
-    if not pairs:
-        raise InputDataError("no valid pairs were read",
-                             hint=f"rows read: {tally.read}, filtered: {tally.filtered}, "
-                                  f"bad: {dict(tally.bad)}")
+    splits, found = _read(cfg, recipe, tally, samples)
+    source_files = sources.source_files(cfg)
     # every input has been read and validated: only now may --overwrite clear a finished artifact
     out_dir = artifacts.prepare_out_dir(out_dir, stage=STAGE, inputs=inputs, overwrite=overwrite)
-    splits = split_by_prompt(pairs, cfg.test_size, cfg.seed)
     outputs, counts = [], {}
     for name, split_pairs in splits.items():
         flipped = _flip(split_pairs, cfg.flip_ratio, flip_seed(cfg)) if name == "train" else set()
@@ -243,10 +298,11 @@ def run(cfg: PrepareConfig, out_dir: Path, overwrite: bool = False) -> Path:
         outputs.append(artifacts.describe_output(out_dir, f"{name}.parquet", rows=len(frame)))
         counts[name] = {"pairs": len(frame), "prompts": int(frame["prompt"].nunique()),
                         "flipped": len(flipped)}
+    written = sum(len(v) for v in splits.values())
     metrics = {"rows_read": tally.read, "rows_filtered": tally.filtered, "pairs_sampled_out": tally.sampled_out,
-               "rows_bad": dict(tally.bad), "pairs_written": len(pairs), "splits": counts,
-               "flip_seed": flip_seed(cfg) if cfg.flip_ratio > 0 else None}
-    info(f"[bold]prepare[/] read {tally.read} rows -> {len(pairs)} pairs "
+               "rows_bad": dict(tally.bad), "pairs_written": written, "splits": counts,
+               "flip_seed": flip_seed(cfg) if cfg.flip_ratio > 0 else None, **_source_metrics(splits, found)}
+    info(f"[bold]prepare[/] read {tally.read} rows -> {written} pairs "
          + ", ".join(f"{k}: {v['pairs']}" for k, v in counts.items())
          + (f" (filtered {tally.filtered}, bad {sum(tally.bad.values())})" if tally.filtered or tally.bad else ""))
     if tally.onpolicy is not None:
@@ -258,4 +314,5 @@ def run(cfg: PrepareConfig, out_dir: Path, overwrite: bool = False) -> Path:
         inputs={"samples": samples[0]} if samples else None,
         diagnostics={"bad_row_examples": dict(tally.examples)},
         extra={"recipe": None if recipe is None else {"name": recipe.name, "transform": recipe.transform,
-                                                      "hub_id": recipe.hub_id}})
+                                                      "hub_id": recipe.hub_id},
+               "sources": {"files": source_files, "hub": found.hub if found else []}})

@@ -70,7 +70,7 @@ def read_rows(sources: tuple[str, ...] | list[str], hub_id: str, config: str | N
         hub_id, sources = sources[0], ()
     if sources:
         for source in sources:
-            for record in read_files([source]):
+            for record in read_files([source], split or "test", flag="--split"):  # a saved DatasetDict: its split
                 if record.data is None:
                     raise InputDataError(f"{record.location}: {record.detail}",
                                          hint="fix the row; benchmark files are read whole, no row is skipped")

@@ -1,4 +1,5 @@
-"""Read raw records from local files (jsonl, json, parquet, csv) or a hub dataset id.
+"""Read raw records from local files (jsonl, json, parquet, csv), folders written by `datasets`'
+`save_to_disk` (a Dataset, or a DatasetDict's split) or a hub dataset id.
 
 Every record carries its location (`file:line`, or `dataset[split]#row`) so validation errors can
 name it. Unreadable lines (broken JSON, undecodable bytes) come back as records with a `problem`
@@ -214,7 +215,10 @@ def check_file(path: Path) -> str:
                                  "not exist", hint="point the link at a real file") from exc
         raise InputDataError(f"input file {path} does not exist", hint="check the path") from exc
     if stat.S_ISDIR(info.st_mode):
-        raise InputDataError(f"input file {path} is a directory, not a file",
+        if saved_kind(path):
+            return "saved"
+        raise InputDataError(f"input file {path} is a directory, not a file (nor a folder written by datasets' "
+                             "save_to_disk: it has no dataset_dict.json, or state.json and dataset_info.json)",
                              hint=f"pass the files in it, e.g. --files {path}/*.jsonl")
     if not stat.S_ISREG(info.st_mode):
         raise InputDataError(f"input file {path} is not a regular file", hint="pass a jsonl/json/parquet/csv file")
@@ -227,11 +231,16 @@ def check_file(path: Path) -> str:
     return kind
 
 
-def read_files(paths: list[str] | tuple[str, ...]) -> Iterator[RawRecord]:
+def read_files(paths: list[str] | tuple[str, ...], split: str = "train", flag: str = "--dataset-split") -> \
+        Iterator[RawRecord]:
+    """The rows of each file in turn; a saved DatasetDict folder gives its `split` (`flag` names the option
+    that chose it, for errors)."""
     for name in paths:
         path = Path(name)
         kind = check_file(path)
-        if kind == "jsonl":
+        if kind == "saved":
+            yield from read_saved(path, split, flag=flag)
+        elif kind == "jsonl":
             yield from _jsonl(path)
         elif kind == "json":
             yield from _json(path)
@@ -239,9 +248,66 @@ def read_files(paths: list[str] | tuple[str, ...]) -> Iterator[RawRecord]:
             yield from _table(path, kind)
 
 
-def read_hub(dataset_id: str, config: str | None, split: str, every_nth: int = 1) -> Iterator[RawRecord]:
+def saved_kind(path: Path) -> str | None:
+    """What `save_to_disk` wrote in folder `path`: "dataset_dict" (a `dataset_dict.json` naming its splits, one
+    folder each), "dataset" (`state.json` and `dataset_info.json` beside the arrow files), or None."""
+    if (path / "dataset_dict.json").is_file():
+        return "dataset_dict"
+    if (path / "state.json").is_file() and (path / "dataset_info.json").is_file():
+        return "dataset"
+    return None
+
+
+def saved_splits(path: Path) -> list[str]:
+    """The split names a saved DatasetDict's `dataset_dict.json` lists."""
+    manifest = path / "dataset_dict.json"
+    try:
+        splits = json.loads(manifest.read_text(encoding="utf-8")).get("splits")
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError) as exc:
+        raise InputDataError(f"{manifest} cannot be read as the JSON save_to_disk writes ({exc})",
+                             hint="re-save the DatasetDict with save_to_disk") from exc
+    if not isinstance(splits, list) or not all(isinstance(s, str) for s in splits):
+        raise InputDataError(f"{manifest}: `splits` is {splits!r}, expected a list of split names",
+                             hint="re-save the DatasetDict with save_to_disk")
+    return splits
+
+
+def read_saved(path: Path, split: str | None, flag: str = "--dataset-split", every_nth: int = 1) -> \
+        Iterator[RawRecord]:
+    """The rows of a folder written by `Dataset.save_to_disk`, or of split `split` of one written by
+    `DatasetDict.save_to_disk` (read with `datasets.load_from_disk`: arrow files, no code runs)."""
+    import datasets
+
+    where = str(path)
+    if saved_kind(path) == "dataset_dict":
+        splits = saved_splits(path)
+        if split not in splits:
+            raise InputDataError(f"{path} is a saved DatasetDict with no `{split}` split (it has "
+                                 f"{', '.join(splits) or 'none'})", hint=f"name one of its splits with {flag}")
+        path, where = path / split, f"{path}[{split}]"
+    datasets.disable_progress_bars()
+    try:
+        ds = datasets.load_from_disk(str(path))
+    except Exception as exc:  # datasets raises many types for a damaged folder (missing arrow file, bad JSON)
+        raise InputDataError(f"{path}: cannot load the folder save_to_disk wrote ({type(exc).__name__}: {exc})",
+                             hint="re-save it with save_to_disk, or export it with to_json / to_parquet and pass "
+                                  "that file") from exc
+    if not isinstance(ds, datasets.Dataset):
+        raise InputDataError(f"{path} holds a {type(ds).__name__}, not a Dataset",
+                             hint="pass the folder of one Dataset or of a DatasetDict")
+    if len(ds) == 0:
+        raise _empty(path, "holds no rows")
+    if every_nth > 1:
+        ds = ds.select(range(0, len(ds), every_nth))
+    for number, row in enumerate(ds):
+        yield RawRecord(f"{where}#row{number * every_nth}", _plain(dict(row)))
+
+
+def read_hub(dataset_id: str, config: str | None, split: str, every_nth: int = 1,
+             loaded: list[dict[str, Any]] | None = None) -> Iterator[RawRecord]:
     """Read a dataset through `datasets.load_dataset` (a hub id, or a local dataset folder laid out
-    as on the hub, which is how tests exercise this path offline)."""
+    as on the hub, which is how tests exercise this path offline). `loaded` collects what was read: id,
+    config, split, rows and `datasets`' fingerprint of the content (for the manifest)."""
     import datasets
 
     datasets.disable_progress_bars()  # our own console reports counts
@@ -260,6 +326,9 @@ def read_hub(dataset_id: str, config: str | None, split: str, every_nth: int = 1
             f"cannot load dataset {dataset_id!r} (config={config!r}, split={split!r}): {exc}",
             hint="check the id, --dataset-config and --dataset-split; offline (HF_HUB_OFFLINE=1) only "
                  "cached datasets load") from exc
+    if loaded is not None:
+        loaded.append({"dataset": dataset_id, "config": config, "split": split, "rows": len(ds),
+                       "fingerprint": getattr(ds, "_fingerprint", None)})
     if every_nth > 1:
         ds = ds.select(range(0, len(ds), every_nth))
     step = every_nth

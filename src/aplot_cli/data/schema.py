@@ -30,6 +30,7 @@ class Pair:
     source: str = ""
     extras: dict[str, Any] = field(default_factory=dict)
     location: str = ""  # file:line or hub row, for error messages
+    implicit_prompt: bool = False  # the prompt was the shared prefix of chosen and rejected (TRL's format)
 
     @property
     def pair_id(self) -> str:

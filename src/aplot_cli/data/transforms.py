@@ -2,7 +2,10 @@
 
 A transform returns a `Pair`, returns `None` for a row the recipe's protocol filters out on purpose
 (e.g. equal ratings in Unified-Feedback; counted as `filtered`), or raises `RowProblem` naming the
-field that is wrong (counted as a bad row, or fatal under `--on-bad-rows error`)."""
+field that is wrong (counted as a bad row, or fatal under `--on-bad-rows error`).
+
+`COLUMNS` says which columns each transform reads (its targets, and the source column each reads by
+default); a recipe's `columns:` and `prepare --columns TARGET=SOURCE` rename them."""
 
 from __future__ import annotations
 
@@ -13,11 +16,21 @@ from typing import Any
 
 from aplot_cli.data.schema import ROLES, Pair, render_messages
 
+# {transform: {target: default source column}}; every transform also reads a row's id (`ID_COLUMNS`)
+COLUMNS: dict[str, dict[str, str]] = {
+    "pairwise": {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected", "margin": "margin",
+                 "subset": "subset"},
+    "hh_transcript": {"chosen": "chosen", "rejected": "rejected"},
+    "rated_pair": {"a": "conv_A", "b": "conv_B", "rating_a": "conv_A_rating", "rating_b": "conv_B_rating"},
+    "multiple_choice": {"prompt": "input", "choices": "targets.choices", "labels": "targets.labels"},
+}
+ID_COLUMNS = ("id", "source_id")  # read in this order when `id` is not mapped; kept as the pairs' `source_id`
+
 
 class RowProblem(Exception):
-    def __init__(self, kind: str, field: str, detail: str):
+    def __init__(self, kind: str, field: str, detail: str, hint: str | None = None):
         super().__init__(f"{kind}: field `{field}` {detail}")
-        self.kind, self.field, self.detail = kind, field, detail
+        self.kind, self.field, self.detail, self.hint = kind, field, detail, hint
 
 
 def _get(record: dict[str, Any], column: str) -> Any:
@@ -100,16 +113,37 @@ def _same_form(chosen: Any, rejected: Any, chosen_col: str, rejected_col: str) -
                                            "both lists of {\"role\", \"content\"} messages")
 
 
+def implicit_prompt(chosen: str, rejected: str) -> tuple[str, str, str]:
+    """(prompt, chosen, rejected) of TRL's string implicit-prompt format, split as `trl.extract_prompt`
+    splits it: the prompt is the longest common character prefix of the two texts (which may end inside a
+    word, as TRL's does), less a space just before the first difference, which stays with the responses;
+    when one text is a prefix of the other, the last shared character goes to the responses (TRL's loop
+    ends one short). TRL's one other case, no shared character, gives an empty prompt here (TRL's index
+    would wrap to the end of the text)."""
+    n = min(len(chosen), len(rejected))
+    cut = max(n - 1, 0)
+    for i in range(n):
+        if chosen[i] != rejected[i]:
+            cut = i - 1 if i > 0 and chosen[i - 1] == " " else i
+            break
+    return chosen[:cut], chosen[cut:], rejected[cut:]
+
+
 def pairwise(record: dict[str, Any], columns: dict[str, str], **_: Any) -> Pair:
-    """Plain strings or `role`/`content` message lists, with an explicit or implicit prompt."""
-    chosen_raw = _get(record, columns.get("chosen", "chosen"))
-    rejected_raw = _get(record, columns.get("rejected", "rejected"))
+    """Plain strings or `role`/`content` message lists, with an explicit or implicit prompt (for plain
+    strings, TRL's implicit-prompt format: no prompt column, the prompt is the texts' shared prefix)."""
+    chosen_col, rejected_col = columns.get("chosen", "chosen"), columns.get("rejected", "rejected")
+    chosen_raw = _get(record, chosen_col)
+    rejected_raw = _get(record, rejected_col)
     prompt_col = columns.get("prompt", "prompt")
-    prompt_raw = _get(record, prompt_col) if prompt_col in record or "." in prompt_col else None
-    _same_form(chosen_raw, rejected_raw, columns.get("chosen", "chosen"), columns.get("rejected", "rejected"))
+    # a prompt column someone named (recipe or --columns) must be there; the default one may be absent
+    present = "prompt" in columns or prompt_col in record or "." in prompt_col
+    prompt_raw = _get(record, prompt_col) if present else None
+    _same_form(chosen_raw, rejected_raw, chosen_col, rejected_col)
+    implicit = False
     if isinstance(chosen_raw, list) or isinstance(rejected_raw, list):
-        chosen_m = _messages(chosen_raw, columns.get("chosen", "chosen"))
-        rejected_m = _messages(rejected_raw, columns.get("rejected", "rejected"))
+        chosen_m = _messages(chosen_raw, chosen_col)
+        rejected_m = _messages(rejected_raw, rejected_col)
         prompt_m = None
         if isinstance(prompt_raw, str):
             prompt_m = [{"role": "user", "content": prompt_raw.strip()}]
@@ -117,11 +151,19 @@ def pairwise(record: dict[str, Any], columns: dict[str, str], **_: Any) -> Pair:
             prompt_m = _messages(prompt_raw, prompt_col)
         messages, chosen, rejected = _split_conversation(chosen_m, rejected_m, prompt_m)
         prompt = render_messages(messages).strip()
+    elif not present:  # TRL's string implicit-prompt format
+        _text(chosen_raw, chosen_col), _text(rejected_raw, rejected_col)  # both strings; split unstripped, as TRL
+        prompt, chosen, rejected = (part.strip() for part in implicit_prompt(chosen_raw, rejected_raw))
+        messages, implicit = None, True
+        if not prompt:
+            raise RowProblem("no_shared_prompt", prompt_col,
+                             f"is missing and `{chosen_col}` and `{rejected_col}` share no leading text to take as "
+                             "the prompt (TRL's implicit-prompt format)",
+                             hint=f"add a `{prompt_col}` column, or name the column that holds the prompt with "
+                                  "--columns prompt=NAME")
     else:
-        if prompt_raw is None:
-            raise RowProblem("missing_column", prompt_col, "is missing (plain-text pairs need a prompt)")
-        prompt, chosen = _text(prompt_raw, prompt_col), _text(chosen_raw, "chosen")
-        rejected, messages = _text(rejected_raw, "rejected"), None
+        prompt, chosen = _text(prompt_raw, prompt_col), _text(chosen_raw, chosen_col)
+        rejected, messages = _text(rejected_raw, rejected_col), None
     margin = None
     if columns.get("margin", "margin") in record:
         value = record[columns.get("margin", "margin")]
@@ -131,7 +173,23 @@ def pairwise(record: dict[str, Any], columns: dict[str, str], **_: Any) -> Pair:
     subset = record.get(subset_col) if isinstance(record.get(subset_col), str) else ""
     source = record.get("source") if isinstance(record.get("source"), str) else ""
     return Pair(prompt=prompt, chosen=chosen, rejected=rejected, prompt_messages=messages,
-                margin=margin, subset=subset, source=source)
+                margin=margin, subset=subset, source=source, implicit_prompt=implicit)
+
+
+def source_id(record: dict[str, Any], columns: dict[str, str]) -> str | None:
+    """The row's own id as text: the column mapped to `id`, else the first of `ID_COLUMNS` the row has;
+    None when it has none."""
+    if "id" in columns:
+        value = _get(record, columns["id"])
+        column = columns["id"]
+    else:
+        column = next((c for c in ID_COLUMNS if c in record), "")
+        value = record.get(column)
+    if value is None:
+        return None
+    if isinstance(value, (list, dict)):
+        raise RowProblem("bad_id", column, f"is a {type(value).__name__}, expected a string or a number")
+    return str(value)
 
 
 _HH_TURN = re.compile(r"\n\n(Human|Assistant):")
@@ -150,8 +208,9 @@ def _hh_turns(transcript: str, column: str) -> list[dict[str, str]]:
 def hh_transcript(record: dict[str, Any], columns: dict[str, str], **_: Any) -> Pair:
     """Anthropic/hh-rlhf: two full `\\n\\nHuman: ... \\n\\nAssistant: ...` transcripts that share every
     turn but the last assistant one."""
-    chosen_t = _hh_turns(_text(_get(record, "chosen"), "chosen"), "chosen")
-    rejected_t = _hh_turns(_text(_get(record, "rejected"), "rejected"), "rejected")
+    chosen_col, rejected_col = columns.get("chosen", "chosen"), columns.get("rejected", "rejected")
+    chosen_t = _hh_turns(_text(_get(record, chosen_col), chosen_col), chosen_col)
+    rejected_t = _hh_turns(_text(_get(record, rejected_col), rejected_col), rejected_col)
     messages, chosen, rejected = _split_conversation(chosen_t, rejected_t, None)
     return Pair(prompt=render_messages(messages), chosen=chosen, rejected=rejected,
                 prompt_messages=messages)

@@ -15,7 +15,9 @@ margin for that step (counted), so a NaN never reaches the loss."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -54,6 +56,27 @@ class AplotSettings:
     warmup_steps: int = 0           # plain BT (zero margin) for the first steps
     scope: str = "local"            # local | global (gather across data-parallel ranks)
     solver: str = "auto"            # auto (pot on CPU, torch on CUDA) | pot | torch
+
+    @classmethod
+    def from_config(cls, config: Any) -> AplotSettings:
+        """The settings of a train-rm config (a `TrainConfig`, the TRL integration's `AplotRewardConfig`, or
+        a manifest's `config` mapping), each read by the config's own name (`ot_reg`, `margin_scale`, ...; a
+        missing one keeps its default); `semantic_source: none` means no semantic term, so `w_sem` is 0."""
+
+        def get(name: str) -> Any:
+            return config.get(name) if isinstance(config, Mapping) else getattr(config, name, None)
+
+        values = {field_name: get(name) for name, field_name in _CONFIG_NAMES.items() if get(name) is not None}
+        if get("semantic_source") == "none":
+            values["w_sem"] = 0.0
+        return cls(**values)
+
+
+# The config's name of each setting (the train-rm flags, YAML keys and manifest keys) -> the field here.
+_CONFIG_NAMES = {"w_rew": "w_rew", "w_sem": "w_sem", "ot_reg": "reg", "ot_iters": "num_iter", "ot_tol": "tol",
+                 "plan_on": "plan_on", "cost_norm": "cost_norm", "margin_from": "margin_from",
+                 "margin_norm": "margin_norm", "margin_scale": "scale", "margin_warmup_steps": "warmup_steps",
+                 "ot_scope": "scope", "ot_solver": "solver"}
 
 
 @dataclass(frozen=True)

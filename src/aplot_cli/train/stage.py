@@ -193,12 +193,7 @@ def _build_trainer(cfg, spec, model, head, tokenizer, train, test, out_dir, args
     from aplot_cli.train.callbacks import run_callbacks
     from aplot_cli.train.trainer import RewardTrainer  # here, so that importing the package skips transformers
 
-    margin_fn = AplotMargin(AplotSettings(
-        w_rew=cfg.w_rew, w_sem=0.0 if cfg.semantic_source == "none" else cfg.w_sem, reg=cfg.ot_reg,
-        num_iter=cfg.ot_iters, tol=cfg.ot_tol, plan_on=cfg.plan_on, cost_norm=cfg.cost_norm,
-        margin_from=cfg.margin_from, margin_norm=cfg.margin_norm,
-        scale=cfg.margin_scale, warmup_steps=cfg.margin_warmup_steps, scope=cfg.ot_scope,
-        solver=cfg.ot_solver)) if spec.aplot else None
+    margin_fn = AplotMargin(AplotSettings.from_config(cfg)) if spec.aplot else None
     sink = MarginSink(out_dir, train.pair_ids, rank, resumed_step) if cfg.save_margins else None
     trainer = RewardTrainer(
         model=model, args=args,

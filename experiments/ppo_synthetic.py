@@ -42,16 +42,17 @@ def evaluate(policy: str, rm_dir: Path, prompts, cfg, batch: int, seed: int) -> 
     """Sample one answer per prompt; mean RM score, gold accuracy, EOS rate, length."""
     import torch
 
-    from aplot_cli import ppo
     from aplot_cli.data.synthetic import verify
+    from aplot_cli.ppo import policy as ppo_policy
+    from aplot_cli.ppo import rollout
 
     torch.manual_seed(seed)
-    model, tokenizer = ppo.load_policy(policy, False)
-    scorer, _ = ppo.load_reward_model(str(rm_dir), cfg)
+    model, tokenizer = ppo_policy.load_policy(policy, False)
+    scorer, _ = ppo_policy.load_reward_model(str(rm_dir), cfg)
     rows = []
     for start in range(0, len(prompts), batch):
         chunk = prompts[start:start + batch]
-        out = ppo.sample(cfg, model, tokenizer, chunk, torch.device("cpu"))
+        out = rollout.sample(cfg, model, tokenizer, chunk, torch.device("cpu"))
         scores = scorer.score(chunk, out.texts).tolist()
         for p, t, s, e, n in zip(chunk, out.texts, scores, out.has_eos.tolist(), out.mask.sum(1).tolist(),
                                  strict=True):
@@ -88,11 +89,11 @@ def main() -> None:
     rm_manifest = json.loads((rm / "manifest.json").read_text())
     rm_seconds = rm_manifest["metrics"].get("train_seconds", time.time() - t_rm)  # also right with --reuse
 
-    from aplot_cli import ppo
     from aplot_cli.config import PPOConfig
+    from aplot_cli.ppo.prompts import load_prompts
 
     cfg = PPOConfig(max_new_tokens=args.max_new_tokens, temperature=0.7, device="cpu")
-    held_out = [p for p in ppo.load_prompts(str(pairs), "test", seed=1).prompts][:args.eval_prompts]
+    held_out = [p for p in load_prompts(str(pairs), "test", seed=1).prompts][:args.eval_prompts]
     t0 = time.time()
     before = evaluate("smollm2-135m", rm, held_out, cfg, args.batch_size, seed=123)
     eval_seconds = time.time() - t0

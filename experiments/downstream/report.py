@@ -9,7 +9,7 @@ Statistics, written down:
   same evaluation random numbers), with a 95% t-interval over seeds; when it includes zero the text says
   "no difference".
 - The oracle and random-pick best-of-n references do not depend on a seed (they come from the held-out
-  samples and their gold labels); their intervals are a bootstrap over prompts (`aplot_cli.bon`).
+  samples and their gold labels); their intervals are a bootstrap over prompts (`aplot_cli.benchmarks.bon`).
 
 Usage: python experiments/downstream/report.py RAW_DIR [--out study.md] [--families-raw FILE]"""
 
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from aplot_cli import bon
+from aplot_cli.benchmarks import bon
 from aplot_cli.report import mde_t, mean_ci, paired_differences
 
 NAME = re.compile(r"^(?P<label>.+)-s(?P<seed>\d+)$")
@@ -287,7 +287,7 @@ def bon_lines(study: BonStudy, figure: str) -> tuple[list[str], list[str]]:
     head = " | ".join(f"n={n}" for n in study.ns)
     lines = ["## Best-of-n on the held-out prompts", "",
              f"{study.prompts} held-out prompts, {study.ns[-1]} samples each; the RM's best of n by the exact "
-             "estimator over all n-subsets (`aplot_cli.bon`). RM rows: mean over seeds [95% t-interval over "
+             "estimator over all n-subsets (`aplot_cli.benchmarks.bon`). RM rows: mean over seeds [95% t-interval over "
              "seeds]; oracle and random: [95% bootstrap over prompts]. Gold success in %.", "",
              f"![best-of-n]({figure})", "", f"| selector | seeds | {head} |", "| --- | ---: |" + " --- |" * len(study.ns)]
     for name, curve in (("oracle (gold)", study.oracle), ("random pick", study.random)):

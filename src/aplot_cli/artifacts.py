@@ -4,12 +4,15 @@ Every stage writes into its own `--out-dir`. The manifest is written last, atomi
 `os.replace`), so a directory without one is an unfinished run. Downstream stages open inputs through
 `open_artifact`, which refuses unfinished runs and the wrong stage with a message naming the fix.
 Paths inside manifests are relative to the artifact directory, and file names read from one must stay
-inside it. `check_out_dir` / `prepare_out_dir` decide what a stage may write to and what `--overwrite`
-may delete: only an empty folder or an artifact of the same stage, never an input."""
+inside it, and are not links; every file it lists is verified against the sha256 its manifest records
+(memoised, so a repeated open is cheap). `check_out_dir` / `prepare_out_dir` decide what a stage may write
+to and what `--overwrite` may delete: only an empty folder or an artifact of the same stage, never an input,
+and of that artifact only the files the stage writes (`STAGE_OUTPUTS`), never a file beside it."""
 
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import hashlib
 import json
 import os
@@ -47,6 +50,11 @@ class Artifact:
         return self.manifest.get("config", {})
 
     def file(self, name: str) -> Path:
+        """A file the manifest lists (so `open_artifact` checked its sha256); a name it does not list is an
+        ArtifactError, never read unchecked."""
+        if name not in self.output_hashes():
+            raise ArtifactError(f"{self.path / MANIFEST} lists no {name}",
+                                hint=f"re-run `aplot {self.stage} --out-dir {self.path} --overwrite`")
         return self.path / name
 
     def manifest_sha256(self) -> str:
@@ -84,6 +92,24 @@ def package_versions() -> dict[str, str]:
 STAGE_MARKER = ".aplot-stage"
 _SHOWN = 5  # entries of a refused folder named in the error
 
+# The names each stage writes at the top of its --out-dir, and so all that `--overwrite` may delete besides
+# the manifest, the stage marker and the temp files of an atomic write (`.NAME.*.tmp`). A name ending in `/`
+# is a folder the stage writes as a whole; `*` stands for a split name (embed's files are named after the
+# pairs artifact's splits). A stage that writes a new name adds it here (the tests run every stage and
+# replace its real artifact with --overwrite).
+STAGE_OUTPUTS: dict[str, tuple[str, ...]] = {
+    "prepare": ("train.parquet", "test.parquet", "ood.parquet"),
+    "embed": ("*_chosen.npy", "*_rejected.npy", "*_prompt.npy", "*_pair_ids.json"),
+    "train-rm": ("model/", "adapter/", "checkpoints/", "margins/", "train_log.jsonl", "margins.parquet",
+                 "metrics.json", "run_config.json", "training_curves.png", "report.md"),
+    "eval-rm": ("metrics.json", "metrics.md", "predictions.parquet", "length_bias.png", "bon.png"),
+    "ppo": ("policy/", "checkpoints/", "value_head.safetensors", "log.jsonl", "rollouts.jsonl", "eval.jsonl",
+            "eval_responses.jsonl"),
+    "sample": ("chunks/", "responses.parquet", "prompts.jsonl", "run_config.json"),
+    "compare": ("grid.yaml", "data/", "cells/", "report/"),
+    "margins": ("readings.parquet", "readings.md", "pair_margins.parquet", "spearman.png", "grid.png"),
+}
+
 InputPaths = Iterable[tuple[str, "str | Path | None"]]
 
 
@@ -109,6 +135,71 @@ def folder_stage(path: Path) -> tuple[str | None, bool]:
     return None, False
 
 
+def _read_manifest(path: Path) -> dict[str, Any]:
+    try:
+        manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return manifest if isinstance(manifest, dict) else {}
+
+
+def _stage_name(entry: Path, patterns: tuple[str, ...]) -> bool:
+    """Whether `entry` (a top-level entry of an out-dir) is one `patterns` names, of the right kind: a
+    regular file, or a folder for a name ending in `/`, or a temp file of an atomic write. A link is never a
+    stage's: aplot writes none."""
+    if entry.is_symlink():
+        return False
+    name = entry.name
+    files = [p for p in patterns if not p.endswith("/")] + [MANIFEST, STAGE_MARKER]
+    if entry.is_dir():
+        return any(fnmatch.fnmatchcase(name, p[:-1]) for p in patterns if p.endswith("/"))
+    if not entry.is_file():
+        return False
+    return any(fnmatch.fnmatchcase(name, p) or fnmatch.fnmatchcase(name, f".{p}.*.tmp") for p in files)
+
+
+def _listed(out_dir: Path, manifest: dict[str, Any]) -> dict[str, str]:
+    """{relative path: sha256} of the files a manifest lists (entries that are not, or not inside, skipped)."""
+    outputs = manifest.get("outputs")
+    return {o["path"]: o["sha256"] for o in outputs if isinstance(o, dict) and is_member_name(o.get("path"))
+            and isinstance(o.get("sha256"), str)} if isinstance(outputs, list) else {}
+
+
+def _changed(file: Path, sha256: str) -> str | None:
+    """Why `file`, which a manifest lists, is no longer what the stage wrote (None if it is, or is gone)."""
+    if file.is_symlink():
+        return "a symbolic link"
+    if not file.exists():
+        return None
+    if not file.is_file():
+        return "not a file"
+    try:
+        same = _file_sha256(file) == sha256
+    except OSError as exc:
+        return f"unreadable: {exc.strerror or exc}"
+    return None if same else "differs from the sha256 its manifest records"
+
+
+def foreign_entries(out_dir: Path, stage: str, finished: bool) -> list[str]:
+    """What in `out_dir` (which holds an artifact of `stage`) the stage did not write, each as `name` or
+    `name (why)`: a top-level entry `STAGE_OUTPUTS` does not name, and, of a finished artifact, a file its
+    manifest lists whose content no longer matches the recorded sha256 (a user's file under the stage's
+    name, or one edited since)."""
+    patterns = STAGE_OUTPUTS.get(stage, ())
+    foreign = []
+    for entry in sorted(out_dir.iterdir()):
+        if not _stage_name(entry, patterns):
+            kind = " (a symbolic link)" if entry.is_symlink() else "/" if entry.is_dir() else ""
+            foreign.append(entry.name + kind)
+    if finished:
+        for name, sha256 in _listed(out_dir, _read_manifest(out_dir)).items():
+            top = out_dir / name.split("/")[0]
+            why = _changed(out_dir / name, sha256) if _stage_name(top, patterns) else None
+            if why:
+                foreign.append(f"{name} ({why})")
+    return foreign
+
+
 def _relation(out_real: Path, input_real: Path) -> str | None:
     if out_real == input_real:
         return "is"
@@ -119,15 +210,18 @@ def _relation(out_real: Path, input_real: Path) -> str | None:
     return None
 
 
-def _check_inputs(out_dir: Path, inputs: InputPaths) -> None:
+def _check_inputs(out_dir: Path, inputs: InputPaths, places: InputPaths = ()) -> None:
     """Refuse an out-dir that is, contains or lies inside an input (compared as real paths, so a link or
-    `..` does not hide it). Inputs that do not exist on disk (hub ids) hold nothing to lose."""
+    `..` does not hide it). Inputs that do not exist on disk (hub ids) hold nothing to lose; `places` (a
+    cache the run fills) are local folders, checked whether or not they exist yet: a cache made inside the
+    out-dir would be deleted by its next --overwrite."""
     out_real = Path(os.path.realpath(out_dir))
-    for label, value in inputs:
+    checked = [(label, value, False) for label, value in inputs] + [(label, value, True) for label, value in places]
+    for label, value, place in checked:
         if value is None or str(value) == "":
             continue
         path = Path(value).expanduser()
-        if not (path.exists() or path.is_symlink()):
+        if not (place or path.exists() or path.is_symlink()):
             continue
         relation = _relation(out_real, Path(os.path.realpath(path)))
         if relation:
@@ -149,19 +243,20 @@ def _what_is_there(owner: str | None, finished: bool, entries: list[Path]) -> st
 
 
 def check_out_dir(out_dir: Path, *, stage: str, inputs: InputPaths = (), overwrite: bool = False,
-                  resume: bool = False, reopen: bool = False) -> bool:
+                  resume: bool = False, reopen: bool = False, places: InputPaths = ()) -> bool:
     """Whether `out_dir` may be written by `stage`, touching nothing: raises the refusal
     `prepare_out_dir` would give, and returns True when the folder holds files it would keep.
 
     Refused: a symbolic link; a path that is, contains or lies inside an input; a non-empty folder
     unless it holds an artifact of `stage` and `overwrite` (replace it), `resume` (continue an
-    unfinished one) or `reopen` (continue one, finished or not: compare) is given."""
+    unfinished one) or `reopen` (continue one, finished or not: compare) is given. `places`: caches the run
+    writes, refused like `inputs` even before they exist."""
     out_dir = Path(out_dir)
     if out_dir.is_symlink():
         raise ArtifactError(f"--out-dir {out_dir} is a symbolic link (to {os.readlink(out_dir)})",
                             hint=f"pass the folder it points to ({os.path.realpath(out_dir)}) or a new path; "
                                  "aplot does not write or delete through links")
-    _check_inputs(out_dir, inputs)
+    _check_inputs(out_dir, inputs, places)
     if out_dir.exists() and not out_dir.is_dir():
         raise ArtifactError(f"--out-dir {out_dir} exists and is not a directory", hint="choose another path")
     try:
@@ -174,6 +269,7 @@ def check_out_dir(out_dir: Path, *, stage: str, inputs: InputPaths = (), overwri
     owner, finished = folder_stage(out_dir)
     if overwrite:
         if owner == stage:
+            _check_own(out_dir, stage, finished)
             return False
         raise ArtifactError(f"--out-dir {out_dir} holds {_what_is_there(owner, finished, entries)}; "
                             f"--overwrite replaces only an empty folder or an artifact of `{stage}`",
@@ -191,8 +287,20 @@ def check_out_dir(out_dir: Path, *, stage: str, inputs: InputPaths = (), overwri
                         hint=f"choose a new or empty directory (--overwrite replaces only an artifact of `{stage}`)")
 
 
+def _check_own(out_dir: Path, stage: str, finished: bool) -> None:
+    """Refuse `--overwrite` of an artifact of `stage` beside which lies anything the stage did not write."""
+    foreign = foreign_entries(out_dir, stage, finished)
+    if foreign:
+        shown = ", ".join(foreign[:_SHOWN]) + (f" and {len(foreign) - _SHOWN} more" if len(foreign) > _SHOWN else "")
+        raise ArtifactError(f"--out-dir {out_dir} holds {'a finished' if finished else 'an unfinished'} `{stage}` "
+                            f"artifact and what `{stage}` did not write: {shown}; --overwrite deletes only the "
+                            "artifact's own files",
+                            hint=f"move {'it' if len(foreign) == 1 else 'them'} out of {out_dir} yourself, or choose "
+                                 "another --out-dir (nothing was deleted)")
+
+
 def prepare_out_dir(out_dir: Path, *, stage: str, inputs: InputPaths = (), overwrite: bool = False,
-                    resume: bool = False, reopen: bool = False) -> Path:
+                    resume: bool = False, reopen: bool = False, places: InputPaths = ()) -> Path:
     """Claim `out_dir` for `stage`: create it (or clear the `stage` artifact it holds, with
     `overwrite`) and write the stage marker before any other output.
 
@@ -200,12 +308,13 @@ def prepare_out_dir(out_dir: Path, *, stage: str, inputs: InputPaths = (), overw
     inputs have passed, so a run that stops on a bad input never clears a finished one. While clearing,
     the manifest goes first (a crash never leaves a finished-looking run) and the marker stays."""
     out_dir = Path(out_dir)
-    keep = check_out_dir(out_dir, stage=stage, inputs=inputs, overwrite=overwrite, resume=resume, reopen=reopen)
+    keep = check_out_dir(out_dir, stage=stage, inputs=inputs, overwrite=overwrite, resume=resume, reopen=reopen,
+                         places=places)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         _write_marker(out_dir, stage)
         if not keep:
-            _clear(out_dir)
+            _clear(out_dir, stage)
     except OSError as exc:
         raise ArtifactError(f"cannot prepare --out-dir {out_dir}: {exc.strerror or exc}",
                             hint="choose a writable path whose parents are folders") from exc
@@ -226,13 +335,15 @@ def _write_marker(out_dir: Path, stage: str) -> None:
         raise
 
 
-def _clear(out_dir: Path) -> None:
-    """Delete everything in `out_dir` but the stage marker; links are removed, never followed."""
+def _clear(out_dir: Path, stage: str) -> None:
+    """Delete the entries of `out_dir` that `stage` writes (`check_out_dir` has refused a folder holding
+    anything else), the manifest first, the stage marker kept; a link inside a stage's folder is removed,
+    never followed."""
     (out_dir / MANIFEST).unlink(missing_ok=True)
     for entry in sorted(out_dir.iterdir()):
-        if entry.name == STAGE_MARKER:
+        if entry.name == STAGE_MARKER or not _stage_name(entry, STAGE_OUTPUTS.get(stage, ())):
             continue
-        if entry.is_dir() and not entry.is_symlink():
+        if entry.is_dir():
             shutil.rmtree(entry)
         else:
             entry.unlink()
@@ -247,56 +358,105 @@ def artifact_dir(path: Path | str) -> Path:
 
 def open_artifact(path: Path | str, stage: str | tuple[str, ...], redo: str | None = None) -> Artifact:
     """Open a finished artifact of the given stage(s) (its folder, or its manifest.json), or raise an
-    ArtifactError that says which run to redo."""
+    ArtifactError that says which run to redo. Every file the manifest lists must be there, inside the
+    artifact, not a link, and hold the bytes whose sha256 the manifest records; no link may lie anywhere
+    inside the artifact (a stage never follows one out of it)."""
     path = artifact_dir(path)
     stages = (stage,) if isinstance(stage, str) else stage
     redo = redo or f"aplot {stages[0]}"
     if not path.is_dir():
         raise ArtifactError(f"{path} is not a directory", hint=f"pass the --out-dir of a `{redo}` run")
     manifest_path = path / MANIFEST
-    if not manifest_path.exists():
+    if not (manifest_path.exists() or manifest_path.is_symlink()):
         raise ArtifactError(f"{path} has no {MANIFEST}: it is an unfinished (or not an aplot) run",
                             hint=f"re-run `{redo} --out-dir {path} --overwrite`")
+    damaged = f"the manifest is damaged or was edited; re-run `{redo}` into a fresh directory"
+    if manifest_path.is_symlink() or not manifest_path.is_file():
+        raise ArtifactError(f"{manifest_path} is {'a symbolic link' if manifest_path.is_symlink() else 'not a file'}",
+                            hint=damaged)
     try:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ArtifactError(f"{manifest_path} is not valid JSON ({exc})",
-                            hint=f"re-run `{redo}` into a fresh directory") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ArtifactError(f"{manifest_path} is not valid JSON ({exc})", hint=damaged) from exc
     if not isinstance(manifest, dict):
-        raise ArtifactError(f"{manifest_path} is not a JSON object", hint=f"re-run `{redo}` into a fresh directory")
-    if manifest.get("stage") not in stages:
+        raise ArtifactError(f"{manifest_path} is not a JSON object", hint=damaged)
+    if "stage" not in manifest:
+        raise ArtifactError(f"{manifest_path} has no `stage`: the manifest is damaged or not aplot's", hint=damaged)
+    if not isinstance(manifest["stage"], str):
+        raise ArtifactError(f"{manifest_path} is damaged: `stage` is {manifest['stage']!r}, not a stage name",
+                            hint=damaged)
+    if manifest["stage"] not in stages:
         raise ArtifactError(
-            f"{path} is a `{manifest.get('stage')}` artifact, expected {' or '.join(stages)}",
+            f"{path} is a `{manifest['stage']}` artifact, expected {' or '.join(stages)}",
             hint=f"pass the --out-dir of a `{redo}` run")
-    if manifest.get("schema_version", 0) > SCHEMA_VERSION:
-        raise ArtifactError(f"{path} was written by a newer aplot (schema {manifest['schema_version']})",
-                            hint="upgrade aplot")
-    outputs = manifest.get("outputs", [])
+    version = manifest.get("schema_version", 0)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise ArtifactError(f"{manifest_path} is damaged: `schema_version` is {version!r}", hint=damaged)
+    if version > SCHEMA_VERSION:
+        raise ArtifactError(f"{path} was written by a newer aplot (schema {version})", hint="upgrade aplot")
+    outputs = manifest.get("outputs")
     if not isinstance(outputs, list) or not all(isinstance(o, dict) for o in outputs):
-        raise ArtifactError(f"{manifest_path}: `outputs` is not a list of entries",
-                            hint=f"the manifest is damaged; re-run `{redo}` into a fresh directory")
+        what = "has no `outputs`" if outputs is None else "`outputs` is not a list of entries"
+        raise ArtifactError(f"{manifest_path} is damaged: {what}", hint=damaged)
+    seen: set[str] = set()
     for i, entry in enumerate(outputs):
         check_member(path, f"outputs[{i}].path", entry.get("path"), redo=redo)
-    _check_outputs_present(path, manifest, redo)
+        if entry["path"] in seen:  # a split listed twice would be read (and counted) twice
+            raise ArtifactError(f"{manifest_path} is damaged: outputs[{i}].path {entry['path']!r} is listed twice",
+                                hint=damaged)
+        seen.add(entry["path"])
+        if not _is_sha256(entry.get("sha256")):
+            raise ArtifactError(f"{manifest_path} is damaged: outputs[{i}].sha256 is {entry.get('sha256')!r}, "
+                                "expected a sha256 hex digest", hint=damaged)
+    _check_no_links(path, redo)
+    _check_outputs(path, outputs, redo)
     return Artifact(path=path, manifest=manifest)
 
 
-def _check_outputs_present(path: Path, manifest: dict[str, Any], redo: str) -> None:
-    """Every output the manifest lists is there with its recorded size (a cheap check; hashes are not
-    re-read): a deleted or cut-short file is named here, not met as a library traceback later."""
-    for entry in manifest.get("outputs") or []:
-        name = entry.get("path") if isinstance(entry, dict) else None
-        if not isinstance(name, str):
-            continue
+def _is_sha256(value: Any) -> bool:
+    return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
+
+
+def _check_no_links(path: Path, redo: str) -> None:
+    """No symbolic link anywhere inside the artifact: a stage would read through it from outside the
+    artifact (a split file linked to another file is read as if it were the split)."""
+    for folder, dirs, files in os.walk(path):
+        for name in [*dirs, *files]:
+            entry = Path(folder) / name
+            if entry.is_symlink():
+                raise ArtifactError(f"{path} holds a symbolic link, {entry.relative_to(path)} -> "
+                                    f"{os.readlink(entry)}: aplot reads nothing through links inside an artifact",
+                                    hint=f"replace the link by the file it points to, or re-run `{redo} --out-dir "
+                                         f"{path} --overwrite`")
+
+
+def _check_outputs(path: Path, outputs: list[dict[str, Any]], redo: str) -> None:
+    """Every output the manifest lists is there with its recorded size and sha256 (hashes are memoised by
+    path, size, times and inode, so a second open of an unchanged artifact reads no file again): a deleted,
+    cut-short or replaced file is named here, never read as if it were the stage's output."""
+    for entry in outputs:
+        name = entry["path"]
         file = path / name
         problem = None
         if not file.is_file():
             problem = "is missing"
         elif isinstance(entry.get("bytes"), int) and file.stat().st_size != entry["bytes"]:
             problem = f"has {file.stat().st_size} bytes, its manifest records {entry['bytes']}"
+        else:
+            try:
+                if _file_sha256(file) != entry["sha256"]:
+                    problem = "does not hold the bytes its manifest records (its sha256 differs): it was replaced or edited"
+            except OSError as exc:
+                problem = f"cannot be read ({exc.strerror or exc})"
         if problem:
             raise ArtifactError(f"{path} is an unfinished or damaged artifact: {name} {problem}",
                                 hint=f"restore the file, or re-run `{redo} --out-dir {path} --overwrite`")
+
+
+def _file_sha256(file: Path) -> str:
+    from aplot_cli.models import memo_sha256  # the memo the model identities use
+
+    return memo_sha256(file)
 
 
 def is_member_name(value: Any, *, flat: bool = False) -> bool:
@@ -384,3 +544,28 @@ def write_manifest(out_dir: Path, *, stage: str, config: Any, inputs: dict[str, 
     path = out_dir / MANIFEST
     write_json_atomic(path, manifest)
     return path
+
+
+def trim_log(path: Path, keep: int, key: str) -> None:
+    """For a resume: keep the lines of a run's JSONL log whose `key` <= keep (a killed run may have logged past
+    its last checkpoint). A last line cut short by the kill is dropped; a line elsewhere that is not a JSON
+    object with `key` is damage, named (exit 4)."""
+    if not path.exists():
+        return
+    lines = [(number, line) for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1)
+             if line.strip()]
+    kept = []
+    for index, (number, line) in enumerate(lines):
+        try:
+            record = json.loads(line)
+            value = record.get(key, 0) if isinstance(record, dict) else None
+        except ValueError:
+            value = None
+        if not isinstance(value, (int, float)):
+            if index == len(lines) - 1:  # the line being written when the run was killed
+                break
+            raise ArtifactError(f"{path}:{number} is not a log record with `{key}` (the file is damaged)",
+                                hint="start the run again with --overwrite")
+        if value <= keep:
+            kept.append(line)
+    path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")

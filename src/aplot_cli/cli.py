@@ -104,15 +104,16 @@ def stage_command(func: Callable[..., Path]) -> Callable[..., None]:
 
 
 def _disk_full_named(func: Callable[..., Path], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Path:
-    """Run a stage; a full disk that the stage did not name itself (the manifest, checkpoints) becomes a
-    DiskFullError naming the file the OS names, else the --out-dir."""
-    import sqlite3
-
-    from aplot_cli.errors import disk_full_error
+    """Run a stage; a full disk (or file size limit) that the stage did not name itself (model and checkpoint
+    saves, whose libraries raise their own errors, the manifest) becomes a DiskFullError naming the file the
+    OS names, else the --out-dir."""
+    from aplot_cli.errors import AplotError, disk_full_error
 
     try:
         return func(*args, **kwargs)
-    except (OSError, sqlite3.Error) as exc:
+    except Exception as exc:
+        if isinstance(exc, AplotError):
+            raise
         error = disk_full_error(exc, getattr(exc, "filename", None) or kwargs.get("out_dir"))
         if error is None:
             raise
@@ -176,7 +177,7 @@ def ppo(out_dir: OutDir, resume: Resume = False, config: ConfigFile = None, over
         quiet: Quiet = False, **flags: Any) -> Path:
     """PPO of a policy against a reward model (or --reward gold: the gold checker), with a KL penalty to the
     frozen initial policy; --eval-prompts: held-out gold, score and KL during training."""
-    from aplot_cli import ppo as stage
+    from aplot_cli.ppo import stage
 
     return stage.run(build_config(PPOConfig, config, flags), out_dir, overwrite=overwrite, resume=resume)
 
@@ -257,7 +258,7 @@ def margins_cmd(
         callback=artifact_path)] = None,
     config: ConfigFile = None, overwrite: Overwrite = False, quiet: Quiet = False, **flags: Any) -> Path:
     """Margin diagnostics without training: which APLOT reading singles out hard pairs, on real batches."""
-    from aplot_cli import diagnose_stage as stage
+    from aplot_cli.margin_diagnostics import stage
 
     return stage.run(build_config(MarginsConfig, config, flags), pairs, embeddings, out_dir, model=model,
                      from_run=from_run, overwrite=overwrite)

@@ -28,7 +28,7 @@ from typing import Any
 from aplot_cli import artifacts, executors
 from aplot_cli.config import EmbedConfig, EvalConfig, PrepareConfig, TrainConfig, build_config, load_yaml, resolve_train
 from aplot_cli.console import info
-from aplot_cli.errors import ConfigError, TrainingError
+from aplot_cli.errors import ArtifactError, ConfigError, TrainingError, damaged_names
 from aplot_cli.grid_layout import cell_dir, data_dir, noise_tag
 
 STAGE = "compare"
@@ -122,12 +122,13 @@ def _resolve_paths(values: Any, base: Path) -> Any:
 
 def load_grid(path: Path | str, seeds: tuple[int, ...] | None = None, methods: tuple[str, ...] | None = None) -> Grid:
     path = Path(path)
-    raw = load_yaml(path)
+    raw = load_yaml(path, kind="grid")
     for key in raw:
         if key not in _GRID_KEYS:
             close = difflib.get_close_matches(key, _GRID_KEYS, n=1)
             raise ConfigError(f"grid {path}: unknown key `{key}`",
                               hint=f"did you mean `{close[0]}`?" if close else f"known keys: {', '.join(_GRID_KEYS)}")
+    check_grid(raw, path, seeds, methods)
     here = path.parent
     data_raw = dict(raw.get("data") or {})
     if "files" in data_raw:
@@ -172,6 +173,56 @@ def load_grid(path: Path | str, seeds: tuple[int, ...] | None = None, methods: t
     return grid
 
 
+def check_grid(raw: dict[str, Any], path: Path, seeds: tuple[int, ...] | None = None,
+               methods: tuple[str, ...] | None = None) -> None:
+    """Refuse a grid whose report would claim something other than what ran: an empty list or mapping
+    (`seeds: []`, `methods: {}` would run nothing or the defaults), a seed, method or noise level given
+    twice (counted twice in means and intervals, or one folder for two cells), a noise level that is not a
+    fraction, and a method or eval set name that is not a plain folder name. Each error names the key."""
+    where = f"grid {path}"
+    for key, kind, default in (("methods", dict, "bt and aplot"), ("evals", dict, "id: {split: test}"),
+                               ("seeds", list, "0 to 4"), ("noise", list, "[0.0]")):
+        if key in raw and not (isinstance(raw[key], kind) and raw[key]):
+            shape = "mapping of name: settings" if kind is dict else "list"
+            raise ConfigError(f"{where}: `{key}` is {raw[key]!r}; it must be a non-empty {shape}",
+                              hint=f"list at least one, or leave `{key}` out for the default ({default})")
+    _check_seeds(raw.get("seeds", [0]), f"{where}: `seeds`")
+    if seeds is not None:
+        _check_seeds(list(seeds), "--seeds")
+    if methods is not None and len(set(methods)) != len(methods):
+        raise ConfigError(f"--methods names {_twice(methods)!r} twice", hint="name each method once")
+    tags: dict[str, Any] = {}
+    for value in raw.get("noise", [0.0]):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+            raise ConfigError(f"{where}: `noise` holds {value!r}; a label-noise level is the fraction of training "
+                              "pairs whose labels are swapped, in [0, 1]", hint="e.g. noise: [0.0, 0.2]")
+        if noise_tag(value) in tags:
+            raise ConfigError(f"{where}: `noise` holds {tags[noise_tag(value)]!r} and {value!r}, the same level "
+                              f"({noise_tag(value)})", hint="list each label-noise level once")
+        tags[noise_tag(value)] = value
+    for key in ("methods", "evals"):
+        for name in raw.get(key) or {}:
+            if not artifacts.is_member_name(name, flat=True):
+                raise ConfigError(f"{where}: `{key}` name {name!r} is not a plain folder name",
+                                  hint="use letters, digits, - and _ (each names a folder under --out-dir)")
+
+
+def _twice(values: Any) -> Any:
+    seen = set()
+    return next(v for v in values if v in seen or seen.add(v))
+
+
+def _check_seeds(values: list[Any], where: str) -> None:
+    if not isinstance(values, list) or not values:
+        raise ConfigError(f"{where} is {values!r}; it must be a non-empty list of integers", hint="e.g. seeds: [0, 1, 2]")
+    bad = next((v for v in values if isinstance(v, bool) or not isinstance(v, int) or v < 0), None)
+    if bad is not None:
+        raise ConfigError(f"{where} holds {bad!r}; seeds are integers >= 0", hint="e.g. seeds: [0, 1, 2]")
+    if len(set(values)) != len(values):
+        raise ConfigError(f"{where} holds seed {_twice(values)} twice: it would count twice in every mean and "
+                          "interval", hint="list each seed once")
+
+
 def _finished(path: Path) -> bool:
     return (path / artifacts.MANIFEST).is_file()
 
@@ -210,12 +261,15 @@ def _check_same_config(train_dir: Path, cfg: TrainConfig) -> None:
     import json
 
     from aplot_cli.config import config_to_dict
+    from aplot_cli.train.resume import HOW_NOT_WHAT
 
     if not _finished(train_dir):
         return
-    done = json.loads((train_dir / artifacts.MANIFEST).read_text())["config"]
+    manifest = train_dir / artifacts.MANIFEST
+    with damaged_names(manifest, hint=f"remove {train_dir.parent} to run that cell again"):
+        done = dict(json.loads(manifest.read_text(encoding="utf-8"))["config"])
     wanted = json.loads(json.dumps(config_to_dict(cfg)))
-    changed = sorted(k for k in wanted if done.get(k) != wanted[k])
+    changed = sorted(k for k in wanted if done.get(k) != wanted[k] and k not in HOW_NOT_WHAT)
     if changed:
         raise ConfigError(f"{train_dir} was trained with a different config ({', '.join(changed)} changed)",
                           hint="use a new --out-dir for the changed grid, or --overwrite to redo every cell")
@@ -242,7 +296,7 @@ def _run_cell(grid: Grid, out_dir: Path, noise: float, method: str, seed: int, d
     cfg = _cell_config(grid, method, seed)
     _check_same_config(train_dir, resolve_train(cfg))  # as train-rm records it
     if not _finished(train_dir):
-        resume = train_dir.is_dir() and (train_dir / "checkpoints").is_dir()
+        resume = train_dir.is_dir() and train.has_usable_checkpoint(train_dir)  # else a fresh start
         info(f"[bold]compare[/] {noise_tag(noise)} {method} seed {seed}: train-rm" + (" (resume)" if resume else ""))
         train.run(cfg, data[0], train_dir, embeddings_dir=data[1], overwrite=not resume, resume=resume)
     for ev in grid.evals:
@@ -270,6 +324,21 @@ def _run_cells(grid: Grid, out_dir: Path, data: dict[tuple[float, int], tuple[Pa
     return executors.run_cells(_run_cell, jobs, executor, shared_dir=out_dir)
 
 
+def _check_report_only(grid: Grid, out_dir: Path, overwrite: bool) -> None:
+    """--report-only reports finished cells: refuse it where there is none (an empty report, exit 0, would
+    look like a result) and with --overwrite (which would delete the cells first)."""
+    if overwrite:
+        raise ConfigError("--report-only with --overwrite: --overwrite would delete the cells the report is built from",
+                          hint="drop --overwrite to rebuild the report, or drop --report-only to run the grid again")
+    cells = [cell_dir(out_dir, noise, method, seed) for noise in grid.noise for method in grid.methods
+             for seed in grid.seeds]
+    if not any(_finished(cell / "train") for cell in cells):
+        raise ArtifactError(f"--report-only: {out_dir} holds no finished cell of this grid "
+                            f"({len(cells)} cells, e.g. {cells[0].relative_to(out_dir)})",
+                            hint="run the grid first (the same command without --report-only), or pass the "
+                                 "--out-dir of a run of this grid")
+
+
 def input_paths(grid: Grid, grid_path: Path | str) -> list[tuple[str, Any]]:
     """The local paths a grid reads (what its --out-dir must stay clear of)."""
     from aplot_cli import prepare
@@ -295,9 +364,12 @@ def run(grid_path: Path, out_dir: Path, overwrite: bool = False, seeds: tuple[in
                                   cell_gpus=cell_gpus)
     grid = load_grid(grid_path, seeds, methods)
     grid_text = Path(grid_path).read_text(encoding="utf-8")
+    if report_only:
+        _check_report_only(grid, Path(out_dir), overwrite)
     # without --overwrite a folder holding a compare run is continued (finished cells are kept)
     out_dir = artifacts.prepare_out_dir(out_dir, stage=STAGE, inputs=input_paths(grid, grid_path),
-                                        overwrite=overwrite, reopen=True)
+                                        overwrite=overwrite, reopen=True,
+                                        places=[("embed.cache_dir", grid.embed.cache_dir)])
     (out_dir / artifacts.MANIFEST).unlink(missing_ok=True)  # unfinished until the report is written
     (out_dir / "grid.yaml").write_text(grid_text, encoding="utf-8")
     failed: dict[str, str] = {}

@@ -18,6 +18,16 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from aplot_cli.errors import ConfigError
+from aplot_cli.margins.settings import (
+    SECTION2,
+    CostNorm,
+    MarginFrom,
+    MarginNorm,
+    OTScope,
+    OTSolver,
+    PlanOn,
+    SemanticSource,
+)
 
 C = TypeVar("C")
 
@@ -234,29 +244,29 @@ class TrainConfig:
     loss: tuple[str, ...] = option(
         ("aplot",), "bt, margin, label_smooth, focal, aplot, constant_margin, center; join with + (aplot+center).",
         split="+")
-    # APLOT margin (method.md section 2; defaults in brackets there)
-    semantic_source: Literal["embeddings", "backbone", "none"] = option(
+    # APLOT margin (method.md section 2; the names, allowed values and defaults are `margins.settings`')
+    semantic_source: SemanticSource = option(
         "embeddings", "APLOT's semantic cost from the --embeddings artifact, the backbone's last hidden states, "
                   "or none.")
-    w_rew: float = option(0.9, "Weight of the reward-difference term in APLOT's cost.")
-    w_sem: float = option(0.1, "Weight of the semantic (cosine) term in APLOT's cost.")
-    ot_reg: float = option(0.1, "Sinkhorn entropic regularisation epsilon.")
-    ot_iters: int = option(50, "Sinkhorn iterations (at most, on the CPU; exactly, on CUDA).")
-    ot_tol: float = option(1e-6, "Sinkhorn stops once the marginal error is below this (also the 'converged' test).")
+    w_rew: float = option(SECTION2.w_rew, "Weight of the reward-difference term in APLOT's cost.")
+    w_sem: float = option(SECTION2.w_sem, "Weight of the semantic (cosine) term in APLOT's cost.")
+    ot_reg: float = option(SECTION2.ot_reg, "Sinkhorn entropic regularisation epsilon.")
+    ot_iters: int = option(SECTION2.ot_iters, "Sinkhorn iterations (at most, on the CPU; exactly, on CUDA).")
+    ot_tol: float = option(SECTION2.ot_tol, "Sinkhorn stops once the marginal error is below this (also the 'converged' test).")
     # the readings of method.md section 2b (defaults: section 2)
-    plan_on: Literal["cost", "hardness"] = option(
-        "cost", "cost (section 2: plan mass avoids hard cells) or hardness (mass goes to them).")
-    cost_norm: Literal["none", "minmax", "std"] = option(
-        "none", "Rescale the cost within the batch before Sinkhorn.")
-    margin_from: Literal["row", "diag", "diag_rel", "own_cost"] = option(
-        "row", "How the margin is read off the plan (own_cost: no OT, the pair's own cost).")
-    margin_norm: Literal["none", "zscore", "minmax"] = option("none", "Normalise the margins within the plan.")
-    margin_scale: float = option(1.0, "APLOT margin scale.")
+    plan_on: PlanOn = option(
+        SECTION2.plan_on, "cost (section 2: plan mass avoids hard cells) or hardness (mass goes to them).")
+    cost_norm: CostNorm = option(
+        SECTION2.cost_norm, "Rescale the cost within the batch before Sinkhorn.")
+    margin_from: MarginFrom = option(
+        SECTION2.margin_from, "How the margin is read off the plan (own_cost: no OT, the pair's own cost).")
+    margin_norm: MarginNorm = option(SECTION2.margin_norm, "Normalise the margins within the plan.")
+    margin_scale: float = option(SECTION2.margin_scale, "APLOT margin scale.")
     constant_margin: float = option(0.5, "c of --loss constant_margin: -log sigmoid(d - c) for every pair.")
-    margin_warmup_steps: int = option(0, "Plain BT (a zero APLOT margin) for the first n steps.")
-    ot_scope: Literal["local", "global"] = option("local", "One plan per rank (local) or across ranks (global).")
-    ot_solver: Literal["auto", "pot", "torch"] = option(
-        "auto", "auto: POT on the CPU, the float32 GPU solver (fused kernel) on CUDA.")
+    margin_warmup_steps: int = option(SECTION2.margin_warmup_steps, "Plain BT (a zero APLOT margin) for the first n steps.")
+    ot_scope: OTScope = option(SECTION2.ot_scope, "One plan per rank (local) or across ranks (global).")
+    ot_solver: OTSolver = option(
+        SECTION2.ot_solver, "auto: POT on the CPU, the float32 GPU solver (fused kernel) on CUDA.")
     # baseline loss constants (method.md section 3)
     label_smooth_eps: float = option(0.1, "eps of --loss label_smooth.")
     center_eta: float = option(0.01, "eta of --loss center (reward centering).")
@@ -364,7 +374,7 @@ SAMPLE_FLAGS = _flag_fields(SampleConfig)
 
 @dataclass(frozen=True)
 class MarginsConfig:
-    """`aplot margins`: margin diagnostics without training (method.md 2b): which readings, the reward
+    """`aplot margins`: margin diagnostics without training (method.md section 2b): which readings, the reward
     snapshot's window or batches, and the cost settings (None: the train-rm run's, else section 2's)."""
 
     readings: str = option("all", "all (the 64 readings: the grid and constant_margin), named (16 aliases), or a "
@@ -379,12 +389,12 @@ class MarginsConfig:
     seed: int | None = option(None, "--model: the batch order's seed.", shown="the run's, else 0")
     max_batches: int | None = option(None, "--model: score only the pairs of the first n batches.", shown="all")
     constant_margin: float = option(0.5, "The margin of the reference reading constant_margin (every pair).")
-    margin_scale: float = option(1.0, "Scale of every reading's margin (as train-rm's margin_scale).")
-    w_rew: float | None = option(None, "Weight of the reward cost.", shown="the run's, else 0.9")
-    w_sem: float | None = option(None, "Weight of the semantic cost.", shown="the run's, else 0.1")
-    ot_reg: float | None = option(None, "Sinkhorn epsilon.", shown="the run's, else 0.1")
-    ot_iters: int | None = option(None, "Sinkhorn iterations.", shown="the run's, else 50")
-    ot_tol: float | None = option(None, "Sinkhorn marginal tolerance (early stop).", shown="the run's, else 1e-6")
+    margin_scale: float = option(SECTION2.margin_scale, "Scale of every reading's margin (as train-rm's margin_scale).")
+    w_rew: float | None = option(None, "Weight of the reward cost.", shown=f"the run's, else {SECTION2.w_rew}")
+    w_sem: float | None = option(None, "Weight of the semantic cost.", shown=f"the run's, else {SECTION2.w_sem}")
+    ot_reg: float | None = option(None, "Sinkhorn epsilon.", shown=f"the run's, else {SECTION2.ot_reg}")
+    ot_iters: int | None = option(None, "Sinkhorn iterations.", shown=f"the run's, else {SECTION2.ot_iters}")
+    ot_tol: float | None = option(None, "Sinkhorn marginal tolerance (early stop).", shown=f"the run's, else {_rate(SECTION2.ot_tol)}")
     score_batch_size: int = option(32, "--model: texts per forward pass.")
     max_length: int | None = option(None, "--model: max tokens per input.", shown="the train-rm manifest's")
     device: str = option("auto", "--model: auto, cpu, cuda.")
@@ -461,36 +471,71 @@ def _coerce(name: str, value: Any, hint: Any, source: str) -> Any:
 _EXPONENT_FLOAT = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9][0-9_]*)[eE][-+]?[0-9]+$")
 
 
+class DuplicateKeyError(ValueError):
+    """A YAML mapping names one key twice (YAML itself keeps the last value silently)."""
+
+    def __init__(self, key: Any, line: int, first_line: int):
+        super().__init__(f"line {line}: key `{key}` appears twice (first on line {first_line})")
+        self.key, self.line, self.first_line = key, line, first_line
+
+
 @functools.cache
 def _loader() -> type:
     import yaml
 
     class Loader(yaml.SafeLoader):
-        """safe_load, plus floats written with an exponent and no dot."""
+        """safe_load, plus floats written with an exponent and no dot, and no key twice in one mapping."""
+
+        def construct_mapping(self, node, deep=False):
+            if isinstance(node, yaml.MappingNode):
+                first: dict[Any, int] = {}
+                for key_node, _ in node.value:
+                    if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` may be overridden by design
+                        continue
+                    key = self.construct_object(key_node, deep=True)
+                    try:
+                        if key in first:
+                            raise DuplicateKeyError(key, key_node.start_mark.line + 1, first[key])
+                    except TypeError:  # an unhashable key: SafeLoader names it
+                        continue
+                    first[key] = key_node.start_mark.line + 1
+            return super().construct_mapping(node, deep=deep)
 
     Loader.add_implicit_resolver("tag:yaml.org,2002:float", _EXPONENT_FLOAT, list("-+0123456789."))
     return Loader
 
 
 def parse_yaml(text: str) -> Any:
-    """`yaml.safe_load` that also reads `1e-4` as a float (what config, grid and recipe files use)."""
+    """`yaml.safe_load` that also reads `1e-4` as a float (what config, grid and recipe files use) and
+    raises DuplicateKeyError for a key given twice in one mapping."""
     import yaml
 
     return yaml.load(text, Loader=_loader())  # noqa: S506 - a SafeLoader subclass
 
 
-def load_yaml(path: Path | str) -> dict[str, Any]:
+def load_yaml(path: Path | str, kind: str = "config file", flag: str = "--config") -> dict[str, Any]:
+    """The mapping a YAML file holds, read with the safe loader (`kind` names the file in errors: config file,
+    grid, recipe; `flag` the option that named it). Every YAML aplot reads goes through here, so each refuses a
+    key given twice (naming file, line and key), a tag that would build a Python object (`!!python/object`),
+    invalid YAML and a file that is not UTF-8 text."""
     import yaml
 
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist", hint="check the --config path")
+        raise ConfigError(f"{kind} {path} does not exist", hint=f"check the {flag} path")
     try:
         data = parse_yaml(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+    except DuplicateKeyError as exc:
+        raise ConfigError(f"{kind} {path}, line {exc.line}: key `{exc.key}` is given twice (first on line "
+                          f"{exc.first_line})",
+                          hint="keep one of them: YAML would silently use the last and drop the first") from None
+    except yaml.YAMLError as exc:  # a python/* tag is a ConstructorError: the safe loader builds no object
+        raise ConfigError(f"{kind} {path} is not valid YAML: {exc}",
+                          hint="plain YAML only: mappings, lists, strings and numbers (no !!python tags)") from exc
+    except (UnicodeDecodeError, OSError) as exc:
+        raise ConfigError(f"{kind} {path} cannot be read as UTF-8 text ({exc})", hint=f"check the {flag} path") from exc
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a mapping of option: value, "
+        raise ConfigError(f"{kind} {path} must hold a mapping of option: value, "
                           f"got {type(data).__name__}")
     return data
 

@@ -28,10 +28,11 @@ from typing import Any
 import numpy as np
 
 from aplot_cli import artifacts, models
+from aplot_cli.cachefile import CacheFile
 from aplot_cli.config import EmbedConfig, config_to_dict
 from aplot_cli.console import info
 from aplot_cli.console import progress as progress_display
-from aplot_cli.errors import ConfigError, ModelError, disk_full_names
+from aplot_cli.errors import ArtifactError, ConfigError, ModelError, damaged_names, disk_full_names
 from aplot_cli.formatting import MIN_PROMPT_TOKENS
 
 STAGE = "embed"
@@ -190,16 +191,14 @@ def select_in(db: sqlite3.Connection, query: str, keys: list[str]) -> Iterator[t
 
 class EmbeddingCache:
     """Content-addressed vector store: key = sha256 of (encoder identity, prompt, response); each vector
-    is stored with what truncation cut, so a run served from the cache still counts its cuts."""
+    is stored with what truncation cut, so a run served from the cache still counts its cuts. A damaged
+    file is moved aside and the cache starts empty (`cachefile`)."""
 
     def __init__(self, directory: Path, filename: str = "embeddings.sqlite"):
         self.path = directory / filename
-        with disk_full_names(self.path, _CACHE_FULL):
-            directory.mkdir(parents=True, exist_ok=True)
-            self.db = sqlite3.connect(self.path, timeout=60)  # parallel compare workers share one file
-            self.db.execute("CREATE TABLE IF NOT EXISTS vectors (key TEXT PRIMARY KEY, dim INTEGER, vec BLOB)")
-            self.db.execute("CREATE TABLE IF NOT EXISTS truncation "
-                            "(key TEXT PRIMARY KEY, prompt_cut INTEGER, response_cut INTEGER)")
+        self.store = CacheFile(self.path, label="embedding cache", flag="--cache-dir", full_hint=_CACHE_FULL, schema=(
+            "CREATE TABLE IF NOT EXISTS vectors (key TEXT PRIMARY KEY, dim INTEGER, vec BLOB)",
+            "CREATE TABLE IF NOT EXISTS truncation (key TEXT PRIMARY KEY, prompt_cut INTEGER, response_cut INTEGER)"))
 
     @staticmethod
     def key(identity: str, text: Text) -> str:
@@ -208,22 +207,27 @@ class EmbeddingCache:
         return hashlib.sha256(json.dumps([identity, text.prompt, text.response]).encode()).hexdigest()
 
     def get_many(self, keys: list[str]) -> dict[str, Cached]:
-        rows = select_in(self.db, "SELECT v.key, v.vec, t.prompt_cut, t.response_cut FROM vectors v "
-                                  "JOIN truncation t ON t.key = v.key WHERE v.key", keys)
-        return {key: Cached(np.frombuffer(blob, dtype=np.float32), bool(prompt_cut), bool(response_cut))
-                for key, blob, prompt_cut, response_cut in rows}
+        """The cached entries of `keys`; a row whose vector is not `dim` float32 values is left out (computed again)."""
+        query = ("SELECT v.key, v.dim, v.vec, t.prompt_cut, t.response_cut FROM vectors v "
+                 "JOIN truncation t ON t.key = v.key WHERE v.key")
+        return self.store.run(lambda db: {
+            key: Cached(np.frombuffer(blob, dtype=np.float32), bool(prompt_cut), bool(response_cut))
+            for key, dim, blob, prompt_cut, response_cut in select_in(db, query, keys)
+            if isinstance(blob, bytes) and isinstance(dim, int) and dim > 0 and len(blob) == 4 * dim})
 
     def put_many(self, items: list[tuple[str, Cached]]) -> None:
-        # one transaction: a vector is never stored without its truncation record
-        with disk_full_names(self.path, _CACHE_FULL), self.db:
-            self.db.executemany("INSERT OR REPLACE INTO vectors VALUES (?, ?, ?)",
-                                [(k, int(c.vector.shape[0]),
-                                  np.ascontiguousarray(c.vector, dtype=np.float32).tobytes()) for k, c in items])
-            self.db.executemany("INSERT OR REPLACE INTO truncation VALUES (?, ?, ?)",
-                                [(k, int(c.prompt_cut), int(c.response_cut)) for k, c in items])
+        def write(db: sqlite3.Connection) -> None:
+            with db:  # one transaction: a vector is never stored without its truncation record
+                db.executemany("INSERT OR REPLACE INTO vectors VALUES (?, ?, ?)",
+                               [(k, int(c.vector.shape[0]),
+                                 np.ascontiguousarray(c.vector, dtype=np.float32).tobytes()) for k, c in items])
+                db.executemany("INSERT OR REPLACE INTO truncation VALUES (?, ?, ?)",
+                               [(k, int(c.prompt_cut), int(c.response_cut)) for k, c in items])
+
+        self.store.run(write)
 
     def close(self) -> None:
-        self.db.close()
+        self.store.close()
 
 
 @dataclass
@@ -292,14 +296,15 @@ def run(cfg: EmbedConfig, pairs_dir: Path, out_dir: Path, overwrite: bool = Fals
         raise ConfigError("--batch-size must be >= 1 and --max-length >= 8")
     models.pick_device(cfg.device)  # a bad --device stops the run before the cache serves any vector
     cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
-    inputs = [("PAIRS", pairs_dir), ("--model", cfg.model), ("embedding cache", cache_dir)]
-    artifacts.check_out_dir(out_dir, stage=STAGE, inputs=inputs, overwrite=overwrite)
+    inputs = [("PAIRS", pairs_dir), ("--model", cfg.model)]
+    claim = {"stage": STAGE, "inputs": inputs, "overwrite": overwrite, "places": [("embedding cache", cache_dir)]}
+    artifacts.check_out_dir(out_dir, **claim)
     pairs_art = artifacts.open_artifact(pairs_dir, "prepare")
     splits = {name.removesuffix(".parquet"): load_pairs(pairs_dir, name.removesuffix(".parquet"))
               for name in split_files(pairs_art)}
     encoder = Encoder(cfg.model, cfg.max_length, cfg.device, cfg.trust_remote_code)
-    out_dir = artifacts.prepare_out_dir(out_dir, stage=STAGE, inputs=inputs, overwrite=overwrite)
-    cache = EmbeddingCache(cache_dir)
+    cache = EmbeddingCache(cache_dir)  # a --cache-dir that cannot hold it stops the run before the out-dir is touched
+    out_dir = artifacts.prepare_out_dir(out_dir, **claim)
     stats, outputs, dim, truncation = EmbedStats(), [], None, {}
     try:
         for split, frame in splits.items():
@@ -347,14 +352,30 @@ class SplitEmbeddings:
 
 
 def load_embeddings(embed_dir: Path | str, split: str) -> SplitEmbeddings:
-    """Read one split of an embeddings artifact (refuses unfinished runs)."""
+    """Read one split of an embeddings artifact (refuses unfinished runs, and files that are cut short, hold
+    objects or another shape: chosen and rejected are (N, D) float32 with N = the number of pair ids)."""
     art = artifacts.open_artifact(embed_dir, STAGE)
-    ids_path = art.path / f"{split}_pair_ids.json"
-    if not ids_path.is_file():
-        from aplot_cli.errors import ArtifactError
-
+    if f"{split}_pair_ids.json" not in art.output_hashes():
         raise ArtifactError(f"{art.path} has no embeddings for split `{split}`",
                             hint="re-run `aplot embed` on the pairs artifact that holds that split")
-    return SplitEmbeddings(pair_ids=json.loads(ids_path.read_text()),
-                           chosen=np.load(art.path / f"{split}_chosen.npy", allow_pickle=False),
-                           rejected=np.load(art.path / f"{split}_rejected.npy", allow_pickle=False))
+    redo = f"re-run `aplot embed PAIRS --out-dir {art.path} --overwrite`"
+    ids_path = art.file(f"{split}_pair_ids.json")  # only files the manifest lists, whose hashes open_artifact checked
+    with damaged_names(ids_path, redo):
+        pair_ids = json.loads(ids_path.read_text(encoding="utf-8"))
+    if not isinstance(pair_ids, list) or not all(isinstance(i, str) for i in pair_ids):
+        raise ArtifactError(f"{ids_path} is not a JSON list of pair ids", hint=redo)
+    sides = {}
+    for side in ("chosen", "rejected"):
+        path = art.file(f"{split}_{side}.npy")
+        with damaged_names(path, redo):  # never allow_pickle: an array of objects is refused here
+            vectors = np.load(path, allow_pickle=False)
+        if vectors.dtype != np.float32 or vectors.ndim != 2 or vectors.shape[0] != len(pair_ids):
+            raise ArtifactError(f"{path} holds a {vectors.dtype} array of shape {vectors.shape}; expected float32 "
+                                f"of shape ({len(pair_ids)}, D), one row per pair id", hint=redo)
+        if not np.isfinite(vectors).all():
+            raise ArtifactError(f"{path} holds NaN or infinite values", hint=redo)
+        sides[side] = vectors
+    if sides["chosen"].shape != sides["rejected"].shape:
+        raise ArtifactError(f"{art.path}: {split}_chosen.npy is {sides['chosen'].shape} but {split}_rejected.npy is "
+                            f"{sides['rejected'].shape}", hint=redo)
+    return SplitEmbeddings(pair_ids=pair_ids, chosen=sides["chosen"], rejected=sides["rejected"])

@@ -18,6 +18,7 @@ RM-Bench matrices, RB2 Ties parts), length_bias, model, data, scoring (throughpu
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,10 @@ def _check(cfg: EvalConfig, model: str | None) -> None:
     if cfg.max_length is not None and cfg.max_length < 8:
         raise ConfigError(f"--max-length is {cfg.max_length}, expected >= 8")
     name = benchmarks.get(cfg.benchmark).NAME
+    real = [os.path.realpath(source) for source in cfg.data]
+    twice = next((source for i, source in enumerate(cfg.data) if real[i] in real[:i]), None)
+    if twice is not None:  # its examples would count twice in every score and interval
+        raise ConfigError(f"--data names {twice} twice", hint="pass each data source once")
     if cfg.prior_sets and name != "rewardbench":
         raise ConfigError("--prior-sets only applies to --benchmark rewardbench")
     if cfg.samples and name != "bon":

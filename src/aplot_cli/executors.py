@@ -4,8 +4,8 @@
 Every executor calls the same cell function with the same arguments, so a cell's artifacts do not depend
 on where it ran. Every executor retries a failed cell once and returns {cell: error} for the cells that
 fail again, while the other cells still finish; a `ConfigError` (the grid itself is wrong, e.g. a finished
-cell was trained with another config) is raised once the cells in flight are done. Ray is imported only
-when the Ray executor runs (`pip install 'aplot[ray]'`)."""
+cell was trained with another config) or a full disk (`DiskFullError`) is raised once the cells in flight are
+done. Ray is imported only when the Ray executor runs (`pip install 'aplot[ray]'`)."""
 
 from __future__ import annotations
 
@@ -19,10 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from aplot_cli.console import info, is_quiet, set_quiet
-from aplot_cli.errors import ConfigError
+from aplot_cli.errors import AplotError, ConfigError, DiskFullError, disk_full_error
 
 KINDS = ("local", "ray")
 RAY_EXTRA = "pip install 'aplot[ray]'"
+# How long --address may take to answer before the grid stops: Ray's own connect retries last from ~20 s to
+# minutes (a refused port, an address that drops packets), so a probe process is given this long.
+CONNECT_TIMEOUT_S = 8.0
 # set here, they hold for the cells on every node too (offline stays offline; libraries stay quiet)
 FORWARDED_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "HF_HUB_DISABLE_PROGRESS_BARS",
                  "TRANSFORMERS_VERBOSITY", "TOKENIZERS_PARALLELISM")
@@ -73,6 +76,7 @@ def from_flags(kind: str = "local", workers: int = 1, address: str | None = None
             raise ConfigError(f"{flag} is {value:g}; it must be {low}, and a whole number above 1",
                               hint="Ray shares a CPU or GPU between tasks only in fractions of one (e.g. 0.5)")
     _import_ray()
+    check_address(address)
     return Executor(kind="ray", address=address, cell_cpus=cpus, cell_gpus=gpus)
 
 
@@ -84,34 +88,42 @@ def run_cells(run_cell: CellFn, jobs: Jobs, executor: Executor, shared_dir: Path
     if executor.workers <= 1:
         failed = {}
         for name, args in jobs.items():
-            error = _attempt(run_cell, args)
+            error = _attempt(run_cell, args, shared_dir)
             if error:
                 failed[name] = error
     else:
-        failed = _run_processes(run_cell, jobs, executor.workers)
-    return _retry_here(run_cell, jobs, failed)
+        failed = _run_processes(run_cell, jobs, executor.workers, shared_dir)
+    return _retry_here(run_cell, jobs, failed, shared_dir)
 
 
-def _attempt(run_cell: CellFn, args: tuple) -> str | None:
-    """One try of one cell here: None, or its error; a ConfigError stops the grid."""
+def grid_stopper(exc: BaseException, shared_dir: Path | str) -> AplotError | None:
+    """The error that stops the whole grid instead of one cell, or None: a ConfigError (the grid itself is
+    wrong) and a full disk (every other cell would fill it too) are not retried."""
+    if isinstance(exc, (ConfigError, DiskFullError)):
+        return exc
+    return None if isinstance(exc, AplotError) else disk_full_error(exc, shared_dir)
+
+
+def _attempt(run_cell: CellFn, args: tuple, shared_dir: Path) -> str | None:
+    """One try of one cell here: None, or its error; a ConfigError or a full disk stops the grid."""
     try:
         run_cell(*args)
-    except ConfigError:
-        raise
     except Exception as exc:  # noqa: BLE001 - retried once, then reported per cell
+        stop = grid_stopper(exc, shared_dir)
+        if stop is not None:
+            raise stop from (None if stop is exc else exc)
         return f"{type(exc).__name__}: {exc}"
     return None
 
 
-def _retry_here(run_cell: CellFn, jobs: Jobs, failed: dict[str, str]) -> dict[str, str]:
+def _retry_here(run_cell: CellFn, jobs: Jobs, failed: dict[str, str], shared_dir: Path) -> dict[str, str]:
     """Retry each failed cell once in this process; {cell: error} for those that fail again."""
     errors = {}
     for name, first in failed.items():
         _say_retry(name, first)
-        try:
-            run_cell(*jobs[name])
-        except Exception as exc:  # noqa: BLE001 - the grid goes on; the cell is named in the final error
-            errors[name] = f"{type(exc).__name__}: {exc}"
+        error = _attempt(run_cell, jobs[name], shared_dir)  # the grid goes on; the cell is named in the final error
+        if error:
+            errors[name] = error
     return errors
 
 
@@ -130,7 +142,7 @@ def _start_worker(threads: int, quiet: bool) -> None:
     torch.set_num_threads(threads)
 
 
-def _run_processes(run_cell: CellFn, jobs: Jobs, workers: int) -> dict[str, str]:
+def _run_processes(run_cell: CellFn, jobs: Jobs, workers: int, shared_dir: Path) -> dict[str, str]:
     """First tries in `workers` spawned processes, each with its share of this machine's threads."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -144,9 +156,10 @@ def _run_processes(run_cell: CellFn, jobs: Jobs, workers: int) -> dict[str, str]
         for future in as_completed(futures):
             try:
                 future.result()
-            except ConfigError:
-                raise
             except Exception as exc:  # noqa: BLE001 - retried once, then reported per cell
+                stop = grid_stopper(exc, shared_dir)
+                if stop is not None:
+                    raise stop from (None if stop is exc else exc)
                 failed[futures[future]] = f"{type(exc).__name__}: {exc}"
     return failed
 
@@ -161,6 +174,42 @@ def _import_ray() -> Any:
         raise ConfigError(f"--executor ray needs Ray, which is not installed here ({exc})",
                           hint=f"{RAY_EXTRA} (and the same on every node of the cluster)") from None
     return ray
+
+
+# Connects as Ray's own driver would, in a process of its own that can be stopped at the deadline; it says
+# when Ray is imported, so that the deadline counts the connection only (an import takes seconds on a busy node).
+_PROBE = ("import sys, ray; print('imported', flush=True); ray.init(address=sys.argv[1], logging_level='error', "
+          "log_to_driver=False, include_dashboard=False); ray.shutdown()")
+IMPORT_TIMEOUT_S = 300.0
+
+
+def check_address(address: str | None) -> None:
+    """An --address naming a cluster (IP:port, `auto`, ray://) must answer within CONNECT_TIMEOUT_S, checked
+    before any cell's data is made: a ConfigError otherwise. No address and `local` start Ray here."""
+    import select
+    import signal
+    import subprocess
+
+    if address in (None, "local"):
+        return
+    hint = ("check the address (`ray status --address ADDRESS` on this machine), start a cluster with "
+            "`ray start --head` (then --address auto or its IP:6379), or pass --address local for a Ray "
+            "instance on this machine only")
+    probe = subprocess.Popen([sys.executable, "-c", _PROBE, address], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        if select.select([probe.stdout], [], [], IMPORT_TIMEOUT_S)[0]:
+            probe.stdout.readline()  # "imported" (or the end of a probe that failed to import Ray)
+        _, stderr = probe.communicate(timeout=CONNECT_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(probe.pid, signal.SIGKILL)  # its own session: the probe and anything it started
+        probe.communicate()
+        raise ConfigError(f"--address {address}: no Ray cluster answered within {CONNECT_TIMEOUT_S:g} s",
+                          hint=hint) from None
+    if probe.returncode != 0:
+        lines = [line for line in stderr.splitlines() if line.strip()]
+        reason = re.sub(r"\x1b\[[0-9;]*m", "", lines[-1]) if lines else f"exit code {probe.returncode}"
+        raise ConfigError(f"--address {address}: cannot connect to a Ray cluster ({reason})", hint=hint)
 
 
 def ray_runtime_env() -> dict[str, Any]:
@@ -196,7 +245,8 @@ def _connect(ray: Any, address: str | None) -> bool:
 
 @dataclass(frozen=True)
 class Outcome:
-    """What one Ray task reports back: ok, error (retried, then reported) or config (stops the grid)."""
+    """What one Ray task reports back: ok, error (retried, then reported), config or full (a full disk):
+    these two stop the grid."""
 
     status: str
     message: str = ""
@@ -220,9 +270,10 @@ def _ray_cell(run_cell: CellFn, args: tuple, threads: int, quiet: bool, version:
     _start_worker(threads, quiet)
     try:
         run_cell(*args)
-    except ConfigError as exc:
-        return Outcome("config", exc.message, exc.hint)
     except Exception as exc:  # noqa: BLE001 - reported to the driver, which retries once
+        stop = grid_stopper(exc, shared_dir)
+        if stop is not None:
+            return Outcome("config" if isinstance(stop, ConfigError) else "full", stop.message, stop.hint)
         if not quiet:
             print(traceback.format_exc(), file=sys.stderr)  # Ray forwards it to the driver's stderr
         return Outcome("error", f"{type(exc).__name__}: {exc}")
@@ -268,7 +319,7 @@ def _run_ray(run_cell: CellFn, jobs: Jobs, executor: Executor, shared_dir: Path)
 
         pending = {submit(name): (name, 1) for name in jobs}
         failed: dict[str, str] = {}
-        config_error: ConfigError | None = None
+        config_error: AplotError | None = None
         while pending:
             (ref,), _ = ray.wait(list(pending), num_returns=1)
             name, attempt = pending.pop(ref)
@@ -276,8 +327,9 @@ def _run_ray(run_cell: CellFn, jobs: Jobs, executor: Executor, shared_dir: Path)
                 outcome = ray.get(ref)
             except Exception as exc:  # noqa: BLE001 - a worker or node died, or the task could not start
                 outcome = Outcome("error", _ray_failure(exc))
-            if outcome.status == "config":
-                config_error = config_error or ConfigError(outcome.message, hint=outcome.hint)
+            if outcome.status in ("config", "full"):
+                stop = ConfigError if outcome.status == "config" else DiskFullError
+                config_error = config_error or stop(outcome.message, hint=outcome.hint)
             elif outcome.status == "error" and attempt == 1 and config_error is None:
                 _say_retry(name, outcome.message)
                 pending[submit(name)] = (name, 2)

@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from aplot_cli import models
+from aplot_cli.cachefile import CacheFile, check_folder
 from aplot_cli.console import info
 from aplot_cli.embed import select_in
 from aplot_cli.errors import ConfigError, ModelError
@@ -240,32 +241,54 @@ def head_rule(model, head: str, pad_id: int, device: str = "cpu") -> str:
 
 class FeatureStore:
     """Content-addressed vectors in one SQLite file: key = sha256(identity + NUL + text), value = float32
-    bytes. Each batch is committed, so an interrupted extraction keeps what it computed."""
+    bytes. Each batch is committed, so an interrupted extraction keeps what it computed. A damaged file is
+    moved aside and the cache starts empty (`cachefile`)."""
 
     def __init__(self, directory: Path):
-        directory.mkdir(parents=True, exist_ok=True)
         self.path = directory / "features.sqlite"
-        self.db = sqlite3.connect(self.path, timeout=60)  # parallel compare workers share one file
-        self.db.execute("CREATE TABLE IF NOT EXISTS vectors (key TEXT PRIMARY KEY, dim INTEGER, vec BLOB)")
-        self.db.execute("CREATE TABLE IF NOT EXISTS encodings (key TEXT PRIMARY KEY, ids BLOB, types BLOB, "
-                        "prompt_cut INTEGER, response_cut INTEGER)")
+        self.store = CacheFile(self.path, label="feature cache", flag="--feature-cache-dir", schema=(
+            "CREATE TABLE IF NOT EXISTS vectors (key TEXT PRIMARY KEY, dim INTEGER, vec BLOB)",
+            "CREATE TABLE IF NOT EXISTS encodings (key TEXT PRIMARY KEY, ids BLOB, types BLOB, "
+            "prompt_cut INTEGER, response_cut INTEGER)"))
 
     @staticmethod
     def key(identity: str, text: str) -> str:
         return hashlib.sha256(f"{identity}\x00{text}".encode()).hexdigest()
 
     def get_many(self, keys: list[str]) -> dict[str, np.ndarray]:
-        return {key: np.frombuffer(blob, dtype=np.float32)
-                for key, blob in select_in(self.db, "SELECT key, vec FROM vectors WHERE key", keys)}
+        """The cached vectors of `keys`; a row whose vector is not `dim` float32 values is left out."""
+        return self.store.run(lambda db: {
+            key: np.frombuffer(blob, dtype=np.float32)
+            for key, dim, blob in select_in(db, "SELECT key, dim, vec FROM vectors WHERE key", keys)
+            if isinstance(blob, bytes) and isinstance(dim, int) and dim > 0 and len(blob) == 4 * dim})
 
     def put_many(self, items: list[tuple[str, np.ndarray]]) -> None:
-        with self.db:
-            self.db.executemany("INSERT OR REPLACE INTO vectors VALUES (?, ?, ?)",
-                                [(k, int(v.shape[0]), np.ascontiguousarray(v, dtype=np.float32).tobytes())
-                                 for k, v in items])
+        def write(db: sqlite3.Connection) -> None:
+            with db:
+                db.executemany("INSERT OR REPLACE INTO vectors VALUES (?, ?, ?)",
+                               [(k, int(v.shape[0]), np.ascontiguousarray(v, dtype=np.float32).tobytes())
+                                for k, v in items])
+
+        self.store.run(write)
+
+    def encoding(self, key: str) -> tuple | None:
+        """(ids, types, prompt_cut, response_cut) remembered for `key`, or None (also for a row whose ids
+        are not whole int64 values)."""
+        row = self.store.run(lambda db: db.execute(
+            "SELECT ids, types, prompt_cut, response_cut FROM encodings WHERE key = ?", (key,)).fetchone())
+        if row is None or not isinstance(row[0], bytes) or len(row[0]) % 8:
+            return None
+        return row if row[1] is None or (isinstance(row[1], bytes) and len(row[1]) == len(row[0])) else None
+
+    def put_encodings(self, rows: list[tuple]) -> None:
+        def write(db: sqlite3.Connection) -> None:
+            with db:
+                db.executemany("INSERT OR REPLACE INTO encodings VALUES (?, ?, ?, ?, ?)", rows)
+
+        self.store.run(write)
 
     def close(self) -> None:
-        self.db.close()
+        self.store.close()
 
 
 def open_cache(directory: str | Path | None) -> FeatureStore:
@@ -312,8 +335,7 @@ class EncodingMemo:
             json.dumps(prompt_messages, sort_keys=True)
         key = hashlib.sha256(json.dumps([self.identity, max_length, bool(chat_template), prompt, messages,
                                          response]).encode()).hexdigest()
-        row = self.store.db.execute("SELECT ids, types, prompt_cut, response_cut FROM encodings WHERE key = ?",
-                                    (key,)).fetchone()
+        row = self.store.encoding(key)
         if row is not None:
             self.hits += 1
             ids, types, prompt_cut, response_cut = row
@@ -330,8 +352,7 @@ class EncodingMemo:
 
     def flush(self) -> None:
         if self.pending and self.store is not None:
-            with self.store.db:
-                self.store.db.executemany("INSERT OR REPLACE INTO encodings VALUES (?, ?, ?, ?, ?)", self.pending)
+            self.store.put_encodings(self.pending)
             self.pending = []
 
 
@@ -360,6 +381,8 @@ def check_config(cfg) -> None:
         if on:
             raise ConfigError(f"train-rm: `frozen_backbone` and `{name}` are both on: {why}",
                               hint=f"drop one of them (--no-{name.replace('_', '-')} or `{name}: false`)")
+    check_folder(Path(cfg.feature_cache_dir) if cfg.feature_cache_dir else default_cache_dir(), "feature cache",
+                 "--feature-cache-dir", file="features.sqlite")
 
 
 def make_feature_head(full_model, head: str, table, rule: str):

@@ -33,14 +33,19 @@ def reachable(timeout: float = PROBE_TIMEOUT_S) -> bool:
 
 
 def go_offline() -> None:
-    """Make datasets / huggingface_hub use their local caches only, for the rest of this process."""
+    """Make datasets / huggingface_hub use their local caches only, for the rest of this process: the libraries
+    imported already are switched; one imported later reads the environment (so a model load does not import
+    datasets for this)."""
+    import sys
+
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["HF_DATASETS_OFFLINE"] = "1"
-    import datasets
-    import huggingface_hub.constants
+    if "datasets" in sys.modules:
+        sys.modules["datasets"].config.HF_HUB_OFFLINE = True
+    if "huggingface_hub" in sys.modules:
+        import huggingface_hub.constants
 
-    datasets.config.HF_HUB_OFFLINE = True
-    huggingface_hub.constants.HF_HUB_OFFLINE = True
+        huggingface_hub.constants.HF_HUB_OFFLINE = True
 
 
 def check(dataset_id: str) -> bool:

@@ -49,11 +49,16 @@ class LossSpec:
 
 def parse_losses(names: tuple[str, ...] | list[str] | str) -> LossSpec:
     """`"aplot+center"` or `("aplot", "center")` -> LossSpec(base="bt", aplot=True, center=True)."""
-    if isinstance(names, str):
-        names = tuple(n for n in names.replace(",", "+").split("+"))
-    names = tuple(n.strip() for n in names if n.strip())
-    if not names:
+    given = names if isinstance(names, str) else "+".join(names)
+    names = tuple(n.strip() for n in given.replace(",", "+").split("+"))
+    if not any(names):
         raise ConfigError("no loss given", hint=f"use one or more of {', '.join(ALL_LOSSES)}, joined by +")
+    if not all(names):  # `bt+` or `bt++center`: a term was left out, not meant to be nothing
+        raise ConfigError(f"loss {given!r} has an empty term (a + or , with no loss name on one side)",
+                          hint=f"name every term, e.g. bt+center; known: {', '.join(ALL_LOSSES)}")
+    twice = next((n for i, n in enumerate(names) if n in names[:i]), None)
+    if twice is not None:
+        raise ConfigError(f"loss {given!r} names `{twice}` twice", hint="name each term once")
     unknown = [n for n in names if n not in ALL_LOSSES]
     if unknown:
         import difflib

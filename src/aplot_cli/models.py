@@ -12,6 +12,7 @@ disk or network at import."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import tempfile
@@ -73,9 +74,11 @@ def smollm2_gguf() -> Path:
 
 
 def smollm2_converted(cache_dir: Path | None = None) -> Path | None:
-    """The converted SmolLM2 folder if it is already in the cache, else None (never converts)."""
+    """The converted SmolLM2 folder if it is already in the cache and its weights are whole, else None (never
+    converts)."""
     target = _smollm2_target(cache_dir)
-    return target if (target / "config.json").is_file() and any(target.glob("*.safetensors")) else None
+    ready = (target / "config.json").is_file() and any(target.glob("*.safetensors"))
+    return target if ready and weights_problem(target, torch_files=False) is None else None
 
 
 def _smollm2_target(cache_dir: Path | None) -> Path:
@@ -89,6 +92,11 @@ def smollm2_path(cache_dir: Path | None = None) -> Path:
     if (ready := smollm2_converted(cache_dir)) is not None:
         return ready
     target = _smollm2_target(cache_dir)
+    if target.exists():  # a conversion cut short, or damaged since: it is aplot's own cache, made again
+        from aplot_cli.console import info
+
+        problem = weights_problem(target, torch_files=False) or "it is incomplete"
+        info(f"[yellow]warning:[/] the converted SmolLM2 in {target} cannot be used ({problem}): converting again")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".convert-"))
     try:
@@ -136,11 +144,85 @@ def resolve(name: str) -> str:
         if not (path / "config.json").is_file():
             raise ModelError(f"{path} is not a model folder (no config.json)",
                              hint="pass a save_pretrained folder, a hub id, or one of " + ", ".join(EMBEDDED))
+        problem = json_problem(path) or weights_problem(path, torch_files=False)
+        if problem:
+            raise ModelError(f"model folder {path}: {problem}",
+                             hint="restore the file (copy it again, or save the model again with save_pretrained)")
         return str(path)
-    if name.count("/") > 1 or name.startswith((".", "/", "~")):
-        raise ModelError(f"model path {name} does not exist",
-                         hint="pass an existing folder, a hub id, or one of " + ", ".join(EMBEDDED))
+    if name.count("/") > 1 or name.startswith((".", "/", "~")) or "\\" in name:
+        raise ModelError(f"model folder {name} does not exist",
+                         hint="check the path (a local folder saved with save_pretrained), or pass a hub id or one "
+                              "of " + ", ".join(EMBEDDED))
+    _check_hub(name)
     return name  # a hub id; from_pretrained reports a missing one
+
+
+def _check_hub(repo_id: str) -> None:
+    """A hub id is loaded from the hub or its local cache: one quick probe of the hub first (`hub.check`), so an
+    offline machine fails in seconds with HubUnreachableError when the model is not cached, instead of spending
+    ~50 s in the libraries' retries; a cached model then loads from the cache at once."""
+    from aplot_cli import hub
+    from aplot_cli.errors import HubUnreachableError
+
+    if hub.check(repo_id) or _hub_snapshot(repo_id) is not None:
+        return
+    host, _ = hub.endpoint()
+    raise HubUnreachableError(
+        f"the Hugging Face Hub ({host}) is unreachable and model {repo_id!r} is not in the local hub cache "
+        f"(nor is there a local folder {repo_id})",
+        hint="download it on a machine with network (loading it once fills ~/.cache/huggingface; copy that over), "
+             "or pass a local save_pretrained folder or one of " + ", ".join(EMBEDDED))
+
+
+WEIGHTS = ("*.safetensors", "pytorch_model*.bin")  # what a model folder or a checkpoint holds its weights in
+TORCH_FILES = ("*.pt", "*.pth", "*.bin")  # torch.save files of a checkpoint: zip archives
+
+
+def json_problem(folder: Path) -> str | None:
+    """The first JSON file at the top of a model folder (config, tokenizer, generation config) that is not valid
+    UTF-8 JSON, named with the parser's words, or None: the libraries' own errors do not say which file."""
+    for file in sorted(folder.glob("*.json")):
+        try:
+            json.loads(file.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            return f"{file.name} is not valid JSON, cut short or damaged ({exc})"
+    return None
+
+
+def weights_problem(folder: Path, torch_files: bool = True) -> str | None:
+    """Why the weights at the top of `folder` cannot be loaded, or None: a safetensors file whose header does
+    not cover it (cut short, zeroed, not safetensors), a shard that the index names and that is missing, and
+    with `torch_files` a torch file (optimizer, scheduler and RNG states) that is not a whole zip archive, or
+    no weights file at all. Reads headers and zip directories only (no tensor, no pickle)."""
+    import zipfile
+
+    from safetensors import safe_open
+
+    for file in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(str(file), framework="numpy"):
+                pass
+        except Exception as exc:  # noqa: BLE001 - SafetensorError, OSError: the file cannot be read
+            return f"{file.name} is unreadable, cut short or damaged ({exc})"
+    for index in sorted(folder.glob("*.safetensors.index.json")):
+        try:
+            shards = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            return f"{index.name} is not a readable shard index ({exc})"
+        missing = sorted(shard for shard in shards if not (folder / str(shard)).is_file())
+        if missing:
+            return f"{index.name} names shard(s) that are missing: {', '.join(map(str, missing[:3]))}"
+    if not torch_files:
+        return None
+    if not any(file.is_file() for pattern in WEIGHTS for file in folder.glob(pattern)):
+        return "it holds no weights file (*.safetensors)"
+    for file in sorted({f for pattern in TORCH_FILES for f in folder.glob(pattern) if f.is_file()}):
+        try:
+            with zipfile.ZipFile(file):
+                pass
+        except (OSError, zipfile.BadZipFile) as exc:
+            return f"{file.name} is unreadable, cut short or damaged ({exc})"
+    return None
 
 
 # What `from_pretrained` reads from a model folder (top level only; checkpoints and other subfolders
@@ -183,14 +265,20 @@ def _hub_snapshot(repo_id: str) -> Path | None:
 
 
 def file_sha256(file: Path) -> str:
-    """sha256 of a file's bytes. Large files (weights) are memoised in `file_hashes.sqlite` under the
-    cache root, keyed by absolute path, size, mtime_ns, ctime_ns and inode, so an unchanged file is
-    hashed once across runs and processes, and a rewritten one (even at the same size) is hashed again."""
+    """`memo_sha256` of a model file; a file that cannot be read is a ModelError."""
     try:
-        real = file.resolve()
-        stat = real.stat()
+        return memo_sha256(file)
     except OSError as exc:
         raise ModelError(f"cannot read model file {file}: {exc}", hint="check the folder's permissions") from exc
+
+
+def memo_sha256(file: Path) -> str:
+    """sha256 of a file's bytes (raises OSError). Large files (weights, embeddings) are memoised in
+    `file_hashes.sqlite` under the cache root, keyed by absolute path, size, mtime_ns, ctime_ns and inode,
+    so an unchanged file is hashed once across runs and processes, and a rewritten or replaced one (even at
+    the same size) is hashed again."""
+    real = Path(file).resolve()
+    stat = real.stat()
     if stat.st_size < MEMO_MIN_BYTES:
         return _hash_file(real)
     stamp = (str(real), stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino)
@@ -211,56 +299,61 @@ def _hash_file(file: Path) -> str:
     import hashlib
 
     digest = hashlib.sha256()
-    try:
-        with open(file, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 22), b""):
-                digest.update(block)
-    except OSError as exc:
-        raise ModelError(f"cannot read model file {file}: {exc}", hint="check the folder's permissions") from exc
+    with open(file, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
     return digest.hexdigest()
 
 
 class _HashMemo:
     """The sha256 memo. A cache that cannot be opened or written (read-only, full disk) only costs a
-    re-hash, so its errors are swallowed and the hash is computed."""
+    re-hash, so its errors are swallowed and the hash is computed; a damaged file is moved aside and the memo
+    starts empty (`cachefile`)."""
 
-    def __init__(self, db):
-        self.db = db
+    def __init__(self, store):
+        self.store = store
 
     @classmethod
     def open(cls, path: Path) -> _HashMemo | None:
         import sqlite3
 
+        from aplot_cli.cachefile import CacheFile
+        from aplot_cli.errors import AplotError
+
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(path, timeout=30)
-            db.execute("CREATE TABLE IF NOT EXISTS file_hashes (path TEXT, size INTEGER, mtime_ns INTEGER, "
-                       "ctime_ns INTEGER, inode INTEGER, sha256 TEXT, "
-                       "PRIMARY KEY (path, size, mtime_ns, ctime_ns, inode))")
-            return cls(db)
-        except (OSError, sqlite3.Error):
+            return cls(CacheFile(path, label="file-hash memo", flag="APLOT_CACHE", schema=(
+                "CREATE TABLE IF NOT EXISTS file_hashes (path TEXT, size INTEGER, mtime_ns INTEGER, "
+                "ctime_ns INTEGER, inode INTEGER, sha256 TEXT, PRIMARY KEY (path, size, mtime_ns, ctime_ns, inode))",)))
+        except (AplotError, OSError, sqlite3.Error):
             return None
 
     def get(self, stamp: tuple) -> str | None:
         import sqlite3
 
+        from aplot_cli.errors import AplotError
+
         try:
-            row = self.db.execute("SELECT sha256 FROM file_hashes WHERE path = ? AND size = ? AND mtime_ns = ? "
-                                  "AND ctime_ns = ? AND inode = ?", stamp).fetchone()
-        except sqlite3.Error:
+            row = self.store.run(lambda db: db.execute(
+                "SELECT sha256 FROM file_hashes WHERE path = ? AND size = ? AND mtime_ns = ? AND ctime_ns = ? "
+                "AND inode = ?", stamp).fetchone())
+        except (AplotError, OSError, sqlite3.Error):
             return None
-        return row[0] if row else None
+        return row[0] if row and isinstance(row[0], str) else None
 
     def put(self, stamp: tuple, digest: str) -> None:
         import sqlite3
 
+        from aplot_cli.errors import AplotError
+
+        def write(db) -> None:
+            with db:  # one row per path: the stamp of an older version of the file is never asked for again
+                db.execute("DELETE FROM file_hashes WHERE path = ?", stamp[:1])
+                db.execute("INSERT OR REPLACE INTO file_hashes VALUES (?, ?, ?, ?, ?, ?)", (*stamp, digest))
+
         try:
-            # One row per path: the stamp of an older version of the file is never asked for again.
-            self.db.execute("DELETE FROM file_hashes WHERE path = ?", stamp[:1])
-            self.db.execute("INSERT OR REPLACE INTO file_hashes VALUES (?, ?, ?, ?, ?, ?)", (*stamp, digest))
-            self.db.commit()
-        except sqlite3.Error:
+            self.store.run(write)
+        except (AplotError, OSError, sqlite3.Error):
             pass
 
     def close(self) -> None:
-        self.db.close()
+        self.store.close()

@@ -23,11 +23,14 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 def artifact_path(value: Any) -> Any:
     """A manifest path (what the previous stage printed) given where an artifact folder is expected."""
-    from aplot_cli.artifacts import artifact_dir
+    from aplot_cli.artifacts import MANIFEST, artifact_dir
 
     if value is None:
         return None
-    return artifact_dir(value) if isinstance(value, Path) else str(artifact_dir(value))
+    if isinstance(value, Path):
+        return artifact_dir(value)
+    # a name as typed (`./nope/model` stays a path, not the hub-id-shaped `nope/model`), unless it is a manifest
+    return str(artifact_dir(value)) if Path(value).name == MANIFEST else value
 
 
 OutDir = Annotated[Path, typer.Option("--out-dir", "-o", help="Directory to write the artifact into.")]

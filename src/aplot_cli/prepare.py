@@ -21,7 +21,7 @@ from aplot_cli.data import loaders, onpolicy, synthetic
 from aplot_cli.data.recipes import Recipe, load_recipe
 from aplot_cli.data.schema import Pair, messages_json
 from aplot_cli.data.transforms import TRANSFORMS, RowProblem
-from aplot_cli.errors import ArtifactError, ConfigError, InputDataError, disk_full_names
+from aplot_cli.errors import ArtifactError, ConfigError, InputDataError, damaged_names, disk_full_names
 
 STAGE = "prepare"
 _FIX = "fix the row, or pass --on-bad-rows skip to drop such rows (they are counted in the manifest)"
@@ -285,9 +285,26 @@ def load_pairs(artifact_dir: Path | str, split: str | None = None):
             raise InputDataError(f"{art.path} has no `{split}` split",
                                  hint=f"available: {', '.join(n.removesuffix('.parquet') for n in names)}")
         names = [f"{split}.parquet"]
+    redo = f"re-run `aplot {STAGE} --out-dir {art.path} --overwrite`"
+    frames = []
     for name in names:
         if not (art.path / name).is_file():
             raise ArtifactError(f"{art.path} lists {name} in its manifest but the file is missing: "
-                                "an unfinished or damaged artifact",
-                                hint=f"re-run `aplot {STAGE} --out-dir {art.path} --overwrite`")
-    return pd.concat([pd.read_parquet(art.path / n) for n in names], ignore_index=True)
+                                "an unfinished or damaged artifact", hint=redo)
+        with damaged_names(art.path / name, redo):
+            frames.append(pd.read_parquet(art.path / name))
+        _check_split(frames[-1], art.path / name, redo)
+    return pd.concat(frames, ignore_index=True)
+
+
+def _check_split(frame, path: Path, redo: str) -> None:
+    """A split file holds the text columns every stage reads, as strings (a file edited since it was written
+    is named here, with the column and row, not met as a KeyError or TypeError later)."""
+    for column in ("pair_id", "prompt", "chosen", "rejected"):
+        if column not in frame.columns:
+            raise ArtifactError(f"{path} has no `{column}` column (it has {', '.join(map(str, frame.columns))})",
+                                hint=redo)
+        bad = [i for i, value in enumerate(frame[column]) if not isinstance(value, str)]
+        if bad:
+            raise ArtifactError(f"{path}: column `{column}` row {bad[0]} is {frame[column].iloc[bad[0]]!r}, not a "
+                                f"string ({len(bad)} such row(s))", hint=redo)

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from aplot_cli import artifacts
+from aplot_cli.errors import damaged_names
 from aplot_cli.grid_layout import cell_dir, noise_tag
 
 
@@ -188,13 +189,16 @@ def collect(grid, out_dir: Path) -> tuple[list[Cell], list[str]]:
                 if not (path / "train" / artifacts.MANIFEST).is_file():
                     missing.append(str(path.relative_to(out_dir)))
                     continue
-                manifest = json.loads((path / "train" / artifacts.MANIFEST).read_text())
-                train = manifest["metrics"]
+                redo = f"remove {path} and re-run the grid to run that cell again"
+                with damaged_names(path / "train" / artifacts.MANIFEST, redo):
+                    manifest = dict(json.loads((path / "train" / artifacts.MANIFEST).read_text(encoding="utf-8")))
+                    train = dict(manifest["metrics"])
                 evals = {}
                 for ev in grid.evals:
                     metrics_path = path / f"eval-{ev.name}" / "metrics.json"
                     if metrics_path.is_file():
-                        evals[ev.name] = json.loads(metrics_path.read_text())
+                        with damaged_names(metrics_path, redo):
+                            evals[ev.name] = json.loads(metrics_path.read_text(encoding="utf-8"))
                     else:
                         missing.append(str((path / f"eval-{ev.name}").relative_to(out_dir)))
                 log = _read_jsonl(path / "train" / "train_log.jsonl")

@@ -3,7 +3,7 @@ family's gold checker (the on-policy data of the synthetic-gold setup, Gao et al
 
 Prompts come from `aplot_cli.data.verifiable` (round-robin over `--families`, seeded, of one `--split`:
 a prompt's split is fixed by a hash of its text, so train and test runs never share a prompt). Responses
-are sampled exactly as PPO samples its rollouts (`ppo.sample`: the policy's chat template, plain
+are sampled exactly as PPO samples its rollouts (`ppo.rollout.sample`: the policy's chat template, plain
 softmax(logits / T) sampling with no logits processor of the policy's own, cut after the first EOS).
 
 Output directory:
@@ -17,7 +17,11 @@ Output directory:
 Resumable: responses are written in chunks of `--chunk-prompts` prompts (`chunks/`, each file written
 atomically, each chunk sampled from its own seed), so `--resume` continues a killed run where it
 stopped and gives the responses an uninterrupted run gives. The chunks are removed once the manifest
-is written."""
+is written.
+
+This module is the stage (named after its command, as every stage is); the artifact it writes, its file
+names and its reader, is `aplot_cli.samples` (named after what it holds), so that `prepare`, `ppo` and the
+best-of-n benchmark read samples without loading this stage."""
 
 from __future__ import annotations
 
@@ -103,15 +107,16 @@ def sample_chunk(cfg: SampleConfig, policy: Any, tokenizer: Any, tasks: list[Pro
     """`cfg.n` responses for each task, gold-labelled, in generate calls of `cfg.batch_size` sequences."""
     import torch
 
-    from aplot_cli import ppo
     from aplot_cli.data.verifiable import gold
+    from aplot_cli.ppo.prompts import Prompt
+    from aplot_cli.ppo.rollout import sample
 
     torch.manual_seed(chunk_seed(cfg.seed, index))
     wanted = [(task, k) for task in tasks for k in range(cfg.n)]
     rows = []
     for start in range(0, len(wanted), cfg.batch_size):
         part = wanted[start:start + cfg.batch_size]
-        out = ppo.sample(cfg, policy, tokenizer, [ppo.Prompt(task.prompt) for task, _ in part], device)
+        out = sample(cfg, policy, tokenizer, [Prompt(task.prompt) for task, _ in part], device)
         lengths, prompt_lengths = out.mask.sum(1).tolist(), out.query_mask.sum(1).tolist()
         for (task, k), text, length, eos, prompt_length in zip(part, out.texts, lengths, out.has_eos.tolist(),
                                                                prompt_lengths, strict=True):
@@ -155,7 +160,7 @@ def _check_resume(out_dir: Path, cfg: SampleConfig) -> None:
         raise ArtifactError(f"--resume: {out_dir} holds no unfinished `aplot sample` run to continue",
                             hint="run without --resume to start one")
     try:
-        before = json.loads(path.read_text(encoding="utf-8"))["config"]
+        before = dict(json.loads(path.read_text(encoding="utf-8"))["config"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ArtifactError(f"--resume: {path} is missing or unreadable, so the run's settings are unknown",
                             hint="start again with --overwrite") from exc
@@ -170,7 +175,8 @@ def _check_resume(out_dir: Path, cfg: SampleConfig) -> None:
 # --- the stage ----------------------------------------------------------------------------------------
 def run(cfg: SampleConfig, out_dir: Path, overwrite: bool = False, resume: bool = False) -> Path:
     """Sample, label and write; returns the manifest path."""
-    from aplot_cli import models, ppo
+    from aplot_cli import models
+    from aplot_cli.ppo.policy import load_policy
 
     validate(cfg)
     if overwrite and resume:
@@ -181,7 +187,7 @@ def run(cfg: SampleConfig, out_dir: Path, overwrite: bool = False, resume: bool 
         _check_resume(out_dir, cfg)
     tasks = plan(cfg)
     device = models.pick_device(cfg.device)
-    policy, tokenizer = ppo.load_policy(cfg.policy, cfg.trust_remote_code)
+    policy, tokenizer = load_policy(cfg.policy, cfg.trust_remote_code)
     policy.to(device)
     out_dir = artifacts.prepare_out_dir(out_dir, **claim)  # the policy has loaded: only now clear or claim it
     if not resume:
@@ -208,7 +214,7 @@ def family_metrics(frame: Any, draws: int = 2000, seed: int = 0) -> dict[str, An
     """Per family and overall: gold success over responses with a 95% bootstrap interval over prompts
     (responses to one prompt are not independent), and how many prompts have a passing, a failing, or
     both kinds of response (only those give preference pairs)."""
-    from aplot_cli.bon import bootstrap
+    from aplot_cli.benchmarks.bon import bootstrap
 
     out = {}
     groups = [(name, part) for name, part in frame.groupby("family", sort=False)] + [("all", frame)]

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from aplot_cli import artifacts
-from aplot_cli.errors import ArtifactError
+from aplot_cli.errors import ArtifactError, damaged_names
 
 STAGE = "sample"
 RESPONSES, PROMPTS, CHUNKS, RUN_CONFIG = "responses.parquet", "prompts.jsonl", "chunks", "run_config.json"
@@ -21,9 +21,10 @@ def open_samples(path: Path | str) -> tuple[artifacts.Artifact, Any]:
     import pandas as pd
 
     art = artifacts.open_artifact(path, STAGE)
-    frame = pd.read_parquet(art.file(RESPONSES))
+    redo = f"re-run `aplot sample --out-dir {art.path} --overwrite`"
+    with damaged_names(art.file(RESPONSES), redo):
+        frame = pd.read_parquet(art.file(RESPONSES))
     missing = [c for c in COLUMNS if c not in frame.columns]
     if missing:
-        raise ArtifactError(f"{art.file(RESPONSES)} lacks column(s) {missing}",
-                            hint=f"re-run `aplot sample --out-dir {art.path} --overwrite`")
+        raise ArtifactError(f"{art.file(RESPONSES)} lacks column(s) {missing}", hint=redo)
     return art, frame

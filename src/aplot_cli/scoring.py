@@ -82,6 +82,11 @@ def _locate(name: str) -> tuple[str, str, artifacts.Artifact | None]:
         if not (path / "model" / "config.json").is_file():
             raise ModelError(f"train-rm artifact {path} has no model/ folder",
                              hint=f"re-run `aplot train-rm --out-dir {path} --overwrite`")
+        _check_model_files(art)
+        problem = models.json_problem(path / "model") or models.weights_problem(path / "model", torch_files=False)
+        if problem:
+            raise ArtifactError(f"train-rm artifact {path}: model/{problem}",
+                                hint=f"restore it, or re-run `aplot train-rm --out-dir {path} --overwrite`")
         return str(path / "model"), "train-rm artifact", art
     if path.is_dir() and not (path / "config.json").is_file() and _train_run_traces(path):
         raise ArtifactError(
@@ -91,6 +96,21 @@ def _locate(name: str) -> tuple[str, str, artifacts.Artifact | None]:
                  "a finished run")
     resolved = models.resolve(name)
     return resolved, ("folder" if Path(resolved).exists() else "hub"), None
+
+
+def _check_model_files(art: artifacts.Artifact) -> None:
+    """A train-rm run lists every file of model/ in its manifest (`all_files_listed`; older runs list the
+    config and weights only), and open_artifact has checked their hashes: a file it does not list was put
+    there after training and would be loaded unchecked (a tokenizer file, code)."""
+    if not (art.manifest.get("model") or {}).get("all_files_listed"):
+        return
+    listed = art.output_hashes()
+    extra = sorted(p.name for p in (art.path / "model").iterdir() if f"model/{p.name}" not in listed)
+    if extra:
+        raise ArtifactError(f"{art.path / 'model'} holds {', '.join(extra)}, which the run's manifest does not list: "
+                            "the model folder was changed after training",
+                            hint=f"remove {'it' if len(extra) == 1 else 'them'}, or re-run `aplot train-rm --out-dir "
+                                 f"{art.path} --overwrite`")
 
 
 def _train_run_traces(path: Path) -> list[str]:

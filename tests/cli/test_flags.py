@@ -122,7 +122,7 @@ def test_learning_rate_has_both_names_on_train_rm_and_ppo(flag, monkeypatch, tmp
     result = runner.invoke(app, ["train-rm", str(tmp_path), "-o", str(tmp_path / "rm"), flag, "3e-4"])
     assert result.exit_code == 0, result.output
     assert seen["cfg"].learning_rate == 3e-4
-    seen = _capture(monkeypatch, "ppo")
+    seen = _capture(monkeypatch, "ppo.stage")
     result = runner.invoke(app, ["ppo", "-o", str(tmp_path / "ppo"), flag, "2e-6"])
     assert result.exit_code == 0, result.output
     assert seen["cfg"].lr == 2e-6
@@ -169,7 +169,7 @@ def test_manifest_paths_stand_for_their_artifact(monkeypatch, tmp_path):
                                  "--embeddings", str(emb / "manifest.json")])
     assert result.exit_code == 0, result.output
     assert seen["args"][0] == pairs and seen["kwargs"]["embeddings_dir"] == emb
-    seen = _capture(monkeypatch, "ppo")
+    seen = _capture(monkeypatch, "ppo.stage")
     result = runner.invoke(app, ["ppo", "-o", str(tmp_path / "out"), "--reward-model", str(rm / "manifest.json"),
                                  "--prompts", str(pairs / "manifest.json")])
     assert result.exit_code == 0, result.output

@@ -52,7 +52,7 @@ def _fake_finished(folder: Path, stage: str, files: dict[str, str]) -> dict[str,
         (folder / name).parent.mkdir(parents=True, exist_ok=True)
         (folder / name).write_text(text, encoding="utf-8")
     (folder / artifacts.MANIFEST).write_text(json.dumps({"stage": stage, "schema_version": 1, "outputs": [
-        {"path": name} for name in files]}), encoding="utf-8")
+        artifacts.describe_output(folder, name) for name in files]}), encoding="utf-8")
     return _snapshot(folder)
 
 
@@ -149,14 +149,12 @@ def test_an_artifact_of_another_stage_is_not_replaced(tmp_path):
 def test_a_finished_artifact_of_the_same_stage_is_replaced(tmp_path):
     pairs = _prepared(tmp_path)
     old = json.loads((pairs / artifacts.MANIFEST).read_text())
-    (pairs / "stale.txt").write_text("from an older run")
     plain = _invoke("prepare", "--files", _jsonl(tmp_path / "new.jsonl", n=20, tag="n"), "--out-dir", pairs)
     assert plain.exit_code == 4 and "--overwrite" in plain.stderr and "finished `prepare` artifact" in plain.stderr
     result = _invoke("prepare", "--files", tmp_path / "new.jsonl", "--out-dir", pairs, "--overwrite", "-q")
     assert result.exit_code == 0, result.output
     new = json.loads((pairs / artifacts.MANIFEST).read_text())
     assert new["metrics"]["pairs_written"] == 20 != old["metrics"]["pairs_written"]
-    assert not (pairs / "stale.txt").exists()
     assert artifacts.folder_stage(pairs) == ("prepare", True)
 
 
@@ -173,11 +171,17 @@ def test_an_unfinished_artifact_of_the_same_stage_is_recognised_by_its_marker_an
     (out / "link").symlink_to(outside, target_is_directory=True)
     other = _invoke("embed", _prepared(tmp_path), "--out-dir", out, "--overwrite")
     assert other.exit_code == 4 and "an unfinished `prepare` artifact" in other.stderr
-    result = _invoke("prepare", "--files", _jsonl(tmp_path / "d.jsonl"), "--out-dir", out, "--overwrite", "-q")
+    # a folder and a link aplot did not write are named and kept (aplot writes no links)
+    refused = _invoke("prepare", "--files", _jsonl(tmp_path / "d.jsonl"), "--out-dir", out, "--overwrite")
+    assert refused.exit_code == 4 and "did not write: link (a symbolic link), tmp/" in refused.stderr
+    assert (out / "link").is_symlink() and (out / "tmp").is_dir() and (out / "train.parquet").is_file()
+    (out / "link").unlink()
+    (out / "tmp").rmdir()
+    result = _invoke("prepare", "--files", tmp_path / "d.jsonl", "--out-dir", out, "--overwrite", "-q")
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in out.iterdir()) == [artifacts.STAGE_MARKER, "manifest.json", "test.parquet",
                                                      "train.parquet"]
-    assert (outside / "keep.txt").read_text() == "mine"  # a link inside is removed, never followed
+    assert (outside / "keep.txt").read_text() == "mine"
 
 
 def test_the_same_folder_without_the_marker_is_refused(tmp_path):
@@ -234,7 +238,7 @@ def test_ppo_overwrite_with_missing_prompts_leaves_the_finished_run_intact(tmp_p
     run = tmp_path / "run"
     run.mkdir()
     before = _fake_finished(run, "ppo", {"policy/model.safetensors": "weights", "value_head.safetensors": "v",
-                                         "train_log.jsonl": '{"update": 1}\n'})
+                                         "log.jsonl": '{"update": 1}\n'})
     result = _invoke("ppo", "--out-dir", run, "--reward-model", tmp_path / "rm", "--prompts",
                      tmp_path / "missing.jsonl", "--overwrite", "--device", "cpu")
     assert result.exit_code == 3 and "missing.jsonl does not exist" in result.stderr

@@ -12,10 +12,11 @@ import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from aplot_cli import ppo
 from aplot_cli.cli import app
 from aplot_cli.config import PPOConfig
 from aplot_cli.errors import ArtifactError, ConfigError
+from aplot_cli.ppo import stage as ppo_stage
+from aplot_cli.ppo import update as ppo_update
 
 LOG_KEYS = {"update", "score", "score_std", "reward", "kl", "entropy", "pg_loss", "vf_loss", "pg_clipfrac",
             "vf_clipfrac", "approx_kl", "response_length", "eos_rate", "gold_accuracy", "gold_checked", "seconds"}
@@ -48,7 +49,7 @@ def test_ppo_updates_the_policy_and_logs_every_update(tiny_llama_lm_dir, tiny_be
                          max_eval_pairs=8, train_eval_pairs=8, save_steps=10, save_margins=False)
     rm = train.run(rm_cfg, synthetic_pairs_dir, tmp_path / "rm").parent  # a train-rm artifact as the RM
     cfg = _cfg(tiny_llama_lm_dir, rm, synthetic_pairs_dir)
-    manifest_path = ppo.run(cfg, tmp_path / "out")
+    manifest_path = ppo_stage.run(cfg, tmp_path / "out")
     out = manifest_path.parent
     manifest = json.loads(manifest_path.read_text())
     assert manifest["stage"] == "ppo" and set(manifest["inputs"]) == {"prompts", "reward_model"}
@@ -81,9 +82,9 @@ def test_ppo_updates_the_policy_and_logs_every_update(tiny_llama_lm_dir, tiny_be
 def test_killed_run_resumes_to_the_same_policy(tiny_llama_lm_dir, tiny_bert_dir, synthetic_pairs_dir, tmp_path,
                                                monkeypatch):
     cfg = _cfg(tiny_llama_lm_dir, tiny_bert_dir, synthetic_pairs_dir, updates=2, max_new_tokens=4)
-    whole = ppo.run(cfg, tmp_path / "whole").parent
+    whole = ppo_stage.run(cfg, tmp_path / "whole").parent
 
-    real_update, calls = ppo.update, {"n": 0}
+    real_update, calls = ppo_update.update, {"n": 0}
 
     def dies_on_second(*args, **kwargs):
         calls["n"] += 1
@@ -91,16 +92,16 @@ def test_killed_run_resumes_to_the_same_policy(tiny_llama_lm_dir, tiny_bert_dir,
             raise KeyboardInterrupt
         return real_update(*args, **kwargs)
 
-    monkeypatch.setattr(ppo, "update", dies_on_second)
+    monkeypatch.setattr(ppo_stage, "update", dies_on_second)
     with pytest.raises(KeyboardInterrupt):
-        ppo.run(cfg, tmp_path / "split")
-    monkeypatch.setattr(ppo, "update", real_update)
+        ppo_stage.run(cfg, tmp_path / "split")
+    monkeypatch.setattr(ppo_stage, "update", real_update)
     assert not (tmp_path / "split" / "manifest.json").exists()
     assert (tmp_path / "split" / "checkpoints" / "update-000001").is_dir()
     with pytest.raises(ConfigError, match="kl_coef"):
-        ppo.run(replace(cfg, kl_coef=0.5), tmp_path / "split", resume=True)
+        ppo_stage.run(replace(cfg, kl_coef=0.5), tmp_path / "split", resume=True)
 
-    split = ppo.run(cfg, tmp_path / "split", resume=True).parent
+    split = ppo_stage.run(cfg, tmp_path / "split", resume=True).parent
     a, b = _weights(whole / "policy"), _weights(split / "policy")
     for key in a:
         torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=1e-4)
@@ -108,7 +109,7 @@ def test_killed_run_resumes_to_the_same_policy(tiny_llama_lm_dir, tiny_bert_dir,
     assert [r["update"] for r in _rows(split / "log.jsonl")] == [1, 2]
     assert [r["score"] for r in _rows(split / "log.jsonl")] == pytest.approx([r["score"] for r in strip])
     with pytest.raises(ArtifactError, match="finished run"):
-        ppo.run(cfg, tmp_path / "split", resume=True)
+        ppo_stage.run(cfg, tmp_path / "split", resume=True)
 
 
 def test_cli_with_a_llama_rm_and_jsonl_prompts(tiny_llama_lm_dir, tiny_llama_rm_dir, tmp_path):

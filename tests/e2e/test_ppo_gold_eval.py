@@ -12,10 +12,15 @@ from dataclasses import replace
 import pytest
 import torch
 
-from aplot_cli import ppo
+from aplot_cli import artifacts
 from aplot_cli.config import PPOConfig
 from aplot_cli.data.verifiable import gold
 from aplot_cli.errors import ConfigError, InputDataError
+from aplot_cli.ppo import checkpoints as ppo_checkpoints
+from aplot_cli.ppo import evaluation as ppo_evaluation
+from aplot_cli.ppo import policy as ppo_policy
+from aplot_cli.ppo import prompts as ppo_prompts
+from aplot_cli.ppo import stage as ppo_stage
 
 TRAIN = ("Write a short sentence that includes the word 'good'.",
          "Write one sentence that uses both the words 'good' and 'good'.")
@@ -41,17 +46,17 @@ def cfg(tiny_vocab_lm_dir, tmp_path) -> PPOConfig:
 
 
 def test_gold_scorer_is_the_checker_with_pass_above_fail():
-    prompts = [ppo.Prompt(TRAIN[0])] * 3 + [ppo.Prompt("What is 2 + 3?")] * 2
+    prompts = [ppo_prompts.Prompt(TRAIN[0])] * 3 + [ppo_prompts.Prompt("What is 2 + 3?")] * 2
     responses = ["a good b", "a b", "good", "5", "The answer is 6."]
-    scores = ppo.GoldScorer().score(prompts, responses)
+    scores = ppo_policy.GoldScorer().score(prompts, responses)
     assert scores.tolist() == [1.0, 0.0, 1.0, 1.0, 0.0]
     assert scores.tolist() == [float(gold(p.text, r)) for p, r in zip(prompts, responses)]
     with pytest.raises(InputDataError, match="no gold checker"):
-        ppo.GoldScorer().score([ppo.Prompt("a b")], ["good"])
+        ppo_policy.GoldScorer().score([ppo_prompts.Prompt("a b")], ["good"])
 
 
 def test_ppo_against_gold_raises_held_out_gold_and_rewards_the_verdicts(cfg, tmp_path):
-    manifest = json.loads(ppo.run(cfg, tmp_path / "gold").read_text())
+    manifest = json.loads(ppo_stage.run(cfg, tmp_path / "gold").read_text())
     out = tmp_path / "gold"
     assert manifest["reward"]["kind"] == "gold" and manifest["reward"]["mapping"] == {"pass": 1.0, "fail": 0.0}
     assert manifest["config"]["reward"] == "gold" and "reward_model" not in manifest["inputs"]
@@ -70,30 +75,31 @@ def test_ppo_against_gold_raises_held_out_gold_and_rewards_the_verdicts(cfg, tmp
     for row in held:  # gold reward: the score is the gold success
         assert row["score"] == pytest.approx(row["gold_success"])
     assert manifest["metrics"]["heldout"]["evaluations"] == 4
+    assert artifacts.foreign_entries(out, "ppo", finished=True) == []  # --overwrite may replace it
 
 
 def test_gold_reward_needs_a_checker_for_every_prompt(cfg, tmp_path, monkeypatch):
     def never(*args, **kwargs):
         raise AssertionError("a model was loaded for a run that cannot happen")
 
-    monkeypatch.setattr(ppo, "load_policy", never)
+    monkeypatch.setattr(ppo_stage, "load_policy", never)
     mixed = replace(cfg, prompts=str(_jsonl(tmp_path / "mixed.jsonl", (*TRAIN, "a b c"))))
     with pytest.raises(InputDataError, match="1 of the 3 prompts .* have none"):
-        ppo.run(mixed, tmp_path / "mixed")
+        ppo_stage.run(mixed, tmp_path / "mixed")
     assert not (tmp_path / "mixed").exists()
     with pytest.raises(ConfigError, match="--reward gold and --reward-model"):
-        ppo.validate(replace(cfg, reward_model="some/rm"))
+        ppo_stage.validate(replace(cfg, reward_model="some/rm"))
     with pytest.raises(ConfigError, match="no reward model given"):
-        ppo.validate(replace(cfg, reward="model"))
+        ppo_stage.validate(replace(cfg, reward="model"))
     with pytest.raises(ConfigError, match="`eval_every` is 0"):
-        ppo.validate(replace(cfg, eval_every=0))
+        ppo_stage.validate(replace(cfg, eval_every=0))
 
 
 def test_update_zero_is_the_same_for_every_reward_and_eval_leaves_training_alone(cfg, tiny_bert_dir, tmp_path):
     cfg = replace(cfg, updates=2, eval_n=4, eval_every=1)
-    ppo.run(cfg, tmp_path / "gold")
-    ppo.run(replace(cfg, reward="model", reward_model=str(tiny_bert_dir)), tmp_path / "rm")
-    ppo.run(replace(cfg, eval_prompts=None), tmp_path / "no-eval")
+    ppo_stage.run(cfg, tmp_path / "gold")
+    ppo_stage.run(replace(cfg, reward="model", reward_model=str(tiny_bert_dir)), tmp_path / "rm")
+    ppo_stage.run(replace(cfg, eval_prompts=None), tmp_path / "no-eval")
     gold_rows, rm_rows = _rows(tmp_path / "gold" / "eval.jsonl"), _rows(tmp_path / "rm" / "eval.jsonl")
     assert [r["update"] for r in gold_rows] == [r["update"] for r in rm_rows] == [0, 1, 2]
     keys = ("gold_success", "kl", "response_length", "eos_rate", "gold_by_family")
@@ -110,20 +116,20 @@ def test_update_zero_is_the_same_for_every_reward_and_eval_leaves_training_alone
 
 def test_resume_continues_the_eval_log_without_duplicates(cfg, tmp_path, monkeypatch):
     cfg = replace(cfg, eval_n=4)
-    ppo.run(cfg, tmp_path / "whole")
-    real_save = ppo.save_checkpoint
+    ppo_stage.run(cfg, tmp_path / "whole")
+    real_save = ppo_checkpoints.save_checkpoint
 
     def dies_saving_the_fourth(out_dir, done, *args, **kwargs):
         if done == 4:  # killed after the evaluation at update 4 was logged, before its checkpoint
             raise KeyboardInterrupt
         return real_save(out_dir, done, *args, **kwargs)
 
-    monkeypatch.setattr(ppo, "save_checkpoint", dies_saving_the_fourth)
+    monkeypatch.setattr(ppo_stage, "save_checkpoint", dies_saving_the_fourth)
     with pytest.raises(KeyboardInterrupt):
-        ppo.run(cfg, tmp_path / "killed")
+        ppo_stage.run(cfg, tmp_path / "killed")
     assert [r["update"] for r in _rows(tmp_path / "killed" / "eval.jsonl")] == [0, 2, 4]
-    monkeypatch.setattr(ppo, "save_checkpoint", real_save)
-    ppo.run(cfg, tmp_path / "killed", resume=True)
+    monkeypatch.setattr(ppo_stage, "save_checkpoint", real_save)
+    ppo_stage.run(cfg, tmp_path / "killed", resume=True)
     whole, resumed = (_rows(tmp_path / d / "eval.jsonl") for d in ("whole", "killed"))
     assert [r["update"] for r in resumed] == [0, 2, 4, 5]
     for a, b in zip(whole, resumed):
@@ -134,20 +140,20 @@ def test_resume_continues_the_eval_log_without_duplicates(cfg, tmp_path, monkeyp
 
 
 def test_eval_seed_depends_on_seed_and_update_only():
-    assert ppo.eval_seed(0, 0) == ppo.eval_seed(0, 0) != ppo.eval_seed(1, 0) != ppo.eval_seed(0, 1)
-    assert ppo.eval_points(PPOConfig(updates=5, eval_every=2)) == [0, 2, 4, 5]
-    assert ppo.eval_points(PPOConfig(updates=4, eval_every=10)) == [0, 4]
+    assert ppo_evaluation.eval_seed(0, 0) == ppo_evaluation.eval_seed(0, 0) != ppo_evaluation.eval_seed(1, 0) != ppo_evaluation.eval_seed(0, 1)
+    assert ppo_evaluation.eval_points(PPOConfig(updates=5, eval_every=2)) == [0, 2, 4, 5]
+    assert ppo_evaluation.eval_points(PPOConfig(updates=4, eval_every=10)) == [0, 4]
 
 
 def test_heldout_eval_is_seeded_by_seed_and_update(cfg, tmp_path):
-    policy, tokenizer = ppo.load_policy(cfg.policy, False)
-    ref, _ = ppo.load_policy(cfg.policy, False)
-    actor = ppo.PolicyWithValue(policy)
-    prompts = [ppo.Prompt(p) for p in HELD_OUT]
+    policy, tokenizer = ppo_policy.load_policy(cfg.policy, False)
+    ref, _ = ppo_policy.load_policy(cfg.policy, False)
+    actor = ppo_policy.PolicyWithValue(policy)
+    prompts = [ppo_prompts.Prompt(p) for p in HELD_OUT]
     cfg = replace(cfg, eval_n=8)
 
     def texts(update, seed=0):
-        _, rows = ppo.heldout_eval(replace(cfg, seed=seed), actor, ref, tokenizer, ppo.GoldScorer(), prompts, update,
+        _, rows = ppo_evaluation.heldout_eval(replace(cfg, seed=seed), actor, ref, tokenizer, ppo_policy.GoldScorer(), prompts, update,
                                    torch.device("cpu"))
         return [r["response"] for r in rows]
 

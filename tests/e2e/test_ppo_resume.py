@@ -17,6 +17,9 @@ from safetensors.torch import load_file, save_file
 from aplot_cli import artifacts, ppo
 from aplot_cli.config import PPOConfig
 from aplot_cli.errors import ArtifactError
+from aplot_cli.ppo import checkpoints as ppo_checkpoints
+from aplot_cli.ppo import stage as ppo_stage
+from aplot_cli.ppo import update as ppo_update
 
 
 @pytest.fixture
@@ -47,7 +50,8 @@ def _same_run(a, b, tol: float = 1e-5):
 
 def _messages(monkeypatch) -> list[str]:
     said: list[str] = []
-    monkeypatch.setattr(ppo, "info", said.append)
+    monkeypatch.setattr(ppo_stage, "info", said.append)
+    monkeypatch.setattr(ppo_checkpoints, "info", said.append)
     return said
 
 
@@ -55,24 +59,24 @@ def test_resume_without_a_checkpoint_is_refused_before_anything_loads(cfg, tmp_p
     def never(*args, **kwargs):
         raise AssertionError("a model was loaded for a resume that cannot happen")
 
-    monkeypatch.setattr(ppo, "load_policy", never)
+    monkeypatch.setattr(ppo_stage, "load_policy", never)
     with pytest.raises(ArtifactError, match="no complete PPO checkpoint"):  # nothing there at all
-        ppo.run(cfg, tmp_path / "never-ran", resume=True)
+        ppo_stage.run(cfg, tmp_path / "never-ran", resume=True)
     assert not (tmp_path / "never-ran").exists()
 
     stopped = tmp_path / "stopped"  # killed in update 1, before its first checkpoint
     artifacts.prepare_out_dir(stopped, stage=ppo.STAGE)  # what the run did before update 1
     (stopped / ppo.LOG).write_text('{"update": 1}\n')
     with pytest.raises(ArtifactError, match="no complete PPO checkpoint") as caught:
-        ppo.run(cfg, stopped, resume=True)
+        ppo_stage.run(cfg, stopped, resume=True)
     assert "--overwrite" in caught.value.hint
     assert (stopped / ppo.LOG).read_text() == '{"update": 1}\n'  # left as it was
 
 
 def test_kill_while_saving_a_checkpoint_resumes_from_the_newest_complete_one(cfg, tmp_path, monkeypatch):
-    whole = ppo.run(cfg, tmp_path / "whole").parent
+    whole = ppo_stage.run(cfg, tmp_path / "whole").parent
 
-    real_rng_state, calls = ppo.rng_state, {"n": 0}
+    real_rng_state, calls = ppo_checkpoints.rng_state, {"n": 0}
 
     def dies_in_second_save():
         calls["n"] += 1
@@ -80,11 +84,11 @@ def test_kill_while_saving_a_checkpoint_resumes_from_the_newest_complete_one(cfg
             raise KeyboardInterrupt
         return real_rng_state()
 
-    monkeypatch.setattr(ppo, "rng_state", dies_in_second_save)
+    monkeypatch.setattr(ppo_checkpoints, "rng_state", dies_in_second_save)
     split = tmp_path / "split"
     with pytest.raises(KeyboardInterrupt):
-        ppo.run(cfg, split)
-    monkeypatch.setattr(ppo, "rng_state", real_rng_state)
+        ppo_stage.run(cfg, split)
+    monkeypatch.setattr(ppo_checkpoints, "rng_state", real_rng_state)
     root = split / ppo.CHECKPOINTS
     assert (root / "update-000001" / "state.json").is_file() and (root / ".update-000002.tmp").is_dir()
     # A newer checkpoint folder that lacks its state.json (as a copy or a file system can leave one).
@@ -92,7 +96,7 @@ def test_kill_while_saving_a_checkpoint_resumes_from_the_newest_complete_one(cfg
     (root / "update-000002" / "state.json").unlink()
 
     said = _messages(monkeypatch)
-    _same_run(whole, ppo.run(cfg, split, resume=True).parent)
+    _same_run(whole, ppo_stage.run(cfg, split, resume=True).parent)
     assert any("skipping the incomplete checkpoint update-000002" in m and "state.json" in m for m in said), said
     assert any("resuming from update-000001" in m for m in said), said
     assert not root.exists()
@@ -100,7 +104,7 @@ def test_kill_while_saving_a_checkpoint_resumes_from_the_newest_complete_one(cfg
 
 def test_kill_while_finishing_keeps_the_checkpoints(cfg, tmp_path, monkeypatch):
     """The checkpoints are removed only after the manifest is written: a run stopped in `_finish` resumes."""
-    whole = ppo.run(cfg, tmp_path / "whole").parent
+    whole = ppo_stage.run(cfg, tmp_path / "whole").parent
     real_write = artifacts.write_manifest
 
     def dies(*args, **kwargs):
@@ -109,10 +113,10 @@ def test_kill_while_finishing_keeps_the_checkpoints(cfg, tmp_path, monkeypatch):
     monkeypatch.setattr(artifacts, "write_manifest", dies)
     split = tmp_path / "split"
     with pytest.raises(KeyboardInterrupt):
-        ppo.run(cfg, split)
+        ppo_stage.run(cfg, split)
     monkeypatch.setattr(artifacts, "write_manifest", real_write)
-    assert ppo.checkpoint_problem(split / ppo.CHECKPOINTS / "update-000002") is None
-    _same_run(whole, ppo.run(cfg, split, resume=True).parent)
+    assert ppo_checkpoints.checkpoint_problem(split / ppo.CHECKPOINTS / "update-000002") is None
+    _same_run(whole, ppo_stage.run(cfg, split, resume=True).parent)
 
 
 def test_every_random_stream_survives_a_checkpoint(tmp_path, monkeypatch):
@@ -128,14 +132,14 @@ def test_every_random_stream_survives_a_checkpoint(tmp_path, monkeypatch):
     torch.manual_seed(1)
     np.random.seed(2)
     random.seed(3)
-    tensors, meta = ppo.rng_state()
+    tensors, meta = ppo_checkpoints.rng_state()
     save_file(tensors, tmp_path / "rng.safetensors")
     (tmp_path / "rng.json").write_text(json.dumps(meta))  # JSON, no pickle
     expected = (torch.rand(3), np.random.rand(3), [random.random() for _ in range(3)])
     torch.manual_seed(99)
     np.random.seed(99)
     random.seed(99)
-    ppo.set_rng_state(load_file(tmp_path / "rng.safetensors"), json.loads((tmp_path / "rng.json").read_text()))
+    ppo_checkpoints.set_rng_state(load_file(tmp_path / "rng.safetensors"), json.loads((tmp_path / "rng.json").read_text()))
     torch.testing.assert_close(torch.rand(3), expected[0])
     np.testing.assert_array_equal(np.random.rand(3), expected[1])
     assert [random.random() for _ in range(3)] == expected[2]
@@ -149,8 +153,8 @@ def test_killed_run_on_cuda_resumes_to_the_same_policy(cfg, tmp_path, monkeypatc
     """On a GPU the rollouts draw from the CUDA generator: without its state in the checkpoint, the resumed
     run would replay update 1's random stream and sample other responses."""
     cfg = replace(cfg, device="cuda")
-    whole = ppo.run(cfg, tmp_path / "whole").parent
-    real_update, calls = ppo.update, {"n": 0}
+    whole = ppo_stage.run(cfg, tmp_path / "whole").parent
+    real_update, calls = ppo_update.update, {"n": 0}
 
     def dies_in_third(*args, **kwargs):
         calls["n"] += 1
@@ -158,8 +162,8 @@ def test_killed_run_on_cuda_resumes_to_the_same_policy(cfg, tmp_path, monkeypatc
             raise KeyboardInterrupt
         return real_update(*args, **kwargs)
 
-    monkeypatch.setattr(ppo, "update", dies_in_third)
+    monkeypatch.setattr(ppo_stage, "update", dies_in_third)
     with pytest.raises(KeyboardInterrupt):
-        ppo.run(cfg, tmp_path / "split")
-    monkeypatch.setattr(ppo, "update", real_update)
-    _same_run(whole, ppo.run(cfg, tmp_path / "split", resume=True).parent, tol=1e-4)
+        ppo_stage.run(cfg, tmp_path / "split")
+    monkeypatch.setattr(ppo_stage, "update", real_update)
+    _same_run(whole, ppo_stage.run(cfg, tmp_path / "split", resume=True).parent, tol=1e-4)

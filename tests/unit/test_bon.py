@@ -10,7 +10,7 @@ import math
 import numpy as np
 import pytest
 
-from aplot_cli import bon
+from aplot_cli.benchmarks import bon
 
 
 def brute_force(scores: np.ndarray, gold: np.ndarray, n: int) -> float:

@@ -211,3 +211,21 @@ def test_importing_aplot_and_help_do_not_import_ray():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=os.environ)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
+
+
+def test_an_address_that_does_not_answer_stops_the_grid_before_any_work(tmp_path, monkeypatch):
+    # a closed port on this machine: Ray's own connect would retry for minutes; the probe gives it 2 s here
+    pytest.importorskip("ray", reason="Ray is not installed (pip install 'aplot[ray]')")
+    monkeypatch.setattr(executors, "CONNECT_TIMEOUT_S", 2.0)
+    grid = _grid(tmp_path, tmp_path / "never-read")
+    result = CliRunner().invoke(app, ["compare", str(grid), "--executor", "ray", "--address", "127.0.0.1:1",
+                                      "--out-dir", str(tmp_path / "out")])
+    assert result.exit_code == 2, (result.stderr, result.exception)
+    assert "--address 127.0.0.1:1: no Ray cluster answered within 2 s" in result.stderr
+    assert "--address local" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()  # no data was prepared for a cluster that is not there
+
+
+def test_an_address_that_answers_passes_the_probe(local_ray, monkeypatch):
+    monkeypatch.setattr(executors, "CONNECT_TIMEOUT_S", 120.0)  # the machine running the tests may be busy
+    executors.check_address(local_ray.get_runtime_context().gcs_address)

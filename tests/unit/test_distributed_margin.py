@@ -29,7 +29,7 @@ def _worker(rank: int, world: int, init_file: str, bounds: list[int], out: str) 
         r_c, r_r, e_c, e_r = global_batch()
         rows = slice(bounds[rank], bounds[rank + 1])  # uneven shards on purpose
         for norm in NORMS:
-            result = AplotMargin(AplotSettings(scope="global", margin_norm=norm))(r_c[rows], r_r[rows], e_c[rows],
+            result = AplotMargin(AplotSettings(ot_scope="global", margin_norm=norm))(r_c[rows], r_r[rows], e_c[rows],
                                                                                   e_r[rows])
             torch.save({"margin": result.margin, "offset": result.offset}, f"{out}/{norm}-rank{rank}.pt")
     finally:
@@ -42,7 +42,7 @@ def test_global_scope_equals_single_process_margins(tmp_path):
     mp.spawn(_worker, args=(2, str(tmp_path / "init"), bounds, str(tmp_path)), nprocs=2, join=True)
     r_c, r_r, e_c, e_r = global_batch()
     for norm in NORMS:
-        single = AplotMargin(AplotSettings(scope="local", margin_norm=norm))(r_c, r_r, e_c, e_r).margin
+        single = AplotMargin(AplotSettings(ot_scope="local", margin_norm=norm))(r_c, r_r, e_c, e_r).margin
         local_only = AplotMargin(AplotSettings(margin_norm=norm))(r_c[:5], r_r[:5], e_c[:5], e_r[:5]).margin
         parts = [torch.load(tmp_path / f"{norm}-rank{r}.pt") for r in range(2)]
         assert [p["offset"] for p in parts] == [0, 5]

@@ -59,7 +59,7 @@ def _worker(rank: int, world: int, init_file: str, model_dir: str, out: str) -> 
             ids, e_c, e_r = global_batch(model.config.vocab_size)
             rows = slice(rank * PAIRS // world, (rank + 1) * PAIRS // world)
             margin = step(model, ids[:PAIRS][rows], ids[PAIRS:][rows], e_c[rows], e_r[rows],
-                          AplotSettings(scope="global", **reading))
+                          AplotSettings(ot_scope="global", **reading))
             optim.step()
             sharded = all(type(p).__name__ == "DTensor" for p in model.parameters())
             full = {k: v.full_tensor() for k, v in model.state_dict().items()}  # a collective: every rank

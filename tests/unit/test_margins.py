@@ -41,7 +41,7 @@ def test_cost_matrix_values():
 def test_plan_marginals_sum_to_one_over_b(batch):
     gen = torch.Generator().manual_seed(batch)
     cost = cost_matrix(torch.randn(batch, generator=gen), torch.randn(batch, generator=gen))
-    result = sinkhorn(cost, reg=0.1, num_iter=50)
+    result = sinkhorn(cost, ot_reg=0.1, ot_iters=50)
     assert result.plan.shape == (batch, batch)
     np.testing.assert_allclose(result.plan.sum(axis=1), np.full(batch, 1 / batch), atol=1e-5)
     np.testing.assert_allclose(result.plan.sum(axis=0), np.full(batch, 1 / batch), atol=1e-5)
@@ -79,7 +79,7 @@ def test_plan_margin_row_and_diag_by_hand():
 def test_nonconvergence_is_recorded_not_raised():
     gen = torch.Generator().manual_seed(0)
     cost = torch.rand(16, 16, generator=gen) * 5
-    result = sinkhorn(cost, reg=0.01, num_iter=1, tol=1e-12)
+    result = sinkhorn(cost, ot_reg=0.01, ot_iters=1, ot_tol=1e-12)
     assert not result.converged and result.finite
     assert result.warning and "converge" in result.warning
 
@@ -92,7 +92,7 @@ def test_nan_never_reaches_the_margin():
 
 
 def test_warmup_gives_zero_margin():
-    margin = AplotMargin(AplotSettings(warmup_steps=3))
+    margin = AplotMargin(AplotSettings(margin_warmup_steps=3))
     assert torch.equal(margin(torch.randn(4), torch.randn(4), step=2).margin, torch.zeros(4))
     assert margin(torch.randn(4), torch.randn(4), step=3).margin.abs().sum() > 0
 
@@ -117,10 +117,10 @@ def test_torch_solver_matches_pot(batch):
     r_c, r_r = torch.randn(batch, generator=gen), torch.randn(batch, generator=gen)
     e = torch.nn.functional.normalize(torch.randn(2, batch, 8, generator=gen), dim=-1)
     cost = cost_matrix(r_c, r_r, e[0], e[1])
-    reference = sinkhorn(cost, reg=0.1, num_iter=50, tol=0.0)
-    plan64, error64 = sinkhorn_log_torch(cost.double(), reg=0.1, num_iter=50)
+    reference = sinkhorn(cost, ot_reg=0.1, ot_iters=50, ot_tol=0.0)
+    plan64, error64 = sinkhorn_log_torch(cost.double(), ot_reg=0.1, ot_iters=50)
     np.testing.assert_allclose(plan64.numpy(), reference.plan, rtol=1e-10, atol=1e-14)
-    plan32, error32 = sinkhorn_log_torch(cost.float(), reg=0.1, num_iter=50)
+    plan32, error32 = sinkhorn_log_torch(cost.float(), ot_reg=0.1, ot_iters=50)
     np.testing.assert_allclose(plan32.numpy(), reference.plan, rtol=1e-4, atol=1e-7)
     assert error32.dim() == 0 and float(error32) < 1e-6
 
@@ -128,17 +128,17 @@ def test_torch_solver_matches_pot(batch):
 def test_torch_solver_result_is_lazy_and_records_nonconvergence():
     gen = torch.Generator().manual_seed(0)
     cost = torch.rand(16, 16, generator=gen) * 5
-    result = DeviceSinkhorn(reg=0.01, num_iter=1, tol=1e-12)(cost)
+    result = DeviceSinkhorn(ot_reg=0.01, ot_iters=1, ot_tol=1e-12)(cost)
     assert isinstance(result.converged, torch.Tensor) and not bool(result.converged) and bool(result.finite)
     assert result.iterations == 1
 
 
 @pytest.mark.parametrize("settings", [AplotSettings(), AplotSettings(margin_from="diag"),
-                                      AplotSettings(margin_norm="zscore", scale=2.0), AplotSettings(w_sem=0.0)])
+                                      AplotSettings(margin_norm="zscore", margin_scale=2.0), AplotSettings(w_sem=0.0)])
 def test_torch_solver_margins_equal_pot_margins(settings):
     r_c, r_r, e_c, e_r, hard = constructed_batch()
     pot = AplotMargin(settings)(r_c, r_r, e_c, e_r)
-    dev = AplotMargin(AplotSettings(**{**settings.__dict__, "solver": "torch"}))(r_c, r_r, e_c, e_r)
+    dev = AplotMargin(AplotSettings(**{**settings.__dict__, "ot_solver": "torch"}))(r_c, r_r, e_c, e_r)
     assert dev.margin.dtype == torch.float32 and dev.margin.shape == (12,)
     torch.testing.assert_close(dev.margin, pot.margin, rtol=1e-4, atol=1e-5)
     assert dev.margin[hard].min() > dev.margin[~hard].max() or settings.margin_norm == "zscore"
@@ -147,14 +147,14 @@ def test_torch_solver_margins_equal_pot_margins(settings):
     for key, value in pot.stats.items():
         if key not in ("seconds", "iterations"):
             assert float(stats[key]) == pytest.approx(value, rel=1e-3, abs=1e-5), key
-    normalized = AplotMargin(AplotSettings(**{**settings.__dict__, "solver": "torch"}))(r_c, r_r, e_c, e_r,
+    normalized = AplotMargin(AplotSettings(**{**settings.__dict__, "ot_solver": "torch"}))(r_c, r_r, e_c, e_r,
                                                                                         normalized=True)
     torch.testing.assert_close(normalized.margin, dev.margin, rtol=1e-5, atol=1e-6)  # e_c, e_r are unit length
 
 
 def test_device_stats_average_steps_of_different_batch_sizes():
     """The log's per-step means over an interval whose last batch is smaller equal step-by-step stats."""
-    margin = AplotMargin(AplotSettings(solver="torch"))
+    margin = AplotMargin(AplotSettings(ot_solver="torch"))
     gen = torch.Generator().manual_seed(1)
     results = [margin(torch.randn(n, generator=gen), torch.randn(n, generator=gen)) for n in (8, 8, 5)]
     together = device_stats(results)
@@ -167,7 +167,7 @@ def test_device_stats_average_steps_of_different_batch_sizes():
 
 def test_torch_solver_nan_never_reaches_the_margin():
     r_c = torch.tensor([0.0, float("nan"), 1.0])
-    result = AplotMargin(AplotSettings(solver="torch"))(r_c, torch.zeros(3))
+    result = AplotMargin(AplotSettings(ot_solver="torch"))(r_c, torch.zeros(3))
     assert bool(result.fallback) and torch.equal(result.margin, torch.zeros(3))
     stats = device_stats([result])
     assert float(stats["fallback"]) == 1.0 and float(stats["converged_frac"]) == 0.0
@@ -177,9 +177,9 @@ def test_auto_solver_is_pot_on_cpu_and_torch_on_cuda():
     margin = AplotMargin(AplotSettings())
     assert margin.solver_for(torch.device("cpu")) == "pot"
     assert margin.solver_for(torch.device("cuda")) == "torch"
-    assert AplotMargin(AplotSettings(solver="pot")).solver_for(torch.device("cuda")) == "pot"
+    assert AplotMargin(AplotSettings(ot_solver="pot")).solver_for(torch.device("cuda")) == "pot"
     with pytest.raises(ValueError):
-        AplotMargin(AplotSettings(solver="sinkhorn"))
+        AplotMargin(AplotSettings(ot_solver="sinkhorn"))
 
 
 @CUDA
@@ -187,12 +187,12 @@ def test_auto_solver_is_pot_on_cpu_and_torch_on_cuda():
 @pytest.mark.parametrize("fused", [True, False])
 def test_cuda_solver_routes_match_pot(fused):
     """On CUDA: the fused Triton kernel (when Triton is there) or the captured graph (one per shape)."""
-    solver = DeviceSinkhorn(reg=0.1, num_iter=50, tol=1e-6, fused=fused)
+    solver = DeviceSinkhorn(ot_reg=0.1, ot_iters=50, ot_tol=1e-6, fused=fused)
     for batch in (32, 32, 7, 32, 1):
         gen = torch.Generator().manual_seed(batch)
         cost = cost_matrix(torch.randn(batch, generator=gen), torch.randn(batch, generator=gen))
         result = solver(cost.cuda())
-        reference = sinkhorn(cost, reg=0.1, num_iter=50, tol=0.0)
+        reference = sinkhorn(cost, ot_reg=0.1, ot_iters=50, ot_tol=0.0)
         np.testing.assert_allclose(result.plan.cpu().numpy(), reference.plan, rtol=1e-4, atol=1e-7)
         assert bool(result.converged)
     assert not solver.errors, solver.errors
@@ -205,12 +205,12 @@ def test_cuda_solver_routes_match_pot(fused):
 @CUDA
 @pytest.mark.gpu
 @pytest.mark.parametrize("settings", [AplotSettings(), AplotSettings(margin_from="diag"),
-                                      AplotSettings(margin_norm="zscore", scale=2.0)])
+                                      AplotSettings(margin_norm="zscore", margin_scale=2.0)])
 def test_cuda_margin_equals_pot_margin(settings):
     """The whole APLOT margin on CUDA (fused: cost, plan and margin in one launch) equals the POT path."""
     r_c, r_r, e_c, e_r, hard = constructed_batch()
     pot = AplotMargin(settings)(r_c, r_r, e_c, e_r)
-    margin = AplotMargin(AplotSettings(**{**settings.__dict__, "solver": "torch"}))
+    margin = AplotMargin(AplotSettings(**{**settings.__dict__, "ot_solver": "torch"}))
     dev = margin(r_c.cuda(), r_r.cuda(), e_c.cuda(), e_r.cuda(), normalized=True)
     torch.testing.assert_close(dev.margin.cpu(), pot.margin, rtol=1e-4, atol=1e-5)
     assert not margin.device_solver.errors, margin.device_solver.errors
@@ -227,10 +227,10 @@ def test_fused_route_is_checked_before_use_and_reuses_its_tile(monkeypatch):
 
     calls = []
 
-    def stand_in(reg, num_iter, cost=None, min_block=16, **_):
+    def stand_in(ot_reg, ot_iters, cost=None, min_block=16, **_):
         block = max(16, min_block, 1 << (max(cost.shape) - 1).bit_length())
         calls.append(block)
-        plan, error = sinkhorn_log_torch(cost.float(), reg, num_iter)
+        plan, error = sinkhorn_log_torch(cost.float(), ot_reg, ot_iters)
         return fused.FusedSolve(plan=plan, cost=cost, raw=cost.new_zeros(cost.shape[0]), error=error, block=block)
 
     monkeypatch.setattr(fused, "available", lambda tensor: True)
@@ -241,7 +241,7 @@ def test_fused_route_is_checked_before_use_and_reuses_its_tile(monkeypatch):
     assert not bool(solver(torch.tensor([[0.0, float("nan")], [0.1, 0.2]])).finite)
     assert solver._verified == set()
     for cost in costs:
-        np.testing.assert_allclose(solver(cost).plan.numpy(), sinkhorn(cost, 0.1, 50, tol=0.0).plan, rtol=1e-4,
+        np.testing.assert_allclose(solver(cost).plan.numpy(), sinkhorn(cost, 0.1, 50, ot_tol=0.0).plan, rtol=1e-4,
                                    atol=1e-7)
     assert calls == [16, 16, 64, 64] and solver._block == 64  # 12 pairs reuse the 64 tile
     assert solver._verified == {(16, True, False, False), (64, True, False, False)}
@@ -251,7 +251,7 @@ def test_fused_route_is_checked_before_use_and_reuses_its_tile(monkeypatch):
                                                                               plan=out.plan * 1.01))
     broken = DeviceSinkhorn(0.1, 50)
     result = broken(costs[0])
-    np.testing.assert_allclose(result.plan.numpy(), sinkhorn(costs[0], 0.1, 50, tol=0.0).plan, rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(result.plan.numpy(), sinkhorn(costs[0], 0.1, 50, ot_tol=0.0).plan, rtol=1e-4, atol=1e-7)
     assert broken.routes == {"eager": 1} and "plan differs from the eager solve" in broken.errors["fused"]
     broken(costs[1])
     assert broken.routes == {"eager": 2}  # not tried again
@@ -272,7 +272,7 @@ for batch in (1, 5, 17, 32):
     e = torch.nn.functional.normalize(torch.randn(2, batch, 8, generator=gen), dim=-1)
     cost = cost_matrix(torch.randn(batch, generator=gen), torch.randn(batch, generator=gen), e[0], e[1])
     plan, error = sinkhorn_log_fused(cost, 0.1, 50)
-    np.testing.assert_allclose(plan.numpy(), sinkhorn(cost, 0.1, 50, tol=0.0).plan, rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(plan.numpy(), sinkhorn(cost, 0.1, 50, ot_tol=0.0).plan, rtol=1e-4, atol=1e-7)
     assert float(error) < 1e-6
 plan, error = sinkhorn_log_fused(torch.tensor([[0.0, float("nan")], [0.1, 0.2]]), 0.1, 50)
 assert float(error) == float("inf")
@@ -283,9 +283,9 @@ for n in (12, 33):
     r_c, r_r = 2 * torch.randn(n, generator=gen), torch.randn(n, generator=gen)
     e = torch.nn.functional.normalize(torch.randn(2, n, 16, generator=gen), dim=-1)
     for settings in (AplotSettings(), AplotSettings(margin_from="diag"), AplotSettings(w_sem=0.0),
-                     AplotSettings(margin_norm="zscore", scale=2.0)):
+                     AplotSettings(margin_norm="zscore", margin_scale=2.0)):
         pot = AplotMargin(settings)(r_c, r_r, e[0], e[1])
-        margin = AplotMargin(AplotSettings(**{**settings.__dict__, "solver": "torch"}))
+        margin = AplotMargin(AplotSettings(**{**settings.__dict__, "ot_solver": "torch"}))
         for normalized in (True, False):
             dev = margin(r_c, r_r, e[0], e[1], normalized=normalized)
             torch.testing.assert_close(dev.margin, pot.margin, rtol=1e-4, atol=1e-5)
@@ -293,7 +293,7 @@ for n in (12, 33):
             for key in ("margin_mean", "margin_spread", "cost_mean", "converged_frac"):
                 assert abs(float(stats[key]) - pot.stats[key]) < 1e-4, (key, settings)
         assert margin.device_solver.routes == {"fused": 2}, margin.device_solver.routes
-nan = AplotMargin(AplotSettings(solver="torch"))(torch.tensor([0.0, float("nan"), 1.0]), torch.zeros(3))
+nan = AplotMargin(AplotSettings(ot_solver="torch"))(torch.tensor([0.0, float("nan"), 1.0]), torch.zeros(3))
 assert bool(nan.fallback) and torch.equal(nan.margin, torch.zeros(3))
 # an epoch's smaller last batch reuses the tile compiled (and checked) for the larger one
 import dataclasses
@@ -302,13 +302,13 @@ solver = DeviceSinkhorn(0.1, 50)
 for n in (33, 12):
     gen = torch.Generator().manual_seed(n)
     cost = cost_matrix(torch.randn(n, generator=gen), torch.randn(n, generator=gen))
-    np.testing.assert_allclose(solver(cost).plan.numpy(), sinkhorn(cost, 0.1, 50, tol=0.0).plan, rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(solver(cost).plan.numpy(), sinkhorn(cost, 0.1, 50, ot_tol=0.0).plan, rtol=1e-4, atol=1e-7)
 assert solver._block == 64 and solver.routes == {"fused": 2} and len(solver._verified) == 1, solver._verified
 # a kernel that runs but computes wrongly is caught on its first result and the next route is used
 real = fused.solve
 fused.solve = lambda *args, **kwargs: dataclasses.replace(out := real(*args, **kwargs), plan=out.plan * 1.01)
 broken = DeviceSinkhorn(0.1, 50)
-np.testing.assert_allclose(broken(cost).plan.numpy(), sinkhorn(cost, 0.1, 50, tol=0.0).plan, rtol=1e-4, atol=1e-7)
+np.testing.assert_allclose(broken(cost).plan.numpy(), sinkhorn(cost, 0.1, 50, ot_tol=0.0).plan, rtol=1e-4, atol=1e-7)
 assert broken.routes == {"eager": 1} and "plan differs from the eager solve" in broken.errors["fused"], broken.errors
 print("ok")
 """

@@ -6,10 +6,10 @@ import math
 import pytest
 from typer.testing import CliRunner
 
-from aplot_cli import ppo
 from aplot_cli.cli import app
 from aplot_cli.config import PPO_FLAGS, PPOConfig
 from aplot_cli.errors import ConfigError
+from aplot_cli.ppo import stage as ppo_stage
 
 BASE = {"reward_model": "rm", "prompts": "p.jsonl"}
 
@@ -41,7 +41,7 @@ BASE = {"reward_model": "rm", "prompts": "p.jsonl"}
 ])
 def test_validation_names_the_key_the_value_and_the_fix(changes, named):
     with pytest.raises(ConfigError) as caught:
-        ppo.validate(PPOConfig(**BASE, **changes))
+        ppo_stage.validate(PPOConfig(**BASE, **changes))
     assert named in caught.value.message, caught.value.message
     key = next(iter(changes))
     assert f"`{key}:`" in caught.value.hint
@@ -49,10 +49,10 @@ def test_validation_names_the_key_the_value_and_the_fix(changes, named):
 
 
 def test_defaults_and_edge_values_pass():
-    ppo.validate(PPOConfig(**BASE))
-    ppo.validate(PPOConfig(**BASE, gamma=0.0, lam=1.0, kl_coef=0.0, top_p=1.0, save_every=0, sample_size=0))
+    ppo_stage.validate(PPOConfig(**BASE))
+    ppo_stage.validate(PPOConfig(**BASE, gamma=0.0, lam=1.0, kl_coef=0.0, top_p=1.0, save_every=0, sample_size=0))
     with pytest.raises(ConfigError, match="mini_batch_size"):
-        ppo.validate(PPOConfig(**BASE, batch_size=2, mini_batch_size=4))
+        ppo_stage.validate(PPOConfig(**BASE, batch_size=2, mini_batch_size=4))
 
 
 def test_ppo_flags_are_the_cli_options():
@@ -69,8 +69,8 @@ def test_cli_refuses_a_bad_value_before_loading_anything(flag, tmp_path, monkeyp
     def never(*args, **kwargs):
         raise AssertionError("a model was loaded before the values were checked")
 
-    monkeypatch.setattr(ppo, "load_policy", never)
-    monkeypatch.setattr(ppo, "load_reward_model", never)
+    monkeypatch.setattr(ppo_stage, "load_policy", never)
+    monkeypatch.setattr(ppo_stage, "load_reward_model", never)
     out = tmp_path / "out"
     result = CliRunner().invoke(app, ["ppo", "--policy", "missing-policy", "--reward-model", "missing-rm",
                                       "--prompts", "missing.jsonl", "--out-dir", str(out), flag, "-1"])
@@ -86,7 +86,7 @@ def test_learning_rate_is_an_alias_of_lr(tmp_path, monkeypatch):
         seen["lr"] = cfg.lr
         return out_dir / "manifest.json"
 
-    monkeypatch.setattr(ppo, "run", record)
+    monkeypatch.setattr(ppo_stage, "run", record)
     result = CliRunner().invoke(app, ["ppo", "--reward-model", "r", "--prompts", "p.jsonl",
                                       "--out-dir", str(tmp_path / "o"), "--learning-rate", "3e-4"])
     assert result.exit_code == 0, result.output

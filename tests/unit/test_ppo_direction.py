@@ -7,47 +7,51 @@ from __future__ import annotations
 import pytest
 import torch
 
-from aplot_cli import ppo
 from aplot_cli.config import PPOConfig
-from aplot_cli.rl import core
+from aplot_cli.ppo import core
+from aplot_cli.ppo import policy as ppo_policy
+from aplot_cli.ppo import prompts as ppo_prompts
+from aplot_cli.ppo import rollout as ppo_rollout
+from aplot_cli.ppo import stage as ppo_stage
+from aplot_cli.ppo import update as ppo_update
 
-PROMPTS = [ppo.Prompt(text) for text in ("a b", "c d e", "f g", "b a c", "e f", "d")]
+PROMPTS = [ppo_prompts.Prompt(text) for text in ("a b", "c d e", "f g", "b a c", "e f", "d")]
 
 
 class ContainsWord:
-    """A toy `ppo.Scorer`: `sign` when the response contains `word`, else 0."""
+    """A toy `ppo_policy.Scorer`: `sign` when the response contains `word`, else 0."""
 
     def __init__(self, word: str, sign: float):
         self.word, self.sign = word, sign
 
-    def score(self, prompts: list[ppo.Prompt], responses: list[str]) -> torch.Tensor:
+    def score(self, prompts: list[ppo_prompts.Prompt], responses: list[str]) -> torch.Tensor:
         return torch.tensor([self.sign * float(self.word in r.split()) for r in responses])
 
 
-def share_with_word(cfg: PPOConfig, actor: ppo.PolicyWithValue, tokenizer, n: int = 256) -> float:
+def share_with_word(cfg: PPOConfig, actor: ppo_policy.PolicyWithValue, tokenizer, n: int = 256) -> float:
     """Fraction of n responses (fixed seed, the training RNG untouched) that contain `good`."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(1234)
-        out = ppo.sample(cfg, actor.policy, tokenizer, [PROMPTS[i % len(PROMPTS)] for i in range(n)],
+        out = ppo_rollout.sample(cfg, actor.policy, tokenizer, [PROMPTS[i % len(PROMPTS)] for i in range(n)],
                          torch.device("cpu"))
     return sum("good" in text.split() for text in out.texts) / n
 
 
-def train(policy_dir, scorer: ppo.Scorer, reward_norm: str, updates: int = 5) -> tuple[float, float]:
-    """(share before, share after) `updates` PPO updates through `ppo.update`, as `aplot ppo` runs them."""
+def train(policy_dir, scorer: ppo_policy.Scorer, reward_norm: str, updates: int = 5) -> tuple[float, float]:
+    """(share before, share after) `updates` PPO updates through `ppo_update.update`, as `aplot ppo` runs them."""
     cfg = PPOConfig(batch_size=16, mini_batch_size=8, ppo_epochs=2, max_new_tokens=3, lr=1e-2,
                     reward_norm=reward_norm, missing_eos_penalty=0.0, chat_template=False, device="cpu", seed=0)
     torch.manual_seed(cfg.seed)
-    policy, tokenizer = ppo.load_policy(str(policy_dir), False)
-    ref, _ = ppo.load_policy(str(policy_dir), False)
+    policy, tokenizer = ppo_policy.load_policy(str(policy_dir), False)
+    ref, _ = ppo_policy.load_policy(str(policy_dir), False)
     ref.requires_grad_(False).eval()
-    actor = ppo.PolicyWithValue(policy)
+    actor = ppo_policy.PolicyWithValue(policy)
     optimizer = torch.optim.AdamW(actor.parameters(), lr=cfg.lr, eps=1e-5)
-    accelerator, moments = ppo._accelerator("cpu"), core.RunningMoments()
+    accelerator, moments = ppo_stage.accelerator_for("cpu"), core.RunningMoments()
     before = share_with_word(cfg, actor, tokenizer)
     for step in range(updates):
-        ppo.update(cfg, actor, ref, tokenizer, scorer, optimizer, accelerator,
-                   ppo._batch_prompts(PROMPTS, step, cfg.batch_size, cfg.seed), moments)
+        ppo_update.update(cfg, actor, ref, tokenizer, scorer, optimizer, accelerator,
+                   ppo_stage.batch_prompts(PROMPTS, step, cfg.batch_size, cfg.seed), moments)
     return before, share_with_word(cfg, actor, tokenizer)
 
 

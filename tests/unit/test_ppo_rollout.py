@@ -6,46 +6,49 @@ import json
 import pytest
 import torch
 
-from aplot_cli import ppo
 from aplot_cli.config import PPOConfig
 from aplot_cli.errors import InputDataError
-from aplot_cli.rl import core
+from aplot_cli.ppo import core
+from aplot_cli.ppo import policy as ppo_policy
+from aplot_cli.ppo import prompts as ppo_prompts
+from aplot_cli.ppo import rollout as ppo_rollout
+from aplot_cli.ppo import stage as ppo_stage
 
 
 def test_response_mask_through_first_eos():
     response = torch.tensor([[5, 2, 0, 0], [5, 6, 7, 8], [2, 0, 0, 0], [5, 6, 7, 2]])
-    mask, has_eos = ppo.response_mask(response, eos_ids=[2])
+    mask, has_eos = ppo_rollout.response_mask(response, eos_ids=[2])
     assert mask.tolist() == [[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0], [1, 1, 1, 1]]
     assert has_eos.tolist() == [True, False, True, True]
 
 
 def test_position_ids_skip_left_padding():
     mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
-    assert ppo.position_ids(mask).tolist() == [[0, 0, 0, 1, 2], [0, 1, 2, 3, 4]]
+    assert ppo_policy.position_ids(mask).tolist() == [[0, 0, 0, 1, 2], [0, 1, 2, 3, 4]]
 
 
 def test_prompts_from_jsonl(tmp_path):
     path = tmp_path / "p.jsonl"
     path.write_text('{"prompt": "a"}\n\n{"prompt": "b", "prompt_messages": [{"role": "user", "content": "b"}]}\n'
                     '{"prompt": "a"}\n')
-    found = ppo.load_prompts(str(path), seed=0)
+    found = ppo_prompts.load_prompts(str(path), seed=0)
     assert sorted(p.text for p in found.prompts) == ["a", "b"] and not found.synthetic
     assert next(p for p in found.prompts if p.text == "b").messages == [{"role": "user", "content": "b"}]
     path.write_text('{"text": "a"}\n')
     with pytest.raises(InputDataError, match="p.jsonl:1"):
-        ppo.load_prompts(str(path))
+        ppo_prompts.load_prompts(str(path))
 
 
 def test_prompts_from_synthetic_pairs(synthetic_pairs_dir):
-    found = ppo.load_prompts(str(synthetic_pairs_dir), "train", max_prompts=10)
+    found = ppo_prompts.load_prompts(str(synthetic_pairs_dir), "train", max_prompts=10)
     assert len(found.prompts) == 10 and found.synthetic and found.artifact is not None
 
 
 def test_batches_are_deterministic_and_cover_prompts():
-    prompts = [ppo.Prompt(str(i)) for i in range(5)]
-    first_pass = [p.text for k in range(5) for p in ppo._batch_prompts(prompts, k, 1, seed=3)]
+    prompts = [ppo_prompts.Prompt(str(i)) for i in range(5)]
+    first_pass = [p.text for k in range(5) for p in ppo_stage.batch_prompts(prompts, k, 1, seed=3)]
     assert sorted(first_pass) == [str(i) for i in range(5)]
-    assert ppo._batch_prompts(prompts, 2, 2, 3) == ppo._batch_prompts(prompts, 2, 2, 3)
+    assert ppo_stage.batch_prompts(prompts, 2, 2, 3) == ppo_stage.batch_prompts(prompts, 2, 2, 3)
 
 
 @pytest.fixture(scope="module")
@@ -53,14 +56,14 @@ def rollout(tiny_llama_lm_dir, tiny_bert_dir):
     torch.manual_seed(0)
     cfg = PPOConfig(policy=str(tiny_llama_lm_dir), reward_model=str(tiny_bert_dir), prompts="unused",
                     max_new_tokens=12, temperature=1.0)
-    policy, tokenizer = ppo.load_policy(cfg.policy, False)
-    ref, _ = ppo.load_policy(cfg.policy, False)
-    scorer, _ = ppo.load_reward_model(cfg.reward_model, cfg)
-    actor = ppo.PolicyWithValue(policy)
+    policy, tokenizer = ppo_policy.load_policy(cfg.policy, False)
+    ref, _ = ppo_policy.load_policy(cfg.policy, False)
+    scorer, _ = ppo_policy.load_reward_model(cfg.reward_model, cfg)
+    actor = ppo_policy.PolicyWithValue(policy)
     # Prompts of very different lengths, so the short ones are left-padded.
-    prompts = [ppo.Prompt("Hi"), ppo.Prompt("Sort these numbers in ascending order: 13, 61, 34, 94, 30, 96, 69."),
-               ppo.Prompt("Reverse the string 'xetesa'.")]
-    return cfg, actor, ref, tokenizer, ppo.collect(cfg, actor, ref, tokenizer, scorer, prompts, torch.device("cpu"))
+    prompts = [ppo_prompts.Prompt("Hi"), ppo_prompts.Prompt("Sort these numbers in ascending order: 13, 61, 34, 94, 30, 96, 69."),
+               ppo_prompts.Prompt("Reverse the string 'xetesa'.")]
+    return cfg, actor, ref, tokenizer, ppo_rollout.collect(cfg, actor, ref, tokenizer, scorer, prompts, torch.device("cpu"))
 
 
 def test_rollout_masks_exclude_prompt_and_padding(rollout):
@@ -105,9 +108,9 @@ def test_score_reward_lands_on_last_real_token(rollout):
 def test_reward_scorer_matches_formatting_encode(tiny_bert_dir):
     """Batched scores (right padding) equal one-at-a-time scores."""
     cfg = PPOConfig(reward_model=str(tiny_bert_dir))
-    scorer, art = ppo.load_reward_model(cfg.reward_model, cfg)
+    scorer, art = ppo_policy.load_reward_model(cfg.reward_model, cfg)
     assert art is None
-    prompts = [ppo.Prompt("What is 2+2?"), ppo.Prompt("Name a fruit, please, any fruit at all.")]
+    prompts = [ppo_prompts.Prompt("What is 2+2?"), ppo_prompts.Prompt("Name a fruit, please, any fruit at all.")]
     responses = ["4", "A banana is a long yellow fruit."]
     together = scorer.score(prompts, responses)
     alone = torch.cat([scorer.score([p], [r]) for p, r in zip(prompts, responses, strict=True)])
@@ -119,7 +122,7 @@ def test_reward_scorer_matches_formatting_encode(tiny_bert_dir):
 def test_score_normalisation_and_missing_eos_penalty(norm):
     cfg = PPOConfig(reward_norm=norm, missing_eos_penalty=0.5)
     raw, has_eos = torch.tensor([1.0, 3.0, 5.0, 7.0]), torch.tensor([True, True, False, True])
-    out = ppo.normalise_scores(cfg, raw, has_eos, core.RunningMoments())
+    out = ppo_rollout.normalise_scores(cfg, raw, has_eos, core.RunningMoments())
     base = raw if norm == "none" else (raw - raw.mean()) / raw.std(unbiased=False)
     torch.testing.assert_close(out, base - 0.5 * torch.tensor([0.0, 0.0, 1.0, 0.0]), atol=1e-4, rtol=1e-4)
 
@@ -144,7 +147,7 @@ def test_rollouts_sample_from_logits_over_temperature_whatever_the_policy_ships(
     forward pass, on every position and over the whole vocabulary: none of the policy's repetition
     penalty, n-gram ban, top-k/top-p, suppressed tokens or minimum length reaches the rollouts."""
     cfg = PPOConfig(max_new_tokens=8, temperature=0.7, chat_template=False)
-    policy, tokenizer = ppo.load_policy(str(opinionated_policy_dir), False)
+    policy, tokenizer = ppo_policy.load_policy(str(opinionated_policy_dir), False)
     assert policy.generation_config.repetition_penalty == 2.0  # the fixture does ship them
     seen = []
     real_generate = policy.generate
@@ -158,15 +161,27 @@ def test_rollouts_sample_from_logits_over_temperature_whatever_the_policy_ships(
         return out.sequences
 
     policy.generate = recording_generate
-    prompts = [ppo.Prompt(t) for t in ("a b a", "good good", "c d e f g a b c", "b")]
+    prompts = [ppo_prompts.Prompt(t) for t in ("a b a", "good good", "c d e f g a b c", "b")]
     torch.manual_seed(0)
-    out = ppo.sample(cfg, policy, tokenizer, prompts, torch.device("cpu"))
+    out = ppo_rollout.sample(cfg, policy, tokenizer, prompts, torch.device("cpu"))
     assert policy.generation_config.repetition_penalty == 2.0  # the policy's own config is left as it was
     ids, mask = torch.cat([out.query, out.response], 1), torch.cat([out.query_mask, out.mask], 1)
     with torch.no_grad():
-        logits, _ = ppo.PolicyWithValue(policy)(ids, mask, out.response.shape[1], cfg.temperature)
+        logits, _ = ppo_policy.PolicyWithValue(policy)(ids, mask, out.response.shape[1], cfg.temperature)
     sampled_from = torch.log_softmax(seen[0].float(), -1)
     expected = torch.log_softmax(logits, -1)
     real = out.mask.bool()
     assert real.sum() >= 8
     torch.testing.assert_close(sampled_from[real], expected[real], atol=1e-4, rtol=1e-4)
+
+
+def test_sampling_code_loads_without_the_ppo_stage():
+    """`aplot sample` borrows PPO's rollout and policy loading; importing them loads no stage module."""
+    import subprocess
+    import sys
+
+    code = ("import sys, aplot_cli.ppo.rollout, aplot_cli.ppo.policy, aplot_cli.sample; "
+            "print(sorted(m for m in sys.modules if m.startswith('aplot_cli.ppo.')))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "aplot_cli.ppo.rollout" in loaded and "aplot_cli.ppo.stage" not in loaded
+    assert "aplot_cli.ppo.update" not in loaded and "aplot_cli.ppo.checkpoints" not in loaded

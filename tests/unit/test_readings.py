@@ -64,7 +64,7 @@ def test_every_plan_has_uniform_marginals_and_margins_are_finite_b_vectors(plan_
     r_c, r_r, e_c, e_r, _ = realistic_batch()
     for margin_from in ("row", "diag", "diag_rel", "own_cost"):
         result = AplotMargin(AplotSettings(plan_on=plan_on, cost_norm=cost_norm, margin_from=margin_from,
-                                           num_iter=2000))(r_c, r_r, e_c, e_r)  # std's range needs more iterations
+                                           ot_iters=2000))(r_c, r_r, e_c, e_r)  # std's range needs more iterations
         plan = np.asarray(result.ot.plan)
         np.testing.assert_allclose(plan.sum(1), np.full(16, 1 / 16), atol=1e-5)
         np.testing.assert_allclose(plan.sum(0), np.full(16, 1 / 16), atol=1e-5)
@@ -127,20 +127,20 @@ def test_margin_norms():
 @pytest.mark.parametrize("norm", ["zscore", "minmax"])
 @pytest.mark.parametrize("solver", ["pot", "torch"])
 def test_normalising_fewer_than_three_margins_falls_back_to_zero_and_says_so(norm, solver):
-    out = AplotMargin(AplotSettings(margin_norm=norm, solver=solver))(torch.tensor([1.0, 0.0]), torch.tensor([0.0, 0.5]))
+    out = AplotMargin(AplotSettings(margin_norm=norm, ot_solver=solver))(torch.tensor([1.0, 0.0]), torch.tensor([0.0, 0.5]))
     assert torch.equal(out.margin, torch.zeros(2)) and bool(out.fallback)
 
 
 @pytest.mark.parametrize("settings", [
     dict(plan_on="hardness", cost_norm="minmax", margin_from="diag"),
     dict(plan_on="hardness", margin_from="row", margin_norm="zscore"),
-    dict(plan_on="cost", cost_norm="std", margin_from="diag_rel", margin_norm="minmax", scale=2.0),
+    dict(plan_on="cost", cost_norm="std", margin_from="diag_rel", margin_norm="minmax", margin_scale=2.0),
     dict(margin_from="own_cost", cost_norm="minmax"),
 ])
 def test_device_solver_matches_pot_for_the_readings(settings):
     r_c, r_r, e_c, e_r, _ = realistic_batch()
     pot = AplotMargin(AplotSettings(**settings))(r_c, r_r, e_c, e_r)
-    dev = AplotMargin(AplotSettings(**settings, solver="torch"))(r_c, r_r, e_c, e_r, normalized=True)
+    dev = AplotMargin(AplotSettings(**settings, ot_solver="torch"))(r_c, r_r, e_c, e_r, normalized=True)
     torch.testing.assert_close(dev.margin, pot.margin, rtol=1e-4, atol=1e-4)
     assert float(dev.cost_mean) == pytest.approx(pot.cost_mean, rel=1e-5)
 

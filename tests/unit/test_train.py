@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from aplot_cli import train
+from aplot_cli import artifacts, train
 from aplot_cli.config import TRAIN_FLAGS, TrainConfig, build_config
 
 LOG_NAMES = ("loss", "accuracy", "margin", "rewards/chosen", "rewards/rejected", "ot/margin_mean", "ot/margin_std",
@@ -62,6 +62,8 @@ def test_aplot_run_writes_a_loadable_model_log_margins_and_manifest(tiny_bert_di
     assert sorted(margins["step"].unique()) == [1, 2, 3, 4] and margins["margin"].notna().all()
     listed = {o["path"] for o in manifest["outputs"]}
     assert {"training_curves.png", "report.md"} <= listed and (out / "training_curves.png").stat().st_size > 10_000
+    assert {"model/tokenizer.json", "model/model.safetensors"} <= listed  # every file a loader reads is hashed
+    assert artifacts.foreign_entries(out, "train-rm", finished=True) == []  # --overwrite may replace it
     tok = AutoTokenizer.from_pretrained(out / "model")
     model = AutoModelForSequenceClassification.from_pretrained(out / "model")
     initial = AutoModelForSequenceClassification.from_pretrained(tiny_bert_dir)
@@ -323,3 +325,9 @@ def test_off_a_terminal_the_final_evaluations_print_progress_too(tiny_bert_dir, 
     evaluated = [line for line in lines[trained:] if line.startswith("train-rm evaluate ")]
     assert any(line.startswith("train-rm evaluate 4/4 (100%)") for line in evaluated)  # 16 test pairs / 4
     assert len(evaluated) >= 8  # the test split and the train sample, a line per batch at interval 0
+
+
+def test_the_package_exports_public_names_only():
+    """What tests and other stages use of train-rm is public: no private name is handed on."""
+    assert [name for name in train.__all__ if name.startswith("_")] == []
+    assert all(hasattr(train, name) for name in train.__all__)

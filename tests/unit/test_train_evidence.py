@@ -40,14 +40,14 @@ def prepare_rows(rows: list[dict], tmp_path: Path, test_size: float = 0.0) -> Pa
 def spy_batches(monkeypatch) -> list[tuple[int, dict]]:
     """Every (split id, batch) the stage's collator hands the model."""
     seen: list[tuple[int, dict]] = []
-    original = train._SplitCollator.__call__
+    original = train.SplitCollator.__call__
 
     def spy(self, features):
         batch = original(self, features)
         seen.append((features[0]["split"], batch))
         return batch
 
-    monkeypatch.setattr(train._SplitCollator, "__call__", spy)
+    monkeypatch.setattr(train.SplitCollator, "__call__", spy)
     return seen
 
 
@@ -214,8 +214,8 @@ def test_eval_steps_log_test_accuracy_at_those_steps(tiny_bert_dir, synthetic_pa
     assert evals[-1]["eval_loss"] == pytest.approx(manifest["metrics"]["test_loss"], rel=1e-5)
     assert [r["step"] for r in log if "loss" in r] == [2, 4]
     # without eval_steps there is no periodic evaluation
-    assert train._training_args(tiny_cfg(tiny_bert_dir), tmp_path / "x", True, True).eval_strategy == "no"
-    assert train._training_args(cfg, tmp_path / "x", True, False).eval_strategy == "no"  # no test split
+    assert train.training_args(tiny_cfg(tiny_bert_dir), tmp_path / "x", True, True).eval_strategy == "no"
+    assert train.training_args(cfg, tmp_path / "x", True, False).eval_strategy == "no"  # no test split
 
 
 # ------------------------------------------------------------------------------ 5. chat template
@@ -246,7 +246,8 @@ def test_conversational_pairs_are_scored_as_the_chat_template_renders_them(
     assert frame["prompt_messages"].notna().all()
     seen = spy_batches(monkeypatch)
     out = tmp_path / "rm"
-    manifest = json.loads(train.run(tiny_cfg(folder, max_steps=1, batch_size=6, max_length=256,
+    # two sequences per pair (prefix sharing's layout is tested in test_prefix.py)
+    manifest = json.loads(train.run(tiny_cfg(folder, max_steps=1, batch_size=6, max_length=256, prefix_sharing=False,
                                              chat_template=chat_template), pairs, out).read_text())
     assert manifest["model"]["chat_template"] is templated
 

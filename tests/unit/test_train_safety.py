@@ -145,20 +145,79 @@ def test_resume_skips_a_checkpoint_cut_short_by_a_kill(tiny_bert_dir, synthetic_
 
 
 def test_resume_step_picks_the_newest_complete_checkpoint(tmp_path, stderr_lines):
+    from safetensors.torch import save_file
+
+    from aplot_cli.errors import ArtifactError
+
     ckpts = tmp_path / "checkpoints"
     for step, state in ((2, '{"global_step": 2}'), (4, '{"global_step": 4}'), (6, '{"global_st'), (8, None)):
         (ckpts / f"checkpoint-{step}").mkdir(parents=True)
+        save_file({"w": torch.zeros(4)}, ckpts / f"checkpoint-{step}" / "model.safetensors")
         if state is not None:
             (ckpts / f"checkpoint-{step}" / "trainer_state.json").write_text(state)
     (ckpts / "checkpoint-10.tmp").mkdir()  # not a checkpoint name
-    assert train._resume_step(tmp_path, resume=True) == (str(ckpts / "checkpoint-4"), 4)
+    assert train.resume_step(tmp_path, resume=True) == (str(ckpts / "checkpoint-4"), 4)
     err = stderr_lines()
     assert "checkpoint-8" in err and "checkpoint-6" in err and "checkpoint-4 " not in err
-    assert train._resume_step(tmp_path, resume=False) == (None, -1)
+    assert train.resume_step(tmp_path, resume=False) == (None, -1)
     for step in (2, 4):
         (ckpts / f"checkpoint-{step}" / "trainer_state.json").unlink()
-    assert train._resume_step(tmp_path, resume=True) == (None, -1)
-    assert "training starts from step 0" in stderr_lines()
+    with pytest.raises(ArtifactError, match=r"no checkpoint in .* can be resumed from: checkpoint-8 \(it has no "
+                                            r"readable trainer_state.json .*checkpoint-2 \(") as refused:
+        train.resume_step(tmp_path, resume=True)  # none is usable: not a silent restart from step 0
+    assert "--overwrite" in refused.value.hint
+
+
+@pytest.mark.parametrize("damage", ["cut short", "zeroed", "no weights", "optimizer cut short"])
+def test_resume_step_skips_a_checkpoint_whose_files_are_damaged(tmp_path, stderr_lines, damage):
+    import zipfile
+
+    from safetensors.torch import save_file
+
+    ckpts = tmp_path / "checkpoints"
+    for step in (2, 4):
+        folder = ckpts / f"checkpoint-{step}"
+        folder.mkdir(parents=True)
+        save_file({"w": torch.zeros(64)}, folder / "model.safetensors")
+        torch.save({"state": {0: torch.zeros(64)}}, folder / "optimizer.pt")
+        (folder / "trainer_state.json").write_text(f'{{"global_step": {step}}}')
+    newest = ckpts / "checkpoint-4"
+    weights_file = newest / "model.safetensors"
+    if damage == "cut short":
+        weights_file.write_bytes(weights_file.read_bytes()[:-40])
+    elif damage == "zeroed":
+        weights_file.write_bytes(bytes(weights_file.stat().st_size))
+    elif damage == "no weights":
+        weights_file.unlink()
+    else:
+        optimizer = newest / "optimizer.pt"
+        assert zipfile.is_zipfile(optimizer)
+        optimizer.write_bytes(optimizer.read_bytes()[:200])
+    assert train.resume_step(tmp_path, resume=True) == (str(ckpts / "checkpoint-2"), 2)
+    err = stderr_lines()
+    named = {"cut short": "model.safetensors is unreadable", "zeroed": "model.safetensors is unreadable",
+             "no weights": "holds no weights file", "optimizer cut short": "optimizer.pt is unreadable"}[damage]
+    assert "skipping checkpoint-4" in err and named in err, err
+
+
+def test_resume_from_a_checkpoint_with_cut_short_weights_continues_from_the_one_before(
+        tiny_bert_dir, synthetic_pairs_dir, tmp_path, stderr_lines):
+    cfg = tiny_cfg(tiny_bert_dir, max_steps=6, save_steps=2, save_total_limit=None)
+    whole = tmp_path / "whole"
+    train.run(cfg, synthetic_pairs_dir, whole)
+    out = tmp_path / "killed"
+    with pytest.raises(KeyboardInterrupt):
+        train.run(cfg, synthetic_pairs_dir, out, extra_callbacks=(_KillAfterSave(4),))
+    cut = out / "checkpoints" / "checkpoint-4" / "model.safetensors"
+    cut.write_bytes(cut.read_bytes()[:1000])  # a full disk, or a copy that stopped part way
+    stderr_lines()
+    manifest = json.loads(train.run(cfg, synthetic_pairs_dir, out, resume=True).read_text())
+    err = stderr_lines()
+    assert "skipping checkpoint-4" in err and "model.safetensors is unreadable, cut short or damaged" in err
+    assert manifest["diagnostics"]["resumed_from_step"] == 2
+    a, b = weights(whole), weights(out)
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
 
 
 def test_resume_refuses_changed_training_settings_and_records_allowed_ones(tiny_bert_dir, synthetic_pairs_dir,
@@ -223,7 +282,7 @@ def test_ot_diagnostics_average_only_finite_steps():
     from aplot_cli.margins import AplotMargin, AplotSettings, device_stats
 
     r_c, r_r = torch.tensor([1.0, 0.2, 0.5, -0.3]), torch.tensor([0.1, 0.4, -0.2, 0.0])
-    solver = AplotMargin(AplotSettings(w_sem=0.0, solver="torch"))
+    solver = AplotMargin(AplotSettings(w_sem=0.0, ot_solver="torch"))
     good = solver(r_c, r_r)
     bad = solver(torch.tensor([1.0, float("nan"), 0.5, -0.3]), r_r)
     assert bool(bad.fallback) and not torch.isfinite(bad.cost_mean)
@@ -233,7 +292,7 @@ def test_ot_diagnostics_average_only_finite_steps():
     assert torch.isnan(device_stats([bad])["cost_mean"])  # nothing finite to report: NaN, not a made-up 0
     pot = AplotMargin(AplotSettings(w_sem=0.0))
     cpu_steps = [pot(r_c, r_r).stats, pot(torch.tensor([1.0, float("nan"), 0.5, -0.3]), r_r).stats]
-    logged = train._mean_metrics({"ot/cost_mean": [s["cost_mean"] for s in cpu_steps],
+    logged = train.mean_metrics({"ot/cost_mean": [s["cost_mean"] for s in cpu_steps],
                                   "ot/cost_mean_dev": [good.cost_mean, bad.cost_mean],
                                   "accuracy": [torch.tensor(1.0), torch.tensor(float("nan"))], "loss": [0.5, 0.7]})
     assert logged["ot/cost_mean"] == pytest.approx(cpu_steps[0]["cost_mean"])

@@ -16,6 +16,7 @@ so `--from-predictions` recomputes every number without the model. All scores ar
 from __future__ import annotations
 
 import json
+import numbers
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -114,12 +115,16 @@ def text_list(row: dict[str, Any], column: str, where: str, length: int | None =
 
 def prompt_fields(value: Any, where: str) -> tuple[str, str | None]:
     """A prompt given as text or as a list of {role, content} turns -> (plain text, messages JSON)."""
-    from aplot_cli.data.schema import render_messages
+    from aplot_cli.data.schema import ROLES, render_messages
 
     if isinstance(value, str) and value.strip():
         return value, None
     if isinstance(value, list) and value and all(isinstance(m, dict) and "content" in m for m in value):
         messages = [{"role": str(m.get("role", "user")), "content": str(m["content"])} for m in value]
+        for i, message in enumerate(messages):
+            if message["role"] not in ROLES:
+                raise InputDataError(f"{where}: `prompt[{i}].role` is {message['role']!r}, expected one of "
+                                     f"{', '.join(ROLES)}", hint="check that the file follows the benchmark's hub schema")
         return render_messages(messages), json.dumps(messages, ensure_ascii=False)
     raise InputDataError(f"{where}: `prompt` must be a string or a list of {{role, content}} turns",
                          hint="check that the file follows the benchmark's hub schema")
@@ -225,47 +230,100 @@ _CHOSEN = ("scores_chosen", "score_chosen")
 _REJECTED = ("scores_rejected", "score_rejected")
 
 
-def _as_list(value: Any) -> list[float]:
+def _as_list(value: Any, where: str) -> list[float]:
+    """A score cell (a number or a list of numbers) as floats; `where` names the file, column and row."""
     if hasattr(value, "tolist"):
         value = value.tolist()
-    return [float(v[0] if isinstance(v, list) else v) for v in value] if isinstance(value, list) else [float(value)]
+    values = value if isinstance(value, list) else [value]
+    out = []
+    for v in values:
+        v = v[0] if isinstance(v, list) and len(v) == 1 else v
+        try:
+            if isinstance(v, bool) or not isinstance(v, (numbers.Real, str)):
+                raise ValueError
+            out.append(float(v))
+        except ValueError:
+            raise InputDataError(f"{where} holds {v!r}, not a number",
+                                 hint="scores must be numbers (or lists of numbers), one per response") from None
+    return out
 
 
-def long_predictions(frame):
+def long_predictions(frame, source: str = "predictions"):
     """A predictions table in our long form (`aplot eval-rm`'s predictions.parquet), or the wide form of
     the official per-example score files, one row per example, converted to it:
     id, subset (or domain), and either scores_chosen + scores_rejected (scalars or lists; also
-    score_chosen / score_rejected) or scores + num_correct (RewardBench 2: chosen first)."""
+    score_chosen / score_rejected) or scores + num_correct (RewardBench 2: chosen first). Errors name
+    `source` (the file), the column and the row."""
     import pandas as pd
 
-    if {"kind", "score"} <= set(frame.columns):
+    if {"kind", "score"} & set(frame.columns):  # the long form (a column of it may be missing: named there)
         out = frame.copy()
         if "example_id" not in out.columns and "id" in out.columns:
             out = out.rename(columns={"id": "example_id"})
-        out["example_id"] = out["example_id"].astype(str)
-        out["subset"] = out["subset"].astype(str)
-        return out
+        return _checked_long(out, source)
     subset_col = next((c for c in ("subset", "domain") if c in frame.columns), None)
     chosen_col = next((c for c in _CHOSEN if c in frame.columns), None)
     rejected_col = next((c for c in _REJECTED if c in frame.columns), None)
     v2 = {"scores", "num_correct"} <= set(frame.columns)
     if subset_col is None or not ((chosen_col and rejected_col) or v2):
+        lacking = "subset (or domain)" if subset_col is None else "scores_chosen and scores_rejected"
         raise InputDataError(
-            f"cannot read predictions with columns {sorted(frame.columns)[:12]}",
+            f"{source}: no column {lacking} (its columns: {', '.join(map(str, frame.columns[:12]))})",
             hint="expected aplot's predictions.parquet (example_id, subset, kind, position, score) or a wide file "
                  "with id, subset and scores_chosen/scores_rejected (or scores + num_correct)")
     rows = []
     for number, record in enumerate(frame.to_dict(orient="records")):
         if chosen_col and rejected_col:
-            chosen, rejected = _as_list(record[chosen_col]), _as_list(record[rejected_col])
+            chosen = _as_list(record[chosen_col], f"{source}: column `{chosen_col}` row {number}")
+            rejected = _as_list(record[rejected_col], f"{source}: column `{rejected_col}` row {number}")
         else:
-            scores, k = _as_list(record["scores"]), int(record["num_correct"])
-            chosen, rejected = scores[:k], scores[k:]
+            scores = _as_list(record["scores"], f"{source}: column `scores` row {number}")
+            k = record["num_correct"]
+            if isinstance(k, bool) or not isinstance(k, (int, float)) or k != int(k) or not 0 <= k <= len(scores):
+                raise InputDataError(f"{source}: column `num_correct` row {number} is {k!r}, not a count of the "
+                                     f"row's {len(scores)} scores")
+            chosen, rejected = scores[:int(k)], scores[int(k):]
         example_id = str(record.get("id", number))
         for kind, values in (("chosen", chosen), ("rejected", rejected)):
             rows += [{"example_id": example_id, "subset": str(record[subset_col]), "kind": kind, "position": i,
                       "score": v} for i, v in enumerate(values)]
-    return pd.DataFrame(rows)
+    return _checked_long(pd.DataFrame(rows), source)
+
+
+def _checked_long(frame, source: str):
+    """The long form with string ids, integer positions and finite float scores; else an InputDataError
+    naming the file, the column and the first bad row."""
+    import pandas as pd
+
+    missing = [c for c in ("example_id", "subset", "kind", "position", "score") if c not in frame.columns]
+    if missing:
+        raise InputDataError(f"{source}: no column {', '.join(missing)} (its columns: "
+                             f"{', '.join(map(str, frame.columns[:12]))})",
+                             hint="a long predictions file has example_id, subset, kind, position and score, as "
+                                  "`aplot eval-rm` writes them")
+    frame = frame.reset_index(drop=True)
+    for column, wanted, rule in (("score", "a finite number", lambda v: np.isfinite(v)),
+                                 ("position", "a whole number", lambda v: v == int(v) and v >= 0)):
+        numbers = pd.to_numeric(frame[column], errors="coerce")
+        raw = frame[column]
+        bad = [i for i in range(len(frame)) if isinstance(raw.iloc[i], bool) or pd.isna(numbers.iloc[i])
+               or not rule(float(numbers.iloc[i]))]
+        if bad:
+            value = raw.iloc[bad[0]]
+            value = value.item() if isinstance(value, np.generic) else value  # 0.5, not np.float64(0.5)
+            raise InputDataError(f"{source}: column `{column}` row {bad[0]} is {value!r}, not {wanted} "
+                                 f"({len(bad)} such row(s))",
+                                 hint="fix the file, or re-score the model")
+        frame[column] = numbers.astype(np.float64 if column == "score" else np.int64)
+    kinds = frame["kind"].astype(str)
+    bad_kind = kinds[~kinds.isin(["chosen", "rejected"])]
+    if len(bad_kind):
+        raise InputDataError(f"{source}: column `kind` row {bad_kind.index[0]} is {bad_kind.iloc[0]!r}, expected "
+                             "chosen or rejected")
+    frame["kind"] = kinds
+    frame["example_id"] = frame["example_id"].astype(str)
+    frame["subset"] = frame["subset"].astype(str)
+    return frame
 
 
 def read_predictions(path: str | Path):
@@ -288,4 +346,6 @@ def read_predictions(path: str | Path):
                                  hint="use .parquet, .jsonl or .json")
     except (ValueError, OSError) as exc:
         raise InputDataError(f"cannot read predictions {path}: {exc}", hint="check the file") from exc
-    return long_predictions(frame)
+    if frame.empty:
+        raise InputDataError(f"predictions file {path} holds no rows", hint="check --from-predictions")
+    return long_predictions(frame, str(path))

@@ -30,27 +30,31 @@ class RawRecord:
     detail: str = ""
 
 
-def _lone_surrogate(data: Any) -> str | None:
-    """The first string (key or value) holding a lone UTF-16 surrogate, which JSON's `\\ud800` escapes can
-    produce but UTF-8 cannot store; walked without recursion, as the data may nest deeply."""
-    stack = [data]
+def _lone_surrogate(data: Any) -> tuple[str, str] | None:
+    """(field, text around it) of the first string (key or value, in the order of the document) holding a lone
+    UTF-16 surrogate, which JSON's `\\ud800` escapes can produce but UTF-8 cannot store; the field is a path
+    such as `chosen` or `chosen[1].content`. Walked without recursion, as the data may nest deeply."""
+    stack: list[tuple[Any, str]] = [(data, "")]
     while stack:
-        item = stack.pop()
+        item, where = stack.pop()
         if isinstance(item, dict):
-            stack.extend(item.keys())
-            stack.extend(item.values())
+            for key, value in reversed(list(item.items())):
+                name = f"{where}.{key}" if where else str(key)
+                stack += [(value, name), (key, f"{name} (its name)")]
         elif isinstance(item, list):
-            stack.extend(item)
+            stack.extend((value, f"{where}[{i}]") for i, value in reversed(list(enumerate(item))))
         elif isinstance(item, str):
             try:
                 item.encode("utf-8")
             except UnicodeEncodeError as exc:
-                return item[max(exc.start - 10, 0):exc.end + 10].encode("utf-8", "backslashreplace").decode()
+                near = item[max(exc.start - 10, 0):exc.end + 10].encode("utf-8", "backslashreplace").decode()
+                return where or "the row", near
     return None
 
 
-def _surrogate_detail(near: str) -> str:
-    return f'holds a lone surrogate escape (\\ud800-\\udfff, not a character) in "{near}"'
+def _surrogate_detail(found: tuple[str, str]) -> str:
+    field, near = found
+    return f'field `{field}` holds a lone surrogate escape (\\ud800-\\udfff, not a character) in "{near}"'
 
 
 def _parse(text: str) -> tuple[Any, str | None, str]:
@@ -140,21 +144,37 @@ def _table(path: Path, kind: str) -> Iterator[RawRecord]:
     import pandas as pd
 
     try:
-        frame = pd.read_parquet(path) if kind == "parquet" else pd.read_csv(path, dtype=object,
-                                                                             keep_default_na=False)
+        # parquet through pyarrow: a null stays None and a stored NaN stays NaN (pandas makes both NaN)
+        rows = _parquet_rows(path) if kind == "parquet" else \
+            pd.read_csv(path, dtype=object, keep_default_na=False).to_dict(orient="records")
+        columns = list(rows[0]) if rows else _columns(path, kind)
     except UnicodeDecodeError as exc:
         raise InputDataError(f"{path}: bytes are not UTF-8 ({exc.reason})",
                              hint="re-encode the file as UTF-8") from exc
     except Exception as exc:  # pandas/pyarrow raise many types for unreadable files
         raise InputDataError(f"{path}: cannot read as {kind} ({exc})",
                              hint=f"check that the file is a valid {kind} file") from exc
-    if frame.empty:
-        raise _empty(path, f"has a header ({', '.join(map(str, frame.columns))}) but no rows" if kind == "csv"
+    if not rows:
+        raise _empty(path, f"has a header ({', '.join(map(str, columns))}) but no rows" if kind == "csv"
                      else "holds no rows")
     offset = 2 if kind == "csv" else 0  # csv: line 1 is the header
-    for number, row in enumerate(frame.to_dict(orient="records")):
+    for number, row in enumerate(rows):
         yield RawRecord(f"{path}:{number + offset}" if kind == "csv" else f"{path}#row{number}",
                         {k: _plain(v) for k, v in row.items()})
+
+
+def _parquet_rows(path: Path) -> list[dict[str, Any]]:
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    index = [c for c in table.column_names if c.startswith("__index_level_")]  # pandas' saved index
+    return table.drop(index).to_pylist() if index else table.to_pylist()
+
+
+def _columns(path: Path, kind: str) -> list[str]:
+    import pandas as pd
+
+    return list(pd.read_csv(path, dtype=object, nrows=0).columns) if kind == "csv" else []
 
 
 def _plain(value: Any) -> Any:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aplot_cli.config import parse_yaml
+from aplot_cli.config import load_yaml
 from aplot_cli.errors import ConfigError
 
 _KNOWN_TRANSFORMS = ("pairwise", "hh_transcript", "rated_pair", "multiple_choice", "synthetic")
@@ -53,7 +53,7 @@ def load_recipe(name_or_path: str) -> Recipe:
             raise ConfigError(f"unknown recipe {name_or_path!r}",
                               hint=(f"did you mean `{close[0]}`? " if close else "")
                               + f"available: {', '.join(available())}, or a path to a recipe .yaml")
-    data = parse_yaml(path.read_text(encoding="utf-8")) or {}
+    data = load_yaml(path, kind="recipe", flag="--recipe")
     unknown = set(data) - _KEYS
     if unknown:
         key = sorted(unknown)[0]

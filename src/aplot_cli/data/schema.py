@@ -14,6 +14,7 @@ from typing import Any
 CORE_COLUMNS = ("pair_id", "prompt", "chosen", "rejected", "prompt_messages", "margin", "subset",
                 "source", "split", "flipped")
 SPLITS = ("train", "test", "ood")
+ROLES = ("system", "user", "assistant")  # what chat templates render; any other role is refused at prepare
 
 
 @dataclass

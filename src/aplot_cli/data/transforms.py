@@ -6,11 +6,12 @@ field that is wrong (counted as a bad row, or fatal under `--on-bad-rows error`)
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from typing import Any
 
-from aplot_cli.data.schema import Pair, render_messages
+from aplot_cli.data.schema import ROLES, Pair, render_messages
 
 
 class RowProblem(Exception):
@@ -37,6 +38,17 @@ def _text(value: Any, column: str) -> str:
     return value.strip()
 
 
+def _number(value: Any, column: str) -> float:
+    """A finite number: NaN or infinity (which JSON readers and parquet files carry) is no margin or rating."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise RowProblem("non_numeric", column, f"is {value!r}, expected a number") from None
+    if not math.isfinite(number):
+        raise RowProblem("non_finite", column, f"is {value!r}, expected a finite number")
+    return number
+
+
 def _messages(value: Any, column: str) -> list[dict[str, str]]:
     if not isinstance(value, list) or not value:
         raise RowProblem("non_string", column, "is not a string or a non-empty list of messages")
@@ -45,6 +57,9 @@ def _messages(value: Any, column: str) -> list[dict[str, str]]:
         if not isinstance(msg, dict) or not isinstance(msg.get("role"), str) \
                 or not isinstance(msg.get("content"), str):
             raise RowProblem("bad_message", f"{column}[{i}]", "must be {\"role\": str, \"content\": str}")
+        if msg["role"] not in ROLES:
+            raise RowProblem("bad_message", f"{column}[{i}].role", f"is {msg['role']!r}, expected one of "
+                                                                  f"{', '.join(ROLES)}")
         out.append({"role": msg["role"], "content": msg["content"]})
     return out
 
@@ -73,12 +88,25 @@ def _split_conversation(chosen: list[dict[str, str]], rejected: list[dict[str, s
     return prompt, rest_c[0]["content"].strip(), rest_r[0]["content"].strip()
 
 
+def _same_form(chosen: Any, rejected: Any, chosen_col: str, rejected_col: str) -> None:
+    """Both responses plain text, or both message lists: a row mixing them names the field that differs."""
+    if isinstance(chosen, list) == isinstance(rejected, list):
+        return
+    listed, plain, value = ((rejected_col, chosen_col, chosen) if isinstance(rejected, list)
+                            else (chosen_col, rejected_col, rejected))
+    if not isinstance(value, str):
+        _text(value, plain)  # null or another type: that field is the problem, named as such
+    raise RowProblem("non_string", listed, f"is a list while `{plain}` is a string: both must be strings, or "
+                                           "both lists of {\"role\", \"content\"} messages")
+
+
 def pairwise(record: dict[str, Any], columns: dict[str, str], **_: Any) -> Pair:
     """Plain strings or `role`/`content` message lists, with an explicit or implicit prompt."""
     chosen_raw = _get(record, columns.get("chosen", "chosen"))
     rejected_raw = _get(record, columns.get("rejected", "rejected"))
     prompt_col = columns.get("prompt", "prompt")
     prompt_raw = _get(record, prompt_col) if prompt_col in record or "." in prompt_col else None
+    _same_form(chosen_raw, rejected_raw, columns.get("chosen", "chosen"), columns.get("rejected", "rejected"))
     if isinstance(chosen_raw, list) or isinstance(rejected_raw, list):
         chosen_m = _messages(chosen_raw, columns.get("chosen", "chosen"))
         rejected_m = _messages(rejected_raw, columns.get("rejected", "rejected"))
@@ -98,11 +126,7 @@ def pairwise(record: dict[str, Any], columns: dict[str, str], **_: Any) -> Pair:
     if columns.get("margin", "margin") in record:
         value = record[columns.get("margin", "margin")]
         if value is not None:
-            try:
-                margin = float(value)
-            except (TypeError, ValueError):
-                raise RowProblem("non_numeric", columns.get("margin", "margin"),
-                                 f"is {value!r}, expected a number") from None
+            margin = _number(value, columns.get("margin", "margin"))
     subset_col = columns.get("subset", "subset")
     subset = record.get(subset_col) if isinstance(record.get(subset_col), str) else ""
     source = record.get("source") if isinstance(record.get("source"), str) else ""
@@ -143,7 +167,7 @@ def rated_pair(record: dict[str, Any], columns: dict[str, str], **_: Any) -> Pai
         value = _get(record, columns.get(key, default))
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise RowProblem("non_numeric", columns.get(key, default), f"is {value!r}, expected a number")
-        ratings.append(float(value))
+        ratings.append(_number(value, columns.get(key, default)))
     if ratings[0] == ratings[1]:
         return None
     winner, loser = (conv_a, conv_b) if ratings[0] > ratings[1] else (conv_b, conv_a)

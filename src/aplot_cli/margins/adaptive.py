@@ -1,8 +1,8 @@
 """From an OT plan to APLOT's per-pair margin (method.md section 2, steps 6-9, and the readings of
 section 2b), plus the switches that cover the paper's ambiguities: `plan_on` (cost | hardness),
 `cost_norm` (none | minmax | std), `margin_from` (row | diag | diag_rel | own_cost), `margin_norm`
-(none | zscore | minmax), `scale`, warm-up, and `scope` (local batch or the global batch across
-data-parallel ranks).
+(none | zscore | minmax), `margin_scale`, `margin_warmup_steps`, and `ot_scope` (local batch or the global
+batch across data-parallel ranks); their names, allowed values and defaults are `settings`'.
 
 Hardness `H` is section 2's cost `C` (high where rewards are close and texts similar), rescaled within
 the batch by `cost_norm`. The plan is solved on `H` (`plan_on: cost`, section 2: mass avoids hard cells)
@@ -15,15 +15,12 @@ margin for that step (counted), so a NaN never reaches the loss."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import torch
 
 from aplot_cli.margins.ot import (
-    COST_NORMS,
     DeviceSinkhorn,
     OTResult,
     _cost_from_rewards,
@@ -32,51 +29,10 @@ from aplot_cli.margins.ot import (
     semantic_cost,
     sinkhorn,
 )
-from aplot_cli.margins.readout import MARGIN_FROM, plan_margin
+from aplot_cli.margins.readout import plan_margin
+from aplot_cli.margins.settings import MARGIN_NORMS, AplotSettings, check_settings
 
-PLAN_ON = ("cost", "hardness")
-MARGIN_NORMS = ("none", "zscore", "minmax")
 MIN_NORM_PAIRS = 3  # zscore / minmax of fewer margins is meaningless (one pair: always zero)
-
-
-@dataclass(frozen=True)
-class AplotSettings:
-    """Every APLOT switch (defaults from method.md section 2)."""
-
-    w_rew: float = 0.9
-    w_sem: float = 0.1
-    reg: float = 0.1
-    num_iter: int = 50
-    tol: float = 1e-6
-    plan_on: str = "cost"           # cost: Sinkhorn on H (section 2); hardness: on 1 - H (mass to hard cells)
-    cost_norm: str = "none"         # none | minmax | std: H = C rescaled within the batch
-    margin_from: str = "row"        # row: B sum_j T[i,j] H[i,j]; diag: B T[i,i] H[i,i]; diag_rel; own_cost: H[i,i]
-    margin_norm: str = "none"       # none | zscore | minmax
-    scale: float = 1.0
-    warmup_steps: int = 0           # plain BT (zero margin) for the first steps
-    scope: str = "local"            # local | global (gather across data-parallel ranks)
-    solver: str = "auto"            # auto (pot on CPU, torch on CUDA) | pot | torch
-
-    @classmethod
-    def from_config(cls, config: Any) -> AplotSettings:
-        """The settings of a train-rm config (a `TrainConfig`, the TRL integration's `AplotRewardConfig`, or
-        a manifest's `config` mapping), each read by the config's own name (`ot_reg`, `margin_scale`, ...; a
-        missing one keeps its default); `semantic_source: none` means no semantic term, so `w_sem` is 0."""
-
-        def get(name: str) -> Any:
-            return config.get(name) if isinstance(config, Mapping) else getattr(config, name, None)
-
-        values = {field_name: get(name) for name, field_name in _CONFIG_NAMES.items() if get(name) is not None}
-        if get("semantic_source") == "none":
-            values["w_sem"] = 0.0
-        return cls(**values)
-
-
-# The config's name of each setting (the train-rm flags, YAML keys and manifest keys) -> the field here.
-_CONFIG_NAMES = {"w_rew": "w_rew", "w_sem": "w_sem", "ot_reg": "reg", "ot_iters": "num_iter", "ot_tol": "tol",
-                 "plan_on": "plan_on", "cost_norm": "cost_norm", "margin_from": "margin_from",
-                 "margin_norm": "margin_norm", "margin_scale": "scale", "margin_warmup_steps": "warmup_steps",
-                 "ot_scope": "scope", "ot_solver": "solver"}
 
 
 @dataclass(frozen=True)
@@ -121,15 +77,6 @@ def is_section2(settings: AplotSettings) -> bool:
     return settings.plan_on == "cost" and settings.cost_norm == "none" and settings.margin_from in ("row", "diag")
 
 
-def check_settings(settings: AplotSettings) -> None:
-    """Raise ValueError naming the first switch whose value is not one of its choices."""
-    choices = {"plan_on": PLAN_ON, "cost_norm": COST_NORMS, "margin_from": MARGIN_FROM,
-               "margin_norm": MARGIN_NORMS, "scope": ("local", "global"), "solver": ("auto", "pot", "torch")}
-    for name, allowed in choices.items():
-        if getattr(settings, name) not in allowed:
-            raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(settings, name)!r}")
-
-
 def identity_result(hardness: torch.Tensor, as_numpy: bool) -> OTResult:
     """The plan `own_cost` implies: each chosen matched to its own rejected, `T = I / B` (uniform marginals
     exactly); no solve is run. `as_numpy`: the CPU solver's form (float64 arrays, Python flags); else the
@@ -170,13 +117,13 @@ class AplotMargin:
     def __init__(self, settings: AplotSettings):
         check_settings(settings)
         self.settings = settings
-        self.device_solver = DeviceSinkhorn(settings.reg, settings.num_iter, settings.tol)
+        self.device_solver = DeviceSinkhorn(settings.ot_reg, settings.ot_iters, settings.ot_tol)
 
     def solver_for(self, device: torch.device) -> str:
         """`pot` (CPU, float64, early stop) or `torch` (float32 on `device`: fused kernel or graph on CUDA)."""
-        if self.settings.solver == "auto":
+        if self.settings.ot_solver == "auto":
             return "torch" if torch.device(device).type == "cuda" else "pot"
-        return self.settings.solver
+        return self.settings.ot_solver
 
     def __call__(self, r_c: torch.Tensor, r_r: torch.Tensor, e_c: torch.Tensor | None = None,
                  e_r: torch.Tensor | None = None, step: int = 0, normalized: bool = False) -> MarginResult:
@@ -184,11 +131,11 @@ class AplotMargin:
         s = self.settings
         r_c, r_r = r_c.detach().float(), r_r.detach().float()
         n_local = r_c.shape[0]
-        if step < s.warmup_steps:
+        if step < s.margin_warmup_steps:
             zero = torch.zeros_like(r_c)
             return MarginResult(margin=zero, ot=None, raw=zero, stats={"warmup": 1.0})
         offset = 0
-        if s.scope == "global":
+        if s.ot_scope == "global":
             # One gather of [r_c | r_r | e_c | e_r] keeps the ranks' rows aligned.
             parts = [r_c[:, None], r_r[:, None]]
             if e_c is not None and e_r is not None:
@@ -215,7 +162,7 @@ class AplotMargin:
                                 fallback=True, cost_mean=cost_mean,
                                 stats=_stats(result, zero, torch.zeros(1), cost_mean, fallback=True))
         raw = plan_margin(torch.as_tensor(result.plan), hardness.double(), s.margin_from, s.plan_on).float()
-        full = torch.nan_to_num(normalize_margin(raw, s.margin_norm, s.scale), nan=0.0, posinf=0.0, neginf=0.0)
+        full = torch.nan_to_num(normalize_margin(raw, s.margin_norm, s.margin_scale), nan=0.0, posinf=0.0, neginf=0.0)
         margin = full[offset:offset + n_local].to(r_c.device)
         return MarginResult(margin=margin, ot=result, raw=raw, offset=offset, cost_mean=cost_mean,
                             stats=_stats(result, full, raw, cost_mean))
@@ -225,7 +172,7 @@ class AplotMargin:
         s = self.settings
         if s.margin_from == "own_cost":
             return identity_result(hardness.cpu(), as_numpy=True)
-        return sinkhorn(hardness if s.plan_on == "cost" else 1.0 - hardness, s.reg, s.num_iter, s.tol)
+        return sinkhorn(hardness if s.plan_on == "cost" else 1.0 - hardness, s.ot_reg, s.ot_iters, s.ot_tol)
 
     def _on_device(self, r_c: torch.Tensor, r_r: torch.Tensor, similarity: torch.Tensor | None, n_local: int,
                    offset: int) -> MarginResult:
@@ -246,7 +193,7 @@ class AplotMargin:
             else:
                 result = self.device_solver(hardness if s.plan_on == "cost" else 1.0 - hardness)
             raw, cost_mean = plan_margin(result.plan, hardness, s.margin_from, s.plan_on), cost.mean()
-        full = normalize_margin(raw, s.margin_norm, s.scale)
+        full = normalize_margin(raw, s.margin_norm, s.margin_scale)
         zero = torch.zeros((), dtype=full.dtype, device=full.device)
         usable = result.finite & torch.isfinite(full).all()
         if s.margin_norm != "none" and raw.shape[0] < MIN_NORM_PAIRS:  # too few margins to normalise

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
+from aplot_cli.margins.settings import SECTION2
+
 MAX_BATCH = 128  # one program keeps a (B, B) tile in registers: past this, the graph path is faster
 
 
@@ -41,7 +43,8 @@ def _kernel():
         col_ok = cols < n_cols
         mask = row_ok[:, None] & col_ok[None, :]
         offsets = rows[:, None] * n_cols + cols[None, :]
-        if FROM_REWARDS:  # method.md step 4: C = w_rew (1 - sigmoid|r_c[i] - r_r[j]|) + w_sem cos(e_c[i], e_r[j])
+        # method.md section 2, step 4: C = w_rew (1 - sigmoid|r_c[i] - r_r[j]|) + w_sem cos(e_c[i], e_r[j])
+        if FROM_REWARDS:
             r_c = tl.load(rc_ptr + rows, mask=row_ok, other=0.0)
             r_r = tl.load(rr_ptr + cols, mask=col_ok, other=0.0)
             cost = w_rew * (1.0 - tl.sigmoid(tl.abs(r_c[:, None] - r_r[None, :])))
@@ -69,7 +72,7 @@ def _kernel():
             u = tl.where(row_ok, log_a - lse, 0.0)
         plan = tl.where(mask, tl.exp(scaled + u[:, None] + v[None, :]), 0.0)
         tl.store(plan_ptr + offsets, plan, mask=mask)
-        # method.md steps 6-7: the row's expected cost under the plan (x B), or the diagonal term
+        # method.md section 2, step 6: the row's expected cost under the plan (x B), or the diagonal term
         weighted = plan * cost
         bad = tl.sum(tl.sum(tl.where(mask & ((weighted != weighted) | (tl.abs(weighted) == float("inf"))), 1, 0),
                             axis=1), axis=0)
@@ -104,11 +107,11 @@ def available(tensor: torch.Tensor) -> bool:
     return on_device and max(tensor.shape) <= MAX_BATCH and _kernel() is not None
 
 
-def solve(reg: float, num_iter: int, cost: torch.Tensor | None = None, r_c: torch.Tensor | None = None,
-          r_r: torch.Tensor | None = None, similarity: torch.Tensor | None = None, w_rew: float = 0.9,
-          w_sem: float = 0.1, margin_from: str = "row", min_block: int = 16) -> FusedSolve:
+def solve(ot_reg: float, ot_iters: int, cost: torch.Tensor | None = None, r_c: torch.Tensor | None = None,
+          r_r: torch.Tensor | None = None, similarity: torch.Tensor | None = None, w_rew: float = SECTION2.w_rew,
+          w_sem: float = SECTION2.w_sem, margin_from: str = "row", min_block: int = 16) -> FusedSolve:
     """One launch: the cost (given, or built from rewards (B,) and a cosine matrix (B, B)), POT's
-    `sinkhorn_log` updates for `num_iter` iterations in float32, the plan, the per-row margin and the
+    `sinkhorn_log` updates for `ot_iters` iterations in float32, the plan, the per-row margin and the
     marginal error. `min_block`: the smallest tile to use, so a caller that has compiled for a larger
     batch reuses that kernel for a smaller one (an epoch's last batch) instead of compiling again."""
     import triton
@@ -127,15 +130,16 @@ def solve(reg: float, num_iter: int, cost: torch.Tensor | None = None, r_c: torc
     has_sim = from_rewards and similarity is not None
     sim = similarity.detach().float().contiguous() if has_sim else cost
     block = max(16, min_block, triton.next_power_of_2(max(n_rows, n_cols)))
-    _kernel()[(1,)](cost, r_c, r_r, sim, plan, raw, error, n_rows, n_cols, w_rew, w_sem, 1.0 / reg,
+    _kernel()[(1,)](cost, r_c, r_r, sim, plan, raw, error, n_rows, n_cols, w_rew, w_sem, 1.0 / ot_reg,
                     -math.log(n_rows), -math.log(n_cols), 1.0 / n_rows, 1.0 / n_cols, FROM_REWARDS=from_rewards,
-                    HAS_SIM=has_sim, DIAG=margin_from == "diag", NUM_ITER=num_iter, BLOCK=block,
+                    HAS_SIM=has_sim, DIAG=margin_from == "diag", NUM_ITER=ot_iters, BLOCK=block,
                     num_warps=4 if block <= 64 else 8)
     return FusedSolve(plan=plan, cost=cost, raw=raw, error=error, block=block)
 
 
-def sinkhorn_log_fused(cost: torch.Tensor, reg: float = 0.1, num_iter: int = 50) -> tuple[torch.Tensor, torch.Tensor]:
+def sinkhorn_log_fused(cost: torch.Tensor, ot_reg: float = SECTION2.ot_reg,
+                       ot_iters: int = SECTION2.ot_iters) -> tuple[torch.Tensor, torch.Tensor]:
     """Same contract as `ot.sinkhorn_log_torch` (float32): (plan (B, B), marginal error 0-d; inf when the
     plan is not finite), from one kernel launch."""
-    result = solve(reg, num_iter, cost=cost)
+    result = solve(ot_reg, ot_iters, cost=cost)
     return result.plan, result.error

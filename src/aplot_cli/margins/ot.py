@@ -19,13 +19,14 @@ import numpy as np
 import torch
 
 from aplot_cli.margins.readout import plan_margin
+from aplot_cli.margins.settings import COST_NORMS, SECTION2
 
 
 @dataclass(frozen=True)
 class OTResult:
     """plan: (B, B) float64, rows sum to a = 1/B, columns to b = 1/B (up to `marginal_error`);
     cost: (B, B) float64, the matrix the plan was solved for; converged: the marginal error reached
-    `tol` within the iteration budget; finite: the plan holds no NaN/inf; marginal_error: max over
+    `ot_tol` within the iteration budget; finite: the plan holds no NaN/inf; marginal_error: max over
     rows and columns of the L2 marginal violation; iterations: Sinkhorn iterations run; seconds: wall
     time of the solve (host time: on the device path, the launch); warning: POT's warning text, if any.
     From `DeviceSinkhorn` the arrays are device tensors and converged/finite/marginal_error 0-d tensors."""
@@ -53,7 +54,7 @@ def semantic_cost(e_c: torch.Tensor, e_r: torch.Tensor) -> torch.Tensor:
 
 
 def cost_matrix(r_c: torch.Tensor, r_r: torch.Tensor, e_c: torch.Tensor | None = None,
-                e_r: torch.Tensor | None = None, w_rew: float = 0.9, w_sem: float = 0.1,
+                e_r: torch.Tensor | None = None, w_rew: float = SECTION2.w_rew, w_sem: float = SECTION2.w_sem,
                 normalized: bool = False) -> torch.Tensor:
     """(B, B) `C = w_rew * C_rew + w_sem * C_sem` (the semantic term dropped when there are no
     embeddings). Inputs are detached first: the margin is a constant to the optimiser. `normalized`:
@@ -68,8 +69,6 @@ def cost_matrix(r_c: torch.Tensor, r_r: torch.Tensor, e_c: torch.Tensor | None =
             cost = cost + w_sem * semantic_cost(e_c, e_r)
     return cost
 
-
-COST_NORMS = ("none", "minmax", "std")
 
 
 def normalize_cost(cost: torch.Tensor, mode: str = "none") -> torch.Tensor:
@@ -87,10 +86,11 @@ def normalize_cost(cost: torch.Tensor, mode: str = "none") -> torch.Tensor:
     raise ValueError(f"cost_norm must be one of {', '.join(COST_NORMS)}, got {mode!r}")
 
 
-def sinkhorn(cost: torch.Tensor | np.ndarray, reg: float = 0.1, num_iter: int = 50, tol: float = 1e-6) -> OTResult:
+def sinkhorn(cost: torch.Tensor | np.ndarray, ot_reg: float = SECTION2.ot_reg, ot_iters: int = SECTION2.ot_iters,
+             ot_tol: float = SECTION2.ot_tol) -> OTResult:
     """Entropic OT with uniform marginals a = b = 1/B via `ot.sinkhorn(..., method="sinkhorn_log")`.
 
-    Stops early once POT's marginal check falls under `tol` (checked every 10 iterations)."""
+    Stops early once POT's marginal check falls under `ot_tol` (checked every 10 iterations)."""
     import ot
 
     # POT's torch backend on CPU float64: its logsumexp is several times cheaper than scipy's for small B.
@@ -101,7 +101,7 @@ def sinkhorn(cost: torch.Tensor | np.ndarray, reg: float = 0.1, num_iter: int = 
     start = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        plan_t, log = ot.sinkhorn(a, b, matrix_t, reg, method="sinkhorn_log", numItermax=num_iter, stopThr=tol,
+        plan_t, log = ot.sinkhorn(a, b, matrix_t, ot_reg, method="sinkhorn_log", numItermax=ot_iters, stopThr=ot_tol,
                                   log=True, warn=True)
     seconds = time.perf_counter() - start
     plan, matrix, a, b = plan_t.numpy(), matrix_t.numpy(), a.numpy(), b.numpy()
@@ -111,27 +111,28 @@ def sinkhorn(cost: torch.Tensor | np.ndarray, reg: float = 0.1, num_iter: int = 
     else:
         error = float("inf")
     message = "; ".join(str(w.message) for w in caught) or None
-    return OTResult(plan=plan, cost=matrix, converged=finite and error <= tol, finite=finite,
-                    marginal_error=error, iterations=int(log.get("niter", num_iter - 1)) + 1,
+    return OTResult(plan=plan, cost=matrix, converged=finite and error <= ot_tol, finite=finite,
+                    marginal_error=error, iterations=int(log.get("niter", ot_iters - 1)) + 1,
                     seconds=seconds, warning=message)
 
 
 # ------------------------------------------------------------------------- the on-device solver
 
 
-def sinkhorn_log_torch(cost: torch.Tensor, reg: float = 0.1, num_iter: int = 50) -> tuple[torch.Tensor, torch.Tensor]:
+def sinkhorn_log_torch(cost: torch.Tensor, ot_reg: float = SECTION2.ot_reg,
+                       ot_iters: int = SECTION2.ot_iters) -> tuple[torch.Tensor, torch.Tensor]:
     """The updates of POT's `sinkhorn_log` (uniform marginals, u = v = 0 at the start, v then u each
-    iteration), run for exactly `num_iter` iterations on `cost`'s device and dtype with no host sync.
+    iteration), run for exactly `ot_iters` iterations on `cost`'s device and dtype with no host sync.
 
     Returns (plan (B, B), marginal error as a 0-d tensor: max over rows and columns of the L2
     marginal violation, inf when the plan is not finite). A fixed iteration count is what lets the
     solve be captured as one CUDA graph; POT's early stop needs a host read every 10 iterations."""
     n_rows, n_cols = cost.shape
-    scaled = -cost / reg
+    scaled = -cost / ot_reg
     log_a, log_b = -math.log(n_rows), -math.log(n_cols)
     u = cost.new_zeros(n_rows)
     v = cost.new_zeros(n_cols)
-    for _ in range(num_iter):
+    for _ in range(ot_iters):
         v = log_b - torch.logsumexp(scaled + u[:, None], dim=0)
         u = log_a - torch.logsumexp(scaled + v[None, :], dim=1)
     plan = torch.exp(scaled + u[:, None] + v[None, :])
@@ -156,9 +157,9 @@ class DeviceSinkhorn:
     error is kept for the manifest. `OTResult` fields from here are tensors on the device (converged,
     finite and marginal_error are 0-d), read by the trainer only when it logs."""
 
-    def __init__(self, reg: float = 0.1, num_iter: int = 50, tol: float = 1e-6, graphs: bool = True,
-                 fused: bool = True):
-        self.reg, self.num_iter, self.tol, self.graphs, self.fused = reg, num_iter, tol, graphs, fused
+    def __init__(self, ot_reg: float = SECTION2.ot_reg, ot_iters: int = SECTION2.ot_iters,
+                 ot_tol: float = SECTION2.ot_tol, graphs: bool = True, fused: bool = True):
+        self.ot_reg, self.ot_iters, self.ot_tol, self.graphs, self.fused = ot_reg, ot_iters, ot_tol, graphs, fused
         self._cache: dict[tuple, tuple] = {}
         self.routes: dict[str, int] = {}
         self.errors: dict[str, str] = {}
@@ -179,11 +180,11 @@ class DeviceSinkhorn:
             side = torch.cuda.Stream(device=cost.device)
             side.wait_stream(torch.cuda.current_stream(cost.device))
             with torch.cuda.stream(side):  # warm-up off the capture, as torch.cuda.graphs asks
-                sinkhorn_log_torch(static, self.reg, self.num_iter)
+                sinkhorn_log_torch(static, self.ot_reg, self.ot_iters)
             torch.cuda.current_stream(cost.device).wait_stream(side)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-                outputs = sinkhorn_log_torch(static, self.reg, self.num_iter)
+                outputs = sinkhorn_log_torch(static, self.ot_reg, self.ot_iters)
             self._cache[key] = (graph, static, outputs)
             self.setup_seconds += time.perf_counter() - start
         return self._cache[key]
@@ -200,7 +201,7 @@ class DeviceSinkhorn:
             return None
         start = time.perf_counter()
         try:
-            out = fused.solve(self.reg, self.num_iter, min_block=self._block, **inputs)
+            out = fused.solve(self.ot_reg, self.ot_iters, min_block=self._block, **inputs)
             variant = (out.block, "cost" in inputs, inputs.get("similarity") is not None,
                        inputs.get("margin_from") == "diag")  # what the kernel is compiled for
             if variant not in self._verified:
@@ -215,13 +216,14 @@ class DeviceSinkhorn:
 
     def _agrees_with_eager(self, out, cost: torch.Tensor | None = None, r_c: torch.Tensor | None = None,
                            r_r: torch.Tensor | None = None, similarity: torch.Tensor | None = None,
-                           w_rew: float = 0.9, w_sem: float = 0.1, margin_from: str | None = None) -> bool:
+                           w_rew: float = SECTION2.w_rew, w_sem: float = SECTION2.w_sem,
+                           margin_from: str | None = None) -> bool:
         """True when the fused result matches `sinkhorn_log_torch` on the same input (cost, plan and,
         when asked for, the margin); False when the batch is not finite, so nothing can be checked yet;
         raises when they differ. One host sync, once per compiled variant."""
         if cost is None:
             cost = _cost_from_rewards(r_c, r_r, similarity, w_rew, w_sem)
-        plan, error = sinkhorn_log_torch(cost.float(), self.reg, self.num_iter)
+        plan, error = sinkhorn_log_torch(cost.float(), self.ot_reg, self.ot_iters)
         if not bool(torch.isfinite(error)):
             return False
         checks = {"cost": (out.cost, cost), "plan": (out.plan, plan)}
@@ -247,7 +249,7 @@ class DeviceSinkhorn:
             except RuntimeError as exc:  # capture refused (e.g. a sync inside): run eagerly from now on
                 self.errors["cuda-graph"] = str(exc)[:300]
                 self._cache.clear()
-        return "eager", *sinkhorn_log_torch(cost, self.reg, self.num_iter)
+        return "eager", *sinkhorn_log_torch(cost, self.ot_reg, self.ot_iters)
 
     def margin(self, r_c: torch.Tensor, r_r: torch.Tensor, similarity: torch.Tensor | None, w_rew: float,
                w_sem: float, margin_from: str) -> tuple[OTResult, torch.Tensor | None]:
@@ -266,8 +268,8 @@ class DeviceSinkhorn:
 
     def _result(self, plan: torch.Tensor, cost: torch.Tensor, error: torch.Tensor, seconds: float) -> OTResult:
         finite = torch.isfinite(error)
-        return OTResult(plan=plan, cost=cost, converged=finite & (error <= self.tol), finite=finite,
-                        marginal_error=error, iterations=self.num_iter, seconds=seconds, warning=None)
+        return OTResult(plan=plan, cost=cost, converged=finite & (error <= self.ot_tol), finite=finite,
+                        marginal_error=error, iterations=self.ot_iters, seconds=seconds, warning=None)
 
     def __call__(self, cost: torch.Tensor) -> OTResult:
         cost = cost.detach().float().contiguous()

@@ -1,4 +1,4 @@
-"""Reading APLOT's per-pair margin off an OT plan (method.md section 2, step 8, and the readings of
+"""Reading APLOT's per-pair margin off an OT plan (method.md section 2, step 6, and the readings of
 section 2b). Both `adaptive` (the margin of a batch) and `ot` (checking the fused kernel's margin
 against the eager solve) read it here, so neither imports the other for it."""
 
@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-MARGIN_FROM = ("row", "diag", "diag_rel", "own_cost")
+from aplot_cli.margins.settings import MARGIN_FROM
 
 
 def plan_margin(plan: torch.Tensor, cost: torch.Tensor, margin_from: str = "row", plan_on: str = "cost") -> torch.Tensor:

@@ -27,12 +27,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from aplot_cli.train.data import EncodedSplit, PairCollator, PairDataset, _SplitCollator, _take, encode_split
-from aplot_cli.train.metrics import _mean_metrics, pair_accuracy
+from aplot_cli.train.data import EncodedSplit, PairCollator, PairDataset, SplitCollator, encode_split, sample_pairs
+from aplot_cli.train.metrics import mean_metrics, pair_accuracy
 from aplot_cli.train.model import head_name, load_model
 from aplot_cli.train.records import LOG_FILE, MARGINS_FILE, MarginSink
-from aplot_cli.train.resume import RESUMABLE, RUN_CONFIG, _resume_step, check_resume, run_record
-from aplot_cli.train.stage import STAGE, _training_args, _use_cpu, check_model_dir, run
+from aplot_cli.train.resume import (
+    RESUMABLE,
+    RUN_CONFIG,
+    check_resume,
+    has_usable_checkpoint,
+    resume_step,
+    run_record,
+)
+from aplot_cli.train.stage import STAGE, check_model_dir, run, runs_on_cpu, training_args
 from aplot_cli.train.validation import DEVICES, check_dataset_margin, check_embeddings_match, validate
 
 _FROM_TRAINER = ("RewardTrainer", "PENDING_STEPS")  # names of the module that imports transformers
@@ -47,7 +54,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = ["DEVICES", "LOG_FILE", "MARGINS_FILE", "PENDING_STEPS", "RESUMABLE", "RUN_CONFIG", "STAGE", "EncodedSplit",
-           "MarginSink", "PairCollator", "PairDataset", "RewardTrainer", "_SplitCollator", "_mean_metrics",
-           "_resume_step", "_take", "_training_args", "_use_cpu", "check_dataset_margin", "check_embeddings_match",
-           "check_model_dir", "check_resume", "encode_split", "head_name", "load_model", "pair_accuracy",
+           "MarginSink", "PairCollator", "PairDataset", "RewardTrainer", "SplitCollator", "mean_metrics",
+           "resume_step", "sample_pairs", "training_args", "runs_on_cpu", "check_dataset_margin", "check_embeddings_match",
+           "check_model_dir", "check_resume", "encode_split", "has_usable_checkpoint", "head_name", "load_model", "pair_accuracy",
            "run", "run_record", "validate"]

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
+from aplot_cli import artifacts
 from aplot_cli.console import is_quiet
 from aplot_cli.console import progress as progress_display
 from aplot_cli.train.records import LOG_FILE, MarginSink
@@ -19,10 +20,8 @@ class JsonlLog(TrainerCallback):
 
     def __init__(self, out_dir: Path, resumed_step: int, is_main: bool):
         self.path = out_dir / LOG_FILE
-        if is_main and self.path.exists():  # drop what a killed run logged after its last checkpoint
-            kept = [line for line in self.path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= resumed_step]
-            self.path.write_text("".join(line + "\n" for line in kept))
+        if is_main:  # drop what a killed run logged after its last checkpoint (and a line cut short)
+            artifacts.trim_log(self.path, resumed_step, "step")
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if state.is_world_process_zero and logs:

@@ -27,7 +27,8 @@ class EncodedSplit:
     truncation: dict[str, int] = field(default_factory=dict)
 
 
-def _take(frame, limit: int | None, seed: int):
+def sample_pairs(frame, limit: int | None, seed: int):
+    """A seeded random sample of `limit` rows of a pairs frame (every row when `limit` is None), re-indexed."""
     if limit is None or limit >= len(frame):
         return frame.reset_index(drop=True)
     return frame.sample(n=limit, random_state=seed).reset_index(drop=True)
@@ -127,7 +128,7 @@ class PairCollator:
 # ---------------------------------------------------------------------------------------- model
 
 
-class _SplitCollator:
+class SplitCollator:
     """Trainer has one collator for train and eval: route by the split id each record carries."""
 
     def __init__(self, train: EncodedSplit, test: EncodedSplit | None, pad_id: int, make=PairCollator):

@@ -1,4 +1,4 @@
-"""What a run reports: the mean of each per-step metric at log time (`_mean_metrics`), strict pair
+"""What a run reports: the mean of each per-step metric at log time (`mean_metrics`), strict pair
 accuracy at evaluation (`pair_accuracy`), the final metrics (test split, a train subset, pairs/s) and
 the OT solver's summary for the manifest."""
 
@@ -11,7 +11,7 @@ import numpy as np
 from aplot_cli.train.data import EncodedSplit, PairDataset
 
 
-def _mean_metrics(metrics: dict[str, list]) -> dict[str, float]:
+def mean_metrics(metrics: dict[str, list]) -> dict[str, float]:
     """Mean of each metric's per-step values (floats or 0-d tensors, on any device): one stack and one
     host read per device, at log time only. The OT diagnostics average their finite values only: one
     fallback step (counted in `ot/fallback`) must not turn a whole interval's `ot/cost_mean` into NaN."""

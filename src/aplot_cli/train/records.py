@@ -4,6 +4,7 @@ run logs into."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +45,10 @@ class MarginSink:
             "reward_chosen": r_c,
             "reward_rejected": r_r,
         })
-        frame.to_parquet(self.dir / f"part-r{self.rank}-s{int(frame['step'].max()):08d}.parquet", index=False)
+        final = self.dir / f"part-r{self.rank}-s{int(frame['step'].max()):08d}.parquet"
+        tmp = final.with_name(f".{final.name}.tmp")  # a kill while writing leaves no part cut short
+        frame.to_parquet(tmp, index=False)
+        os.replace(tmp, final)
         self.rows = []
 
     def merge(self, out_file: Path) -> int:

@@ -1,4 +1,4 @@
-"""--resume: which checkpoint a run resumes from (`_resume_step`), what `run_config.json` records at the
+"""--resume: which checkpoint a run resumes from (`resume_step`), what `run_config.json` records at the
 first start (`run_record`), and the check that a resume trains the same model (`check_resume`)."""
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from aplot_cli import models
 from aplot_cli.config import TrainConfig, config_to_dict
 from aplot_cli.console import info
 from aplot_cli.errors import ArtifactError, ConfigError
@@ -16,37 +17,58 @@ RUN_CONFIG = "run_config.json"  # the resolved config and inputs a run started w
 # May differ between a run and its --resume: how long it trains, how often it logs, evaluates and saves,
 # what it scores at the end, and where it runs. Any other change would train another model than the one
 # the checkpoint belongs to.
-RESUMABLE = frozenset({"max_steps", "epochs", "logging_steps", "eval_steps", "save_steps", "save_total_limit",
-                       "keep_checkpoints",
-                       "report_to", "max_eval_pairs", "eval_batch_size", "train_eval_pairs", "device", "ot_solver",
-                       "dataloader_workers", "gradient_checkpointing", "trust_remote_code",
-                       "prefix_sharing", "pack_pairs"})  # these change how scores are computed, not what they are
+# How scores are computed, not what they are: a finished run trained with other values of these is the
+# same model (compare reuses its cell). prefix_sharing is recorded resolved (auto -> true/false).
+HOW_NOT_WHAT = frozenset({"device", "dataloader_workers", "gradient_checkpointing", "prefix_sharing", "pack_pairs"})
+RESUMABLE = HOW_NOT_WHAT | frozenset({"max_steps", "epochs", "logging_steps", "eval_steps", "save_steps",
+                                      "save_total_limit", "keep_checkpoints", "report_to", "max_eval_pairs",
+                                      "eval_batch_size", "train_eval_pairs", "ot_solver", "trust_remote_code"})
 
 
-def _resume_step(out_dir: Path, resume: bool) -> tuple[str | None, int]:
-    """The newest complete checkpoint and its step ((None, -1): start afresh). Trainer writes
+def resume_step(out_dir: Path, resume: bool) -> tuple[str | None, int]:
+    """The newest usable checkpoint and its step ((None, -1): start afresh). Trainer writes
     `trainer_state.json` last, so a checkpoint without a readable one was cut short by a kill while it
-    was saved: it is skipped, and said so (Trainer writes over it when it reaches that step again)."""
+    was saved; one whose weights or optimizer state are cut short or damaged (a full disk, a bad copy) cannot
+    be loaded either. Such checkpoints are skipped, and said so (Trainer writes over one when it reaches its
+    step again); when every checkpoint is unusable, the resume is refused."""
     ckpt_dir = out_dir / "checkpoints"
     if not resume or not ckpt_dir.is_dir():
         return None, -1
-    found = sorted(((int(p.name.split("-")[1]), p) for p in ckpt_dir.iterdir()
-                    if p.is_dir() and re.fullmatch(r"checkpoint-\d+", p.name)), reverse=True)
+    found = _checkpoints(ckpt_dir)
+    skipped = []
     for step, path in found:
-        if _complete_checkpoint(path):
+        problem = checkpoint_problem(path)
+        if problem is None:
             return str(path), step
-        info(f"[bold]train-rm[/] skipping {path.name} in {ckpt_dir}: it has no readable trainer_state.json "
-             "(the run was stopped while saving it)")
+        skipped.append(f"{path.name} ({problem})")
+        info(f"[bold]train-rm[/] skipping {path.name} in {ckpt_dir}: {problem}")
     if found:
-        info(f"[bold]train-rm[/] no complete checkpoint in {ckpt_dir}: training starts from step 0")
+        raise ArtifactError(f"--resume: no checkpoint in {ckpt_dir} can be resumed from: {'; '.join(skipped)}",
+                            hint="start the run again with --overwrite, or restore the damaged files")
     return None, -1
 
 
-def _complete_checkpoint(path: Path) -> bool:
+def _checkpoints(ckpt_dir: Path) -> list[tuple[int, Path]]:
+    """(step, folder) of every `checkpoint-N` folder, newest first."""
+    return sorted(((int(p.name.split("-")[1]), p) for p in ckpt_dir.iterdir()
+                   if p.is_dir() and re.fullmatch(r"checkpoint-\d+", p.name)), reverse=True)
+
+
+def has_usable_checkpoint(out_dir: Path) -> bool:
+    """Whether a train-rm --out-dir holds a checkpoint that --resume can continue from."""
+    ckpt_dir = out_dir / "checkpoints"
+    return ckpt_dir.is_dir() and any(checkpoint_problem(path) is None for _, path in _checkpoints(ckpt_dir))
+
+
+def checkpoint_problem(path: Path) -> str | None:
+    """Why a checkpoint folder cannot be resumed from, or None."""
     try:
-        return isinstance(json.loads((path / "trainer_state.json").read_text()).get("global_step"), int)
+        complete = isinstance(json.loads((path / "trainer_state.json").read_text()).get("global_step"), int)
     except (OSError, ValueError, AttributeError):
-        return False
+        complete = False
+    if not complete:
+        return "it has no readable trainer_state.json (the run was stopped while saving it)"
+    return models.weights_problem(path)
 
 
 def run_record(cfg: TrainConfig, pairs_art, emb_art) -> dict[str, Any]:
@@ -68,7 +90,7 @@ def check_resume(out_dir: Path, record: dict[str, Any]) -> dict[str, dict[str, A
         return None
     try:
         first = json.loads(path.read_text(encoding="utf-8"))
-        was_config, was_inputs = first["config"], first["inputs"]
+        was_config, was_inputs = dict(first["config"]), dict(first["inputs"])
     except (ValueError, KeyError, TypeError) as exc:
         raise ArtifactError(f"{path} is not a readable run config ({exc})",
                             hint="start the run again with --overwrite") from exc
@@ -84,3 +106,4 @@ def check_resume(out_dir: Path, record: dict[str, Any]) -> dict[str, dict[str, A
                           hint=f"resume with the first start's settings and inputs (only {', '.join(sorted(RESUMABLE))} "
                                "may change), or start again with --overwrite")
     return {key: {"first_start": was, "resumed": now} for key, (was, now) in changed.items()}
+

@@ -18,11 +18,11 @@ from aplot_cli.config import TrainConfig, config_to_dict, resolve_train
 from aplot_cli.console import info
 from aplot_cli.errors import ArtifactError, ConfigError
 from aplot_cli.train import learned, prefix
-from aplot_cli.train.data import PairDataset, _SplitCollator, _take, encode_split
+from aplot_cli.train.data import PairDataset, SplitCollator, encode_split, sample_pairs
 from aplot_cli.train.metrics import _final_metrics, _ot_summary, pair_accuracy
 from aplot_cli.train.model import load_model
 from aplot_cli.train.records import LOG_FILE, MARGINS_FILE, MarginSink
-from aplot_cli.train.resume import RUN_CONFIG, _resume_step, check_resume, run_record
+from aplot_cli.train.resume import RUN_CONFIG, check_resume, resume_step, run_record
 from aplot_cli.train.validation import check_dataset_margin, check_embeddings_match, validate
 
 STAGE = "train-rm"
@@ -43,30 +43,35 @@ def run(cfg: TrainConfig, pairs_dir: Path, out_dir: Path, embeddings_dir: Path |
         check_embeddings_match(emb_art, pairs_art)
     out_dir = Path(out_dir)
     claim = {"stage": STAGE, "overwrite": overwrite, "resume": resume,
-             "inputs": [("PAIRS", pairs_dir), ("--embeddings", embeddings_dir), ("--backbone", cfg.backbone),
-                        ("feature cache", cfg.feature_cache_dir)]}
+             "inputs": [("PAIRS", pairs_dir), ("--embeddings", embeddings_dir), ("--backbone", cfg.backbone)],
+             "places": [("feature cache", cfg.feature_cache_dir if cfg.frozen_backbone else None)]}
     kept = artifacts.check_out_dir(out_dir, **claim)  # refuse now; clear only once the inputs pass
-    checkpoint, resumed_step = _resume_step(out_dir, kept)
+    checkpoint, resumed_step = resume_step(out_dir, kept)
+    if resume and checkpoint is None:  # as ppo and sample: no silent restart from step 0
+        raise ArtifactError(f"--resume: {out_dir} holds no complete train-rm checkpoint, so there is nothing to "
+                            "continue from",
+                            hint="start the run again with --overwrite (a checkpoint is written every --save-steps "
+                                 "steps), or pass the --out-dir of the run to resume")
     record = run_record(cfg, pairs_art, emb_art)
     resume_changes = check_resume(out_dir, record) if checkpoint else None
-    use_cpu = _use_cpu(cfg.device)
+    use_cpu = runs_on_cpu(cfg.device)
     test_frame = _test_frame(pairs_art, cfg)
-    train_frame = _take(load_pairs(pairs_dir, "train"), cfg.max_train_pairs, cfg.seed)
+    train_frame = sample_pairs(load_pairs(pairs_dir, "train"), cfg.max_train_pairs, cfg.seed)
     dataset_margin = check_dataset_margin(train_frame, pairs_art.path) if spec.dataset_margin else None
+    need_emb = spec.aplot and cfg.semantic_source == "embeddings" and emb_art is not None
+    train_emb = load_embeddings(emb_art.path, "train") if need_emb else None  # read before the out-dir is touched
     tokenizer, model, resolved, head = load_model(cfg)
-    args = _training_args(cfg, out_dir, use_cpu, test_frame is not None)  # also joins the process group
+    args = training_args(cfg, out_dir, use_cpu, test_frame is not None)  # also joins the process group
     rank = args.process_index
     with args.main_process_first(desc="prepare the output directory"):
         if args.process_index == 0:
             artifacts.prepare_out_dir(out_dir, **claim)
             if not (out_dir / RUN_CONFIG).is_file() or not checkpoint:  # a resume keeps its first start's
                 artifacts.write_json_atomic(out_dir / RUN_CONFIG, {**record, "from_step": max(resumed_step, 0)})
-    need_emb = spec.aplot and cfg.semantic_source == "embeddings" and emb_art is not None
     from aplot_cli import frozen  # --frozen-backbone: token ids and features remembered by content
 
     with frozen.remembered_encode(cfg.feature_cache_dir, tokenizer) if cfg.frozen_backbone else contextlib.nullcontext() as encode:
-        train = encode_split(train_frame, tokenizer, cfg, load_embeddings(emb_art.path, "train") if need_emb else None,
-                             encode=encode)
+        train = encode_split(train_frame, tokenizer, cfg, train_emb, encode=encode)
         test = encode_split(test_frame, tokenizer, cfg, split_id=1, encode=encode) if test_frame is not None else None
     sharing = prefix.decide(cfg.prefix_sharing, model, head, cfg.frozen_backbone, cfg.pack_pairs)
     sharing = prefix.confirm(sharing, cfg.prefix_sharing, model, head, train, tokenizer.pad_token_id, args.device)
@@ -135,7 +140,7 @@ def run(cfg: TrainConfig, pairs_dir: Path, out_dir: Path, embeddings_dir: Path |
                          "identity": models.identity(resolved),
                          "head": head,
                          "frozen_backbone": attached.manifest() if attached is not None else None,
-                         "loss": spec.name, "path": "model", "lora": cfg.lora,
+                         "loss": spec.name, "path": "model", "all_files_listed": True, "lora": cfg.lora,
                          "chat_template": formatting.uses_chat_template(tokenizer, cfg.chat_template),
                          "max_length": cfg.max_length, "pad_token_id": tokenizer.pad_token_id,
                          "padding_side": tokenizer.padding_side}})
@@ -144,7 +149,7 @@ def run(cfg: TrainConfig, pairs_dir: Path, out_dir: Path, embeddings_dir: Path |
     return manifest
 
 
-def _training_args(cfg: TrainConfig, out_dir: Path, use_cpu: bool, has_eval: bool):
+def training_args(cfg: TrainConfig, out_dir: Path, use_cpu: bool, has_eval: bool):
     from transformers import TrainingArguments
 
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
@@ -165,7 +170,7 @@ def _training_args(cfg: TrainConfig, out_dir: Path, use_cpu: bool, has_eval: boo
         ddp_find_unused_parameters=False if distributed else None)
 
 
-def _use_cpu(device: str) -> bool:
+def runs_on_cpu(device: str) -> bool:
     import torch
 
     if device == "auto":
@@ -184,7 +189,7 @@ def _test_frame(pairs_art, cfg: TrainConfig):
 
     if "test.parquet" not in split_files(pairs_art):
         return None
-    return _take(load_pairs(pairs_art.path, "test"), cfg.max_eval_pairs, cfg.seed)
+    return sample_pairs(load_pairs(pairs_art.path, "test"), cfg.max_eval_pairs, cfg.seed)
 
 
 def _build_trainer(cfg, spec, model, head, tokenizer, train, test, out_dir, args, rank, resumed_step,
@@ -198,7 +203,7 @@ def _build_trainer(cfg, spec, model, head, tokenizer, train, test, out_dir, args
     trainer = RewardTrainer(
         model=model, args=args,
         train_dataset=PairDataset(train), eval_dataset=PairDataset(test) if test else None,
-        data_collator=_SplitCollator(train, test, tokenizer.pad_token_id, make=sharing.collator()),
+        data_collator=SplitCollator(train, test, tokenizer.pad_token_id, make=sharing.collator()),
         processing_class=tokenizer,
         compute_metrics=pair_accuracy,
         callbacks=run_callbacks(out_dir, resumed_step, sink, args.process_index == 0, cfg.keep_checkpoints)
@@ -218,14 +223,12 @@ def _save(trainer, tokenizer, cfg: TrainConfig, out_dir: Path, pair_ids) -> list
     outputs = []
     if cfg.lora:
         model.save_pretrained(out_dir / "adapter", safe_serialization=True)
-        outputs.append(artifacts.describe_output(out_dir, "adapter/adapter_model.safetensors"))
+        outputs += _folder_outputs(out_dir, "adapter")
         model = model.merge_and_unload()
     model.config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(model_dir, safe_serialization=True)
     tokenizer.save_pretrained(model_dir)
-    for name in ("config.json", "model.safetensors"):
-        if (model_dir / name).exists():
-            outputs.append(artifacts.describe_output(out_dir, f"model/{name}"))
+    outputs += _folder_outputs(out_dir, "model")
     if (out_dir / LOG_FILE).exists():
         rows = sum(1 for line in (out_dir / LOG_FILE).read_text().splitlines() if line.strip())
         outputs.append(artifacts.describe_output(out_dir, LOG_FILE, rows=rows))
@@ -233,6 +236,13 @@ def _save(trainer, tokenizer, cfg: TrainConfig, out_dir: Path, pair_ids) -> list
         rows = trainer.margin_sink.merge(out_dir / MARGINS_FILE)
         outputs.append(artifacts.describe_output(out_dir, MARGINS_FILE, rows=rows))
     return outputs
+
+
+def _folder_outputs(out_dir: Path, folder: str) -> list[dict[str, Any]]:
+    """Every file of a saved model folder (weights, config, tokenizer): a stage that loads the model checks
+    each against its hash, so none can be swapped unseen."""
+    return [artifacts.describe_output(out_dir, f"{folder}/{p.name}")
+            for p in sorted((out_dir / folder).iterdir()) if p.is_file()]
 
 
 def check_model_dir(path: Path) -> None:

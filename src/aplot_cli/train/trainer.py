@@ -18,7 +18,7 @@ from aplot_cli.config import TrainConfig
 from aplot_cli.errors import TrainingError
 from aplot_cli.margins import device_stats, step_mean
 from aplot_cli.train import objective, prefix
-from aplot_cli.train.metrics import _mean_metrics
+from aplot_cli.train.metrics import mean_metrics
 
 PENDING_STEPS = 256  # step tensors kept for the next log before they are reduced early
 
@@ -155,7 +155,7 @@ class RewardTrainer(Trainer):
         self._check_loss()
         if "loss" in logs and (self._steps or self._metrics):  # a training log: attach the step metrics
             self._fold_step_metrics()
-            logs.update(_mean_metrics(self._metrics))
+            logs.update(mean_metrics(self._metrics))
             now = time.perf_counter()
             logs["pairs_per_second"] = self._pairs_since_log / max(now - self._last_log_time, 1e-9)
             logs["num_tokens"] = float(self.state.num_input_tokens_seen)

@@ -1,4 +1,4 @@
-"""Tables and figures of `aplot margins` (see `diagnose_stage`): `readings.parquet` and `readings.md`
+"""Tables and figures of `aplot margins` (see `stage`): `readings.parquet` and `readings.md`
 (one row per reading: rank correlation of the margin with each hardness measure, in-batch spread,
 hard-minus-easy margin), `pair_margins.parquet` (each pair's rewards, hardness and every reading's margin:
 what the table is computed from), `spearman.png` (the named readings' correlations, one bar per hardness
@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from aplot_cli import artifacts
-from aplot_cli.diagnose import HARDNESS, Diagnosis, Reading, Snapshot
+from aplot_cli.margin_diagnostics.core import HARDNESS, Diagnosis, Reading, Snapshot
 
 TABLE = "readings.parquet"
 TABLE_MD = "readings.md"
@@ -140,8 +140,7 @@ def _bar_chart(out_dir: Path, result: Diagnosis, readings: list[Reading], headin
 def _heatmap(out_dir: Path, result: Diagnosis, heading: str, plt) -> str:
     """One panel per hardness measure: rows plan_on/cost_norm, columns margin_from/margin_norm, cells the
     Spearman correlation (blank where not computed; own_cost reads no plan, so it fills the cost rows)."""
-    from aplot_cli.margins.adaptive import MARGIN_FROM, MARGIN_NORMS, PLAN_ON
-    from aplot_cli.margins.ot import COST_NORMS
+    from aplot_cli.margins.settings import COST_NORMS, MARGIN_FROM, MARGIN_NORMS, PLAN_ON
 
     by_name = {row["reading"]: row for row in result.rows}
     plan_rows = [(p, c) for p in PLAN_ON for c in COST_NORMS]

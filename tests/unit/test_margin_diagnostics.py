@@ -13,11 +13,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from aplot_cli import diagnose, train
+from aplot_cli import artifacts, train
 from aplot_cli.cli import app
 from aplot_cli.config import TrainConfig
-from aplot_cli.diagnose import Snapshot, hard_minus_easy, spearman
 from aplot_cli.errors import ConfigError
+from aplot_cli.margin_diagnostics import core
+from aplot_cli.margin_diagnostics.core import Snapshot, hard_minus_easy, spearman
 from aplot_cli.margins import AplotMargin, AplotSettings
 
 runner = CliRunner()
@@ -57,9 +58,9 @@ def by_alias(result, alias):
 
 def test_batch_margins_are_what_aplot_margin_gives_train_rm_for_every_reading():
     r_c, r_r, e_c, e_r, _ = constructed_batch()
-    base = AplotSettings(scale=1.5)
-    readings = diagnose.reading_grid(constant=0.3)
-    out = diagnose.batch_margins(readings, r_c, r_r, e_c, e_r, base)
+    base = AplotSettings(margin_scale=1.5)
+    readings = core.reading_grid(constant=0.3)
+    out = core.batch_margins(readings, r_c, r_r, e_c, e_r, base)
     for reading in readings:
         if reading.constant is not None:
             np.testing.assert_array_equal(out.margins[reading.name], np.full(16, 0.3, dtype=np.float32))
@@ -70,7 +71,7 @@ def test_batch_margins_are_what_aplot_margin_gives_train_rm_for_every_reading():
 
 
 def test_hardness_diag_ranks_hard_pairs_above_easy_and_section2_diag_does_not():
-    result = diagnose.diagnose(constructed_snapshot(), diagnose.select_readings("named"), AplotSettings())
+    result = core.diagnose(constructed_snapshot(), core.select_readings("named"), AplotSettings())
     assert result.primary == "difficulty"
     good, section2_diag = by_alias(result, "hardness+diag"), by_alias(result, "diag")
     assert good["spearman_difficulty"] > 0.8 and good["within_difficulty"] > 0.8 and good["hme_difficulty"] > 0
@@ -96,21 +97,21 @@ def test_hardness_measures_and_statistics_point_at_hard_pairs():
     assert "difficulty" not in h and np.argmax(h["reward_gap"]) == 0 and np.argmin(h["reward_gap"]) == 1
     assert np.argmax(h["cosine"]) == 0 and np.argmin(h["cosine"]) == 1
     # own_cost grows with closeness and similarity: positively correlated with both measures, by construction
-    result = diagnose.diagnose(constructed_snapshot(), diagnose.select_readings("own_cost"), AplotSettings())
+    result = core.diagnose(constructed_snapshot(), core.select_readings("own_cost"), AplotSettings())
     assert result.primary == "difficulty"
     row = result.rows[0]
     assert row["spearman_reward_gap"] > 0.5 and row["spearman_cosine"] > 0.5 and row["hme_reward_gap"] > 0
 
 
 def test_reading_registry():
-    grid = diagnose.reading_grid()
+    grid = core.reading_grid()
     assert len(grid) == 64 and len({r.name for r in grid}) == 64
-    named = diagnose.select_readings("named")
-    assert {r.alias for r in named} == set(diagnose.NAMED) | {"constant_margin"}
-    assert diagnose.select_readings("section2")[0].name == "cost/none/row/none"
-    assert diagnose.select_readings("hardness/minmax/own_cost/none")[0].name == "-/minmax/own_cost/none"
+    named = core.select_readings("named")
+    assert {r.alias for r in named} == set(core.NAMED) | {"constant_margin"}
+    assert core.select_readings("section2")[0].name == "cost/none/row/none"
+    assert core.select_readings("hardness/minmax/own_cost/none")[0].name == "-/minmax/own_cost/none"
     with pytest.raises(ConfigError, match="hardnes\\+diag") as err:
-        diagnose.select_readings("hardnes+diag")
+        core.select_readings("hardnes+diag")
     assert "hardness+diag" in err.value.hint
 
 
@@ -143,10 +144,10 @@ def test_train_rm_batches_are_the_batches_train_rm_trained_on(run_dir, synthetic
 
     ids = load_pairs(synthetic_pairs_dir, "train")["pair_id"].to_numpy()
     recorded = pd.read_parquet(run_dir / "margins.parquet")
-    rebuilt = diagnose.train_rm_batches(len(ids), 8, seed=7)
+    rebuilt = core.train_rm_batches(len(ids), 8, seed=7)
     for step in range(1, 6):
         assert set(recorded.loc[recorded["step"] == step, "pair_id"]) == set(ids[rebuilt[step - 1]]), step
-    assert set(ids[diagnose.train_rm_batches(len(ids), 8, seed=8)[0]]) != set(ids[rebuilt[0]])
+    assert set(ids[core.train_rm_batches(len(ids), 8, seed=8)[0]]) != set(ids[rebuilt[0]])
 
 
 def margins_cli(*args):
@@ -164,6 +165,7 @@ def test_margins_from_a_runs_margins_parquet_writes_table_figures_and_manifest(r
     assert manifest["stage"] == "margins" and set(manifest["inputs"]) == {"pairs", "embeddings", "run"}
     assert {o["path"] for o in manifest["outputs"]} == {"readings.parquet", "readings.md", "pair_margins.parquet",
                                                         "spearman.png", "grid.png"}
+    assert artifacts.foreign_entries(out, "margins", finished=True) == []  # --overwrite may replace it
     assert manifest["diagnostics"]["snapshot"]["steps"] == [2, 4] and manifest["metrics"]["batches"] == 3
     assert set(manifest["diagnostics"]["hardness_agreement"]) == {"difficulty~reward_gap", "difficulty~cosine",
                                                                   "reward_gap~cosine"}
@@ -216,7 +218,6 @@ def test_margins_refuses_bad_input_with_its_exit_code(run_dir, synthetic_pairs_d
 
 def fake_run(path: Path, pairs_dir: Path, **config) -> Path:
     """A finished train-rm artifact holding only a manifest and a margins.parquet of two steps."""
-    from aplot_cli import artifacts
     from aplot_cli.prepare import load_pairs
 
     path.mkdir(parents=True)

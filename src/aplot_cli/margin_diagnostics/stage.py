@@ -1,5 +1,5 @@
-"""`aplot margins`: the stage around `diagnose` (margin diagnostics without training): its inputs, the
-reward snapshot, and the manifest. The tables and figures are `diagnose_report`'s.
+"""`aplot margins`: the stage around `core.diagnose` (margin diagnostics without training): its inputs,
+the reward snapshot, and the manifest. The tables and figures are `report`'s.
 
 Inputs: a pairs artifact, its embeddings artifact and one reward snapshot, either
 - `--from-run RUN`: a train-rm run's `margins.parquet`, which records every pair's rewards at the step it
@@ -26,9 +26,10 @@ import numpy as np
 from aplot_cli import artifacts
 from aplot_cli.config import MarginsConfig, config_to_dict
 from aplot_cli.console import info
-from aplot_cli.diagnose import Snapshot
-from aplot_cli.diagnose_report import LABELS, reward_stats, title
-from aplot_cli.errors import ArtifactError, ConfigError, InputDataError
+from aplot_cli.errors import ArtifactError, ConfigError, InputDataError, damaged_names
+from aplot_cli.margin_diagnostics import core, report
+from aplot_cli.margin_diagnostics.core import Snapshot
+from aplot_cli.margin_diagnostics.report import LABELS, reward_stats, title
 
 STAGE = "margins"
 
@@ -79,20 +80,19 @@ def _check_same_pairs(run_art: artifacts.Artifact, pairs_art: artifacts.Artifact
                             hint="pass the pairs artifact the run was trained on (its manifest's inputs.pairs.path)")
 
 
-def _settings(cfg: MarginsConfig, run_config: dict[str, Any]):
-    """AplotSettings for every reading: explicit values, else the run's, else section 2's."""
+COST_SETTINGS = ("w_rew", "w_sem", "ot_reg", "ot_iters", "ot_tol")  # taken from the run; the readings set the rest
+
+
+def base_settings(cfg: MarginsConfig, run_config: dict[str, Any]):
+    """AplotSettings for every reading: the cost settings given, else the run's, else section 2's (a run
+    without a semantic term keeps none unless `w_sem` is given); `margin_scale` as given; the CPU solver."""
     from aplot_cli.margins import AplotSettings
 
-    default = AplotSettings()
-    pick = {"w_rew": ("w_rew", default.w_rew), "w_sem": ("w_sem", default.w_sem), "reg": ("ot_reg", default.reg),
-            "num_iter": ("ot_iters", default.num_iter), "tol": ("ot_tol", default.tol)}
-    values = {}
-    for key, (name, fallback) in pick.items():
-        given = getattr(cfg, name)
-        values[key] = given if given is not None else run_config.get(name, fallback)
+    chosen = {name: run_config[name] for name in COST_SETTINGS if name in run_config}
+    chosen |= {name: getattr(cfg, name) for name in COST_SETTINGS if getattr(cfg, name) is not None}
     if cfg.w_sem is None and run_config.get("semantic_source") == "none":
-        values["w_sem"] = 0.0
-    return AplotSettings(**values, scale=cfg.margin_scale, solver="pot")
+        chosen["semantic_source"] = "none"
+    return AplotSettings.from_config({**chosen, "margin_scale": cfg.margin_scale, "ot_solver": "pot"})
 
 
 def _difficulty(frame) -> np.ndarray | None:
@@ -132,7 +132,10 @@ def snapshot_from_run(run_art: artifacts.Artifact, frame, emb, emb_path: Path, c
                              "does not say which pair was in which",
                              hint=f"use --model {run_art.path}: it scores the pairs with the saved model and "
                                   "rebuilds the batches")
-    table = pd.read_parquet(path, columns=["pair_id", "step", "reward_chosen", "reward_rejected"])
+    with damaged_names(path, f"re-run the train-rm run {run_art.path}, or use --model {run_art.path}"):
+        # a missing column is an ArrowInvalid too; reward columns that are not numbers fail the float cast
+        table = pd.read_parquet(path, columns=["pair_id", "step", "reward_chosen", "reward_rejected"])
+        table = table.astype({"step": "int64", "reward_chosen": "float64", "reward_rejected": "float64"})
     steps = np.sort(table["step"].unique())
     if steps.size == 0:
         raise InputDataError(f"{path} holds no rows", hint="re-run the train-rm run")
@@ -165,8 +168,8 @@ def snapshot_from_run(run_art: artifacts.Artifact, frame, emb, emb_path: Path, c
 def snapshot_from_model(model: str, frame, emb, emb_path: Path, cfg: MarginsConfig
                         ) -> tuple[Snapshot, dict[str, Any], artifacts.Artifact | None]:
     """Score the train pairs with `model` (eval mode) and batch them as train-rm (or seeded random)."""
-    from aplot_cli import diagnose, scoring
-    from aplot_cli.train import _take
+    from aplot_cli import scoring
+    from aplot_cli.train import sample_pairs
 
     rm = scoring.load_reward_model(model, max_length=cfg.max_length, device=cfg.device,
                                    trust_remote_code=cfg.trust_remote_code)
@@ -182,10 +185,10 @@ def snapshot_from_model(model: str, frame, emb, emb_path: Path, cfg: MarginsConf
     batch_size = cfg.batch_size or int(run_cfg.get("batch_size", 16))
     seed = cfg.seed if cfg.seed is not None else int(run_cfg.get("seed", 0))
     if batches_kind == "train-rm":
-        frame = _take(frame, run_cfg.get("max_train_pairs"), int(run_cfg.get("seed", 0)))
-        batches = diagnose.train_rm_batches(len(frame), batch_size, seed)
+        frame = sample_pairs(frame, run_cfg.get("max_train_pairs"), int(run_cfg.get("seed", 0)))
+        batches = core.train_rm_batches(len(frame), batch_size, seed)
     else:
-        batches = diagnose.random_batches(len(frame), batch_size, seed)
+        batches = core.random_batches(len(frame), batch_size, seed)
     if cfg.max_batches is not None:
         batches = batches[:cfg.max_batches]
     order = np.concatenate(batches) if batches else np.zeros(0, dtype=np.int64)
@@ -216,13 +219,12 @@ def snapshot_from_model(model: str, frame, emb, emb_path: Path, cfg: MarginsConf
 def run(cfg: MarginsConfig, pairs_dir: Path, embeddings_dir: Path, out_dir: Path, model: str | None = None,
         from_run: Path | None = None, overwrite: bool = False) -> Path:
     """Diagnose every reading's margins on one reward snapshot; returns the manifest path."""
-    from aplot_cli import diagnose, diagnose_report
     from aplot_cli.embed import load_embeddings
     from aplot_cli.prepare import load_pairs
     from aplot_cli.train import check_embeddings_match
 
     validate(cfg, model, from_run)
-    readings = diagnose.select_readings(cfg.readings, cfg.constant_margin)
+    readings = core.select_readings(cfg.readings, cfg.constant_margin)
     pairs_art = artifacts.open_artifact(pairs_dir, "prepare")
     emb_art = artifacts.open_artifact(embeddings_dir, "embed")
     check_embeddings_match(emb_art, pairs_art)
@@ -244,13 +246,13 @@ def run(cfg: MarginsConfig, pairs_dir: Path, embeddings_dir: Path, out_dir: Path
             _check_same_pairs(run_art, pairs_art)
     if not snapshot.batches:
         raise InputDataError("margins: the snapshot holds no batch", hint="check --step/--window or --max-batches")
-    base = _settings(cfg, run_art.config if run_art is not None else {})
+    base = base_settings(cfg, run_art.config if run_art is not None else {})
     info(f"[bold]margins[/] {len(readings)} readings on {len(snapshot.batches)} batches ({len(snapshot.r_c)} pairs)")
-    result = diagnose.diagnose(snapshot, readings, base)
+    result = core.diagnose(snapshot, readings, base)
     artifacts.prepare_out_dir(out_dir, stage=STAGE, inputs=inputs_paths, overwrite=overwrite)
-    outputs = diagnose_report.write_tables(out_dir, result, readings, snapshot, source)
+    outputs = report.write_tables(out_dir, result, readings, snapshot, source)
     outputs += [artifacts.describe_output(out_dir, name)
-                for name in diagnose_report.draw(out_dir, result, readings, title(source))]
+                for name in report.draw(out_dir, result, readings, title(source))]
     inputs = {"pairs": pairs_art, "embeddings": emb_art, **({"run": run_art} if run_art is not None else {})}
     best = result.rows[0]
     metrics = {"primary_hardness": result.primary, "pairs": len(snapshot.r_c), "batches": len(snapshot.batches),
@@ -259,8 +261,9 @@ def run(cfg: MarginsConfig, pairs_dir: Path, embeddings_dir: Path, out_dir: Path
                         "spearman": best[f"spearman_{result.primary}"]},
                "spearman": {row["reading"]: _finite(row[f"spearman_{result.primary}"]) for row in result.rows}}
     diagnostics = {"snapshot": source, "rewards": reward_stats(snapshot),
-                   "settings": {"w_rew": base.w_rew, "w_sem": base.w_sem, "reg": base.reg, "num_iter": base.num_iter,
-                                "tol": base.tol, "scale": base.scale, "solver": "pot-cpu-float64"},
+                   # the manifest's keys predate the settings' one vocabulary; kept as they are
+                   "settings": {"w_rew": base.w_rew, "w_sem": base.w_sem, "reg": base.ot_reg, "num_iter": base.ot_iters,
+                                "tol": base.ot_tol, "scale": base.margin_scale, "solver": "pot-cpu-float64"},
                    "hardness": {m: LABELS[m] for m in result.hardness},
                    "hardness_agreement": {k: _finite(v) for k, v in result.agreement.items()},
                    "fallback_batches": {row["reading"]: row["fallback_batches"] for row in result.rows

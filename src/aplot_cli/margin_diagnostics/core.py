@@ -2,11 +2,11 @@
 APLOT's margin gives hard pairs the larger margin on real reward snapshots.
 
 This module is the pure core: the registry of readings (every `plan_on` x `cost_norm` x `margin_from` x
-`margin_norm` of `margins.AplotSettings`, named aliases for the ones method.md discusses, and the
-`constant_margin` baseline), the margins of every reading on one batch (`batch_margins`, the same code
+`margin_norm` of `margins.AplotSettings`, named aliases for the ones method.md section 2b discusses, and
+the `constant_margin` baseline), the margins of every reading on one batch (`batch_margins`, the same code
 path as `AplotMargin` on the CPU solver, with one Sinkhorn solve per plan shared by the readings that
-read it), the per-pair hardness measures, and the statistics per reading (`diagnose`). No I/O: the stage
-(`diagnose_report`) loads the snapshot and writes the table, figures and manifest.
+read it), the per-pair hardness measures, and the statistics per reading (`diagnose`). No I/O: `stage` loads the
+snapshot, `report` writes the table and figures.
 
 Hardness of a pair (higher = harder), each a column of the result:
 
@@ -28,8 +28,8 @@ import torch
 
 from aplot_cli.errors import ConfigError
 from aplot_cli.margins import AplotSettings, cost_matrix, normalize_cost, normalize_margin, plan_margin, sinkhorn
-from aplot_cli.margins.adaptive import MARGIN_FROM, MARGIN_NORMS, MIN_NORM_PAIRS, PLAN_ON
-from aplot_cli.margins.ot import COST_NORMS
+from aplot_cli.margins.adaptive import MIN_NORM_PAIRS
+from aplot_cli.margins.settings import COST_NORMS, MARGIN_FROM, MARGIN_NORMS, PLAN_ON
 
 HARDNESS = ("difficulty", "reward_gap", "cosine")
 CONSTANT = "constant_margin"
@@ -153,7 +153,7 @@ def batch_margins(readings: list[Reading], r_c: torch.Tensor, r_r: torch.Tensor,
     """Every reading's margin (B,) for one batch of rewards (B,) and embeddings (B, D), as
     `AplotMargin(reading.settings(base))` computes it on the CPU solver: the cost `C` of section 2,
     `H = normalize_cost(C, cost_norm)`, POT's plan on `H` or `1 - H`, `plan_margin`, `normalize_margin`
-    with `base.scale`. Each distinct plan is solved once for all the readings that read it."""
+    with `base.margin_scale`. Each distinct plan is solved once for all the readings that read it."""
     start = time.perf_counter()
     cost = cost_matrix(r_c.detach().float(), r_r.detach().float(), e_c, e_r, base.w_rew, base.w_sem)
     n = cost.shape[0]
@@ -162,7 +162,7 @@ def batch_margins(readings: list[Reading], r_c: torch.Tensor, r_r: torch.Tensor,
     for key in {r.plan_key for r in readings if r.plan_key is not None}:
         plan_on, cost_norm = key
         h = hardness[cost_norm]
-        plans[key] = sinkhorn(h if plan_on == "cost" else 1.0 - h, base.reg, base.num_iter, base.tol)
+        plans[key] = sinkhorn(h if plan_on == "cost" else 1.0 - h, base.ot_reg, base.ot_iters, base.ot_tol)
         out.converged[key] = bool(plans[key].converged)
     for reading in readings:
         if reading.constant is not None:
@@ -177,7 +177,7 @@ def batch_margins(readings: list[Reading], r_c: torch.Tensor, r_r: torch.Tensor,
             continue
         plan = torch.eye(n, dtype=torch.float64) / n if result is None else torch.as_tensor(result.plan)
         raw = plan_margin(plan, h.double(), reading.margin_from, reading.plan_on).float()
-        full = normalize_margin(raw, reading.margin_norm, base.scale)
+        full = normalize_margin(raw, reading.margin_norm, base.margin_scale)
         out.margins[reading.name] = torch.nan_to_num(full, nan=0.0, posinf=0.0, neginf=0.0).numpy()
     out.seconds = time.perf_counter() - start
     return out

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from aplot_cli.rl import core
+from aplot_cli.ppo import core
 
 
 def test_gae_matches_hand_computation_and_ignores_padding():

@@ -1,1 +1,0 @@
-"""Reinforcement learning from a reward model: the PPO math lives in `core` (pure tensor functions)."""

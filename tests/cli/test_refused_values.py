@@ -1,0 +1,203 @@
+"""Values that were stored or used silently and are now refused with the field named (issue 21): a margin of
+NaN or infinity (jsonl, parquet, csv), a message with an unknown role, a loss with an empty term, and
+`train-rm --resume` with nothing to resume. Each case: its exit code, no traceback, no --out-dir, inputs intact."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from aplot_cli import artifacts
+from aplot_cli.cli import app
+
+runner = CliRunner()
+
+
+def _invoke(*args: object):
+    result = runner.invoke(app, [str(a) for a in args])
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    assert "Traceback" not in result.output
+    return result
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _rows(n: int = 6) -> list[dict]:
+    return [{"prompt": f"q{i}", "chosen": f"good {i}", "rejected": f"bad {i}", "margin": 1.0 + i} for i in range(n)]
+
+
+def _prepare_refused(source: Path, tmp_path: Path, *needles: str) -> None:
+    before = _digest(source)
+    out = tmp_path / "pairs"
+    result = _invoke("prepare", "--files", source, "--out-dir", out)
+    assert result.exit_code == 3, result.output
+    for needle in needles:
+        assert needle in result.stderr, result.stderr
+    assert not out.exists() and _digest(source) == before
+
+
+# --- margins ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity"])
+def test_a_non_finite_margin_in_jsonl_is_refused_naming_line_and_field(tmp_path, literal):
+    rows = [json.dumps(r) for r in _rows()]
+    rows[2] = rows[2].replace('"margin": 3.0', f'"margin": {literal}')
+    source = tmp_path / "prefs.jsonl"
+    source.write_text("\n".join(rows) + "\n")
+    shown = {"NaN": "nan", "Infinity": "inf", "-Infinity": "-inf"}[literal]
+    _prepare_refused(source, tmp_path, f"{source}:3: field `margin` is {shown}, expected a finite number")
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_a_non_finite_margin_in_parquet_is_refused_and_a_missing_one_is_not(tmp_path, value):
+    rows = _rows()
+    rows[1]["margin"] = value
+    rows[4]["margin"] = None  # a pair without a margin is fine (counted as 0 by the margin loss)
+    source = tmp_path / "prefs.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), source)
+    _prepare_refused(source, tmp_path, f"{source}#row1: field `margin` is {value}, expected a finite number")
+    rows[1]["margin"] = 2.0
+    pq.write_table(pa.Table.from_pylist(rows), source)
+    result = _invoke("prepare", "--files", source, "--out-dir", tmp_path / "pairs", "--test-size", "0", "-q")
+    assert result.exit_code == 0, result.output
+    import pandas as pd
+
+    margins = pd.read_parquet(tmp_path / "pairs" / "train.parquet").set_index("prompt")["margin"]
+    assert margins.isna().sum() == 1 and pd.isna(margins["q4"]) and margins["q1"] == 2.0
+
+
+def test_a_non_finite_margin_in_csv_is_refused(tmp_path):
+    source = tmp_path / "prefs.csv"
+    source.write_text("prompt,chosen,rejected,margin\nq0,good,bad,1.5\nq1,good,bad,nan\n")
+    _prepare_refused(source, tmp_path, f"{source}:3: field `margin` is 'nan', expected a finite number")
+
+
+def test_skip_counts_non_finite_margins_as_bad_rows(tmp_path):
+    rows = [json.dumps(r) for r in _rows()]
+    rows[0] = rows[0].replace('"margin": 1.0', '"margin": NaN')
+    source = tmp_path / "prefs.jsonl"
+    source.write_text("\n".join(rows) + "\n")
+    result = _invoke("prepare", "--files", source, "--out-dir", tmp_path / "p", "--on-bad-rows", "skip", "-q")
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "p" / artifacts.MANIFEST).read_text())
+    assert manifest["metrics"]["rows_bad"] == {"non_finite": 1} and manifest["metrics"]["pairs_written"] == 5
+
+
+# --- message roles ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("side", ["prompt", "chosen"])
+def test_a_message_with_an_unknown_role_is_refused_naming_the_field(tmp_path, side):
+    prompt = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]
+    rows = [
+        {
+            "prompt": prompt,
+            "chosen": [{"role": "assistant", "content": f"hello {i}"}],
+            "rejected": [{"role": "assistant", "content": f"go away {i}"}],
+        }
+        for i in range(4)
+    ]
+    if side == "prompt":
+        rows[1]["prompt"] = [{"role": "robot", "content": "hi"}]
+        field = "prompt[0].role"
+    else:
+        rows[1]["chosen"] = [{"role": "robot", "content": "beep"}]
+        field = "chosen[0].role"
+    source = tmp_path / "chat.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    _prepare_refused(
+        source, tmp_path, f"{source}:2: field `{field}` is 'robot', expected one of system, user, assistant"
+    )
+
+
+# --- losses -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("loss", "needle"),
+    [
+        ("bt+", "loss 'bt+' has an empty term"),
+        ("+aplot", "loss '+aplot' has an empty term"),
+        ("bt++center", "loss 'bt++center' has an empty term"),
+        ("bt,", "loss 'bt,' has an empty term"),
+        ("aplot+aplot", "loss 'aplot+aplot' names `aplot` twice"),
+    ],
+)
+def test_a_loss_with_an_empty_or_repeated_term_is_refused(tmp_path, loss, needle):
+    result = _invoke("train-rm", tmp_path / "pairs", "--loss", loss, "--out-dir", tmp_path / "rm")
+    assert result.exit_code == 2, result.output
+    assert needle in result.stderr and not (tmp_path / "rm").exists()
+
+
+# --- train-rm --resume --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def pairs(tmp_path) -> Path:
+    source = tmp_path / "prefs.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in _rows(12)))
+    result = _invoke("prepare", "--files", source, "--out-dir", tmp_path / "pairs", "-q")
+    assert result.exit_code == 0, result.output
+    return tmp_path / "pairs"
+
+
+def test_resume_of_a_new_folder_is_refused_as_ppo_and_sample_refuse_it(pairs, tmp_path):
+    out = tmp_path / "rm"
+    result = _invoke("train-rm", pairs, "--loss", "bt", "--out-dir", out, "--resume")
+    assert result.exit_code == 4, result.output
+    assert f"--resume: {out} holds no complete train-rm checkpoint" in result.stderr
+    assert "--overwrite" in result.stderr and not out.exists()
+
+
+def test_resume_with_only_incomplete_checkpoints_is_refused_and_the_run_kept(pairs, tmp_path):
+    out = tmp_path / "rm"
+    artifacts.prepare_out_dir(out, stage="train-rm")  # a run killed while writing its first checkpoint
+    (out / "checkpoints" / "checkpoint-2").mkdir(parents=True)
+    (out / "checkpoints" / "checkpoint-2" / "model.safetensors").write_bytes(b"half")
+    (out / "train_log.jsonl").write_text('{"step": 1}\n')
+    before = {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    result = _invoke("train-rm", pairs, "--loss", "bt", "--out-dir", out, "--resume")
+    assert result.exit_code == 4, result.output
+    assert "no checkpoint in" in result.stderr and "can be resumed from: checkpoint-2" in result.stderr
+    assert "skipping checkpoint-2" in result.stderr
+    assert {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+# --- evaluation data ----------------------------------------------------------------------------------
+
+
+def test_eval_rm_refuses_the_same_data_twice(pairs, tiny_bert_dir, tmp_path):
+    result = _invoke(
+        "eval-rm",
+        tiny_bert_dir,
+        "--benchmark",
+        "pairs",
+        "--data",
+        pairs,
+        "--data",
+        tmp_path / "x" / ".." / "pairs",
+        "--out-dir",
+        tmp_path / "ev",
+    )
+    assert result.exit_code == 2, result.output
+    assert "--data names" in result.stderr and "twice" in result.stderr and not (tmp_path / "ev").exists()
+
+
+def test_eval_rm_refuses_a_prompt_message_with_an_unknown_role(tiny_bert_dir, tmp_path):
+    source = tmp_path / "eval.jsonl"
+    rows = [{"prompt": [{"role": "user", "content": f"q{i}"}], "chosen": "a", "rejected": "b"} for i in range(3)]
+    rows[2]["prompt"] = [{"role": "robot", "content": "q2"}]
+    source.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = _invoke("eval-rm", tiny_bert_dir, "--benchmark", "pairs", "--data", source, "--out-dir", tmp_path / "ev")
+    assert result.exit_code == 3, result.output
+    assert f"{source}:3: `prompt[0].role` is 'robot', expected one of system, user, assistant" in result.stderr
+    assert not (tmp_path / "ev").exists()

@@ -202,6 +202,9 @@ class EvalConfig:
                                shown="the benchmark's own")
     prior_sets: str | None = option(
         None, "rewardbench: allenai/preference-test-sets (hub) or local files, for the paper score.", shown="none")
+    domain: str | None = option(
+        None, "rm-bench: the domain of rows that name none (chat, code, math, safety-refuse, safety-response).",
+        shown="the file's name (chat_filtered.json: chat)")
     from_predictions: str | None = option(
         None, "Recompute every metric from a predictions file (ours or the official wide format); no model.",
         shown="none")
@@ -322,6 +325,10 @@ class TrainConfig:
                                            shown="$APLOT_CACHE/features, else ~/.cache/aplot/features")
     # runtime
     report_to: tuple[str, ...] = option((), "tensorboard, wandb, ... (repeat for several).", shown="none")
+    push_to_hub: str | None = option(
+        None, "Upload the finished run to this Hub repo (model/ at its root, adapter/, aplot/manifest.json) in one "
+              "commit; the Hub and a token are checked before training.", shown="none")
+    hub_private: bool = option(False, "Create the --push-to-hub repo as private.")
     device: str = option("auto", "auto, cpu or cuda.")
     bf16: bool = option(False, "bf16 mixed precision (GPU only; float32 on the CPU always).")
     fp16: bool = option(False, "fp16 mixed precision (GPUs without bf16; GPU only).")

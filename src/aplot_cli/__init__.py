@@ -19,9 +19,10 @@ The trainer's pieces:
     score_token_states  the hidden state at the token a reward head reads (`semantic_source: backbone`)
     RewardTrainer    aplot's `transformers.Trainer` subclass (what `aplot train-rm` trains with)
     load_model, encode_split, PairDataset, PairCollator   backbone, tokenisation, the (2B, L) batches
+    Encoder          `aplot embed`'s sentence encoder (mean pooled, unit length)
 
 The pipeline from Python: each stage's config dataclass and its module's `run(cfg, ...)` entry point,
-the same one the CLI calls (`from aplot_cli import prepare, embed, train`):
+the same one the CLI calls (`from aplot_cli import prepare, embed, train, evaluate`):
     PrepareConfig, EmbedConfig, TrainConfig, EvalConfig
     load_pairs, load_embeddings   read a pairs or embeddings artifact's split
 
@@ -55,6 +56,7 @@ _HOME = {
     "EvalConfig": "aplot_cli.config",
     "PrepareConfig": "aplot_cli.config",
     "TrainConfig": "aplot_cli.config",
+    "Encoder": "aplot_cli.embed",
     "load_embeddings": "aplot_cli.embed",
     "load_pairs": "aplot_cli.prepare",
 }

@@ -22,10 +22,22 @@ REL = 1e-5  # the equality's tolerance on the first batch (seen: 4e-6 at most); 
 CASES = {
     "bt": {"loss": "bt"},
     "section2-backbone": {"loss": "aplot", "semantic_source": "backbone", "w_rew": 0.5, "w_sem": 0.5},
-    "normalised-none": {"loss": "aplot", "semantic_source": "none", "plan_on": "hardness", "cost_norm": "minmax",
-                        "margin_norm": "zscore", "margin_scale": 2.0},
-    "embeddings-center": {"loss": "aplot+center", "semantic_source": "embeddings", "w_rew": 0.5, "w_sem": 0.5,
-                          "margin_from": "diag", "center_eta": 0.05},
+    "normalised-none": {
+        "loss": "aplot",
+        "semantic_source": "none",
+        "plan_on": "hardness",
+        "cost_norm": "minmax",
+        "margin_norm": "zscore",
+        "margin_scale": 2.0,
+    },
+    "embeddings-center": {
+        "loss": "aplot+center",
+        "semantic_source": "embeddings",
+        "w_rew": 0.5,
+        "w_sem": 0.5,
+        "margin_from": "diag",
+        "center_eta": 0.05,
+    },
 }
 
 
@@ -42,8 +54,9 @@ def setup(tmp_path_factory, tiny_llama_rm_dir, tiny_bert_dir, aplot_cache):
 
     os.environ["APLOT_CACHE"] = str(aplot_cache)
     root = tmp_path_factory.mktemp("trl")
-    prepare.run(PrepareConfig(recipe="synthetic", synthetic_pairs=PAIRS, synthetic_ood_pairs=4, test_size=0.25),
-                root / "pairs")
+    prepare.run(
+        PrepareConfig(recipe="synthetic", synthetic_pairs=PAIRS, synthetic_ood_pairs=4, test_size=0.25), root / "pairs"
+    )
     embed.run(EmbedConfig(model=str(tiny_bert_dir), max_length=64), root / "pairs", root / "emb")
     model = AutoModelForSequenceClassification.from_pretrained(tiny_llama_rm_dir)
     with torch.no_grad():
@@ -66,15 +79,22 @@ def trl_dataset(root, swap: bool = False):
     vectors = load_embeddings(root / "emb", "train")
     row = {pid: i for i, pid in enumerate(vectors.pair_ids)}
     rows = []
-    for pid, prompt, messages, chosen, rejected in zip(frame["pair_id"], frame["prompt"], frame["prompt_messages"],
-                                                       frame["chosen"], frame["rejected"], strict=True):
+    for pid, prompt, messages, chosen, rejected in zip(
+        frame["pair_id"], frame["prompt"], frame["prompt_messages"], frame["chosen"], frame["rejected"], strict=True
+    ):
         if swap:
             chosen, rejected = rejected, chosen
         turns = (parse_messages(messages) if messages else None) or [{"role": "user", "content": prompt}]
         emb_c, emb_r = vectors.chosen[row[pid]].tolist(), vectors.rejected[row[pid]].tolist()
-        rows.append({"prompt": turns, "chosen": [{"role": "assistant", "content": chosen}],
-                     "rejected": [{"role": "assistant", "content": rejected}],
-                     "emb_chosen": emb_r if swap else emb_c, "emb_rejected": emb_c if swap else emb_r})
+        rows.append(
+            {
+                "prompt": turns,
+                "chosen": [{"role": "assistant", "content": chosen}],
+                "rejected": [{"role": "assistant", "content": rejected}],
+                "emb_chosen": emb_r if swap else emb_c,
+                "emb_rejected": emb_c if swap else emb_r,
+            }
+        )
     return Dataset.from_list(rows), frame
 
 
@@ -86,9 +106,20 @@ def aplot_losses(root, case: str) -> list[float]:
 
     settings = dict(CASES[case])
     n = len(load_pairs(root / "pairs", "train"))
-    cfg = TrainConfig(backbone=str(root / "rm"), loss=tuple(settings.pop("loss").split("+")), **settings,
-                      batch_size=n, max_steps=STEPS, learning_rate=LR, logging_steps=1, save_steps=1000,
-                      max_eval_pairs=4, train_eval_pairs=4, save_margins=False, device="cpu")
+    cfg = TrainConfig(
+        backbone=str(root / "rm"),
+        loss=tuple(settings.pop("loss").split("+")),
+        **settings,
+        batch_size=n,
+        max_steps=STEPS,
+        learning_rate=LR,
+        logging_steps=1,
+        save_steps=1000,
+        max_eval_pairs=4,
+        train_eval_pairs=4,
+        save_margins=False,
+        device="cpu",
+    )
     embeddings = root / "emb" if cfg.semantic_source == "embeddings" else None
     out = root / f"aplot-{case}"
     train.run(cfg, root / "pairs", out, embeddings_dir=embeddings)
@@ -99,11 +130,25 @@ def aplot_losses(root, case: str) -> list[float]:
 def trl_trainer(root, case: str, dataset):
     from aplot_cli.integrations.trl import AplotRewardConfig, AplotRewardTrainer
 
-    args = AplotRewardConfig(output_dir=str(root / f"trl-{case}"), per_device_train_batch_size=len(dataset),
-                             max_steps=STEPS, learning_rate=LR, lr_scheduler_type="linear", warmup_steps=0,
-                             weight_decay=0.0, max_grad_norm=1.0, logging_steps=1, save_strategy="no",
-                             report_to="none", bf16=False, gradient_checkpointing=False, use_cpu=True, seed=0,
-                             disable_tqdm=True, **CASES[case])
+    args = AplotRewardConfig(
+        output_dir=str(root / f"trl-{case}"),
+        per_device_train_batch_size=len(dataset),
+        max_steps=STEPS,
+        learning_rate=LR,
+        lr_scheduler_type="linear",
+        warmup_steps=0,
+        weight_decay=0.0,
+        max_grad_norm=1.0,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        bf16=False,
+        gradient_checkpointing=False,
+        use_cpu=True,
+        seed=0,
+        disable_tqdm=True,
+        **CASES[case],
+    )
     return AplotRewardTrainer(model=str(root / "rm"), args=args, train_dataset=dataset)
 
 
@@ -117,7 +162,9 @@ def first_batch_loss(trainer, margin_fn=None) -> float:
     batch = trainer.data_collator([dataset[i] for i in range(len(dataset))])
     saved = trainer.margin_fn
     if margin_fn is not None:
-        trainer.margin_fn = lambda *a, **k: (lambda r: dataclasses.replace(r, margin=margin_fn(r.margin)))(saved(*a, **k))
+        trainer.margin_fn = lambda *a, **k: (lambda r: dataclasses.replace(r, margin=margin_fn(r.margin)))(
+            saved(*a, **k)
+        )
     try:
         with torch.no_grad():
             return float(trainer.compute_loss(trainer.model.train(), batch))
@@ -171,3 +218,65 @@ def test_a_wrong_margin_or_swapped_pairs_give_another_loss(setup, case):
     zeroed = first_batch_loss(trainer, margin_fn=torch.zeros_like)
     for name, wrong in {"negated": negated, "shifted": shifted, "zeroed": zeroed}.items():
         assert abs(wrong - right) > apart, (name, wrong, right)
+
+
+def test_every_setting_is_a_flag_of_trl_parser():
+    """docs/api.md: TRL's scripts parse AplotRewardConfig's fields as flags, by train-rm's names."""
+    from trl import TrlParser
+
+    from aplot_cli import AplotSettings
+    from aplot_cli.integrations.trl import AplotRewardConfig
+
+    (args,) = TrlParser(AplotRewardConfig).parse_args_and_config(
+        [
+            "--output_dir",
+            "out",
+            "--loss",
+            "aplot+center",
+            "--w_sem",
+            "0.5",
+            "--margin_norm",
+            "zscore",
+            "--semantic_source",
+            "none",
+            "--use_cpu",
+            "--bf16",
+            "false",
+            "--report_to",
+            "none",
+        ]
+    )
+    assert (args.loss, args.w_sem, args.margin_norm, args.semantic_source) == ("aplot+center", 0.5, "zscore", "none")
+    settings = AplotSettings.from_config(args)
+    assert (settings.w_sem, settings.margin_norm) == (0.0, "zscore")  # semantic_source none: no semantic term
+
+
+@pytest.mark.parametrize(
+    ("changes", "named"),
+    [
+        ({"loss": "aplot+bogus"}, "bogus"),
+        ({"semantic_source": "encoder"}, "semantic_source"),
+        ({"ot_reg": 0.0}, "ot_reg"),
+        ({"margin_from": "column"}, "margin_from"),
+        ({"loss": "aplot+constant_margin"}, "constant_margin"),
+        ({"margin_norm": "zscore", "per_device_train_batch_size": 2}, "per_device_train_batch_size"),
+    ],
+)
+def test_a_setting_that_cannot_train_is_refused_by_name(changes, named, tmp_path):
+    from aplot_cli.errors import ConfigError
+    from aplot_cli.integrations.trl import AplotRewardConfig
+
+    with pytest.raises((ValueError, ConfigError), match=named):
+        AplotRewardConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to="none", **changes)
+
+
+def test_missing_columns_are_refused_before_the_model_loads(tmp_path):
+    from datasets import Dataset
+
+    from aplot_cli.integrations.trl import AplotRewardConfig, AplotRewardTrainer
+
+    rows = Dataset.from_list([{"chosen": "a good answer", "rejected": "a bad one"}] * 4)
+    for changes, named in (({"semantic_source": "embeddings"}, "emb_chosen"), ({"loss": "margin+aplot"}, "margin")):
+        args = AplotRewardConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to="none", **changes)
+        with pytest.raises(ValueError, match=named):  # the model's path does not exist: nothing was loaded
+            AplotRewardTrainer(model=str(tmp_path / "no-such-model"), args=args, train_dataset=rows)

@@ -38,10 +38,10 @@ except ImportError as exc:  # the optional extra
 from aplot_cli import losses
 from aplot_cli.config import TrainConfig
 from aplot_cli.margins import AplotMargin, AplotSettings, check_settings, device_stats
+from aplot_cli.margins.settings import SEMANTIC_SOURCES
 from aplot_cli.train import objective
 from aplot_cli.train.model import head_name
 
-SEMANTIC_SOURCES = ("backbone", "none", "embeddings")
 EMBEDDING_KEYS = ("emb_chosen", "emb_rejected")  # the batch keys the collator writes the vectors under
 
 _TRAIN_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
@@ -50,8 +50,10 @@ _TRAIN_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 def _train_rm(name: str, default: Any = dataclasses.MISSING, help: str | None = None) -> Any:
     """A field named, defaulted and described as `aplot train-rm`'s (its `TrainConfig` field)."""
     source = _TRAIN_FIELDS[name]
-    return field(default=source.default if default is dataclasses.MISSING else default,
-                 metadata={"help": help or source.metadata["help"]})
+    return field(
+        default=source.default if default is dataclasses.MISSING else default,
+        metadata={"help": help or source.metadata["help"]},
+    )
 
 
 @dataclass
@@ -62,9 +64,11 @@ class AplotRewardConfig(RewardConfig):
 
     loss: str = field(default="aplot", metadata={"help": _TRAIN_FIELDS["loss"].metadata["help"]})
     semantic_source: str = _train_rm(
-        "semantic_source", "backbone",
+        "semantic_source",
+        "backbone",
         "Sentence embeddings of APLOT's semantic cost: backbone (the reward model's hidden state at the scored "
-        "token), none (reward cost only), or embeddings (the dataset's embedding columns).")
+        "token), none (reward cost only), or embeddings (the dataset's embedding columns).",
+    )
     w_rew: float = _train_rm("w_rew")
     w_sem: float = _train_rm("w_sem")
     ot_reg: float = _train_rm("ot_reg")
@@ -83,16 +87,20 @@ class AplotRewardConfig(RewardConfig):
     center_eta: float = _train_rm("center_eta")
     focal_gamma: float = _train_rm("focal_gamma")
     chosen_embedding_column: str = field(
-        default="emb_chosen", metadata={"help": "semantic_source embeddings: the chosen responses' vectors."})
+        default="emb_chosen", metadata={"help": "semantic_source embeddings: the chosen responses' vectors."}
+    )
     rejected_embedding_column: str = field(
-        default="emb_rejected", metadata={"help": "semantic_source embeddings: the rejected responses' vectors."})
+        default="emb_rejected", metadata={"help": "semantic_source embeddings: the rejected responses' vectors."}
+    )
 
     def __post_init__(self):
         super().__post_init__()
         if self.center_rewards_coefficient is not None:  # TRL's name for aplot's `center` term
             if self.loss_spec.center and self.center_eta != self.center_rewards_coefficient:
-                raise ValueError(f"center_rewards_coefficient={self.center_rewards_coefficient} and loss "
-                                 f"{self.loss!r} with center_eta={self.center_eta} set the same term twice: keep one")
+                raise ValueError(
+                    f"center_rewards_coefficient={self.center_rewards_coefficient} and loss "
+                    f"{self.loss!r} with center_eta={self.center_eta} set the same term twice: keep one"
+                )
             if not self.loss_spec.center:
                 self.loss = f"{self.loss}+center"
             self.center_eta = self.center_rewards_coefficient
@@ -109,24 +117,42 @@ def check_config(args: AplotRewardConfig) -> None:
     if args.semantic_source not in SEMANTIC_SOURCES:
         raise ValueError(f"semantic_source must be one of {', '.join(SEMANTIC_SOURCES)}, got {args.semantic_source!r}")
     check_settings(AplotSettings.from_config(args))
-    numbers = [name for name in ("w_rew", "w_sem", "ot_reg", "ot_tol", "margin_scale", "constant_margin",
-                                 "label_smooth_eps", "center_eta", "focal_gamma")
-               if not math.isfinite(getattr(args, name))]
+    numbers = [
+        name
+        for name in (
+            "w_rew",
+            "w_sem",
+            "ot_reg",
+            "ot_tol",
+            "margin_scale",
+            "constant_margin",
+            "label_smooth_eps",
+            "center_eta",
+            "focal_gamma",
+        )
+        if not math.isfinite(getattr(args, name))
+    ]
     rules = [(name, "a finite number") for name in numbers]
     rules += [(name, "> 0") for name in ("ot_reg", "ot_tol") if not getattr(args, name) > 0]
     rules += [(name, ">= 1") for name in ("ot_iters",) if getattr(args, name) < 1]
-    rules += [(name, ">= 0") for name in ("margin_warmup_steps", "center_eta", "focal_gamma") if getattr(args, name) < 0]
+    rules += [
+        (name, ">= 0") for name in ("margin_warmup_steps", "center_eta", "focal_gamma") if getattr(args, name) < 0
+    ]
     rules += [("label_smooth_eps", "in [0, 1)")] if not 0 <= args.label_smooth_eps < 1 else []
     if rules:
         name, rule = rules[0]
         raise ValueError(f"AplotRewardConfig.{name} is {getattr(args, name)!r}; it must be {rule}")
     if spec.aplot and spec.constant_margin:
-        raise ValueError("loss: `aplot` and `constant_margin` both supply the margin; constant_margin is the "
-                         "baseline for aplot: train them as two runs")
+        raise ValueError(
+            "loss: `aplot` and `constant_margin` both supply the margin; constant_margin is the "
+            "baseline for aplot: train them as two runs"
+        )
     if spec.aplot and args.margin_norm != "none" and args.ot_scope == "local" and args.per_device_train_batch_size < 3:
-        raise ValueError(f"margin_norm {args.margin_norm!r} normalises the margins within one plan, and "
-                         f"per_device_train_batch_size {args.per_device_train_batch_size} puts fewer than 3 pairs in a "
-                         "plan (1 pair: always zero): raise it to 3 or more, or use margin_norm 'none'")
+        raise ValueError(
+            f"margin_norm {args.margin_norm!r} normalises the margins within one plan, and "
+            f"per_device_train_batch_size {args.per_device_train_batch_size} puts fewer than 3 pairs in a "
+            "plan (1 pair: always zero): raise it to 3 or more, or use margin_norm 'none'"
+        )
 
 
 @dataclass
@@ -153,27 +179,46 @@ class AplotRewardTrainer(RewardTrainer):
 
     _tag_names = ["trl", "reward-trainer", "aplot"]
 
-    def __init__(self, model, args: AplotRewardConfig | None = None, data_collator=None, train_dataset=None,
-                 eval_dataset=None, processing_class=None, **kwargs):
+    def __init__(
+        self,
+        model,
+        args: AplotRewardConfig | None = None,
+        data_collator=None,
+        train_dataset=None,
+        eval_dataset=None,
+        processing_class=None,
+        **kwargs,
+    ):
         if args is None:  # as TRL names its default output folder
             from trl.trainer.utils import get_config_model_id
 
             name = model if isinstance(model, str) else get_config_model_id(model.config)
             args = AplotRewardConfig(f"{name.split('/')[-1]}-Reward")
         if not isinstance(args, AplotRewardConfig):
-            raise TypeError(f"args is a {type(args).__name__}; AplotRewardTrainer takes an AplotRewardConfig "
-                            "(RewardConfig's fields plus aplot's loss and APLOT settings)")
+            raise TypeError(
+                f"args is a {type(args).__name__}; AplotRewardTrainer takes an AplotRewardConfig "
+                "(RewardConfig's fields plus aplot's loss and APLOT settings)"
+            )
         self.spec = args.loss_spec
         embeddings = self.spec.aplot and args.semantic_source == "embeddings" and args.w_sem != 0.0
         self.embedding_columns = (args.chosen_embedding_column, args.rejected_embedding_column) if embeddings else None
         if train_dataset is not None:  # checked before the model loads
             _check_columns(train_dataset, self.spec, self.embedding_columns)
-        super().__init__(model=model, args=args, data_collator=data_collator, train_dataset=train_dataset,
-                         eval_dataset=eval_dataset, processing_class=processing_class, **kwargs)
+        super().__init__(
+            model=model,
+            args=args,
+            data_collator=data_collator,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            **kwargs,
+        )
         if data_collator is None:
-            self.data_collator = AplotPreferenceCollator(pad_token_id=self.processing_class.pad_token_id,
-                                                         pad_to_multiple_of=args.pad_to_multiple_of,
-                                                         embedding_columns=self.embedding_columns)
+            self.data_collator = AplotPreferenceCollator(
+                pad_token_id=self.processing_class.pad_token_id,
+                pad_to_multiple_of=args.pad_to_multiple_of,
+                embedding_columns=self.embedding_columns,
+            )
         self.head = head_name(self.model)
         self.score_pad_id = self.model.config.get_text_config().pad_token_id  # where the head reads (see below)
         self.margin_fn = AplotMargin(AplotSettings.from_config(args)) if self.spec.aplot else None
@@ -193,12 +238,23 @@ class AplotRewardTrainer(RewardTrainer):
         _, outputs = super().compute_loss(model, inputs, return_outputs=True)
         r_c, r_r = torch.chunk(outputs.logits[:, 0].float(), 2)
         if backbone:  # at the token transformers' head reads: the rightmost one that is not the pad token
-            states = objective.score_token_states(outputs.hidden_states[-1], inputs["attention_mask"], self.head,
-                                                  inputs["input_ids"], self.score_pad_id)
+            states = objective.score_token_states(
+                outputs.hidden_states[-1], inputs["attention_mask"], self.head, inputs["input_ids"], self.score_pad_id
+            )
             e_c, e_r = torch.chunk(states, 2)
-        batch = objective.batch_loss(self.spec, self.args, r_c, r_r, margin_fn=self.margin_fn, e_c=e_c, e_r=e_r,
-                                     dataset_margin=dataset_margin, step=self.state.global_step,
-                                     training=model.training, normalized=not backbone)
+        batch = objective.batch_loss(
+            self.spec,
+            self.args,
+            r_c,
+            r_r,
+            margin_fn=self.margin_fn,
+            e_c=e_c,
+            e_r=e_r,
+            dataset_margin=dataset_margin,
+            step=self.state.global_step,
+            training=model.training,
+            normalized=not backbone,
+        )
         self._record(batch, "train" if model.training else "eval")
         return (batch.result.loss, outputs) if return_outputs else batch.result.loss
 
@@ -221,12 +277,16 @@ def _check_columns(dataset, spec: losses.LossSpec, embedding_columns: tuple[str,
 
     columns = get_dataset_column_names(dataset)
     if spec.dataset_margin and "margin" not in columns:
-        raise ValueError(f"loss {spec.name!r} reads each pair's `margin` column, which the training dataset lacks "
-                         f"(its columns: {', '.join(columns)}): add it, or drop `margin` from the loss")
+        raise ValueError(
+            f"loss {spec.name!r} reads each pair's `margin` column, which the training dataset lacks "
+            f"(its columns: {', '.join(columns)}): add it, or drop `margin` from the loss"
+        )
     missing = [c for c in embedding_columns or () if c not in columns]
     if missing:
-        raise ValueError(f"semantic_source 'embeddings' reads the columns {embedding_columns[0]!r} and "
-                         f"{embedding_columns[1]!r}; the training dataset lacks {', '.join(map(repr, missing))} "
-                         f"(its columns: {', '.join(columns)}): add one vector per response (docs/api.md shows "
-                         "how), name yours with chosen_embedding_column / rejected_embedding_column, or use "
-                         "semantic_source 'backbone' or 'none'")
+        raise ValueError(
+            f"semantic_source 'embeddings' reads the columns {embedding_columns[0]!r} and "
+            f"{embedding_columns[1]!r}; the training dataset lacks {', '.join(map(repr, missing))} "
+            f"(its columns: {', '.join(columns)}): add one vector per response (docs/api.md shows "
+            "how), name yours with chosen_embedding_column / rejected_embedding_column, or use "
+            "semantic_source 'backbone' or 'none'"
+        )

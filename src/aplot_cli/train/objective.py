@@ -25,10 +25,20 @@ class BatchLoss:
     aplot: MarginResult | None
 
 
-def batch_loss(spec: losses.LossSpec, cfg: Any, r_c: torch.Tensor, r_r: torch.Tensor, *,
-               margin_fn: AplotMargin | None = None, e_c: torch.Tensor | None = None,
-               e_r: torch.Tensor | None = None, dataset_margin: torch.Tensor | None = None, step: int = 0,
-               training: bool = True, normalized: bool = False) -> BatchLoss:
+def batch_loss(
+    spec: losses.LossSpec,
+    cfg: Any,
+    r_c: torch.Tensor,
+    r_r: torch.Tensor,
+    *,
+    margin_fn: AplotMargin | None = None,
+    e_c: torch.Tensor | None = None,
+    e_r: torch.Tensor | None = None,
+    dataset_margin: torch.Tensor | None = None,
+    step: int = 0,
+    training: bool = True,
+    normalized: bool = False,
+) -> BatchLoss:
     """The loss of one batch of pairs, as `aplot train-rm` computes it.
 
     r_c, r_r: (B,) rewards of the chosen and rejected responses (with their graph).
@@ -50,13 +60,19 @@ def batch_loss(spec: losses.LossSpec, cfg: Any, r_c: torch.Tensor, r_r: torch.Te
             raise ValueError("the loss has an `aplot` term but no margin_fn was given: pass AplotMargin(settings)")
         aplot = margin_fn(r_c, r_r, e_c, e_r, step=step, normalized=normalized)
         margin = aplot.margin if margin is None else margin + aplot.margin
-    result = losses.reward_loss(spec, r_c, r_r, margin, eps=cfg.label_smooth_eps, eta=cfg.center_eta,
-                                gamma=cfg.focal_gamma)
+    result = losses.reward_loss(
+        spec, r_c, r_r, margin, eps=cfg.label_smooth_eps, eta=cfg.center_eta, gamma=cfg.focal_gamma
+    )
     return BatchLoss(result=result, aplot=aplot)
 
 
-def score_token_states(hidden: torch.Tensor, attention_mask: torch.Tensor, head: str,
-                       input_ids: torch.Tensor | None = None, pad_token_id: int | None = None) -> torch.Tensor:
+def score_token_states(
+    hidden: torch.Tensor,
+    attention_mask: torch.Tensor,
+    head: str,
+    input_ids: torch.Tensor | None = None,
+    pad_token_id: int | None = None,
+) -> torch.Tensor:
     """(N, H) the detached last hidden state (N, L, H) at the token the reward head reads: for a decoder's
     `score` head the last real token of each right-padded row (with `input_ids` and `pad_token_id`, the
     rightmost token that is not the pad token, as transformers' sequence-classification head picks it:

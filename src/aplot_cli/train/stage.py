@@ -26,6 +26,7 @@ from aplot_cli.train.resume import RUN_CONFIG, check_resume, resume_step, run_re
 from aplot_cli.train.validation import check_dataset_margin, check_embeddings_match, validate
 
 STAGE = "train-rm"
+TENSORBOARD_DIR = "tensorboard"  # --report-to tensorboard: the event files, kept with the run
 
 
 def run(cfg: TrainConfig, pairs_dir: Path, out_dir: Path, embeddings_dir: Path | None = None,
@@ -103,6 +104,8 @@ def run(cfg: TrainConfig, pairs_dir: Path, out_dir: Path, embeddings_dir: Path |
         return out_dir / artifacts.MANIFEST
     outputs = _save(trainer, tokenizer, cfg, out_dir, train.pair_ids if trainer.margin_sink else None)
     outputs.append(artifacts.describe_output(out_dir, RUN_CONFIG))
+    outputs += [artifacts.describe_output(out_dir, path.relative_to(out_dir).as_posix())
+                for path in sorted((out_dir / TENSORBOARD_DIR).rglob("events.out.tfevents.*"))]
     learning = learned.judge(run_report.read_log(out_dir / LOG_FILE), metrics.get("train_accuracy"),
                              metrics.get("train_eval_pairs", 0),
                              cfg.batch_size * cfg.grad_accum * trainer.accelerator.num_processes)
@@ -219,6 +222,11 @@ def _build_trainer(cfg, spec, model, head, tokenizer, train, test, out_dir, args
 
     trainer.remove_callback(ProgressCallback)
     trainer.remove_callback(PrinterCallback)  # it prints logs to stdout, which carries only the manifest path
+    from transformers.integrations import TensorBoardCallback
+
+    for callback in trainer.callback_handler.callbacks:  # its default, under checkpoints/, goes when the run ends
+        if isinstance(callback, TensorBoardCallback) and callback.logging_dir is None:  # None: no TENSORBOARD_LOGGING_DIR
+            callback.logging_dir = str(out_dir / TENSORBOARD_DIR)
     return trainer
 
 

@@ -13,6 +13,7 @@ One concern a module:
     data.py        encoding (`EncodedSplit`), the dataset and the (2B, L) collator
     prefix.py      prefix sharing for decoders: one row per pair (or packed pairs), block mask, exactness check
     model.py       the backbone: tokenizer + sequence-classification model, LoRA
+    objective.py   the loss of one batch from its rewards (margins summed, then `losses.reward_loss`); torch only
     trainer.py     `RewardTrainer` (imports transformers: loaded only when a run builds its trainer)
     metrics.py     per-step means at log time, pair accuracy, final metrics, the OT summary
     callbacks.py   the JSONL log, the progress bar, the margin flush, no final checkpoint (transformers)

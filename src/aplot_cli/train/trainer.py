@@ -17,7 +17,7 @@ from aplot_cli import losses
 from aplot_cli.config import TrainConfig
 from aplot_cli.errors import TrainingError
 from aplot_cli.margins import device_stats, step_mean
-from aplot_cli.train import prefix
+from aplot_cli.train import objective, prefix
 from aplot_cli.train.metrics import mean_metrics
 
 PENDING_STEPS = 256  # step tensors kept for the next log before they are reduced early
@@ -44,16 +44,6 @@ class RewardTrainer(Trainer):
         self.ot_totals = {"solves": 0, "converged": 0, "fallbacks": 0, "seconds": 0.0, "pairs": 0, "max_pairs": 0}
         self.ot_warnings: set[str] = set()
 
-    def _backbone_embeddings(self, outputs, mask):
-        """(2B, H) the last hidden state where the head reads: the last real token for decoders
-        (right padding), the first token ([CLS]) for encoders."""
-        hidden = outputs.hidden_states[-1].detach()
-        if self.head == "score":
-            index = mask.sum(1) - 1
-        else:
-            index = torch.zeros(mask.shape[0], dtype=torch.long, device=mask.device)
-        return hidden[torch.arange(hidden.shape[0], device=hidden.device), index]
-
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         rows, dataset_margin = inputs["rows"], inputs["dataset_margin"]
         n = rows.shape[0]
@@ -66,25 +56,20 @@ class RewardTrainer(Trainer):
             outputs = model(**forward, output_hidden_states=use_backbone)
             rewards = outputs.logits[:, 0].float()
             r_c, r_r = rewards[:n], rewards[n:]
-        margin = dataset_margin.to(r_c.dtype) if self.spec.dataset_margin else None
-        if self.spec.constant_margin:  # "shifted BT": the same c for every pair
-            constant = torch.full_like(r_c, self.cfg.constant_margin)
-            margin = constant if margin is None else margin + constant
-        result_ot = None
+        e_c = e_r = None
         if self.spec.aplot and model.training:
-            e_c = e_r = None
             if use_backbone and states is not None:
                 e_c, e_r = states[0].detach(), states[1].detach()
             elif use_backbone:
-                emb = self._backbone_embeddings(outputs, inputs["attention_mask"])
+                emb = objective.score_token_states(outputs.hidden_states[-1], inputs["attention_mask"], self.head)
                 e_c, e_r = emb[:n], emb[n:]
             elif self.cfg.semantic_source == "embeddings" and "emb_chosen" in inputs:
                 e_c, e_r = inputs["emb_chosen"], inputs["emb_rejected"]
-            result_ot = self.margin_fn(r_c, r_r, e_c, e_r, step=self.state.global_step,
-                                       normalized=not use_backbone)  # the collator's tables are unit length
-            margin = result_ot.margin if margin is None else margin + result_ot.margin
-        result = losses.reward_loss(self.spec, r_c, r_r, margin, eps=self.cfg.label_smooth_eps,
-                                    eta=self.cfg.center_eta, gamma=self.cfg.focal_gamma)
+        batch = objective.batch_loss(self.spec, self.cfg, r_c, r_r, margin_fn=self.margin_fn, e_c=e_c, e_r=e_r,
+                                     dataset_margin=dataset_margin, step=self.state.global_step,
+                                     training=model.training,
+                                     normalized=not use_backbone)  # the collator's tables are unit length
+        result, result_ot = batch.result, batch.aplot
         if model.training:
             self._record(result, result_ot, inputs["num_tokens"], rows, r_c.detach(), r_r.detach())
         if return_outputs:

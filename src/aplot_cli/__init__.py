@@ -57,8 +57,8 @@ _HOME = {
     "PrepareConfig": "aplot_cli.config",
     "TrainConfig": "aplot_cli.config",
     "Encoder": "aplot_cli.embed",
-    "load_embeddings": "aplot_cli.embed",
-    "load_pairs": "aplot_cli.prepare",
+    "load_embeddings": "aplot_cli.readers.embeddings",
+    "load_pairs": "aplot_cli.readers.pairs",
 }
 
 __all__ = ["__version__", *sorted(_HOME)]

@@ -45,7 +45,9 @@ def fixtures(tmp_path_factory, tiny_llama_rm_dir, tiny_bert_dir, aplot_cache):
         PrepareConfig(recipe="synthetic", synthetic_pairs=PAIRS, synthetic_ood_pairs=4, test_size=0.25),
         root / "synthetic",
     )
-    frame = prepare.load_pairs(root / "synthetic")
+    from aplot_cli.readers.pairs import load_pairs
+
+    frame = load_pairs(root / "synthetic")
     rows = list(zip(frame["prompt"], frame["chosen"], frame["rejected"], strict=True))
     (root / "ultrafeedback").mkdir()
     with open(root / "ultrafeedback" / "train.jsonl", "w", encoding="utf-8") as f:

@@ -71,9 +71,9 @@ def trl_dataset(root, swap: bool = False):
     embeddings artifact's vectors as the embedding columns."""
     from datasets import Dataset
 
-    from aplot_cli.embed import load_embeddings
+    from aplot_cli.readers.embeddings import load_embeddings
     from aplot_cli.formatting import parse_messages
-    from aplot_cli.prepare import load_pairs
+    from aplot_cli.readers.pairs import load_pairs
 
     frame = load_pairs(root / "pairs", "train")
     vectors = load_embeddings(root / "emb", "train")
@@ -102,7 +102,7 @@ def aplot_losses(root, case: str) -> list[float]:
     """`aplot train-rm`'s logged loss at each step (one batch: every training pair)."""
     from aplot_cli import train
     from aplot_cli.config import TrainConfig
-    from aplot_cli.prepare import load_pairs
+    from aplot_cli.readers.pairs import load_pairs
 
     settings = dict(CASES[case])
     n = len(load_pairs(root / "pairs", "train"))

@@ -320,12 +320,19 @@ class TrainConfig:
         False, "Train only the reward head on backbone features computed once and cached by content.")
     feature_cache_dir: str | None = option(None, "Frozen-backbone feature cache folder.",
                                            shown="$APLOT_CACHE/features, else ~/.cache/aplot/features")
+    token_cache_dir: str | None = option(
+        None, "Token cache folder: token ids remembered by content (tokenizer, chat template, max length, texts), "
+              "so another run, seed or rank tokenises nothing.", shown="$APLOT_CACHE/tokens, else ~/.cache/aplot/tokens")
     # runtime
     report_to: tuple[str, ...] = option((), "tensorboard, wandb, ... (repeat for several).", shown="none")
     device: str = option("auto", "auto, cpu or cuda.")
-    bf16: bool = option(False, "bf16 mixed precision (GPU only; float32 on the CPU always).")
+    bf16: bool = option(False, "bf16 mixed precision; with --lora the base weights load in bf16 (GPU only; "
+                               "float32 on the CPU always; trained weights stay float32).")
     fp16: bool = option(False, "fp16 mixed precision (GPUs without bf16; GPU only).")
     gradient_checkpointing: bool = option(False, "Recompute activations in the backward pass (less memory).")
+    attn_implementation: str | None = option(
+        None, "Attention kernel, passed to from_pretrained: eager, sdpa, flash_attention_2, flex_attention, ...",
+        shown="transformers' choice")
     dataloader_workers: int = option(0, "DataLoader worker processes.")
     trust_remote_code: bool = option(False, "Allow a hub model's own Python code to run.")
 

@@ -112,9 +112,11 @@ def tokenizer_identity(tokenizer) -> str | None:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
         return None
-    # truncation and padding are call settings the backend keeps from its last call (aplot truncates itself)
-    serialised = {k: v for k, v in json.loads(backend.to_str()).items() if k not in ("truncation", "padding")}
-    digest = hashlib.sha256(json.dumps(serialised, sort_keys=True).encode())
+    # Truncation and padding are call settings the backend keeps from its last call (every call sets its own,
+    # and aplot truncates itself): cleared, so the identity does not depend on what was called before.
+    backend.no_truncation()
+    backend.no_padding()
+    digest = hashlib.sha256(backend.to_str().encode())
     for part in (
         type(tokenizer).__name__,
         str(getattr(tokenizer, "chat_template", None)),
@@ -137,14 +139,20 @@ class TokenMemo:
         self.hits = self.misses = 0
 
     def key(self, prompt: str, response: str, max_length: int, prompt_messages: Any, chat_template: bool) -> str:
-        messages = (
-            prompt_messages
-            if prompt_messages is None or isinstance(prompt_messages, str)
-            else json.dumps(list(prompt_messages), sort_keys=True)
-        )
-        return hashlib.sha256(
-            json.dumps([self.identity, max_length, bool(chat_template), prompt, messages, response]).encode()
-        ).hexdigest()
+        """sha256 of the identity, `max_length`, the template switch and the texts, each text prefixed by its
+        length (so no two inputs hash the same bytes); messages given as a list are hashed as sorted JSON."""
+        if prompt_messages is None:
+            messages = "\x00none"
+        elif isinstance(prompt_messages, str):
+            messages = prompt_messages
+        else:
+            messages = "\x00json" + json.dumps(list(prompt_messages), sort_keys=True)
+        digest = hashlib.sha256(f"{self.identity}|{max_length}|{int(bool(chat_template))}".encode())
+        for part in (prompt, messages, response):
+            data = part.encode("utf-8", "surrogatepass")
+            digest.update(len(data).to_bytes(8, "little"))
+            digest.update(data)
+        return digest.hexdigest()
 
     def encode_many(
         self,

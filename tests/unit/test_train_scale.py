@@ -147,3 +147,18 @@ def test_attn_implementation_reaches_from_pretrained_and_a_bad_one_is_refused(ti
     with pytest.raises(ConfigError, match="attn_implementation.*'sdpx'") as info:
         train.validate(tiny_cfg(tiny_bert_dir, attn_implementation="sdpx"), has_embeddings=False)
     assert "sdpa" in info.value.hint
+
+
+def test_a_token_cache_inside_the_out_dir_or_in_a_file_is_refused_before_anything_is_written(
+    tiny_bert_dir, synthetic_pairs_dir, tmp_path
+):
+    from aplot_cli.errors import ArtifactError
+
+    out = tmp_path / "rm"
+    with pytest.raises(ArtifactError, match="token cache"):
+        train.run(tiny_cfg(tiny_bert_dir, token_cache_dir=str(out / "tokens")), synthetic_pairs_dir, out)
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("mine")
+    with pytest.raises(ConfigError, match="--token-cache-dir"):
+        train.run(tiny_cfg(tiny_bert_dir, token_cache_dir=str(not_a_folder)), synthetic_pairs_dir, out)
+    assert not out.exists() and not_a_folder.read_text() == "mine"

@@ -41,8 +41,8 @@ def encode_split(frame, tokenizer, cfg: TrainConfig, embeddings=None, split_id: 
     nothing is dropped."""
     encode_many = encode_many or formatting.encode_many
     n = len(frame)
-    prompts, messages = list(frame["prompt"]), list(frame["prompt_messages"])
-    encoded = encode_many(tokenizer, prompts + prompts, list(frame["chosen"]) + list(frame["rejected"]),
+    prompts, messages = frame["prompt"].tolist(), frame["prompt_messages"].tolist()
+    encoded = encode_many(tokenizer, prompts + prompts, frame["chosen"].tolist() + frame["rejected"].tolist(),
                           cfg.max_length, messages + messages, cfg.chat_template)
     records, counts = [], {"pairs": n, "prompt_truncated": 0, "response_truncated": 0, "pairs_truncated": 0}
     for row in range(n):

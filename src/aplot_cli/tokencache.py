@@ -40,7 +40,9 @@ def check_dir(directory: str | Path | None, flag: str = "--token-cache-dir") -> 
 
 
 class TokenStore:
-    """Encodings by key: the ids and token types as little-endian int32 bytes, and the two truncation flags."""
+    """Encodings by key: the ids as little-endian int32 bytes, the token types as runs ((value, count) int32
+    pairs: a text pair's types are two runs, so they are stored and rebuilt in a few bytes and list products),
+    and the two truncation flags."""
 
     def __init__(self, directory: Path, flag: str = "--token-cache-dir"):
         self.path = Path(directory) / FILE
@@ -49,31 +51,29 @@ class TokenStore:
             label="token cache",
             flag=flag,
             schema=(
-                "CREATE TABLE IF NOT EXISTS encodings (key TEXT PRIMARY KEY, ids BLOB, types BLOB, "
+                "CREATE TABLE IF NOT EXISTS encodings (key TEXT PRIMARY KEY, ids BLOB, type_runs BLOB, "
                 "prompt_cut INTEGER, response_cut INTEGER)",
             ),
         )
 
     def get_many(self, keys: list[str]) -> dict[str, formatting.Encoded]:
-        """The remembered encodings of `keys`; a row whose ids are not whole int32 values, or whose token types
-        do not match them, is left out (computed again)."""
+        """The remembered encodings of `keys`; a row whose ids are not whole int32 values, or whose token type
+        runs do not cover them exactly, is left out (computed again)."""
 
         def read(db: sqlite3.Connection) -> dict[str, formatting.Encoded]:
             found = {}
-            for key, ids, types, prompt_cut, response_cut in select_in(
-                db, "SELECT key, ids, types, prompt_cut, response_cut FROM encodings WHERE key", keys
+            for key, ids, runs, prompt_cut, response_cut in select_in(
+                db, "SELECT key, ids, type_runs, prompt_cut, response_cut FROM encodings WHERE key", keys
             ):
-                if (
-                    not isinstance(ids, bytes)
-                    or len(ids) % _IDS.itemsize
-                    or not (types is None or (isinstance(types, bytes) and len(types) == len(ids)))
-                ):
+                if not isinstance(ids, bytes) or len(ids) % 4:
                     continue
+                types = None
+                if runs is not None:
+                    types = _from_runs(runs, len(ids) // 4)
+                    if types is None:
+                        continue
                 found[key] = formatting.Encoded(
-                    np.frombuffer(ids, dtype=_IDS).tolist(),
-                    None if types is None else np.frombuffer(types, dtype=_IDS).tolist(),
-                    bool(prompt_cut),
-                    bool(response_cut),
+                    np.frombuffer(ids, dtype=_IDS).tolist(), types, bool(prompt_cut), bool(response_cut)
                 )
             return found
 
@@ -84,7 +84,7 @@ class TokenStore:
             (
                 key,
                 np.asarray(enc.input_ids, dtype=_IDS).tobytes(),
-                None if enc.token_type_ids is None else np.asarray(enc.token_type_ids, dtype=_IDS).tobytes(),
+                None if enc.token_type_ids is None else _to_runs(enc.token_type_ids),
                 int(enc.prompt_truncated),
                 int(enc.response_truncated),
             )
@@ -99,6 +99,31 @@ class TokenStore:
 
     def close(self) -> None:
         self.store.close()
+
+
+def _to_runs(values: list[int]) -> bytes:
+    runs: list[int] = []
+    for value in values:
+        if runs and runs[-2] == value:
+            runs[-1] += 1
+        else:
+            runs += [value, 1]
+    return np.asarray(runs, dtype=_IDS).tobytes()
+
+
+def _from_runs(blob, length: int) -> list[int] | None:
+    """The values `_to_runs` stored, or None when the blob is not whole (value, count) pairs summing to
+    `length`."""
+    if not isinstance(blob, bytes) or len(blob) % 8:
+        return None
+    pairs = np.frombuffer(blob, dtype=_IDS).tolist()
+    counts = pairs[1::2]
+    if sum(counts) != length or any(c < 1 for c in counts):
+        return None
+    values: list[int] = []
+    for value, count in zip(pairs[::2], counts, strict=True):
+        values += [value] * count
+    return values
 
 
 def tokenizer_identity(tokenizer) -> str | None:
@@ -136,6 +161,7 @@ class TokenMemo:
     def __init__(self, store: TokenStore | None, tokenizer):
         self.store, self.identity = store, tokenizer_identity(tokenizer)
         self.pending: list[tuple[str, formatting.Encoded]] = []
+        self._base: tuple | None = None  # ((max_length, chat_template), the digest of the fixed part)
         self.hits = self.misses = 0
 
     def key(self, prompt: str, response: str, max_length: int, prompt_messages: Any, chat_template: bool) -> str:
@@ -147,11 +173,12 @@ class TokenMemo:
             messages = prompt_messages
         else:
             messages = "\x00json" + json.dumps(list(prompt_messages), sort_keys=True)
-        digest = hashlib.sha256(f"{self.identity}|{max_length}|{int(bool(chat_template))}".encode())
-        for part in (prompt, messages, response):
-            data = part.encode("utf-8", "surrogatepass")
-            digest.update(len(data).to_bytes(8, "little"))
-            digest.update(data)
+        setting = (max_length, bool(chat_template))
+        if self._base is None or self._base[0] != setting:
+            self._base = (setting, hashlib.sha256(f"{self.identity}|{max_length}|{int(setting[1])}".encode()))
+        digest = self._base[1].copy()
+        parts = [part.encode("utf-8", "surrogatepass") for part in (prompt, messages, response)]
+        digest.update(b"".join(len(data).to_bytes(8, "little") + data for data in parts))
         return digest.hexdigest()
 
     def encode_many(

@@ -137,3 +137,26 @@ def test_model_convention_and_slow_tokenizer_fall_back_to_per_text(smol, minilm)
 def test_lengths_must_match(minilm):
     with pytest.raises(ValueError, match="same length"):
         formatting.encode_many(minilm, ["a", "b"], ["c"], 16)
+
+
+def test_token_store_round_trip_and_a_row_that_does_not_add_up_is_computed_again(tmp_path):
+    import sqlite3
+
+    from aplot_cli import tokencache
+
+    store = tokencache.TokenStore(tmp_path)
+    encodings = {
+        "pair": formatting.Encoded([101, 7, 8, 102, 9, 102], [0, 0, 0, 0, 1, 1], True, False),
+        "template": formatting.Encoded([1, 2, 3], None, False, True),
+        "odd types": formatting.Encoded([5, 6, 7, 8], [0, 1, 0, 2], False, False),
+    }
+    store.put_many(list(encodings.items()))
+    assert store.get_many([*encodings, "absent"]) == encodings
+    store.close()
+    with sqlite3.connect(tmp_path / tokencache.FILE) as db:  # runs that cover 5 tokens of 6, ids cut short
+        db.execute("UPDATE encodings SET type_runs = ? WHERE key = 'pair'", (b"\x00" * 4 + b"\x05\x00\x00\x00",))
+        db.execute("UPDATE encodings SET ids = ? WHERE key = 'template'", (b"\x01\x00\x00",))
+    db.close()
+    store = tokencache.TokenStore(tmp_path)
+    assert store.get_many(list(encodings)) == {"odd types": encodings["odd types"]}
+    store.close()

@@ -47,9 +47,11 @@ def encode_split(frame, tokenizer, cfg: TrainConfig, embeddings=None, split_id: 
     records, counts = [], {"pairs": n, "prompt_truncated": 0, "response_truncated": 0, "pairs_truncated": 0}
     for row in range(n):
         sides = (encoded[row], encoded[n + row])
-        counts["prompt_truncated"] += sum(s.prompt_truncated for s in sides)
-        counts["response_truncated"] += sum(s.response_truncated for s in sides)
-        counts["pairs_truncated"] += any(s.prompt_truncated or s.response_truncated for s in sides)
+        prompt_cuts = sides[0].prompt_truncated + sides[1].prompt_truncated
+        response_cuts = sides[0].response_truncated + sides[1].response_truncated
+        counts["prompt_truncated"] += prompt_cuts
+        counts["response_truncated"] += response_cuts
+        counts["pairs_truncated"] += bool(prompt_cuts or response_cuts)
         record = {"split": split_id, "row": row, "input_ids_chosen": sides[0].input_ids, "input_ids_rejected": sides[1].input_ids,
                   "length": max(len(sides[0].input_ids), len(sides[1].input_ids))}
         if sides[0].token_type_ids is not None:

@@ -380,8 +380,10 @@ def open_artifact(path: Path | str, stage: str | tuple[str, ...], redo: str | No
         raise ArtifactError(f"{manifest_path} is not valid JSON ({exc})", hint=damaged) from exc
     if not isinstance(manifest, dict):
         raise ArtifactError(f"{manifest_path} is not a JSON object", hint=damaged)
-    if not isinstance(manifest.get("stage"), str):
-        raise ArtifactError(f"{manifest_path} is damaged: it records no `stage` (got {manifest.get('stage')!r})",
+    if "stage" not in manifest:
+        raise ArtifactError(f"{manifest_path} has no `stage`: the manifest is damaged or not aplot's", hint=damaged)
+    if not isinstance(manifest["stage"], str):
+        raise ArtifactError(f"{manifest_path} is damaged: `stage` is {manifest['stage']!r}, not a stage name",
                             hint=damaged)
     if manifest["stage"] not in stages:
         raise ArtifactError(

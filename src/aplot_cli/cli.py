@@ -28,8 +28,9 @@ from aplot_cli.config import (
     SampleConfig,
     TrainConfig,
     build_config,
-    load_yaml,
+    load_config_file,
 )
+from aplot_cli.help import AplotCommand, AplotGroup
 from aplot_cli.options import (
     ConfigFile,
     EmbeddingsArtifact,
@@ -42,8 +43,8 @@ from aplot_cli.options import (
     config_options,
 )
 
-app = typer.Typer(name="aplot", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
-                  rich_markup_mode="rich",
+app = typer.Typer(name="aplot", cls=AplotGroup, no_args_is_help=True, add_completion=False,
+                  pretty_exceptions_enable=False, rich_markup_mode="rich",
                   help="Robust reward modeling with APLOT: prepare -> embed -> train-rm -> eval-rm -> ppo "
                        "(sample: on-policy data with a gold checker).")
 
@@ -56,7 +57,8 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(version: Annotated[Optional[bool], typer.Option(
-        "--version", callback=_version, is_eager=True, help="Show the version and exit.")] = None) -> None:
+        "--version", callback=_version, is_eager=True, metavar="", help="Show the version and exit.")] = None,
+          ) -> None:
     """aplot: a research toolkit for robust reward modeling (APLOT, EMNLP 2025)."""
 
 
@@ -120,7 +122,7 @@ def _disk_full_named(func: Callable[..., Path], args: tuple[Any, ...], kwargs: d
         raise error from exc
 
 
-@app.command()
+@app.command(cls=AplotCommand)
 @stage_command
 @config_options(PrepareConfig)
 def prepare(out_dir: OutDir, config: ConfigFile = None, overwrite: Overwrite = False, quiet: Quiet = False,
@@ -128,12 +130,12 @@ def prepare(out_dir: OutDir, config: ConfigFile = None, overwrite: Overwrite = F
     """Turn preference data into a validated pairs artifact with splits."""
     from aplot_cli import prepare as stage
 
-    recipe_name = flags.get("recipe") or (load_yaml(config).get("recipe") if config else None)
+    recipe_name = flags.get("recipe") or (load_config_file(config, PrepareConfig).get("recipe") if config else None)
     cfg = build_config(PrepareConfig, config, flags, base=stage.recipe_defaults(recipe_name))
     return stage.run(cfg, out_dir, overwrite=overwrite)
 
 
-@app.command()
+@app.command(cls=AplotCommand)
 @stage_command
 @config_options(EmbedConfig)
 def embed(pairs: PairsArtifact, out_dir: OutDir, config: ConfigFile = None, overwrite: Overwrite = False,
@@ -144,7 +146,7 @@ def embed(pairs: PairsArtifact, out_dir: OutDir, config: ConfigFile = None, over
     return stage.run(build_config(EmbedConfig, config, flags), pairs, out_dir, overwrite=overwrite)
 
 
-@app.command("train-rm")
+@app.command("train-rm", cls=AplotCommand)
 @stage_command
 @config_options(TrainConfig)
 def train_rm(pairs: PairsArtifact, out_dir: OutDir, embeddings: EmbeddingsArtifact = None,
@@ -157,12 +159,12 @@ def train_rm(pairs: PairsArtifact, out_dir: OutDir, embeddings: EmbeddingsArtifa
     return stage.run(cfg, pairs, out_dir, embeddings_dir=embeddings, overwrite=overwrite, resume=resume)
 
 
-@app.command("eval-rm")
+@app.command("eval-rm", cls=AplotCommand)
 @stage_command
 @config_options(EvalConfig)
 def eval_rm(out_dir: OutDir, model: Annotated[Optional[str], typer.Argument(
         help="A train-rm artifact (folder or manifest.json), a sequence-classification folder, or a hub id "
-             "(omit with --from-predictions).", show_default=False, callback=artifact_path)] = None,
+             "(omit with --from-predictions).", metavar="MODEL", show_default=False, callback=artifact_path)] = None,
             config: ConfigFile = None, overwrite: Overwrite = False, quiet: Quiet = False, **flags: Any) -> Path:
     """Score a reward model on RewardBench (v1, v2), RM-Bench, HHH or any pairs, as the benchmarks score it."""
     from aplot_cli import evaluate as stage
@@ -170,7 +172,7 @@ def eval_rm(out_dir: OutDir, model: Annotated[Optional[str], typer.Argument(
     return stage.run(build_config(EvalConfig, config, flags), model, out_dir, overwrite=overwrite)
 
 
-@app.command()
+@app.command(cls=AplotCommand)
 @stage_command
 @config_options(PPOConfig)
 def ppo(out_dir: OutDir, resume: Resume = False, config: ConfigFile = None, overwrite: Overwrite = False,
@@ -182,7 +184,7 @@ def ppo(out_dir: OutDir, resume: Resume = False, config: ConfigFile = None, over
     return stage.run(build_config(PPOConfig, config, flags), out_dir, overwrite=overwrite, resume=resume)
 
 
-@app.command()
+@app.command(cls=AplotCommand)
 @stage_command
 @config_options(SampleConfig)
 def sample(out_dir: OutDir, resume: Resume = False, config: ConfigFile = None, overwrite: Overwrite = False,
@@ -193,33 +195,39 @@ def sample(out_dir: OutDir, resume: Resume = False, config: ConfigFile = None, o
     return stage.run(build_config(SampleConfig, config, flags), out_dir, overwrite=overwrite, resume=resume)
 
 
-@app.command()
+@app.command(cls=AplotCommand)
 @stage_command
 def compare(
-    grid: Annotated[Path, typer.Argument(help="Grid YAML: data, noise, embed, base, methods, seeds, evals.")],
+    grid: Annotated[Path, typer.Argument(help="Grid YAML: data, noise, embed, base, methods, seeds, evals.",
+                                         metavar="GRID")],
     out_dir: OutDir,
-    seeds: Annotated[Optional[str], typer.Option(help="Comma-separated seeds, overriding the grid's.")] = None,
-    methods: Annotated[Optional[str], typer.Option(help="Comma-separated subset of the grid's methods.")] = None,
+    seeds: Annotated[Optional[str], typer.Option(help="Comma-separated seeds, overriding the grid's.",
+                                                 metavar="<str>", rich_help_panel="Grid")] = None,
+    methods: Annotated[Optional[str], typer.Option(help="Comma-separated subset of the grid's methods.",
+                                                   metavar="<str>", rich_help_panel="Grid")] = None,
     report_only: Annotated[bool, typer.Option(
-        "--report-only", help="Rebuild the report from finished cells; train nothing.")] = False,
+        "--report-only", help="Rebuild the report from finished cells; train nothing.", rich_help_panel="Grid")] = False,
     workers: Annotated[int, typer.Option(
-        help="Cells run at once, each in its own process with its share of the CPU threads.")] = 1,
+        help="Cells run at once, each in its own process with its share of the CPU threads.", metavar="<int>",
+        rich_help_panel="Executor")] = 1,
     executor: Annotated[str, typer.Option(
         help="Where cells run: `local` (this machine, --workers at a time) or `ray` (one Ray task per cell; "
-             "needs pip install 'aplot\\[ray]' and an --out-dir every node sees at the same path).")] = "local",
+             "needs pip install 'aplot\\[ray]' and an --out-dir every node sees at the same path).",
+        metavar="local|ray", rich_help_panel="Executor")] = "local",
     address: Annotated[Optional[str], typer.Option(
         help="--executor ray: the cluster (`auto`, IP:6379, ray://IP:10001), or `local` for a new Ray "
              "instance on this machine. \\[default: RAY_ADDRESS, else a `ray start` cluster on this machine, "
-             "else a new local instance]", show_default=False)] = None,
+             "else a new local instance]", show_default=False, metavar="<str>", rich_help_panel="Executor")] = None,
     cell_cpus: Annotated[Optional[float], typer.Option(
         help="--executor ray: CPUs each cell's task asks for (also its torch threads). \\[default: 1]",
-        show_default=False)] = None,
+        show_default=False, metavar="<float>", rich_help_panel="Executor")] = None,
     cell_gpus: Annotated[Optional[float], typer.Option(
         help="--executor ray: GPUs each cell's task asks for (0.5: two cells share one). \\[default: 0]",
-        show_default=False)] = None,
+        show_default=False, metavar="<float>", rich_help_panel="Executor")] = None,
     accept_unlearned: Annotated[bool, typer.Option(
         "--accept-unlearned", help="Finish (exit 0) even when some runs did not learn; they are still named and "
-                                   "left out of every verdict. Without it such a grid exits 6 with no manifest.")] = False,
+                                   "left out of every verdict. Without it such a grid exits 6 with no manifest.",
+        rich_help_panel="Grid")] = False,
     overwrite: Overwrite = False,
     quiet: Quiet = False,
 ) -> Path:
@@ -241,7 +249,7 @@ def compare(
                      cell_cpus=cell_cpus, cell_gpus=cell_gpus, accept_unlearned=accept_unlearned)
 
 
-@app.command("margins")
+@app.command("margins", cls=AplotCommand)
 @stage_command
 @config_options(MarginsConfig)
 def margins_cmd(
@@ -249,13 +257,13 @@ def margins_cmd(
     out_dir: OutDir,
     embeddings: Annotated[Path, typer.Option(
         help="The embeddings artifact of PAIRS (from `aplot embed`; folder or manifest.json).",
-        callback=artifact_path)],
+        metavar="<path>", callback=artifact_path, rich_help_panel="Data")],
     from_run: Annotated[Optional[Path], typer.Option(
         help="A train-rm run (folder or manifest.json): the rewards its margins.parquet recorded (see --step, "
-             "--window).", callback=artifact_path)] = None,
+             "--window).", metavar="<path>", callback=artifact_path, rich_help_panel="Reward")] = None,
     model: Annotated[Optional[str], typer.Option(
         help="Or a reward model (a train-rm run, a folder, a hub id): score the train pairs with it.",
-        callback=artifact_path)] = None,
+        metavar="<str>", callback=artifact_path, rich_help_panel="Reward")] = None,
     config: ConfigFile = None, overwrite: Overwrite = False, quiet: Quiet = False, **flags: Any) -> Path:
     """Margin diagnostics without training: which APLOT reading singles out hard pairs, on real batches."""
     from aplot_cli.margin_diagnostics import stage

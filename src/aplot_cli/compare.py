@@ -5,7 +5,8 @@ A grid YAML names the data (prepare options), the label-noise levels (`--flip-ra
 split), the embedding options, a base train-rm config, the methods (each a set of train-rm overrides),
 the seeds, and the evaluation sets. prepare and embed run once per noise level (the embedding cache
 makes the second almost free), each file-based evaluation set is prepared once, and every cell
-(noise, method, seed) runs train-rm and then eval-rm (`pairs` benchmark) on each evaluation set.
+(noise, method, seed) runs train-rm and then eval-rm on each evaluation set (`pairs`, or another benchmark
+on its own files: `{benchmark: rm-bench, files: [...]}`, checked to load and score before any cell trains).
 A cell whose artifact has a manifest is never re-run; an unfinished train-rm run is resumed from its
 checkpoints. The report (`report.py`) is rebuilt from the artifacts at the end.
 
@@ -39,12 +40,16 @@ TWIN_SUFFIX = "-no-ot"
 
 @dataclass(frozen=True)
 class EvalSet:
-    """An evaluation set: a split of the prepared data (`split: test`) or pairwise files."""
+    """An evaluation set: a split of the prepared data (`split: test`), pairwise files (`files`), or another
+    benchmark on its own files in its hub schema (`benchmark: rm-bench, files: [...]`; without files, its hub
+    dataset), scored by eval-rm as that benchmark scores it; the report reads its headline `score`."""
 
     name: str
     split: str | None = None
     files: tuple[str, ...] = ()
-    every_nth: int = 1          # files only: keep every n-th pair (a cheaper, still spread-out subset)
+    every_nth: int = 1          # pairs files only: keep every n-th pair (a cheaper, still spread-out subset)
+    benchmark: str = "pairs"
+    domain: str | None = None   # rm-bench: the domain of files whose rows name none (else the file's name)
 
 
 @dataclass(frozen=True)
@@ -147,6 +152,11 @@ def load_grid(path: Path | str, seeds: tuple[int, ...] | None = None, methods: t
         base["group_by_length"] = False  # train-rm's default differs by loss: cells stay paired by seed (same batches)
     method_cfgs = {name: build_config(TrainConfig, None, {**base, **(overrides or {})})
                    for name, overrides in method_raw.items()}
+    pushing = [name for name, cfg in method_cfgs.items() if cfg.push_to_hub]
+    if pushing:
+        raise ConfigError(f"grid {path}: method `{pushing[0]}` sets push_to_hub: every cell would push to one repo",
+                          hint="push a chosen cell's run with `hf upload REPO CELL/train/model .`, or rerun it with "
+                               "`aplot train-rm --push-to-hub REPO`")
     method_cfgs, twins = _add_twins(method_cfgs, bool(raw.get("no_ot_twins", True)))
     flip_seed = raw.get("flip_seed", "cell")
     if flip_seed != "cell" and (isinstance(flip_seed, bool) or not isinstance(flip_seed, int)):
@@ -154,14 +164,7 @@ def load_grid(path: Path | str, seeds: tuple[int, ...] | None = None, methods: t
                           hint="`cell` (each seed draws its own flipped labels; the default) or an integer (one "
                                "draw for every seed)")
     evals_raw = raw.get("evals") or {"id": {"split": "test"}}
-    evals = []
-    for name, spec in evals_raw.items():
-        spec = spec or {}
-        if not ("split" in spec) ^ ("files" in spec) or set(spec) - {"split", "files", "every_nth"}:
-            raise ConfigError(f"grid {path}: eval set `{name}` needs exactly one of `split` or `files` "
-                              "(and optionally `every_nth` with files)")
-        evals.append(EvalSet(name=name, split=spec.get("split"), every_nth=int(spec.get("every_nth", 1)),
-                             files=tuple(_resolve_paths(spec.get("files", []), here))))
+    evals = [_eval_set(path, name, spec or {}) for name, spec in evals_raw.items()]
     grid = Grid(data=data, embed=embed_cfg, methods=method_cfgs, evals=tuple(evals),
                 noise=tuple(float(n) for n in raw.get("noise", [0.0])),
                 seeds=tuple(seeds if seeds else raw.get("seeds", [0, 1, 2, 3, 4])),
@@ -223,6 +226,52 @@ def _check_seeds(values: list[Any], where: str) -> None:
                           "interval", hint="list each seed once")
 
 
+def _eval_set(path: Path, name: str, spec: dict[str, Any]) -> EvalSet:
+    """One `evals:` entry: `split` or `files` (+ `every_nth`) for pairs, or `benchmark` (+ `files`, + `domain`
+    for rm-bench) for another eval-rm benchmark."""
+    from aplot_cli import benchmarks
+
+    bench = benchmarks.get(str(spec.get("benchmark", "pairs"))).NAME
+    files = tuple(_resolve_paths(spec.get("files", []), path.parent))
+    if bench == "pairs":
+        if not ("split" in spec) ^ ("files" in spec) or set(spec) - {"split", "files", "every_nth", "benchmark"}:
+            raise ConfigError(f"grid {path}: eval set `{name}` needs exactly one of `split` or `files` "
+                              "(and optionally `every_nth` with files)")
+        return EvalSet(name=name, split=spec.get("split"), every_nth=int(spec.get("every_nth", 1)), files=files)
+    allowed = {"benchmark", "files"} | ({"domain"} if bench == "rm-bench" else set())
+    if bench == "bon" or set(spec) - allowed:
+        raise ConfigError(f"grid {path}: eval set `{name}` ({bench}) takes {', '.join(f'`{k}`' for k in sorted(allowed))}"
+                          f", not {', '.join(f'`{k}`' for k in sorted(set(spec) - allowed)) or 'samples'}",
+                          hint="`files`: local files in the benchmark's hub schema (none: its hub dataset); `bon` "
+                               "needs a samples artifact per policy and is run with `aplot eval-rm`")
+    return EvalSet(name=name, files=files, benchmark=bench, domain=spec.get("domain"))
+
+
+def check_eval_sets(grid: Grid) -> None:
+    """Before any cell trains: every benchmark set's files load, and its benchmark gives a headline score on
+    them (scored here with a constant reward; RewardBench's leaderboard needs all four sections)."""
+    from aplot_cli import benchmarks
+    from aplot_cli.benchmarks import rmbench
+
+    for ev in grid.evals:
+        if ev.benchmark == "pairs":
+            continue
+        if ev.domain:
+            rmbench.check_domain(ev.domain)
+        bench = benchmarks.get(ev.benchmark)
+        items = bench.load(ev.files, None, None, **({"domain": ev.domain} if ev.domain else {}))
+        result = bench.score(items.drop(columns=["prompt", "prompt_messages", "response"]).assign(score=0.0))
+        if result.final.get(result.primary) is None:
+            raise ConfigError(f"grid: eval set `{ev.name}` ({ev.benchmark}) has no headline score "
+                              f"(`{result.primary}`) on its files: {'; '.join(result.notes)}",
+                              hint="give files that cover the benchmark's sections, or score them with "
+                                   "`benchmark: pairs` for a pooled pair accuracy")
+
+
+def _benchmark_eval_config(grid: Grid, ev: EvalSet) -> EvalConfig:
+    return EvalConfig(benchmark=ev.benchmark, data=ev.files, domain=ev.domain, batch_size=grid.eval_batch_size)
+
+
 def _finished(path: Path) -> bool:
     return (path / artifacts.MANIFEST).is_file()
 
@@ -246,7 +295,7 @@ def _prepare_data(grid: Grid, out_dir: Path) -> dict[tuple[float, int], tuple[Pa
                 embed.run(grid.embed, pairs, emb, overwrite=True)
             made[(ratio, seed)] = (pairs, emb)
     for ev in grid.evals:
-        if ev.files and not _finished(out_dir / "data" / "evals" / ev.name):
+        if ev.files and ev.benchmark == "pairs" and not _finished(out_dir / "data" / "evals" / ev.name):
             prepare.run(PrepareConfig(files=ev.files, test_size=1.0, on_bad_rows="skip", every_nth=ev.every_nth),
                         out_dir / "data" / "evals" / ev.name, overwrite=True)
     return made
@@ -269,7 +318,8 @@ def _check_same_config(train_dir: Path, cfg: TrainConfig) -> None:
     with damaged_names(manifest, hint=f"remove {train_dir.parent} to run that cell again"):
         done = dict(json.loads(manifest.read_text(encoding="utf-8"))["config"])
     wanted = json.loads(json.dumps(config_to_dict(cfg)))
-    changed = sorted(k for k in wanted if done.get(k) != wanted[k] and k not in HOW_NOT_WHAT)
+    defaults = json.loads(json.dumps(config_to_dict(TrainConfig())))  # keys a newer aplot added: their default then
+    changed = sorted(k for k in wanted if done.get(k, defaults.get(k)) != wanted[k] and k not in HOW_NOT_WHAT)
     if changed:
         raise ConfigError(f"{train_dir} was trained with a different config ({', '.join(changed)} changed)",
                           hint="use a new --out-dir for the changed grid, or --overwrite to redo every cell")
@@ -302,6 +352,9 @@ def _run_cell(grid: Grid, out_dir: Path, noise: float, method: str, seed: int, d
     for ev in grid.evals:
         eval_dir = cell / f"eval-{ev.name}"
         if _finished(eval_dir):
+            continue
+        if ev.benchmark != "pairs":  # the benchmark reads its own files (or hub dataset) as given
+            evaluate.run(_benchmark_eval_config(grid, ev), str(train_dir), eval_dir, overwrite=True)
             continue
         source, split = _eval_source(ev, out_dir, data[0])
         evaluate.run(EvalConfig(benchmark="pairs", data=(str(source),), split=split,
@@ -363,6 +416,8 @@ def run(grid_path: Path, out_dir: Path, overwrite: bool = False, seeds: tuple[in
     runner = executors.from_flags(executor, workers=workers, address=address, cell_cpus=cell_cpus,
                                   cell_gpus=cell_gpus)
     grid = load_grid(grid_path, seeds, methods)
+    if not report_only:
+        check_eval_sets(grid)
     grid_text = Path(grid_path).read_text(encoding="utf-8")
     if report_only:
         _check_report_only(grid, Path(out_dir), overwrite)

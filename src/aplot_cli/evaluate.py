@@ -8,6 +8,7 @@ with the benchmark's pure scorer, and write into `--out-dir`:
     metrics.md          the same as markdown tables (percentages)
     predictions.parquet per-text scores: example_id, subset, kind, position, score, response_chars, n_tokens
     length_bias.png     score vs response length, and score gap vs length gap within pairs
+    eval-set/, eval-set-scores/   RewardBench v1/v2: reward-bench's own result files (`benchmarks.rewardbench_files`)
     manifest.json       written last
 
 metrics.json keys: schema, benchmark, primary, score (= final[primary]), final, sections, subsets
@@ -49,6 +50,12 @@ def _check(cfg: EvalConfig, model: str | None) -> None:
         raise ConfigError(f"--data names {twice} twice", hint="pass each data source once")
     if cfg.prior_sets and name != "rewardbench":
         raise ConfigError("--prior-sets only applies to --benchmark rewardbench")
+    if cfg.domain and name != "rm-bench":
+        raise ConfigError("--domain only applies to --benchmark rm-bench")
+    if cfg.domain:
+        from aplot_cli.benchmarks import rmbench
+
+        rmbench.check_domain(cfg.domain)
     if cfg.samples and name != "bon":
         raise ConfigError(f"--samples only applies to --benchmark bon (this run's benchmark is {name})",
                           hint="pass --benchmark bon, or --data for the other benchmarks")
@@ -291,12 +298,16 @@ def run(cfg: EvalConfig, model: str | None, out_dir: Path, overwrite: bool = Fal
                         *(("--data", source) for source in cfg.data)]}
     artifacts.check_out_dir(out_dir, **claim)
     data_info, inputs = _data_info(cfg, bench)
+    items = None
     if cfg.from_predictions is not None:
-        pred = read_predictions(cfg.from_predictions)
+        file_subset = getattr(bench, "file_domain", None)  # RM-Bench: a per-domain file's domain
+        pred = read_predictions(cfg.from_predictions, file_subset(cfg.from_predictions, cfg.domain) if file_subset
+                                else None)
         model_info = {"name": model or Path(cfg.from_predictions).name, "source": "predictions file"}
         info(f"[bold]eval-rm[/] re-scoring {len(pred)} saved scores from {cfg.from_predictions}")
     else:
-        items = bench.load((cfg.samples,) if cfg.samples else cfg.data, cfg.split, cfg.prior_sets)
+        items = bench.load((cfg.samples,) if cfg.samples else cfg.data, cfg.split, cfg.prior_sets,
+                           **({"domain": cfg.domain} if cfg.domain else {}))
         info(f"[bold]eval-rm[/] {bench.NAME}: {len(items)} texts to score with {model}")
         pred, model_info, rm = _score_items(cfg, model, items)
         if rm.artifact is not None:
@@ -316,6 +327,11 @@ def run(cfg: EvalConfig, model: str | None, out_dir: Path, overwrite: bool = Fal
     if bias is not None:
         plot_length_bias(pred, bias, out_dir / "length_bias.png", f"{bench.NAME}: {short_name(model_info['name'])}")
         outputs.append(artifacts.describe_output(out_dir, "length_bias.png"))
+    if hasattr(bench, "official_files"):  # RewardBench v1/v2: reward-bench's own result files
+        from aplot_cli.benchmarks import rewardbench_files
+
+        for name in rewardbench_files.write(out_dir, bench.official_files(pred, items, result, model_info)):
+            outputs.append(artifacts.describe_output(out_dir, name))
     if hasattr(bench, "plot"):  # a benchmark's own figures (bon: the best-of-n curves)
         for name in bench.plot(metrics, out_dir, f"{bench.NAME}: {short_name(model_info['name'])}"):
             outputs.append(artifacts.describe_output(out_dir, name))

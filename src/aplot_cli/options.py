@@ -33,24 +33,28 @@ def artifact_path(value: Any) -> Any:
     return str(artifact_dir(value)) if Path(value).name == MANIFEST else value
 
 
-OutDir = Annotated[Path, typer.Option("--out-dir", "-o", help="Directory to write the artifact into.")]
+# --help panels (see aplot_cli.help): the options every stage has sit with what they are about
+OUTPUT, CHECKPOINTS, DATA = "Output", "Checkpoints", "Data"
+OutDir = Annotated[Path, typer.Option("--out-dir", "-o", help="Directory to write the artifact into.",
+                                      metavar="<path>", rich_help_panel=OUTPUT)]
 Overwrite = Annotated[bool, typer.Option(
-    "--overwrite", help="Replace --out-dir if it holds an artifact of this same stage (nothing else is deleted).")]
+    "--overwrite", help="Replace --out-dir if it holds an artifact of this same stage (nothing else is deleted).",
+    rich_help_panel=OUTPUT)]
 ConfigFile = Annotated[Optional[Path], typer.Option(
-    "--config", "-c", help="YAML file of options (keys: the flag names with _); flags typed here override it.")]
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but the manifest path.")]
+    "--config", "-c", metavar="<path>",
+    help="YAML file of options (keys: the flag names with _), or a finished run's manifest.json (train-rm: "
+         "or its run_config.json) to rerun it with the same options; flags typed here override it.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but the manifest path.",
+                                     rich_help_panel=OUTPUT)]
 Resume = Annotated[bool, typer.Option(
-    "--resume", help="Continue an unfinished run in --out-dir from its last complete checkpoint.")]
+    "--resume", help="Continue an unfinished run in --out-dir from its last complete checkpoint.",
+    rich_help_panel=CHECKPOINTS)]
 PairsArtifact = Annotated[Path, typer.Argument(
-    help="A pairs artifact (from `aplot prepare`): its folder or its manifest.json.", callback=artifact_path)]
+    help="A pairs artifact (from `aplot prepare`): its folder or its manifest.json.", metavar="PAIRS",
+    callback=artifact_path)]
 EmbeddingsArtifact = Annotated[Optional[Path], typer.Option(
     help="Embeddings artifact (from `aplot embed`; folder or manifest.json) for APLOT's semantic cost.",
-    callback=artifact_path)]
-# For commands without a stage config; a stage command gets --seed and --trust-remote-code from its config.
-Seed = Annotated[Optional[int], typer.Option(help="Random seed. [default: 0]")]
-TrustRemoteCode = Annotated[Optional[bool], typer.Option(
-    "--trust-remote-code/--no-trust-remote-code",
-    help="Allow a hub model's own Python code to run. Off unless you pass it. [default: off]")]
+    metavar="<path>", callback=artifact_path, rich_help_panel=DATA)]
 
 # Options every stage command has, listed after its config's flags in --help.
 _TAIL = ("resume", "config", "overwrite", "quiet")
@@ -93,7 +97,7 @@ def _parameter(f: dataclasses.Field, hint: Any) -> inspect.Parameter:
     names = [flag_name(f.name), *(flag_name(a) for a in f.metadata.get("aliases", ()))]
     if f.metadata.get("short"):
         names.append(f.metadata["short"])
-    metavar = None
+    metavar = "<path>" if f.metadata.get("artifact") else f"<{hint.__name__}>" if hint in (int, float, str) else None
     if typing.get_origin(hint) is Literal:  # the choices are the metavar; build_config names a wrong one
         kind, metavar = Optional[str], "|".join(str(c) for c in typing.get_args(hint))
     elif hint is bool:
@@ -108,7 +112,8 @@ def _parameter(f: dataclasses.Field, hint: Any) -> inspect.Parameter:
     else:  # a new field type needs a rule here; fail at start-up rather than parse it wrongly
         raise TypeError(f"no command-line form for config field {f.name}: {hint}")
     # an `artifact` field's manifest path is read as its folder by build_config (YAML values too)
-    info = typer.Option(*names, help=_help(f), metavar=metavar, show_default=False)
+    info = typer.Option(*names, help=_help(f), metavar=metavar, show_default=False,
+                        rich_help_panel=f.metadata.get("panel"))
     return inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=None,
                              annotation=Annotated[kind, info])
 

@@ -208,6 +208,8 @@ def collect(grid, out_dir: Path) -> tuple[list[Cell], list[str]]:
 
 
 def _difficulty_accuracy(metrics: dict[str, Any], difficulty: str) -> float | None:
+    if metrics.get("benchmark", "pairs") != "pairs":  # another benchmark's subsets are not difficulty levels
+        return None
     subsets = {k: v for k, v in metrics.get("subsets", {}).items() if k.endswith(f"-{difficulty}")}
     total = sum(v["total"] for v in subsets.values())
     return sum(v["correct"] for v in subsets.values()) / total if total else None
@@ -310,8 +312,8 @@ def _correct_by_pair(cell: Cell, ev_name: str):
     import pandas as pd
 
     path = cell.path / f"eval-{ev_name}" / "predictions.parquet"
-    if not path.is_file():
-        return None
+    if not path.is_file() or cell.evals.get(ev_name, {}).get("benchmark", "pairs") != "pairs":
+        return None  # another benchmark's headline is not a mean over pairs: its t interval alone is reported
     pred = pd.read_parquet(path, columns=["example_id", "kind", "score"])
     table = pred.pivot_table(index="example_id", columns="kind", values="score", aggfunc="first")
     return (table["chosen"] > table["rejected"]).astype(float)

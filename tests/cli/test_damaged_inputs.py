@@ -77,7 +77,7 @@ def test_a_ppo_checkpoint_with_damaged_weights_is_passed_over(tmp_path):
     import torch
     from safetensors.torch import save_file
 
-    from aplot_cli import ppo
+    from aplot_cli.ppo import checkpoints as ppo
 
     folder = tmp_path / "checkpoints" / "update-000002"
     (folder / ppo.POLICY_DIR).mkdir(parents=True)
@@ -343,7 +343,7 @@ def test_a_damaged_manifest_of_a_grid_cell_is_named(tmp_path):
 
 
 def test_a_ppo_checkpoint_whose_state_lacks_its_fields_is_passed_over(tmp_path):
-    from aplot_cli import ppo
+    from aplot_cli.ppo import checkpoints as ppo
 
     folder = tmp_path / "update-000001"
     (folder / ppo.POLICY_DIR).mkdir(parents=True)

@@ -162,3 +162,110 @@ def test_length_bias_counts_the_pairs_it_is_over():
     assert bias["pairs"]["n"] == 4 and bias["pairs"]["longer_preferred_n"] == 2
     assert bias["pairs"]["longer_preferred"] == 0.5
     assert evaluate.short_name("/home/me/runs/rm-bt/model") == "rm-bt/model"
+
+
+# ------------------------------------------------------------------- reward-bench's own result files
+
+
+def _reward_bench_read(root: Path, subdir: str, tmp_path: Path) -> pd.DataFrame:
+    """How reward-bench's `analysis/utils.py` reads its files: it walks `<subdir>/<org>/*.json` and reads a
+    results file (`eval-set/`) with `datasets.load_dataset("json")` (`load_results`), a per-example file
+    (`eval-set-scores/`) with `pd.read_json(orient="records")` (`load_scores`)."""
+    import datasets
+
+    frames = []
+    for org in (root / subdir).iterdir():
+        assert org.is_dir(), f"{org}: reward-bench only reads files inside an org folder"
+        for path in org.glob("*.json"):
+            text = path.read_text()
+            assert text == json.dumps(json.loads(text), indent=4, sort_keys=True)  # as save_to_hub writes
+            frames.append(pd.read_json(path, orient="records") if subdir.endswith("-scores") else pd.DataFrame(
+                datasets.load_dataset("json", data_files=str(path), split="train", cache_dir=str(tmp_path / "hf"))))
+    assert len(frames) == 1
+    return frames[0]
+
+
+def test_rewardbench_writes_reward_benchs_own_result_files(tiny_llama_rm_dir, tmp_path):
+    core, prior = write_rewardbench_fixture(tmp_path)
+    out = _run([str(tiny_llama_rm_dir), "--benchmark", "rewardbench", "--data", str(core), "--prior-sets", str(prior),
+                "--out-dir", str(tmp_path / "rb"), "--max-length", "96"]).parent
+    metrics = json.loads((out / "metrics.json").read_text())
+    name = f"local/{tiny_llama_rm_dir.name}"
+    head = {"model": name, "model_type": "Seq. Classifier", "chat_template": "tokenizer"}
+    pred = pd.read_parquet(out / "predictions.parquet")
+    written = json.loads((out / "manifest.json").read_text())["outputs"]
+    for folder, subsets in (("eval-set", list(rewardbench.EXAMPLE_COUNTS)),
+                            ("pref-sets", ["anthropic_helpful", "anthropic_hhh", "shp", "summarize", "anthropic_harmless"])):
+        results = json.loads((out / folder / f"{name}.json").read_text())
+        assert results == {**head, **{s: metrics["subsets"][s]["accuracy"] for s in subsets}}
+        assert _reward_bench_read(out, folder, tmp_path).to_dict("records") == [results]
+        table = _reward_bench_read(out, f"{folder}-scores", tmp_path)
+        assert set(table.columns) == {"id", "subset", "scores_chosen", "scores_rejected", "results", "text_chosen",
+                                      "text_rejected", "model", "model_type", "chat_template"}
+        assert sorted(set(table["subset"])) == sorted(subsets) and len(table) == 2 * len(subsets)
+        assert (table["model"] == name).all() and (table["model_type"] == "Seq. Classifier").all()
+        assert (table["results"] == (table["scores_chosen"] > table["scores_rejected"]).astype(int)).all()
+        for row in table.itertuples():
+            mine = pred[(pred["subset"] == row.subset) & (pred["example_id"] == str(row.id))]
+            assert row.scores_chosen == pytest.approx(float(mine.loc[mine["kind"] == "chosen", "score"].iloc[0]))
+            assert row.scores_rejected == pytest.approx(float(mine.loc[mine["kind"] == "rejected", "score"].iloc[0]))
+            assert row.text_chosen[-1]["role"] == "assistant" and row.text_chosen[0]["role"] == "user"
+        assert {f"{folder}/{name}.json", f"{folder}-scores/{name}.json"} <= {o["path"] for o in written}
+    core_rows = [json.loads(line) for line in core.read_text().splitlines()]
+    ids = json.loads((out / "eval-set-scores" / f"{name}.json").read_text())["id"]
+    assert ids == [r["id"] for r in core_rows]  # integers, in the benchmark's own order
+    first = json.loads((out / "eval-set-scores" / f"{name}.json").read_text())["text_chosen"][0]
+    assert first == [{"role": "user", "content": core_rows[0]["prompt"]},
+                     {"role": "assistant", "content": core_rows[0]["chosen"]}]
+
+    # the per-example file is an official score file: aplot re-scores it to the same subsets
+    again = _run(["--benchmark", "rewardbench", "--from-predictions", str(out / "eval-set-scores" / f"{name}.json"),
+                  "--out-dir", str(tmp_path / "again")]).parent
+    rescored = json.loads((again / "metrics.json").read_text())
+    assert rescored["final"]["leaderboard"] == pytest.approx(metrics["final"]["leaderboard"])
+    assert json.loads((again / "eval-set" / "local" / f"{name.split('/')[1]}.json").read_text())["chat_template"] is None
+
+
+def test_rewardbench2_writes_reward_benchs_own_result_files(tiny_bert_dir, tmp_path):
+    from aplot_cli.benchmarks import rewardbench2
+
+    rb2 = [{"id": str(i), "prompt": f"p{i}", "chosen": [f"good {i}"], "rejected": ["bad", "worse", "no"],
+            "num_correct": 1, "subset": s} for i, s in enumerate(rewardbench2.SUBSETS[:5])]
+    rb2 += [{"id": "ref:1", "prompt": "t", "chosen": ["Paris"], "rejected": ["Rome", "Oslo"], "num_correct": 1,
+             "subset": "Ties"},
+            {"id": "tied:1", "prompt": "t2", "chosen": ["Paris", "Lyon"], "rejected": ["Rome"], "num_correct": 2,
+             "subset": "Ties"}]
+    out = _run([str(tiny_bert_dir), "--benchmark", "rewardbench2", "--data", str(_jsonl(tmp_path / "rb2.jsonl", rb2)),
+                "--out-dir", str(tmp_path / "rb2"), "--max-length", "64"]).parent
+    metrics = json.loads((out / "metrics.json").read_text())
+    name = f"local/{tiny_bert_dir.name}"
+    results = json.loads((out / "eval-set" / f"{name}.json").read_text())
+    assert results == {"model": name, "model_type": "Seq. Classifier", "chat_template": None,
+                       **{s: metrics["subsets"][s]["accuracy"] for s in rewardbench2.SUBSETS}}
+    assert _reward_bench_read(out, "eval-set", tmp_path).to_dict("records") == [results]
+    table = _reward_bench_read(out, "eval-set-scores", tmp_path)
+    assert set(table.columns) == {"id", "subset", "scores", "num_correct", "results", "text", "model", "model_type",
+                                  "chat_template"}
+    assert list(table["id"].astype(str)) == [r["id"] for r in rb2]
+    assert list(table["num_correct"]) == [r["num_correct"] for r in rb2]
+    for row in table.itertuples():
+        assert len(row.scores) == len(row.text) == (3 if row.subset == "Ties" else 4)
+        if row.subset == "Ties":
+            assert row.results is None or pd.isna(row.results)
+        else:
+            top = max(row.scores)
+            expected = 1 / row.scores.count(top) if row.scores[0] == top else 0.0
+            assert row.results == pytest.approx(expected)
+            assert row.text[0][-1]["content"] == f"good {row.id}"  # chosen first, as the official layout
+    again = _run(["--benchmark", "rewardbench2", "--from-predictions", str(out / "eval-set-scores" / f"{name}.json"),
+                  "--out-dir", str(tmp_path / "again")]).parent
+    assert json.loads((again / "metrics.json").read_text())["subsets"] == metrics["subsets"]
+
+
+def test_reward_bench_model_names_stay_inside_the_output_folder(tmp_path):
+    from aplot_cli.benchmarks.rewardbench_files import model_name
+
+    assert model_name({"name": "allenai/tulu-2-rm", "source": "hub"}) == "allenai/tulu-2-rm"
+    assert model_name({"name": str(tmp_path / "runs" / "my rm"), "source": "folder"}) == "local/my-rm"
+    assert model_name({"name": "../../etc/x", "source": "folder"}) == "local/x"
+    assert model_name({"name": "scores.parquet", "source": "predictions file"}) == "local/scores"

@@ -235,3 +235,74 @@ def test_grid_cells_share_one_batch_policy_so_methods_stay_paired_by_seed(tmp_pa
     path.write_text(path.read_text().replace("learning_rate: 1.0e-3}", "learning_rate: 1.0e-3, group_by_length: true}"))
     grid = compare.load_grid(path)
     assert {name: cfg.group_by_length for name, cfg in grid.methods.items()} == {"bt": True, "aplot": True}
+
+
+RM_BENCH_CHAT = Path(__file__).resolve().parents[1] / "fixtures" / "rm-bench" / "chat_filtered.json"
+
+
+def test_grid_evaluates_other_benchmarks_on_their_own_files(tmp_path, tiny_bert_dir, learned_always):
+    """`evals:` takes another benchmark on local files in its schema: each cell is scored by eval-rm as that
+    benchmark scores it, and the report's column is the set's headline score."""
+    grid = _grid(tmp_path, tiny_bert_dir, "")
+    grid.write_text(grid.read_text().replace(
+        "evals: {id: {split: test}, ood: {split: ood}}",
+        f"evals: {{id: {{split: test}}, rmb: {{benchmark: rm-bench, files: [{RM_BENCH_CHAT}]}}}}")
+        .replace("aplot: {loss: [aplot]}", ""))
+    loaded = compare.load_grid(grid)
+    assert [(ev.name, ev.benchmark) for ev in loaded.evals] == [("id", "pairs"), ("rmb", "rm-bench")]
+    out = tmp_path / "cmp"
+    compare.run(grid, out, accept_unlearned=True)
+    cell = out / "cells" / "noise-0.00" / "bt" / "seed-0"
+    metrics = json.loads((cell / "eval-rmb" / "metrics.json").read_text())
+    assert metrics["benchmark"] == "rm-bench" and list(metrics["sections"]) == ["chat"]
+    assert metrics["score"] == metrics["final"]["overall"] and metrics["subsets"]["chat"]["total"] == 6
+    assert not (out / "data" / "evals" / "rmb").exists()  # read as given, not prepared as pairs
+    results = json.loads((out / "report" / "results.json").read_text())
+    assert results["cells"][0]["evals"]["rmb"]["accuracy"] == metrics["score"]
+    assert results["cells"][0]["evals"]["rmb"]["hard"] is None  # RM-Bench's levels are not pairs' difficulty
+    assert report.fmt_ci([metrics["score"]]) in (out / "report" / "report.md").read_text()
+
+
+@pytest.mark.parametrize(("spec", "needle"), [
+    ("{benchmark: rm-bench, split: test}", "`split`"),
+    ("{benchmark: rewardbenhc, files: [x.json]}", "did you mean"),
+    ("{benchmark: bon}", "samples"),
+    ("{benchmark: rewardbench, files: [x.json], domain: chat}", "`domain`"),
+])
+def test_grid_benchmark_eval_sets_are_checked(tmp_path, tiny_bert_dir, spec, needle):
+    grid = _grid(tmp_path, tiny_bert_dir)
+    grid.write_text(grid.read_text().replace("ood: {split: ood}", f"ext: {spec}"))
+    with pytest.raises(ConfigError) as info:
+        compare.load_grid(grid)
+    assert needle in str(info.value) + str(info.value.hint)
+
+
+def test_grid_benchmark_set_without_a_headline_is_refused_before_training(tmp_path, tiny_bert_dir):
+    part = tmp_path / "chat-only.jsonl"  # RewardBench rows of one section: no leaderboard score
+    part.write_text("".join(json.dumps({"id": i, "subset": "alpacaeval-easy", "prompt": f"q{i}", "chosen": "yes",
+                                        "rejected": "no"}) + "\n" for i in range(3)))
+    grid = _grid(tmp_path, tiny_bert_dir)
+    grid.write_text(grid.read_text().replace("ood: {split: ood}", f"rb: {{benchmark: rewardbench, files: [{part}]}}"))
+    with pytest.raises(ConfigError, match="no headline score"):
+        compare.run(grid, tmp_path / "cmp")
+    assert not (tmp_path / "cmp").exists()
+
+
+def test_a_finished_cell_from_an_older_aplot_is_reused_when_only_new_options_are_missing(tmp_path):
+    """A cell trained before an option existed has no key for it in its manifest: it had the default then."""
+    from aplot_cli.config import TrainConfig, config_to_dict
+
+    cfg = TrainConfig(loss=("bt",), learning_rate=1e-3)
+    done = json.loads(json.dumps(config_to_dict(cfg)))
+    del done["hub_private"], done["push_to_hub"]
+    (tmp_path / "manifest.json").write_text(json.dumps({"config": done}))
+    compare._check_same_config(tmp_path, cfg)
+    with pytest.raises(ConfigError, match="learning_rate changed"):
+        compare._check_same_config(tmp_path, TrainConfig(loss=("bt",), learning_rate=2e-3))
+
+
+def test_a_grid_may_not_push_every_cell_to_one_repo(tmp_path, tiny_bert_dir):
+    grid = _grid(tmp_path, tiny_bert_dir)
+    grid.write_text(grid.read_text().replace("learning_rate: 1.0e-3}", "learning_rate: 1.0e-3, push_to_hub: me/rm}"))
+    with pytest.raises(ConfigError, match="push_to_hub"):
+        compare.load_grid(grid)

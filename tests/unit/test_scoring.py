@@ -56,7 +56,7 @@ def test_chat_template_and_truncation_follow_arguments(tiny_llama_rm_dir):
 def test_train_rm_artifact_settings_are_used(tiny_llama_rm_dir, tmp_path):
     art = tmp_path / "rm"
     shutil.copytree(tiny_llama_rm_dir, art / "model")
-    (art / "manifest.json").write_text(json.dumps({"stage": "train-rm", "schema_version": 1,
+    (art / "manifest.json").write_text(json.dumps({"stage": "train-rm", "schema_version": 1, "outputs": [],
                                                    "config": {"max_length": 24, "chat_template": False}}))
     rm = scoring.load_reward_model(str(art))
     assert (rm.source, rm.max_length, rm.chat_template) == ("train-rm artifact", 24, False)

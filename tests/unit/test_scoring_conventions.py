@@ -143,7 +143,7 @@ def test_reading_at_eos_would_give_other_scores(third_party_rm):
 def test_train_rm_artifact_keeps_aplot_convention(third_party_rm, tmp_path):
     art = tmp_path / "rm"
     shutil.copytree(third_party_rm, art / "model")
-    (art / "manifest.json").write_text(json.dumps({"stage": "train-rm", "schema_version": 1,
+    (art / "manifest.json").write_text(json.dumps({"stage": "train-rm", "schema_version": 1, "outputs": [],
                                                    "config": {"max_length": 64, "chat_template": True}}))
     rm = scoring.load_reward_model(str(art))
     assert rm.convention == "aplot" and rm.describe()["input_convention"] == "aplot"

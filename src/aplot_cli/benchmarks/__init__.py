@@ -1,7 +1,9 @@
 """Benchmark registry: name -> module with `NAME`, `HUB_ID`, `DEFAULT_SPLIT`, `TIE_RULE` (what a tie earns,
 in words, for reports), `load(sources, split, prior_sets) -> items DataFrame` and a pure
 `score(predictions) -> BenchmarkResult` (see `common`); optionally `markdown_lines(metrics)` (more of
-metrics.md) and `plot(metrics, out_dir, title) -> [file names]` (its own figures).
+metrics.md), `plot(metrics, out_dir, title) -> [file names]` (its own figures), `official_files(pred, items,
+result, model_info) -> {path: payload}` (the benchmark's own result files: RewardBench) and
+`file_domain(path, flag)` (the subset of a file whose rows name none: RM-Bench).
 Modules are imported on lookup only."""
 
 from __future__ import annotations

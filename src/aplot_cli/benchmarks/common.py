@@ -248,12 +248,14 @@ def _as_list(value: Any, where: str) -> list[float]:
     return out
 
 
-def long_predictions(frame, source: str = "predictions"):
+def long_predictions(frame, source: str = "predictions", subset: str | None = None):
     """A predictions table in our long form (`aplot eval-rm`'s predictions.parquet), or the wide form of
     the official per-example score files, one row per example, converted to it:
-    id, subset (or domain), and either scores_chosen + scores_rejected (scalars or lists; also
-    score_chosen / score_rejected) or scores + num_correct (RewardBench 2: chosen first). Errors name
-    `source` (the file), the column and the row."""
+    id, domain (RM-Bench) or subset, and either scores_chosen + scores_rejected (scalars or lists; also
+    score_chosen / score_rejected) or scores + num_correct (RewardBench 2: chosen first). `subset` is the
+    subset of every row of a wide file without a `domain` column (an RM-Bench per-domain result file,
+    whose `subset` column names the source data, not the domain). Errors name `source` (the file), the
+    column and the row."""
     import pandas as pd
 
     if {"kind", "score"} & set(frame.columns):  # the long form (a column of it may be missing: named there)
@@ -261,7 +263,9 @@ def long_predictions(frame, source: str = "predictions"):
         if "example_id" not in out.columns and "id" in out.columns:
             out = out.rename(columns={"id": "example_id"})
         return _checked_long(out, source)
-    subset_col = next((c for c in ("subset", "domain") if c in frame.columns), None)
+    subset_col = next((c for c in ("domain", "subset") if c in frame.columns), None)
+    if subset is not None and subset_col != "domain":
+        frame, subset_col = frame.assign(_subset=subset), "_subset"
     chosen_col = next((c for c in _CHOSEN if c in frame.columns), None)
     rejected_col = next((c for c in _REJECTED if c in frame.columns), None)
     v2 = {"scores", "num_correct"} <= set(frame.columns)
@@ -326,8 +330,9 @@ def _checked_long(frame, source: str):
     return frame
 
 
-def read_predictions(path: str | Path):
-    """parquet, jsonl, or json (a list of records, or a dict of equal-length columns) -> long form."""
+def read_predictions(path: str | Path, subset: str | None = None):
+    """parquet, jsonl, or json (a list of records, or a dict of equal-length columns) -> long form
+    (`subset`: see `long_predictions`)."""
     import pandas as pd
 
     path = Path(path)
@@ -348,4 +353,4 @@ def read_predictions(path: str | Path):
         raise InputDataError(f"cannot read predictions {path}: {exc}", hint="check the file") from exc
     if frame.empty:
         raise InputDataError(f"predictions file {path} holds no rows", hint="check --from-predictions")
-    return long_predictions(frame, str(path))
+    return long_predictions(frame, str(path), subset)

@@ -169,3 +169,31 @@ def _add_prior_sets(items: ItemBuilder, prior_sets: str) -> None:
         prompt, messages = prompt_fields(row.get("prompt"), where)
         items.add(items.example_id(subset, row.get("id"), number), subset, prompt, messages,
                   [text(row, "chosen", where)], [text(row, "rejected", where)])
+
+
+# ------------------------------------------------------------------------------- reward-bench's own files
+
+
+def official_files(pred, items, result: BenchmarkResult, model_info: dict) -> dict[str, dict]:
+    """`eval-set/<model>.json` and `eval-set-scores/<model>.json` as `scripts/run_rm.py` writes them, and
+    `pref-sets/` + `pref-sets-scores/` for the prior sets (`rewardbench_files`); `items` None: no texts."""
+    from aplot_cli.benchmarks import rewardbench_files as rb
+
+    head = rb.header(model_info)
+    texts = rb.conversations(items) if items is not None else None
+    groups: dict[str, list[dict]] = {"eval-set": [], "pref-sets": []}
+    for subset, example_id, chosen, rejected in rb.examples(pred):
+        record = {"id": rb.plain_id(example_id), "subset": subset, "scores_chosen": float(chosen[0]),
+                  "scores_rejected": float(rejected[0]), "results": int(chosen[0] > rejected.max())}
+        if texts is not None:
+            record["text_chosen"] = texts[(subset, example_id, "chosen", 0)]
+            record["text_rejected"] = texts[(subset, example_id, "rejected", 0)]
+        groups["pref-sets" if subset in PRIOR_KNOWN else "eval-set"].append(record)
+    files = {}
+    for folder, records in groups.items():
+        if records:
+            present = dict.fromkeys(r["subset"] for r in records)
+            files[f"{folder}/{head['model']}.json"] = rb.results_file(
+                head, {s: result.subsets[s].accuracy for s in present})
+            files[f"{folder}-scores/{head['model']}.json"] = rb.columns(records, head)
+    return files

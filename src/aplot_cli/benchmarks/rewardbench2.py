@@ -131,3 +131,26 @@ def load(sources: tuple[str, ...] = (), split: str | None = None, prior_sets: st
         prompt, messages = prompt_fields(row.get("prompt"), where)
         items.add(items.example_id(subset, row.get("id"), number), subset, prompt, messages, chosen, rejected)
     return items.frame("RewardBench 2")
+
+
+# ------------------------------------------------------------------------------- reward-bench's own files
+
+
+def official_files(pred, items, result: BenchmarkResult, model_info: dict) -> dict[str, dict]:
+    """`eval-set/<model>.json` and `eval-set-scores/<model>.json` as `scripts/run_v2.py` writes them
+    (`rewardbench_files`); `items` None: no texts."""
+    from aplot_cli.benchmarks import rewardbench_files as rb
+
+    head = rb.header(model_info)
+    texts = rb.conversations(items) if items is not None else None
+    records = []
+    for subset, example_id, chosen, rejected in rb.examples(pred):
+        record = {"id": example_id, "subset": subset, "scores": [float(s) for s in (*chosen, *rejected)],
+                  "num_correct": len(chosen),
+                  "results": None if subset.lower() == "ties" else best_of_n(chosen, rejected)[0]}
+        if texts is not None:
+            record["text"] = [texts[(subset, example_id, kind, i)]
+                              for kind, n in (("chosen", len(chosen)), ("rejected", len(rejected))) for i in range(n)]
+        records.append(record)
+    return {f"eval-set/{head['model']}.json": rb.results_file(head, {s: v.accuracy for s, v in result.subsets.items()}),
+            f"eval-set-scores/{head['model']}.json": rb.columns(records, head)}

@@ -23,7 +23,8 @@ HOW_NOT_WHAT = frozenset({"device", "dataloader_workers", "gradient_checkpointin
                           "token_cache_dir", "attn_implementation"})
 RESUMABLE = HOW_NOT_WHAT | frozenset({"max_steps", "epochs", "logging_steps", "eval_steps", "save_steps",
                                       "save_total_limit", "keep_checkpoints", "report_to", "max_eval_pairs",
-                                      "eval_batch_size", "train_eval_pairs", "ot_solver", "trust_remote_code"})
+                                      "eval_batch_size", "train_eval_pairs", "ot_solver", "trust_remote_code",
+                                      "push_to_hub", "hub_private"})
 
 
 def resume_step(out_dir: Path, resume: bool) -> tuple[str | None, int]:

@@ -16,7 +16,7 @@ from aplot_cli import artifacts, formatting, models, run_report
 from aplot_cli.config import TrainConfig, config_to_dict, resolve_train
 from aplot_cli.console import info
 from aplot_cli.errors import ArtifactError, ConfigError
-from aplot_cli.train import learned, prefix
+from aplot_cli.train import learned, prefix, push
 from aplot_cli.train.data import PairDataset, SplitCollator, encode_split, sample_pairs
 from aplot_cli.train.metrics import _final_metrics, _ot_summary, pair_accuracy
 from aplot_cli.train.model import load_model, weights_dtype
@@ -25,6 +25,7 @@ from aplot_cli.train.resume import RUN_CONFIG, check_resume, resume_step, run_re
 from aplot_cli.train.validation import check_dataset_margin, check_embeddings_match, validate
 
 STAGE = "train-rm"
+TENSORBOARD_DIR = "tensorboard"  # --report-to tensorboard: the event files, kept with the run
 
 
 def run(cfg: TrainConfig, pairs_dir: Path, out_dir: Path, embeddings_dir: Path | None = None,
@@ -36,6 +37,7 @@ def run(cfg: TrainConfig, pairs_dir: Path, out_dir: Path, embeddings_dir: Path |
     learning_rate_source = "set" if cfg.learning_rate is not None else "default for the backbone"
     cfg = resolve_train(cfg)  # the learning rate it trains with is the one the manifest records
     spec = validate(cfg, embeddings_dir is not None)
+    push.check(cfg.push_to_hub, Path(out_dir))  # before anything trains or the out-dir is touched
     pairs_art = artifacts.open_artifact(pairs_dir, "prepare")
     emb_art = artifacts.open_artifact(embeddings_dir, "embed") if embeddings_dir is not None else None
     if emb_art is not None:
@@ -100,6 +102,8 @@ def run(cfg: TrainConfig, pairs_dir: Path, out_dir: Path, embeddings_dir: Path |
         return out_dir / artifacts.MANIFEST
     outputs = _save(trainer, tokenizer, cfg, out_dir, train.pair_ids if trainer.margin_sink else None)
     outputs.append(artifacts.describe_output(out_dir, RUN_CONFIG))
+    outputs += [artifacts.describe_output(out_dir, path.relative_to(out_dir).as_posix())
+                for path in sorted((out_dir / TENSORBOARD_DIR).rglob("events.out.tfevents.*"))]
     learning = learned.judge(run_report.read_log(out_dir / LOG_FILE), metrics.get("train_accuracy"),
                              metrics.get("train_eval_pairs", 0),
                              cfg.batch_size * cfg.grad_accum * trainer.accelerator.num_processes)
@@ -108,6 +112,7 @@ def run(cfg: TrainConfig, pairs_dir: Path, out_dir: Path, embeddings_dir: Path |
     pictures = run_report.write(out_dir, config_to_dict(cfg), metrics, LOG_FILE, learning)
     outputs.append(artifacts.describe_output(out_dir, "metrics.json"))
     outputs += [artifacts.describe_output(out_dir, name) for name in pictures.files]
+    outputs += _write_cards(cfg, spec.name, metrics, pairs_art, record, tokenizer, out_dir)
     for warning in pictures.warnings:
         info(f"[bold yellow]train-rm warning:[/] {warning}")
     inputs = {"pairs": pairs_art, **({"embeddings": emb_art} if emb_art is not None else {})}
@@ -139,6 +144,7 @@ def run(cfg: TrainConfig, pairs_dir: Path, out_dir: Path, embeddings_dir: Path |
         out_dir, stage=STAGE, config=config_to_dict(cfg), inputs=inputs, outputs=outputs, metrics=metrics,
         diagnostics=diagnostics,
         extra={"model": {"backbone": cfg.backbone, "resolved": _relative_or_id(resolved),
+                         "base_model": models.portable_name(cfg.backbone),
                          "identity": models.identity(resolved),
                          "head": head,
                          "frozen_backbone": attached.manifest() if attached is not None else None,
@@ -148,6 +154,9 @@ def run(cfg: TrainConfig, pairs_dir: Path, out_dir: Path, embeddings_dir: Path |
                          "padding_side": tokenizer.padding_side}})
     if not cfg.keep_checkpoints:  # finished: model/ is the result, and a finished run is not resumed
         shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
+    if cfg.push_to_hub:
+        url = push.push(out_dir, cfg.push_to_hub, cfg.hub_private, f"aplot train-rm: {spec.name} on {cfg.backbone}")
+        info(f"[bold]train-rm[/] pushed to the Hub: {url}")
     return manifest
 
 
@@ -237,6 +246,11 @@ def _build_trainer(cfg, spec, model, head, tokenizer, train, test, out_dir, args
 
     trainer.remove_callback(ProgressCallback)
     trainer.remove_callback(PrinterCallback)  # it prints logs to stdout, which carries only the manifest path
+    from transformers.integrations import TensorBoardCallback
+
+    for callback in trainer.callback_handler.callbacks:  # its default, under checkpoints/, goes when the run ends
+        if isinstance(callback, TensorBoardCallback) and callback.logging_dir is None:  # None: no TENSORBOARD_LOGGING_DIR
+            callback.logging_dir = str(out_dir / TENSORBOARD_DIR)
     return trainer
 
 
@@ -246,7 +260,10 @@ def _save(trainer, tokenizer, cfg: TrainConfig, out_dir: Path, pair_ids) -> list
     model = trainer.accelerator.unwrap_model(trainer.model)
     outputs = []
     if cfg.lora:
+        for adapter in model.peft_config.values():  # loaded elsewhere by this name, not this machine's cache path
+            adapter.base_model_name_or_path = models.portable_name(cfg.backbone)
         model.save_pretrained(out_dir / "adapter", safe_serialization=True)
+        tokenizer.save_pretrained(out_dir / "adapter")  # the pad token the head was trained with travels too
         outputs += _folder_outputs(out_dir, "adapter")
         model = model.merge_and_unload()
     model.config.pad_token_id = tokenizer.pad_token_id
@@ -264,9 +281,25 @@ def _save(trainer, tokenizer, cfg: TrainConfig, out_dir: Path, pair_ids) -> list
 
 def _folder_outputs(out_dir: Path, folder: str) -> list[dict[str, Any]]:
     """Every file of a saved model folder (weights, config, tokenizer): a stage that loads the model checks
-    each against its hash, so none can be swapped unseen."""
+    each against its hash, so none can be swapped unseen. README.md (peft writes one) is replaced and listed by
+    `_write_cards`."""
     return [artifacts.describe_output(out_dir, f"{folder}/{p.name}")
-            for p in sorted((out_dir / folder).iterdir()) if p.is_file()]
+            for p in sorted((out_dir / folder).iterdir()) if p.is_file() and p.name != "README.md"]
+
+
+def _write_cards(cfg: TrainConfig, loss: str, metrics: dict[str, Any], pairs_art, record: dict[str, Any], tokenizer,
+                 out_dir: Path) -> list[dict[str, Any]]:
+    """model/README.md (and adapter/README.md with --lora): the model card (`train/card.py`)."""
+    from aplot_cli.train import card
+
+    templated = formatting.uses_chat_template(tokenizer, cfg.chat_template)
+    written = []
+    for folder, library in (("model", "transformers"), *((("adapter", "peft"),) if cfg.lora else ())):
+        text = card.card_text(cfg, loss, metrics, pairs_art.manifest, record["inputs"], templated, library,
+                              cfg.push_to_hub)
+        (out_dir / folder / "README.md").write_text(text, encoding="utf-8")
+        written.append(artifacts.describe_output(out_dir, f"{folder}/README.md"))
+    return written
 
 
 def check_model_dir(path: Path) -> None:

@@ -69,6 +69,7 @@ def validate(cfg: TrainConfig, has_embeddings: bool) -> losses.LossSpec:
     _check_choice("scheduler", cfg.scheduler, _schedulers())
     for target in cfg.report_to:
         _check_choice("report_to", target, _report_targets())
+    check_trackers(cfg.report_to)
     return spec
 
 
@@ -94,6 +95,29 @@ def _report_targets() -> list[str]:
     from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
 
     return ["all", "none", *INTEGRATION_TO_CALLBACK]
+
+
+# How to install a --report-to target's package where it is not named as the target is (tensorboard and wandb
+# have aplot extras); transformers' own checks say whether it is installed.
+TRACKER_INSTALL = {"tensorboard": "pip install 'aplot[tensorboard]'", "wandb": "pip install 'aplot[wandb]'",
+                   "azure_ml": "pip install azureml-core", "comet_ml": "pip install comet-ml",
+                   "flyte": "pip install flytekit"}
+
+
+def check_trackers(targets: tuple[str, ...]) -> None:
+    """Refuse a --report-to target whose package is not installed, before anything is loaded or written
+    (transformers would raise only once the trainer is built, after the out-dir was claimed)."""
+    from transformers.integrations import integration_utils as tracking
+
+    installed = set(tracking.get_available_reporting_integrations())
+    installed |= {"azure_ml"} if tracking.is_azureml_available() else set()  # listed there only without mlflow
+    installed |= {"flyte"} if tracking.is_flytekit_available() else set()    # not listed there at all
+    for target in targets:
+        if target not in ("all", "none") and target not in installed:
+            install = TRACKER_INSTALL.get(target, f"pip install {target}")
+            raise ConfigError(f"train-rm: --report-to {target} needs its package, which is not installed",
+                              hint=f"install it ({install}), or leave out --report-to {target} "
+                                   f"(`report_to` in the --config file)")
 
 
 def _check_choice(name: str, value: str, known: list[str]) -> None:

@@ -377,6 +377,8 @@ class TrainConfig:
         False, "Train only the reward head on backbone features computed once and cached by content.", panel="Model")
     feature_cache_dir: str | None = option(None, "Frozen-backbone feature cache folder.",
                                            shown="$APLOT_CACHE/features, else ~/.cache/aplot/features", panel="Model")
+    token_cache_dir: str | None = option(None, "Token id cache folder (keyed by content).",
+                                         shown="$APLOT_CACHE/tokens", panel="Data")
     # runtime
     report_to: tuple[str, ...] = option((), "tensorboard, wandb, ... (repeat for several).", shown="none",
                                         panel="Output")
@@ -385,11 +387,13 @@ class TrainConfig:
               "commit; the Hub and a token are checked before training.", shown="none", panel="Output")
     hub_private: bool = option(False, "Create the --push-to-hub repo as private.", panel="Output")
     device: str = option("auto", "auto, cpu or cuda.", panel="Devices and distributed")
-    bf16: bool = option(False, "bf16 mixed precision (GPU only; float32 on the CPU always).",
+    bf16: bool = option(False, "bf16 mixed precision, GPU only (--lora: the base loads in bf16).",
                         panel="Devices and distributed")
     fp16: bool = option(False, "fp16 mixed precision (GPUs without bf16; GPU only).", panel="Devices and distributed")
     gradient_checkpointing: bool = option(False, "Recompute activations in the backward pass (less memory).",
                                           panel="Devices and distributed")
+    attn_implementation: str | None = option(None, "Attention kernel (eager, sdpa, flash_attention_2, ...).",
+                                             shown="transformers'", panel="Model")
     dataloader_workers: int = option(0, "DataLoader worker processes.", panel="Devices and distributed")
     trust_remote_code: bool = option(False, "Allow a hub model's own Python code to run.", panel="Model")
 

@@ -86,6 +86,103 @@ def encode(tokenizer: Any, prompt: str, response: str, max_length: int, prompt_m
     return _truncate(list(ids), None if types is None else list(types), seq, max_length)
 
 
+def encode_many(tokenizer: Any, prompts: list[str], responses: list[str], max_length: int,
+                prompt_messages: list[Any] | None = None, chat_template: bool = True,
+                special_tokens: bool = False) -> list[Encoded]:
+    """`[encode(tokenizer, p, r, max_length, m, chat_template, special_tokens) for each (p, r, m)]`, the same
+    token ids and truncation flags, in a few batched calls: the chat template rendered for every
+    conversation in one `apply_chat_template(..., tokenize=False)`, the texts tokenised in one call of the
+    fast tokenizer, and the prompt part tokenised alone (once per distinct prompt) only where truncation
+    needs its length. A slow tokenizer, or the `model` convention, is encoded one text at a time."""
+    messages = list(prompt_messages) if prompt_messages is not None else [None] * len(prompts)
+    if len(prompts) != len(responses) or len(messages) != len(prompts):
+        raise ValueError("prompts, responses and prompt_messages must have the same length")
+    if not prompts or special_tokens or not getattr(tokenizer, "is_fast", False):
+        return [encode(tokenizer, p, r, max_length, m, chat_template, special_tokens)
+                for p, r, m in zip(prompts, responses, messages, strict=True)]
+    if uses_chat_template(tokenizer, chat_template):
+        return _templated_many(tokenizer, prompts, responses, max_length, messages)
+    return _pairs_many(tokenizer, prompts, responses, max_length)
+
+
+def _templated_many(tokenizer: Any, prompts: list[str], responses: list[str], max_length: int,
+                    messages: list[Any]) -> list[Encoded]:
+    """`encode`'s templated branch, batched: the same rendering (`split_text`) and tokenisation of the whole
+    conversation; the prompt part's token count decides truncation alone, so it is computed only for the
+    texts longer than `max_length`."""
+    conversations: dict[Any, list[dict[str, str]]] = {}
+    which = []  # each text's conversation (its prompt), rendered once as the generation prompt
+    for prompt, message in zip(prompts, messages, strict=True):
+        key = (prompt, message if message is None or isinstance(message, str) else repr(message))
+        if key not in conversations:
+            conversations[key] = _messages(prompt, message)
+        which.append(key)
+    order = list(conversations)
+    heads = dict(zip(order, tokenizer.apply_chat_template([conversations[k] for k in order],
+                                                         add_generation_prompt=True, tokenize=False), strict=True))
+    fulls = tokenizer.apply_chat_template(
+        [conversations[k] + [{"role": "assistant", "content": r}] for k, r in zip(which, responses, strict=True)],
+        tokenize=False)
+    batch = tokenizer(fulls, add_special_tokens=False)
+    all_ids, all_types = batch["input_ids"], batch.get("token_type_ids")
+    long = [i for i, ids in enumerate(all_ids) if len(ids) > max_length]
+    parts = {i: _head_part(heads[which[i]], fulls[i]) for i in long}
+    distinct = list(dict.fromkeys(parts.values()))
+    counts = dict(zip(distinct, map(len, tokenizer(distinct, add_special_tokens=False)["input_ids"]) if distinct
+                      else (), strict=True))
+    out = []
+    for i, ids in enumerate(all_ids):
+        types = None if all_types is None else all_types[i]
+        if len(ids) <= max_length:  # nothing cut: the prompt's length does not matter
+            out.append(Encoded(ids, types, False, False))
+        else:
+            n_prompt = min(counts[parts[i]], len(ids))
+            out.append(_cut_runs(ids, types, 0, n_prompt, n_prompt, len(ids) - n_prompt, max_length))
+    return out
+
+
+def _head_part(head: str, full: str) -> str:
+    """The prompt part of `full` as `split_text` cuts it."""
+    return head if full.startswith(head) else full[:_common_prefix_length(head, full)]
+
+
+def _pairs_many(tokenizer: Any, prompts: list[str], responses: list[str], max_length: int) -> list[Encoded]:
+    """`encode`'s text-pair branch, batched: one call for every (prompt, response) pair."""
+    batch = tokenizer(list(prompts), list(responses))
+    all_ids, all_types = batch["input_ids"], batch.get("token_type_ids")
+    out = []
+    for i, ids in enumerate(all_ids):
+        types = None if all_types is None else all_types[i]
+        if len(ids) <= max_length:
+            out.append(Encoded(ids, types, False, False))
+            continue
+        seq = batch.sequence_ids(i)
+        n_prompt, n_resp = seq.count(0), seq.count(1)
+        p0 = seq.index(0) if n_prompt else 0
+        r0 = seq.index(1) if n_resp else len(ids)
+        runs = (seq[p0:p0 + n_prompt].count(0) == n_prompt and seq[r0:r0 + n_resp].count(1) == n_resp
+                and p0 + n_prompt <= r0)
+        out.append(_cut_runs(ids, types, p0, n_prompt, r0, n_resp, max_length) if runs else
+                   _truncate(list(ids), None if types is None else list(types), seq, max_length))
+    return out
+
+
+def _cut_runs(ids: list[int], types: list[int] | None, p0: int, n_prompt: int, r0: int, n_resp: int,
+              max_length: int) -> Encoded:
+    """`_truncate` where the prompt is the run of positions [p0, p0 + n_prompt) and the response the run
+    [r0, r0 + n_resp) after it (the two layouts `encode` produces): the same cuts, as slices."""
+    over = len(ids) - max_length
+    cut_resp = max(0, over - max(n_prompt - MIN_PROMPT_TOKENS, 0)) if over > 0 else 0
+    cut_prompt = min(n_prompt, over - cut_resp) if over > 0 else 0
+    cut_resp = min(cut_resp, n_resp - 1) if n_resp else 0
+    end = r0 + n_resp
+
+    def keep(seq: list[int]) -> list[int]:
+        return seq[:p0] + seq[p0 + cut_prompt:end - cut_resp] + seq[end:]
+
+    return Encoded(keep(ids), None if types is None else keep(types), cut_prompt > 0, cut_resp > 0)
+
+
 def _templated_with_special_tokens(tokenizer: Any, head: str, tail: str) -> tuple[list, list | None, list]:
     """`tokenizer(head + tail)` as RewardBench's pipeline calls it (special tokens added), with the
     prompt / response split of the plain tokenisation; the tokens the tokenizer adds in front or behind

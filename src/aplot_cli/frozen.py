@@ -26,10 +26,8 @@ in eval mode)."""
 from __future__ import annotations
 
 import hashlib
-import json
-import sqlite3
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -215,13 +213,11 @@ def head_rule(model, head: str, pad_id: int, device: str = "cpu") -> str:
 
 class FeatureStore(ContentStore):
     """Content-addressed vectors in one SQLite file: key = sha256(identity + NUL + text), value = float32
-    bytes; beside them the encodings `EncodingMemo` remembers. Each batch is committed, so an interrupted
+    bytes (the token ids sit in `tokencache`'s store beside it). Each batch is committed, so an interrupted
     extraction keeps what it computed. A damaged file is moved aside and the cache starts empty (`cachefile`)."""
 
     def __init__(self, directory: Path):
-        super().__init__(directory / "features.sqlite", label="feature cache", flag="--feature-cache-dir", tables=(
-            "CREATE TABLE IF NOT EXISTS encodings (key TEXT PRIMARY KEY, ids BLOB, types BLOB, "
-            "prompt_cut INTEGER, response_cut INTEGER)",))
+        super().__init__(directory / "features.sqlite", label="feature cache", flag="--feature-cache-dir")
 
     @staticmethod
     def key(identity: str, text: str) -> str:
@@ -234,103 +230,21 @@ class FeatureStore(ContentStore):
     def put_many(self, items: list[tuple[str, np.ndarray]]) -> None:
         self.put_vectors(items)
 
-    def encoding(self, key: str) -> tuple | None:
-        """(ids, types, prompt_cut, response_cut) remembered for `key`, or None (also for a row whose ids
-        are not whole int64 values)."""
-        row = self.run(lambda db: db.execute(
-            "SELECT ids, types, prompt_cut, response_cut FROM encodings WHERE key = ?", (key,)).fetchone())
-        if row is None or not isinstance(row[0], bytes) or len(row[0]) % 8:
-            return None
-        return row if row[1] is None or (isinstance(row[1], bytes) and len(row[1]) == len(row[0])) else None
-
-    def put_encodings(self, rows: list[tuple]) -> None:
-        def write(db: sqlite3.Connection) -> None:
-            with db:
-                db.executemany("INSERT OR REPLACE INTO encodings VALUES (?, ?, ?, ?, ?)", rows)
-
-        self.run(write)
-
 
 def open_cache(directory: str | Path | None) -> FeatureStore:
     return FeatureStore(Path(directory) if directory else default_cache_dir())
 
 
-def _tokenizer_identity(tokenizer) -> str | None:
-    """sha256 of what `formatting.encode` reads from a tokenizer (its full serialised vocabulary, merges,
-    normalizer and post-processor, its chat template, its class), the formatting code itself and the
-    library versions; None for a tokenizer without a serialisable backend (then nothing is memoised)."""
-    import tokenizers
-    import transformers
-
-    from aplot_cli import formatting
-
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is None:
-        return None
-    digest = hashlib.sha256(backend.to_str().encode())
-    for part in (type(tokenizer).__name__, str(getattr(tokenizer, "chat_template", None)), transformers.__version__,
-                 tokenizers.__version__, Path(formatting.__file__).read_text(encoding="utf-8")):
-        digest.update(b"\x00" + part.encode())
-    return digest.hexdigest()[:32]
-
-
-class EncodingMemo:
-    """`formatting.encode` remembered in the feature store: keyed by the tokenizer's identity (see
-    `_tokenizer_identity`, which includes the formatting code), max_length, the chat-template switch and the
-    texts, so a run whose features are all cached does not tokenise either. Call like `formatting.encode`
-    (the `aplot` convention); `flush` stores what was computed."""
-
-    def __init__(self, store: FeatureStore, tokenizer):
-        self.store, self.identity = store, _tokenizer_identity(tokenizer)
-        self.pending: list[tuple] = []
-        self.hits = self.misses = 0
-
-    def __call__(self, tokenizer, prompt: str, response: str, max_length: int, prompt_messages: Any = None,
-                 chat_template: bool = True):
-        from aplot_cli.formatting import Encoded, encode
-
-        if self.identity is None:
-            return encode(tokenizer, prompt, response, max_length, prompt_messages, chat_template)
-        messages = prompt_messages if prompt_messages is None or isinstance(prompt_messages, str) else \
-            json.dumps(prompt_messages, sort_keys=True)
-        key = hashlib.sha256(json.dumps([self.identity, max_length, bool(chat_template), prompt, messages,
-                                         response]).encode()).hexdigest()
-        row = self.store.encoding(key)
-        if row is not None:
-            self.hits += 1
-            ids, types, prompt_cut, response_cut = row
-            return Encoded(np.frombuffer(ids, dtype=np.int64).tolist(),
-                           None if types is None else np.frombuffer(types, dtype=np.int64).tolist(),
-                           bool(prompt_cut), bool(response_cut))
-        self.misses += 1
-        enc = encode(tokenizer, prompt, response, max_length, prompt_messages, chat_template)
-        self.pending.append((key, np.asarray(enc.input_ids, dtype=np.int64).tobytes(),
-                             None if enc.token_type_ids is None else
-                             np.asarray(enc.token_type_ids, dtype=np.int64).tobytes(),
-                             int(enc.prompt_truncated), int(enc.response_truncated)))
-        return enc
-
-    def flush(self) -> None:
-        if self.pending and self.store is not None:
-            self.store.put_encodings(self.pending)
-            self.pending = []
-
-
 # ------------------------------------------------------------------------------------------- training
 
 
-@contextmanager
 def remembered_encode(cache_dir: str | Path | None, tokenizer):
-    """An `EncodingMemo` on the feature store in `cache_dir` (None: the default), for `train.encode_split`
-    and eval-rm's fast path; what it computed is stored on exit."""
-    store = open_cache(cache_dir)
-    memo = EncodingMemo(store, tokenizer)
-    try:
-        yield memo
-        memo.flush()
-    finally:
-        store.close()
-        memo.store = None
+    """eval-rm's fast path: a `tokencache.TokenMemo` whose store sits beside the features in `cache_dir` (None:
+    the default), so a frozen artifact's benchmark texts are tokenised once; stored on exit."""
+    from aplot_cli import tokencache
+
+    return tokencache.remembered(Path(cache_dir) if cache_dir else default_cache_dir(), tokenizer,
+                                 flag="--feature-cache-dir")
 
 
 def check_config(cfg) -> None:
@@ -394,7 +308,7 @@ class Attached:
         return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in asdict(self.stats).items()}
 
 
-def attach(cfg, model, head: str, pad_id: int, splits: list, use_cpu: bool, memo: EncodingMemo | None = None) -> Attached:
+def attach(cfg, model, head: str, pad_id: int, splits: list, use_cpu: bool, memo: Any = None) -> Attached:
     """Replace each split's token ids by rows of a feature table (computed or cached) and return the
     `FeatureHead` to train. `splits`: `train.EncodedSplit`s (None entries skipped), edited in place:
     `input_ids_*` become `[table row]`, token type ids are dropped, `tokens` keeps the real count.

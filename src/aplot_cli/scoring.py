@@ -235,19 +235,18 @@ def _forward_scores(rm: RewardModel, encoded: list[Any], unique: list[int], batc
 
 def encode_texts(rm: RewardModel, prompts: list[str], responses: list[str],
                  prompt_messages: list[Any] | None = None, stats: ScoreStats | None = None) -> list[Any]:
-    import contextlib
-
-    from aplot_cli.formatting import encode
+    from aplot_cli.formatting import encode_many
 
     messages = prompt_messages if prompt_messages is not None else [None] * len(prompts)
     special = rm.convention == "model"
-    remembered = rm.fast is not None and not special  # a frozen artifact: token ids memoised with its features
-    if remembered:
+    if rm.fast is not None and not special:  # a frozen artifact: token ids memoised with its features
         from aplot_cli import frozen
-    with frozen.remembered_encode(rm.fast.cache_dir, rm.tokenizer) if remembered else contextlib.nullcontext() as memo:
-        encoded = [memo(rm.tokenizer, p, r, rm.max_length, m, rm.chat_template) if memo is not None else
-                   encode(rm.tokenizer, p, r, rm.max_length, m, rm.chat_template, special_tokens=special)
-                   for p, r, m in zip(prompts, responses, messages)]
+
+        with frozen.remembered_encode(rm.fast.cache_dir, rm.tokenizer) as memo:
+            encoded = memo.encode_many(rm.tokenizer, prompts, responses, rm.max_length, messages, rm.chat_template)
+    else:
+        encoded = encode_many(rm.tokenizer, prompts, responses, rm.max_length, messages, rm.chat_template,
+                              special_tokens=special)
     if stats is not None:
         stats.prompt_truncated += sum(e.prompt_truncated for e in encoded)
         stats.response_truncated += sum(e.response_truncated for e in encoded)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from aplot_cli import cachefile, embed, frozen
+from aplot_cli import cachefile, embed, frozen, tokencache
 from aplot_cli.cli import app
 from aplot_cli.errors import ConfigError
 
@@ -81,19 +81,25 @@ def test_a_whole_cache_is_not_moved(tmp_path, warnings):
     assert warnings == [] and sorted(p.name for p in tmp_path.iterdir()) == [path.name]
 
 
-def test_a_damaged_feature_cache_and_encoding_memo_start_empty(tmp_path, warnings):
-    store = frozen.FeatureStore(tmp_path)
+def test_a_damaged_feature_cache_and_token_cache_start_empty(tmp_path, warnings):
+    from aplot_cli.formatting import Encoded
+
+    store, tokens = frozen.FeatureStore(tmp_path), tokencache.TokenStore(tmp_path)
     store.put_many([("a", np.ones(8, dtype=np.float32))])
-    store.put_encodings([("e", np.arange(3, dtype=np.int64).tobytes(), None, 0, 0)])
-    assert store.encoding("e") is not None
+    tokens.put_many([("e", Encoded([1, 2, 3], None, False, True))])
+    assert tokens.get_many(["e"]) == {"e": Encoded([1, 2, 3], None, False, True)}
     store.close()
+    tokens.close()
     _damage(tmp_path / "features.sqlite", "garbage")
-    store = frozen.FeatureStore(tmp_path)
+    _damage(tmp_path / "tokens.sqlite", "garbage")
+    store, tokens = frozen.FeatureStore(tmp_path), tokencache.TokenStore(tmp_path)
     try:
-        assert store.get_many(["a"]) == {} and store.encoding("e") is None
+        assert store.get_many(["a"]) == {} and tokens.get_many(["e"]) == {}
     finally:
         store.close()
+        tokens.close()
     assert len(list(tmp_path.glob("features.sqlite.damaged-*"))) == 1 and "feature cache" in warnings[0]
+    assert len(list(tmp_path.glob("tokens.sqlite.damaged-*"))) == 1 and "token cache" in warnings[1]
 
 
 def test_a_file_another_worker_already_replaced_is_not_moved(tmp_path, warnings):

@@ -97,7 +97,8 @@ def test_only_the_head_trains_and_the_saved_model_scores_head_of_features(fixtur
 
 
 def test_a_second_run_reads_every_feature_from_the_cache(tiny_bert_dir, synthetic_pairs_dir, tmp_path, monkeypatch):
-    cfg = frozen_cfg(tiny_bert_dir, feature_cache_dir=str(tmp_path / "features"), max_steps=2)
+    cfg = frozen_cfg(tiny_bert_dir, feature_cache_dir=str(tmp_path / "features"), max_steps=2,
+                     token_cache_dir=str(tmp_path / "tokens"))
     first = json.loads(train.run(cfg, synthetic_pairs_dir, tmp_path / "a").read_text())
     batches = []
     real = frozen.read_head_inputs
@@ -113,24 +114,24 @@ def test_a_second_run_reads_every_feature_from_the_cache(tiny_bert_dir, syntheti
 
 
 def test_remembered_encodings_equal_formatting_encode(tiny_llama_rm_dir, synthetic_pairs_dir, tmp_path):
-    """The encoding memo returns what formatting.encode returns (ids, truncation flags), and a changed
-    max_length or tokenizer is a different key."""
+    """The encoding memo (eval-rm's fast path, beside the features) returns what formatting.encode returns
+    (ids, truncation flags), and a changed max_length or tokenizer is a different key."""
     cfg = frozen_cfg(tiny_llama_rm_dir, max_length=40)
     tokenizer, *_ = train.load_model(cfg)
     frame = load_pairs(synthetic_pairs_dir, "train").head(20)
     plain = train.encode_split(frame, tokenizer, cfg)
     for _ in range(2):  # computed, then read back
         with frozen.remembered_encode(tmp_path, tokenizer) as memo:
-            remembered = train.encode_split(frame, tokenizer, cfg, encode=memo)
+            remembered = train.encode_split(frame, tokenizer, cfg, encode_many=memo.encode_many)
     assert memo.hits == 40 and memo.misses == 0
     assert remembered.records == plain.records and remembered.truncation == plain.truncation
     assert plain.truncation["pairs_truncated"] > 0
     with frozen.remembered_encode(tmp_path, tokenizer) as memo:
-        train.encode_split(frame, tokenizer, frozen_cfg(tiny_llama_rm_dir, max_length=48), encode=memo)
+        train.encode_split(frame, tokenizer, frozen_cfg(tiny_llama_rm_dir, max_length=48), encode_many=memo.encode_many)
     assert memo.hits == 0
     tokenizer.chat_template = None
     with frozen.remembered_encode(tmp_path, tokenizer) as memo:
-        train.encode_split(frame, tokenizer, cfg, encode=memo)
+        train.encode_split(frame, tokenizer, cfg, encode_many=memo.encode_many)
     assert memo.hits == 0
 
 

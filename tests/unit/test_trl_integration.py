@@ -71,8 +71,8 @@ def trl_dataset(root, swap: bool = False):
     embeddings artifact's vectors as the embedding columns."""
     from datasets import Dataset
 
-    from aplot_cli.readers.embeddings import load_embeddings
     from aplot_cli.formatting import parse_messages
+    from aplot_cli.readers.embeddings import load_embeddings
     from aplot_cli.readers.pairs import load_pairs
 
     frame = load_pairs(root / "pairs", "train")

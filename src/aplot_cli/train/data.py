@@ -1,5 +1,5 @@
-"""From pairs to batches: each (prompt, chosen) and (prompt, rejected) encoded with `formatting.encode`
-(truncation explicit and counted, nothing dropped) into an `EncodedSplit`, served by `PairDataset`, and
+"""From pairs to batches: each (prompt, chosen) and (prompt, rejected) encoded with `formatting.encode_many`
+(ids as `formatting.encode` gives them; truncation explicit and counted, nothing dropped) into an `EncodedSplit`, served by `PairDataset`, and
 padded by `PairCollator` into one (2B, L) batch (rows 0..B-1 chosen, B..2B-1 rejected) with the
 per-pair side tables (dataset margin, unit-length sentence embeddings) by row."""
 
@@ -27,19 +27,24 @@ class EncodedSplit:
     truncation: dict[str, int] = field(default_factory=dict)
 
 
-def encode_split(frame, tokenizer, cfg: TrainConfig, embeddings=None, split_id: int = 0, encode=None) -> EncodedSplit:
-    """Encode every (prompt, chosen) and (prompt, rejected) with `formatting.encode` (or `encode`, a
-    drop-in such as `frozen.EncodingMemo`); nothing is dropped."""
-    encode = encode or formatting.encode
-    records, counts = [], {"pairs": len(frame), "prompt_truncated": 0, "response_truncated": 0,
-                           "pairs_truncated": 0}
-    for row, (prompt, chosen, rejected, messages) in enumerate(zip(
-            frame["prompt"], frame["chosen"], frame["rejected"], frame["prompt_messages"], strict=True)):
-        sides = [encode(tokenizer, prompt, text, cfg.max_length, messages, cfg.chat_template)
-                 for text in (chosen, rejected)]
-        counts["prompt_truncated"] += sum(s.prompt_truncated for s in sides)
-        counts["response_truncated"] += sum(s.response_truncated for s in sides)
-        counts["pairs_truncated"] += any(s.prompt_truncated or s.response_truncated for s in sides)
+def encode_split(frame, tokenizer, cfg: TrainConfig, embeddings=None, split_id: int = 0,
+                 encode_many=None) -> EncodedSplit:
+    """Encode every (prompt, chosen) and (prompt, rejected) with `formatting.encode_many` (or `encode_many`, a
+    drop-in such as `tokencache.TokenMemo.encode_many`), both sides of the split in one batched call;
+    nothing is dropped."""
+    encode_many = encode_many or formatting.encode_many
+    n = len(frame)
+    prompts, messages = frame["prompt"].tolist(), frame["prompt_messages"].tolist()
+    encoded = encode_many(tokenizer, prompts + prompts, frame["chosen"].tolist() + frame["rejected"].tolist(),
+                          cfg.max_length, messages + messages, cfg.chat_template)
+    records, counts = [], {"pairs": n, "prompt_truncated": 0, "response_truncated": 0, "pairs_truncated": 0}
+    for row in range(n):
+        sides = (encoded[row], encoded[n + row])
+        prompt_cuts = sides[0].prompt_truncated + sides[1].prompt_truncated
+        response_cuts = sides[0].response_truncated + sides[1].response_truncated
+        counts["prompt_truncated"] += prompt_cuts
+        counts["response_truncated"] += response_cuts
+        counts["pairs_truncated"] += bool(prompt_cuts or response_cuts)
         record = {"split": split_id, "row": row, "input_ids_chosen": sides[0].input_ids, "input_ids_rejected": sides[1].input_ids,
                   "length": max(len(sides[0].input_ids), len(sides[1].input_ids))}
         if sides[0].token_type_ids is not None:

@@ -1,5 +1,6 @@
-"""The backbone as train-rm trains it: tokenizer and a one-label sequence-classification model in
-float32, checked for a usable pad token and `max_length`, optionally wrapped in LoRA."""
+"""The backbone as train-rm trains it: tokenizer and a one-label sequence-classification model in the
+training dtype (float32; bf16 with `--bf16` on a GPU) and attention kernel, checked for a usable pad token and
+`max_length`, optionally wrapped in LoRA."""
 
 from __future__ import annotations
 
@@ -13,19 +14,36 @@ def head_name(model) -> str:
     return "score" if hasattr(model, "score") else "classifier"
 
 
-def load_model(cfg: TrainConfig):
-    """Tokenizer + 1-label sequence-classification model in float32; the seed is set before the head
-    is created so that runs are reproducible."""
+def weights_dtype(cfg: TrainConfig, use_cpu: bool) -> str:
+    """The dtype the weights that do not train are loaded and kept in: bf16 for a LoRA run's base model with
+    `--bf16` on a GPU (no float32 copy is made, as TRL's `dtype=bfloat16`; they are only read under bf16
+    autocast), else float32. Parameters that train (LoRA adapters, the head, a fully fine-tuned model) are
+    float32 master weights whatever the flag, as mixed precision keeps them: an AdamW step at a fine-tuning
+    learning rate (1e-5 on a weight of 0.05) is below bf16's resolution and would be rounded away."""
+    return "bfloat16" if cfg.bf16 and cfg.lora and not use_cpu else "float32"
+
+
+def load_model(cfg: TrainConfig, use_cpu: bool = True):
+    """Tokenizer + 1-label sequence-classification model in `weights_dtype` with the `attn_implementation`
+    asked for (None: transformers' choice); the seed is set before the head is created so that runs are
+    reproducible."""
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
 
     resolved = models.resolve(cfg.backbone)
     set_seed(cfg.seed)
+    kernel = {"attn_implementation": cfg.attn_implementation} if cfg.attn_implementation else {}
     try:
         tokenizer = AutoTokenizer.from_pretrained(resolved, trust_remote_code=cfg.trust_remote_code)
         model = AutoModelForSequenceClassification.from_pretrained(
-            resolved, num_labels=1, dtype=torch.float32, trust_remote_code=cfg.trust_remote_code)
-    except (OSError, ValueError, KeyError) as exc:
+            resolved, num_labels=1, dtype=getattr(torch, weights_dtype(cfg, use_cpu)),
+            trust_remote_code=cfg.trust_remote_code, **kernel)
+    except (OSError, ValueError, KeyError, ImportError) as exc:
+        if kernel and ("attn" in str(exc).lower() or "attention" in str(exc).lower() or isinstance(exc, ImportError)):
+            raise ConfigError(f"train-rm: backbone {cfg.backbone!r} cannot load with `attn_implementation` "
+                              f"{cfg.attn_implementation!r}: {exc}",
+                              hint="pass --attn-implementation sdpa or eager, or leave it out (transformers' "
+                                   "choice)") from exc
         raise ModelError(f"cannot load backbone {cfg.backbone!r} as a sequence-classification model: {exc}",
                          hint="pass minilm-l6, smollm2-135m, a local save_pretrained folder, or a hub id") from exc
     formatting.prepare_tokenizer(tokenizer, model.config)
@@ -41,7 +59,22 @@ def load_model(cfg: TrainConfig):
     head = head_name(model)
     if cfg.lora:
         model = _wrap_lora(model, cfg)
+        if weights_dtype(cfg, use_cpu) != "float32":
+            _trainable_in_float32(model, head)
     return tokenizer, model, resolved, head
+
+
+def _trainable_in_float32(model, head: str) -> None:
+    """Adapters and the head's trained copy as float32 master weights over a bf16 base; the head casts the
+    bf16 hidden states it reads (a forward outside autocast, as prefix sharing's check runs, mixes the two)."""
+    import torch
+
+    for param in model.parameters():
+        if param.requires_grad and param.dtype != torch.float32:
+            param.data = param.data.float()
+    module = getattr(model.base_model.model, head)
+    module.register_forward_pre_hook(lambda _module, args: tuple(
+        a.float() if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args))
 
 
 def _wrap_lora(model, cfg: TrainConfig):

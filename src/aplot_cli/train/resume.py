@@ -19,7 +19,8 @@ RUN_CONFIG = "run_config.json"  # the resolved config and inputs a run started w
 # the checkpoint belongs to.
 # How scores are computed, not what they are: a finished run trained with other values of these is the
 # same model (compare reuses its cell). prefix_sharing is recorded resolved (auto -> true/false).
-HOW_NOT_WHAT = frozenset({"device", "dataloader_workers", "gradient_checkpointing", "prefix_sharing", "pack_pairs"})
+HOW_NOT_WHAT = frozenset({"device", "dataloader_workers", "gradient_checkpointing", "prefix_sharing", "pack_pairs",
+                          "token_cache_dir", "attn_implementation"})
 RESUMABLE = HOW_NOT_WHAT | frozenset({"max_steps", "epochs", "logging_steps", "eval_steps", "save_steps",
                                       "save_total_limit", "keep_checkpoints", "report_to", "max_eval_pairs",
                                       "eval_batch_size", "train_eval_pairs", "ot_solver", "trust_remote_code",

@@ -4,7 +4,6 @@ build the trainer (imported only here), train, then write the model, the logs, t
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import os
@@ -23,7 +22,7 @@ from aplot_cli.readers.train_runs import MARGINS_FILE, STAGE
 from aplot_cli.train import learned, prefix, push
 from aplot_cli.train.data import PairDataset, SplitCollator, encode_split
 from aplot_cli.train.metrics import _final_metrics, _ot_summary, pair_accuracy
-from aplot_cli.train.model import load_model
+from aplot_cli.train.model import load_model, weights_dtype
 from aplot_cli.train.records import LOG_FILE, MarginSink
 from aplot_cli.train.resume import RUN_CONFIG, check_resume, resume_step, run_record
 from aplot_cli.train.validation import check_dataset_margin, validate
@@ -45,7 +44,8 @@ def run(cfg: TrainConfig, pairs_dir: Path, out_dir: Path, embeddings_dir: Path |
     out_dir = Path(out_dir)
     claim = {"stage": STAGE, "overwrite": overwrite, "resume": resume,
              "inputs": [("PAIRS", pairs_dir), ("--embeddings", embeddings_dir), ("--backbone", cfg.backbone)],
-             "places": [("feature cache", cfg.feature_cache_dir if cfg.frozen_backbone else None)]}
+             "places": [("feature cache", cfg.feature_cache_dir if cfg.frozen_backbone else None),
+                        ("token cache", cfg.token_cache_dir)]}
     kept = artifacts.check_out_dir(out_dir, **claim)  # refuse now; clear only once the inputs pass
     checkpoint, resumed_step = resume_step(out_dir, kept)
     if resume and checkpoint is None:  # as ppo and sample: no silent restart from step 0
@@ -61,7 +61,7 @@ def run(cfg: TrainConfig, pairs_dir: Path, out_dir: Path, embeddings_dir: Path |
     dataset_margin = check_dataset_margin(train_frame, pairs_art.path) if spec.dataset_margin else None
     need_emb = spec.aplot and cfg.semantic_source == "embeddings" and emb_art is not None
     train_emb = load_embeddings(emb_art.path, "train") if need_emb else None  # read before the out-dir is touched
-    tokenizer, model, resolved, head = load_model(cfg)
+    tokenizer, model, resolved, head = load_model(cfg, use_cpu)
     args = training_args(cfg, out_dir, use_cpu, test_frame is not None)  # also joins the process group
     rank = args.process_index
     with args.main_process_first(desc="prepare the output directory"):
@@ -69,16 +69,14 @@ def run(cfg: TrainConfig, pairs_dir: Path, out_dir: Path, embeddings_dir: Path |
             artifacts.prepare_out_dir(out_dir, **claim)
             if not (out_dir / RUN_CONFIG).is_file() or not checkpoint:  # a resume keeps its first start's
                 artifacts.write_json_atomic(out_dir / RUN_CONFIG, {**record, "from_step": max(resumed_step, 0)})
-    from aplot_cli import frozen  # --frozen-backbone: token ids and features remembered by content
-
-    with frozen.remembered_encode(cfg.feature_cache_dir, tokenizer) if cfg.frozen_backbone else contextlib.nullcontext() as encode:
-        train = encode_split(train_frame, tokenizer, cfg, train_emb, encode=encode)
-        test = encode_split(test_frame, tokenizer, cfg, split_id=1, encode=encode) if test_frame is not None else None
+    train, test, tokenization, encode = _encode(cfg, tokenizer, train_frame, test_frame, train_emb, args)
     sharing = prefix.decide(cfg.prefix_sharing, model, head, cfg.frozen_backbone, cfg.pack_pairs)
     sharing = prefix.confirm(sharing, cfg.prefix_sharing, model, head, train, tokenizer.pad_token_id, args.device)
     cfg = dataclasses.replace(cfg, prefix_sharing=sharing.enabled)  # the manifest records what it trained with
     attached = None
     if cfg.frozen_backbone:  # the head trains on cached backbone features
+        from aplot_cli import frozen
+
         attached = frozen.attach(cfg, model, head, tokenizer.pad_token_id, [train, test], use_cpu, memo=encode)
         model = attached.model
     info(f"[bold]train-rm[/] {cfg.backbone} loss={spec.name}: {len(train.records)} train pairs"
@@ -118,6 +116,7 @@ def run(cfg: TrainConfig, pairs_dir: Path, out_dir: Path, embeddings_dir: Path |
         info(f"[bold yellow]train-rm warning:[/] {warning}")
     inputs = {"pairs": pairs_art, **({"embeddings": emb_art} if emb_art is not None else {})}
     diagnostics = {"truncation": {"train": train.truncation, **({"test": test.truncation} if test else {})},
+                   "tokenization": tokenization,
                    "ot": _ot_summary(trainer),
                    **({"test_loss": "the configured loss without the APLOT margin (no OT plan at evaluation)"}
                       if test else {}),
@@ -132,6 +131,9 @@ def run(cfg: TrainConfig, pairs_dir: Path, out_dir: Path, embeddings_dir: Path |
                    "precision": "float32" if use_cpu or not (cfg.bf16 or cfg.fp16) else
                                 ("bf16" if cfg.bf16 else "fp16") + " mixed",
                    "mixed_precision_ignored_on_cpu": bool((cfg.bf16 or cfg.fp16) and use_cpu),
+                   "weights_dtype": weights_dtype(cfg, use_cpu),
+                   "attn_implementation": getattr(trainer.accelerator.unwrap_model(trainer.model).config,
+                                                  "_attn_implementation", None),
                    **({"dataset_margin": dataset_margin} if dataset_margin else {}),
                    **({"frozen_backbone": attached.manifest()} if attached is not None else {}),
                    "prefix_sharing": sharing.manifest()}
@@ -155,6 +157,28 @@ def run(cfg: TrainConfig, pairs_dir: Path, out_dir: Path, embeddings_dir: Path |
         url = push.push(out_dir, cfg.push_to_hub, cfg.hub_private, f"aplot train-rm: {spec.name} on {cfg.backbone}")
         info(f"[bold]train-rm[/] pushed to the Hub: {url}")
     return manifest
+
+
+def _encode(cfg: TrainConfig, tokenizer, train_frame, test_frame, train_emb, args):
+    """Both splits encoded in batched calls through the token cache, rank 0 first (`main_process_first`):
+    it tokenises what the cache lacks and stores it; the other ranks then read every text from the cache.
+    Returns the splits, the manifest's `tokenization` record and the memo (its counts go to a frozen run's
+    record)."""
+    from aplot_cli import tokencache
+
+    t0 = time.perf_counter()
+    with args.main_process_first(desc="tokenize (rank 0 first; the others read its token cache)"), \
+            tokencache.remembered(cfg.token_cache_dir, tokenizer) as memo:
+        train = encode_split(train_frame, tokenizer, cfg, train_emb, encode_many=memo.encode_many)
+        test = encode_split(test_frame, tokenizer, cfg, split_id=1, encode_many=memo.encode_many) \
+            if test_frame is not None else None
+    seconds = time.perf_counter() - t0
+    record = {"texts": memo.hits + memo.misses, "from_cache": memo.hits, "tokenized": memo.misses,
+              "seconds": round(seconds, 3),
+              "cache": str(Path(cfg.token_cache_dir) if cfg.token_cache_dir else tokencache.default_dir())}
+    info(f"[bold]train-rm[/] tokens: {memo.misses} texts tokenised, {memo.hits} from the token cache "
+         f"({seconds:.1f}s)")
+    return train, test, record, memo
 
 
 def training_args(cfg: TrainConfig, out_dir: Path, use_cpu: bool, has_eval: bool):

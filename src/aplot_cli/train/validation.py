@@ -61,6 +61,11 @@ def validate(cfg: TrainConfig, has_embeddings: bool) -> losses.LossSpec:
     if cfg.bf16 and cfg.fp16:
         raise ConfigError("train-rm: `bf16` and `fp16` are both on (one may come from the --config YAML)",
                           hint="keep one: add --no-bf16 or --no-fp16, or set it false in the YAML")
+    from aplot_cli import tokencache
+
+    tokencache.check_dir(cfg.token_cache_dir)
+    if cfg.attn_implementation is not None and "/" not in cfg.attn_implementation:  # owner/repo: a hub kernel
+        _check_choice("attn_implementation", cfg.attn_implementation, _attention_kernels())
     _check_choice("scheduler", cfg.scheduler, _schedulers())
     for target in cfg.report_to:
         _check_choice("report_to", target, _report_targets())
@@ -78,6 +83,12 @@ def _schedulers() -> list[str]:
     from transformers import SchedulerType
 
     return [s.value for s in SchedulerType]
+
+
+def _attention_kernels() -> list[str]:
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    return list(dict.fromkeys(["eager", *ALL_ATTENTION_FUNCTIONS.valid_keys()]))
 
 
 def _report_targets() -> list[str]:

@@ -23,8 +23,7 @@ from typing import Any
 import numpy as np
 
 from aplot_cli import formatting, models
-from aplot_cli.cachefile import CacheFile, check_folder
-from aplot_cli.embed import select_in
+from aplot_cli.cachefile import CacheFile, check_folder, select_in
 
 FILE = "tokens.sqlite"
 _IDS = np.dtype("<i4")  # every vocabulary aplot loads is far below 2**31 ids; half the bytes of int64

@@ -1,6 +1,6 @@
 """The package's layout rule (docs/architecture.md): stages never import one another, and the shared pieces
-(readers, caches, scoring, generation, ...) import no stage; only the CLI and `compare`, which runs stages
-for every cell of a grid, call them. Read from the source, so a new import between stages fails here."""
+(readers, caches, scoring, generation, ...) import no stage; only the CLI, `compare` (which runs stages
+for every cell of a grid) and `integrations/` (TRL's trainer with train-rm's loss) call them. Read from the source, so a new import between stages fails here."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[2] / "src" / "aplot_cli"
 STAGES = {"prepare", "embed", "train", "evaluate", "ppo", "sample", "margin_diagnostics"}
-ORCHESTRATORS = {"cli", "compare", "executors", "grid_layout", "report"}  # `aplot compare`'s modules
+ORCHESTRATORS = {"cli", "compare", "executors", "grid_layout", "report",  # `aplot compare`'s modules
+                 "integrations"}  # other libraries' trainers driving train-rm's pieces (aplot[trl])
 
 
 def _top(module: Path, package: Path = PACKAGE) -> str:

@@ -15,7 +15,7 @@ import torch
 from aplot_cli import tokencache, train
 from aplot_cli.config import TrainConfig
 from aplot_cli.errors import ConfigError
-from aplot_cli.prepare import load_pairs
+from aplot_cli.readers.pairs import load_pairs
 
 
 def tiny_cfg(backbone, **changes) -> TrainConfig:

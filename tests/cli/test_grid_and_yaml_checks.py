@@ -80,6 +80,24 @@ def test_a_key_twice_in_a_config_file_is_refused(tmp_path, command):
     assert not (tmp_path / "out").exists() and _digest(config) == before
 
 
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [
+        ('{\n  "test_size": 0.2,\n  "seed": 1,\n  "seed": 2\n}\n', 4),  # a plain JSON mapping of options
+        ('{"stage": "prepare", "config": {"seed": 1, "test_size": 0.2, "seed": 2}}', 1),  # a run's manifest
+    ],
+    ids=["json-mapping", "manifest"],
+)
+def test_a_key_twice_in_a_json_config_file_is_refused(tmp_path, text, line):
+    config = tmp_path / "c.json"
+    config.write_text(text)
+    before = _digest(config)
+    result = _invoke("prepare", "--recipe", "synthetic", "--config", config, "--out-dir", tmp_path / "out")
+    assert result.exit_code == 2, result.output
+    assert f"config file {config}, line {line}: key `seed` is given twice" in result.stderr
+    assert not (tmp_path / "out").exists() and _digest(config) == before
+
+
 def test_a_key_twice_in_a_recipe_is_refused(tmp_path):
     recipe = tmp_path / "mine.yaml"
     recipe.write_text("name: mine\ntransform: pairwise\ncolumns:\n  chosen: a\n  rejected: b\n  chosen: c\n")

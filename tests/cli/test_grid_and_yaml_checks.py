@@ -152,6 +152,19 @@ def test_an_empty_methods_mapping_does_not_run_the_default_methods(tmp_path, bod
     _refused(tmp_path, text, 2, "`methods` is", "must be a non-empty mapping")
 
 
+@pytest.mark.parametrize(
+    ("body", "needle"),
+    [
+        ("{loss: [bt+]}", "loss 'bt+' has an empty term"),
+        ("{loss: [aplot], batch_size: 0}", "`batch_size` is 0; it must be >= 1"),
+        ("{loss: [bt], scheduler: cosin}", "`scheduler` is 'cosin'"),
+    ],
+)
+def test_a_method_train_rm_would_refuse_is_refused_before_any_data_is_made(tmp_path, body, needle):
+    text = GRID.replace("  aplot: {loss: [aplot]}", f"  aplot: {body}")
+    _refused(tmp_path, text, 2, f"grid {tmp_path / 'grid.yaml'}: method `aplot`: ", needle, "methods: aplot:")
+
+
 @pytest.mark.parametrize("name", ["../escape", "a/b", "."])
 def test_a_method_or_eval_name_that_is_not_a_folder_name_is_refused(tmp_path, name):
     _refused(tmp_path, GRID.replace("  aplot:", f"  '{name}':"), 2, f"`methods` name {name!r}")

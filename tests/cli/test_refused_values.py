@@ -254,3 +254,31 @@ def test_ppo_prompt_messages_that_pass_are_read_as_given(tmp_path):
     )
     got = {p.text: p.messages for p in load_prompts(str(source)).prompts}
     assert got == {"hi": turns, "yo": turns[1:], "bye": None}
+
+
+# --- keys given twice in a data file ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("row", "field"),
+    [
+        ('{"prompt": "q2", "chosen": "good 2", "rejected": "bad 2", "chosen": "bad 2"}', "chosen"),
+        (
+            '{"prompt": "q2", "chosen": [{"role": "assistant", "role": "user", "content": "a"}], "rejected": "b"}',
+            "chosen[0].role",
+        ),
+    ],
+    ids=["top-level", "nested"],
+)
+@pytest.mark.parametrize("suffix", [".jsonl", ".json"])
+def test_a_key_given_twice_in_a_data_row_is_refused_naming_the_field(tmp_path, row, field, suffix):
+    rows = [json.dumps(r) for r in _rows()]
+    rows[2] = row
+    source = tmp_path / f"prefs{suffix}"
+    source.write_text("\n".join(rows) + "\n" if suffix == ".jsonl" else "[" + ",\n".join(rows) + "]")
+    where = f"{source}:3" if suffix == ".jsonl" else f"{source}[2]"
+    _prepare_refused(source, tmp_path, f"{where}: field `{field}` is given twice in one object")
+    result = _invoke("prepare", "--files", source, "--out-dir", tmp_path / "p", "--on-bad-rows", "skip", "-q")
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "p" / artifacts.MANIFEST).read_text())
+    assert manifest["metrics"]["rows_bad"] == {"key_twice": 1} and manifest["metrics"]["pairs_written"] == 5

@@ -152,6 +152,7 @@ def load_grid(path: Path | str, seeds: tuple[int, ...] | None = None, methods: t
         base["group_by_length"] = False  # train-rm's default differs by loss: cells stay paired by seed (same batches)
     method_cfgs = {name: build_config(TrainConfig, None, {**base, **(overrides or {})})
                    for name, overrides in method_raw.items()}
+    _check_methods(method_cfgs, path)
     pushing = [name for name, cfg in method_cfgs.items() if cfg.push_to_hub]
     if pushing:
         raise ConfigError(f"grid {path}: method `{pushing[0]}` sets push_to_hub: every cell would push to one repo",
@@ -174,6 +175,19 @@ def load_grid(path: Path | str, seeds: tuple[int, ...] | None = None, methods: t
     if grid.baseline not in grid.methods:
         info(f"[yellow]baseline method {grid.baseline!r} is not in the grid: no convergence column[/]")
     return grid
+
+
+def _check_methods(method_cfgs: dict[str, TrainConfig], path: Path) -> None:
+    """Every method's train-rm settings checked as train-rm checks them (`loss: [bt+]`, `batch_size: 0`, ...),
+    before any data is prepared: a cell would otherwise find it only after the grid's data was made."""
+    from aplot_cli.train.validation import validate
+
+    for name, cfg in method_cfgs.items():
+        try:
+            validate(cfg, has_embeddings=True)  # every cell is given the grid's embeddings
+        except ConfigError as exc:
+            raise ConfigError(f"grid {path}: method `{name}`: {exc.message}",
+                              hint=f"fix it under `methods: {name}:` (or `base:`) in the grid") from None
 
 
 def check_grid(raw: dict[str, Any], path: Path, seeds: tuple[int, ...] | None = None,

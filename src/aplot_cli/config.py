@@ -652,6 +652,39 @@ def _stage_of(cls: type) -> str:
             PPOConfig: "ppo", SampleConfig: "sample", MarginsConfig: "margins"}.get(cls, cls.__name__)
 
 
+class _JsonKeyTwice(Exception):
+    def __init__(self, key: str):
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """json's object_pairs_hook: a JSON object naming one key twice is refused (json keeps the last)."""
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise _JsonKeyTwice(key)
+        seen[key] = value
+    return seen
+
+
+def _key_twice_error(path: Path, text: str, key: str) -> ConfigError:
+    """The error for a JSON config file naming `key` twice in one object, with its lines where the YAML
+    reader (JSON is YAML's flow style) finds them."""
+    import yaml
+
+    line = first = ""
+    try:
+        parse_yaml(text)
+    except DuplicateKeyError as exc:
+        if str(exc.key) == key:
+            line, first = f", line {exc.line}", f" (first on line {exc.first_line})"
+    except yaml.YAMLError:
+        pass
+    return ConfigError(f"config file {path}{line}: key `{key}` is given twice{first}",
+                       hint="keep one of them: JSON readers silently use the last and drop the first")
+
+
 def load_config_file(path: Path | str, cls: type) -> dict[str, Any]:
     """The option values a `--config` file sets, by its kind: a stage's `manifest.json` or train-rm's
     `run_config.json` gives the resolved config of that run (to rerun it; the rest of the file is not
@@ -665,7 +698,10 @@ def load_config_file(path: Path | str, cls: type) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist", hint="check the --config path")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        data = json.loads(text, object_pairs_hook=_unique_keys)
+    except _JsonKeyTwice as exc:  # json keeps the last value silently, as YAML does: refused the same way
+        raise _key_twice_error(path, text, exc.key) from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise ConfigError(f"config file {path} is not valid JSON: {exc}") from exc
     if not isinstance(data, dict):

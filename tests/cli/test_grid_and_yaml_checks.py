@@ -80,6 +80,24 @@ def test_a_key_twice_in_a_config_file_is_refused(tmp_path, command):
     assert not (tmp_path / "out").exists() and _digest(config) == before
 
 
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [
+        ('{\n  "test_size": 0.2,\n  "seed": 1,\n  "seed": 2\n}\n', 4),  # a plain JSON mapping of options
+        ('{"stage": "prepare", "config": {"seed": 1, "test_size": 0.2, "seed": 2}}', 1),  # a run's manifest
+    ],
+    ids=["json-mapping", "manifest"],
+)
+def test_a_key_twice_in_a_json_config_file_is_refused(tmp_path, text, line):
+    config = tmp_path / "c.json"
+    config.write_text(text)
+    before = _digest(config)
+    result = _invoke("prepare", "--recipe", "synthetic", "--config", config, "--out-dir", tmp_path / "out")
+    assert result.exit_code == 2, result.output
+    assert f"config file {config}, line {line}: key `seed` is given twice" in result.stderr
+    assert not (tmp_path / "out").exists() and _digest(config) == before
+
+
 def test_a_key_twice_in_a_recipe_is_refused(tmp_path):
     recipe = tmp_path / "mine.yaml"
     recipe.write_text("name: mine\ntransform: pairwise\ncolumns:\n  chosen: a\n  rejected: b\n  chosen: c\n")
@@ -132,6 +150,19 @@ def test_grid_lists_that_would_not_report_what_ran_are_refused_naming_the_key(tm
 def test_an_empty_methods_mapping_does_not_run_the_default_methods(tmp_path, body):
     text = GRID.replace("methods:\n  bt: {loss: [bt]}\n  aplot: {loss: [aplot]}", body)
     _refused(tmp_path, text, 2, "`methods` is", "must be a non-empty mapping")
+
+
+@pytest.mark.parametrize(
+    ("body", "needle"),
+    [
+        ("{loss: [bt+]}", "loss 'bt+' has an empty term"),
+        ("{loss: [aplot], batch_size: 0}", "`batch_size` is 0; it must be >= 1"),
+        ("{loss: [bt], scheduler: cosin}", "`scheduler` is 'cosin'"),
+    ],
+)
+def test_a_method_train_rm_would_refuse_is_refused_before_any_data_is_made(tmp_path, body, needle):
+    text = GRID.replace("  aplot: {loss: [aplot]}", f"  aplot: {body}")
+    _refused(tmp_path, text, 2, f"grid {tmp_path / 'grid.yaml'}: method `aplot`: ", needle, "methods: aplot:")
 
 
 @pytest.mark.parametrize("name", ["../escape", "a/b", "."])

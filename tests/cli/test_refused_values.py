@@ -201,3 +201,84 @@ def test_eval_rm_refuses_a_prompt_message_with_an_unknown_role(tiny_bert_dir, tm
     assert result.exit_code == 3, result.output
     assert f"{source}:3: `prompt[0].role` is 'robot', expected one of system, user, assistant" in result.stderr
     assert not (tmp_path / "ev").exists()
+
+
+@pytest.mark.parametrize(
+    ("messages", "needle"),
+    [
+        ([{"role": "robot", "content": "hi"}], "field `prompt_messages[0].role` is 'robot', expected one of system"),
+        ([{"role": "user"}], "field `prompt_messages[0]` must be"),
+        ("not json", "field `prompt_messages` is a string that is not a JSON list of messages"),
+        ({"role": "user", "content": "hi"}, "field `prompt_messages` is not a non-empty list of messages"),
+    ],
+    ids=["robot", "no-content", "string", "mapping"],
+)
+def test_ppo_refuses_prompt_messages_that_prepare_would_refuse(tmp_path, messages, needle):
+    source = tmp_path / "prompts.jsonl"
+    rows = [{"prompt": "hi", "prompt_messages": [{"role": "user", "content": "hi"}]}, {"prompt": "yo"}]
+    rows.append({"prompt": "bye", "prompt_messages": messages})
+    source.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    before = _digest(source)
+    out = tmp_path / "ppo"
+    # the models need not exist: prompts are read first, before any model loads or the out-dir is made
+    result = _invoke(
+        "ppo",
+        "--policy",
+        tmp_path / "p",
+        "--reward-model",
+        tmp_path / "rm",
+        "--prompts",
+        source,
+        "--device",
+        "cpu",
+        "--out-dir",
+        out,
+    )
+    assert result.exit_code == 3, result.output
+    assert f"{source}:3: {needle}" in result.stderr
+    assert not out.exists() and _digest(source) == before
+
+
+def test_ppo_prompt_messages_that_pass_are_read_as_given(tmp_path):
+    from aplot_cli.ppo.prompts import load_prompts
+
+    source = tmp_path / "prompts.jsonl"
+    turns = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]
+    source.write_text(
+        json.dumps({"prompt": "hi", "prompt_messages": turns})
+        + "\n"
+        + json.dumps({"prompt": "yo", "prompt_messages": json.dumps(turns[1:])})
+        + "\n"
+        + json.dumps({"prompt": "bye"})
+        + "\n"
+    )
+    got = {p.text: p.messages for p in load_prompts(str(source)).prompts}
+    assert got == {"hi": turns, "yo": turns[1:], "bye": None}
+
+
+# --- keys given twice in a data file ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("row", "field"),
+    [
+        ('{"prompt": "q2", "chosen": "good 2", "rejected": "bad 2", "chosen": "bad 2"}', "chosen"),
+        (
+            '{"prompt": "q2", "chosen": [{"role": "assistant", "role": "user", "content": "a"}], "rejected": "b"}',
+            "chosen[0].role",
+        ),
+    ],
+    ids=["top-level", "nested"],
+)
+@pytest.mark.parametrize("suffix", [".jsonl", ".json"])
+def test_a_key_given_twice_in_a_data_row_is_refused_naming_the_field(tmp_path, row, field, suffix):
+    rows = [json.dumps(r) for r in _rows()]
+    rows[2] = row
+    source = tmp_path / f"prefs{suffix}"
+    source.write_text("\n".join(rows) + "\n" if suffix == ".jsonl" else "[" + ",\n".join(rows) + "]")
+    where = f"{source}:3" if suffix == ".jsonl" else f"{source}[2]"
+    _prepare_refused(source, tmp_path, f"{where}: field `{field}` is given twice in one object")
+    result = _invoke("prepare", "--files", source, "--out-dir", tmp_path / "p", "--on-bad-rows", "skip", "-q")
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "p" / artifacts.MANIFEST).read_text())
+    assert manifest["metrics"]["rows_bad"] == {"key_twice": 1} and manifest["metrics"]["pairs_written"] == 5

@@ -27,7 +27,7 @@ SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".parquet": 
 class RawRecord:
     location: str
     data: dict[str, Any] | None
-    problem: str | None = None   # "broken_json" | "undecodable" | "not_an_object"
+    problem: str | None = None   # "broken_json" | "undecodable" | "not_an_object" | "key_twice" | ...
     detail: str = ""
 
 
@@ -53,6 +53,47 @@ def _lone_surrogate(data: Any) -> tuple[str, str] | None:
     return None
 
 
+class _KeyTwice(dict):
+    """A JSON object that named a key more than once (`twice`: the first such key); json keeps the last value."""
+
+    twice = ""
+
+
+_TWICE_SEEN = [0]  # objects with a key twice decoded so far: a row is walked for one only when this moved
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) == len(pairs):
+        return obj
+    seen: set[str] = set()
+    twice = _KeyTwice(obj)
+    twice.twice = next(key for key, _ in pairs if key in seen or seen.add(key))
+    _TWICE_SEEN[0] += 1
+    return twice
+
+
+_DECODER = json.JSONDecoder(object_pairs_hook=_object)
+
+
+def _key_twice(data: Any) -> str | None:
+    """The field path (`chosen`, `chosen[0].role`) of the first key given twice in one object of `data`."""
+    stack: list[tuple[Any, str]] = [(data, "")]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, _KeyTwice):
+            return f"{where}.{item.twice}" if where else item.twice
+        if isinstance(item, dict):
+            stack += [(value, f"{where}.{key}" if where else str(key)) for key, value in reversed(list(item.items()))]
+        elif isinstance(item, list):
+            stack += [(value, f"{where}[{i}]") for i, value in reversed(list(enumerate(item)))]
+    return None
+
+
+def _twice_detail(field: str) -> str:
+    return f"field `{field}` is given twice in one object (a JSON reader keeps the last value and drops the first)"
+
+
 def _surrogate_detail(found: tuple[str, str]) -> str:
     field, near = found
     return f'field `{field}` holds a lone surrogate escape (\\ud800-\\udfff, not a character) in "{near}"'
@@ -61,8 +102,9 @@ def _surrogate_detail(found: tuple[str, str]) -> str:
 def _parse(text: str) -> tuple[Any, str | None, str]:
     """(data, problem, detail) for one JSON document: broken or too deeply nested JSON and lone
     surrogates are problems, not exceptions."""
+    seen = _TWICE_SEEN[0]
     try:
-        data = json.loads(text)
+        data = _DECODER.decode(text)
     except json.JSONDecodeError as exc:
         return None, "broken_json", f"not valid JSON ({exc.msg}, column {exc.colno})"
     except RecursionError:
@@ -70,6 +112,9 @@ def _parse(text: str) -> tuple[Any, str | None, str]:
     bad = _lone_surrogate(data)
     if bad is not None:
         return None, "lone_surrogate", _surrogate_detail(bad)
+    twice = _key_twice(data) if _TWICE_SEEN[0] != seen else None
+    if twice is not None:
+        return None, "key_twice", _twice_detail(twice)
     return data, None, ""
 
 
@@ -111,8 +156,9 @@ def _json(path: Path) -> Iterator[RawRecord]:
                              hint="re-encode the file as UTF-8") from exc
     if not text.strip():
         raise _empty(path)
+    seen = _TWICE_SEEN[0]
     try:
-        data = json.loads(text)
+        data = _DECODER.decode(text)
     except json.JSONDecodeError as exc:
         raise InputDataError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})",
                              hint="fix the file, or write one object per line as .jsonl") from exc
@@ -120,6 +166,8 @@ def _json(path: Path) -> Iterator[RawRecord]:
         raise InputDataError(f"{path}: JSON nested too deeply to read",
                              hint="fix the file, or write one object per line as .jsonl "
                                   "(then --on-bad-rows skip can drop such rows)") from exc
+    if isinstance(data, _KeyTwice):
+        raise InputDataError(f"{path}: {_twice_detail(data.twice)}", hint="keep one of them")
     if isinstance(data, dict):
         for key in ("data", "rows", "examples"):
             if isinstance(data.get(key), list):
@@ -133,8 +181,11 @@ def _json(path: Path) -> Iterator[RawRecord]:
     for number, item in enumerate(data):
         where = f"{path}[{number}]"
         bad = _lone_surrogate(item)
+        twice = _key_twice(item) if _TWICE_SEEN[0] != seen else None
         if bad is not None:
             yield RawRecord(where, None, "lone_surrogate", _surrogate_detail(bad))
+        elif twice is not None:
+            yield RawRecord(where, None, "key_twice", _twice_detail(twice))
         elif isinstance(item, dict):
             yield RawRecord(where, item)
         else:

@@ -76,5 +76,35 @@ def _read_prompt_jsonl(path: Path) -> list[Prompt]:
                                      hint='each line must be {"prompt": "..."} (optionally "prompt_messages")')
             if text not in seen:
                 seen.add(text)
-                prompts.append(Prompt(text, _messages(row.get("prompt_messages"))))
+                prompts.append(Prompt(text, _checked_messages(row.get("prompt_messages"), f"{path}:{number}")))
     return prompts
+
+
+def _checked_messages(value: Any, where: str) -> list[dict[str, str]] | None:
+    """A jsonl line's `prompt_messages` (a list of {role, content} turns, or its JSON text as a pairs artifact
+    stores it), checked as prepare checks a pair's messages: a role other than system/user/assistant, or a turn
+    that is not {role: str, content: str}, is refused naming the line and the field."""
+    from aplot_cli.data.schema import ROLES
+
+    hint = 'each line is {"prompt": "...", "prompt_messages": [{"role": "user", "content": "..."}]} (messages optional)'
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise InputDataError(f"{where}: field `prompt_messages` is a string that is not a JSON list of messages",
+                                 hint=hint) from None
+    if not isinstance(value, list) or not value:
+        raise InputDataError(f"{where}: field `prompt_messages` is not a non-empty list of messages", hint=hint)
+    messages = []
+    for i, message in enumerate(value):
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str) \
+                or not isinstance(message.get("content"), str):
+            raise InputDataError(f"{where}: field `prompt_messages[{i}]` must be {{\"role\": str, \"content\": str}}",
+                                 hint=hint)
+        if message["role"] not in ROLES:
+            raise InputDataError(f"{where}: field `prompt_messages[{i}].role` is {message['role']!r}, expected one "
+                                 f"of {', '.join(ROLES)}", hint=hint)
+        messages.append({"role": message["role"], "content": message["content"]})
+    return messages

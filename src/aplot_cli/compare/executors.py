@@ -217,7 +217,7 @@ def ray_runtime_env() -> dict[str, Any]:
     aplot: nothing more for an installed package; for a source checkout (PYTHONPATH=src, or an editable
     install) its `src` folder ahead of the node's own PYTHONPATH (Ray expands `${PYTHONPATH}` there)."""
     env = {name: os.environ[name] for name in FORWARDED_ENV if name in os.environ}
-    src = Path(__file__).resolve().parent.parent
+    src = Path(__file__).resolve().parents[2]  # src/aplot_cli/compare/executors.py -> src
     if src.name not in ("site-packages", "dist-packages"):
         env["PYTHONPATH"] = f"{src}{os.pathsep}${{PYTHONPATH}}"
     return {"env_vars": env} if env else {}

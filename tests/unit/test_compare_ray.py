@@ -167,9 +167,14 @@ def test_ray_retries_a_failed_cell_once_and_names_one_that_fails_twice(local_ray
     monkeypatch.setattr(stage, "_run_cell", flaky)
     out = tmp_path / "out"
     with pytest.raises(TrainingError, match=r"1 cell\(s\) failed twice: cells/noise-0.00/aplot/seed-0: "
-                                            r"RuntimeError: device lost \(aplot, try 2\)\n"):
+                                            r"RuntimeError: device lost \(aplot, try 2\) \(output and traceback: "
+                                            r"cells/noise-0.00/aplot/seed-0/cell.log\)\n"):
         stage.run(grid, out, executor="ray", accept_unlearned=True)
     assert (attempts / "bt").read_text() == "2" and (attempts / "aplot").read_text() == "2"
+    # the cells' own output went to their logs: the traceback of each try, the stages' progress
+    aplot_log = (out / CELLS / "aplot" / "seed-0" / executors.CELL_LOG).read_text()
+    assert aplot_log.count("Traceback") == 2 and "device lost (aplot, try 2)" in aplot_log
+    assert "bt seed 0: train-rm" in (out / CELLS / "bt" / "seed-0" / executors.CELL_LOG).read_text()
     for part in ("train", "eval-id", "eval-ood"):
         assert (out / CELLS / "bt" / "seed-0" / part / "manifest.json").is_file(), part
     assert (out / "report" / "report.md").is_file() and not (out / "manifest.json").exists()

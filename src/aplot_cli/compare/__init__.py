@@ -8,7 +8,8 @@ One concern a module:
     stage.py      `run`, the entry point: data per noise level, every cell, the report, the manifest
     cells.py      the finished cells read back from their artifacts (metrics, logs, predictions, margins)
     stats.py      the statistics, pure: t intervals over seeds, paired bootstrap over test pairs, MDEs
-    report.py     the report: tables, verdicts, report.md / report.html / results.json
-    figures.py    the report's figures
+    report.py     the report: tables, verdicts, report.md / report.html / results.json / tables.tex
+    latex.py      the report's tables as LaTeX (booktabs), pure text
+    figures.py    the report's figures, PNG with SVG beside
 
 Importing the package imports none of them (`aplot --help` stays light): the command imports `stage`."""

@@ -1,5 +1,6 @@
-"""The compare report's figures (PNG): test accuracy vs step per method with 95% bands, the hard-minus-easy
-training margin per method, margin histograms for hard vs easy pairs, and chosen vs rejected rewards."""
+"""The compare report's figures, each a PNG (for the pages) with an SVG beside it (for a paper): test accuracy
+vs step per method with 95% bands, the hard-minus-easy training margin per method, margin histograms for hard
+vs easy pairs, and chosen vs rejected rewards."""
 
 from __future__ import annotations
 
@@ -11,7 +12,18 @@ from aplot_cli.compare.cells import Cell, cell_pairs_dir, eval_curve, has_margin
 from aplot_cli.compare.stats import mean_ci
 
 
+def save(fig, png: Path) -> None:
+    """`png`, and the same figure as vector graphics beside it (`.svg`), with no timestamp and fixed element
+    ids so that a rebuilt report's files are byte-identical."""
+    import matplotlib
+
+    fig.savefig(png, dpi=110)
+    with matplotlib.rc_context({"svg.hashsalt": "aplot", "svg.fonttype": "path"}):
+        fig.savefig(png.with_suffix(".svg"), format="svg", metadata={"Date": None})
+
+
 def draw(grid, by: dict, cells: list[Cell], out_dir: Path, report_dir: Path) -> list[Path]:
+    """Every figure the cells allow; returns the PNGs (each has its SVG beside it)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -32,7 +44,8 @@ def draw(grid, by: dict, cells: list[Cell], out_dir: Path, report_dir: Path) -> 
             mean = np.array([m for m, _, _ in stats]) * 100
             half = np.nan_to_num(np.array([h for _, h, _ in stats]) * 100)
             line, = ax.plot(steps, mean, label=method, lw=1.5)
-            ax.fill_between(steps, mean - half, mean + half, color=line.get_color(), alpha=0.15, lw=0)
+            ax.fill_between(steps, np.clip(mean - half, 0, 100), np.clip(mean + half, 0, 100), color=line.get_color(),
+                            alpha=0.15, lw=0)  # the band clipped to the scale, as the tables' intervals are
         ax.axhline(50, color="grey", lw=0.8, ls=":")  # chance: the y axis starts at or below it, never zoomed in
         low, high = ax.get_ylim()
         ax.set_ylim(min(low, 48), max(high, 52))
@@ -44,7 +57,7 @@ def draw(grid, by: dict, cells: list[Cell], out_dir: Path, report_dir: Path) -> 
     if any_curve:
         files.append(report_dir / "accuracy_vs_step.png")
         fig.tight_layout()
-        fig.savefig(files[-1], dpi=110)
+        save(fig, files[-1])
     plt.close(fig)
     files += _hard_easy_figure(grid, by, out_dir, report_dir, plt)
 
@@ -68,7 +81,7 @@ def draw(grid, by: dict, cells: list[Cell], out_dir: Path, report_dir: Path) -> 
             ax.set(title=f"{method}: margins (noise {noise:.0%})", xlabel="margin m_i")
         files.append(report_dir / "margins.png")
         fig.tight_layout()
-        fig.savefig(files[-1], dpi=110)
+        save(fig, files[-1])
         plt.close(fig)
 
     first = grid.evals[0].name
@@ -87,7 +100,7 @@ def draw(grid, by: dict, cells: list[Cell], out_dir: Path, report_dir: Path) -> 
     if drew:
         files.append(report_dir / "rewards.png")
         fig.tight_layout()
-        fig.savefig(files[-1], dpi=110)
+        save(fig, files[-1])
     plt.close(fig)
     return files
 
@@ -120,6 +133,6 @@ def _hard_easy_figure(grid, by: dict, out_dir: Path, report_dir: Path, plt) -> l
     ax.legend(fontsize=8)
     fig.tight_layout()
     path = report_dir / "margin_hard_minus_easy.png"
-    fig.savefig(path, dpi=110)
+    save(fig, path)
     plt.close(fig)
     return [path]

@@ -55,6 +55,7 @@ class Grid:
     flip_seed: str | int = "cell"   # `cell`: each seed draws its own flipped labels; an integer: one draw for all
     twins: dict[str, str] = field(default_factory=dict)  # APLOT reading -> its no-OT twin (method names)
     raw: dict[str, Any] = field(default_factory=dict)
+    base: TrainConfig | None = None  # the `base:` settings alone (None where they are no valid config alone)
 
     def flips_per_seed(self) -> bool:
         return self.flip_seed == "cell"
@@ -140,6 +141,10 @@ def load_grid(path: Path | str, seeds: tuple[int, ...] | None = None, methods: t
         base["group_by_length"] = False  # train-rm's default differs by loss: cells stay paired by seed (same batches)
     method_cfgs = {name: build_config(TrainConfig, None, {**base, **(overrides or {})})
                    for name, overrides in method_raw.items()}
+    try:
+        base_cfg: TrainConfig | None = build_config(TrainConfig, None, base)
+    except ConfigError:  # e.g. settings that only a method's loss makes valid: the report lists what all share
+        base_cfg = None
     pushing = [name for name, cfg in method_cfgs.items() if cfg.push_to_hub]
     if pushing:
         raise ConfigError(f"grid {path}: method `{pushing[0]}` sets push_to_hub: every cell would push to one repo",
@@ -158,7 +163,7 @@ def load_grid(path: Path | str, seeds: tuple[int, ...] | None = None, methods: t
                 seeds=tuple(seeds if seeds else raw.get("seeds", [0, 1, 2, 3, 4])),
                 baseline=raw.get("baseline", "bt"), eval_batch_size=int(raw.get("eval_batch_size", 64)),
                 title=raw.get("title", "aplot compare"), notes=raw.get("notes", ""), flip_seed=flip_seed,
-                twins=twins, raw=raw)
+                twins=twins, raw=raw, base=base_cfg)
     if grid.baseline not in grid.methods:
         info(f"[yellow]baseline method {grid.baseline!r} is not in the grid: no convergence column[/]")
     return grid

@@ -31,6 +31,7 @@ import numpy as np
 
 from aplot_cli import artifacts
 from aplot_cli.compare import figures as drawing
+from aplot_cli.compare import latex
 from aplot_cli.compare.cells import (
     Cell,
     cell_pairs_dir,
@@ -58,10 +59,11 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
         ["| " + " | ".join(r) + " |" for r in rows]
 
 
-def _accuracy_tables(grid, by: dict) -> list[str]:
+def _accuracy_tables(grid, by: dict, tex: list[latex.Table]) -> list[str]:
     lines = []
     for noise in grid.noise:
-        lines += ["", f"### Label noise {noise:.0%} (pair accuracy %, mean [95% t interval over learned seeds])", ""]
+        title = f"Label noise {noise:.0%} (pair accuracy %, mean [95% t interval over learned seeds])"
+        lines += ["", f"### {title}", ""]
         header = ["method", "train acc"] + [ev.name for ev in grid.evals] + ["n"]
         rows = []
         for method in grid.methods:
@@ -70,6 +72,7 @@ def _accuracy_tables(grid, by: dict) -> list[str]:
             row += [fmt_ci([c.evals[ev.name]["score"] for c in cells if ev.name in c.evals]) for ev in grid.evals]
             rows.append(row + [str(len(cells))])
         lines += _table(header, rows)
+        tex.append(latex.Table(f"Accuracy: {title}.", header, rows, f"tab:accuracy-{noise_tag(noise)}"))
     return lines
 
 
@@ -189,7 +192,8 @@ PAIRED_NOTE = ("Each seed trains both methods on the same data (and flipped labe
                "when both intervals exclude zero on an informative set; on an uninformative set nothing is decided.")
 
 
-def _paired_tables(grid, by: dict, informative: dict) -> tuple[list[str], list[dict[str, Any]]]:
+def _paired_tables(grid, by: dict, informative: dict,
+                   tex: list[latex.Table]) -> tuple[list[str], list[dict[str, Any]]]:
     lines, records = [], []
     for reference in references(grid):
         recs = [paired_record(noise, method, reference, ev.name, by[(noise, method)], by[(noise, reference)],
@@ -200,8 +204,12 @@ def _paired_tables(grid, by: dict, informative: dict) -> tuple[list[str], list[d
         records += recs
         lines += ["", f"### Paired differences against `{reference}` (accuracy points, method minus {reference})", "",
                   PAIRED_NOTE, ""]
-        lines += _table(PAIRED_HEADER, [_paired_row(r) for r in recs if r["seeds"]])
+        rows = [_paired_row(r) for r in recs if r["seeds"]]
+        lines += _table(PAIRED_HEADER, rows)
         lines += ["", chance_note(recs)]
+        tex.append(latex.Table(f"Paired differences against {reference} (accuracy points, method minus "
+                               f"{reference}). {PAIRED_NOTE} {chance_note(recs)}", PAIRED_HEADER, rows,
+                               f"tab:paired-{reference}"))
     return lines, records
 
 
@@ -216,7 +224,8 @@ def chance_note(records: list[dict[str, Any]]) -> str:
             "unless it recurs across noise levels, sets and grids.")
 
 
-def _twin_tables(grid, by: dict, informative: dict) -> tuple[list[str], list[dict[str, Any]]]:
+def _twin_tables(grid, by: dict, informative: dict,
+                 tex: list[latex.Table]) -> tuple[list[str], list[dict[str, Any]]]:
     """Each APLOT reading minus its no-OT twin: what the OT plan adds beyond the pair's own cost."""
     if not grid.twins:
         return [], []
@@ -228,7 +237,10 @@ def _twin_tables(grid, by: dict, informative: dict) -> tuple[list[str], list[dic
              "(`margin_from: own_cost`, no plan): a reading that does not beat its twin gets nothing from the plan. "
              "Twins: " + ", ".join(f"`{r}` - `{t}`" for r, t in grid.twins.items()) + ".", ""]
     header = ["noise", "reading", "eval", "t: mean [95% CI]", "bootstrap 95%", "seeds", "MDE (80%)", "verdict"]
-    return lines + _table(header, [_paired_row(r) for r in records if r["seeds"]]) + ["", chance_note(records)], records
+    rows = [_paired_row(r) for r in records if r["seeds"]]
+    tex.append(latex.Table("Each APLOT reading minus its no-OT twin (accuracy points): what the OT plan adds beyond "
+                           f"the pair's own cost. {chance_note(records)}", header, rows, "tab:twins"))
+    return lines + _table(header, rows) + ["", chance_note(records)], records
 
 
 def _informative_table(informative: dict) -> list[str]:
@@ -379,8 +391,73 @@ def _html(title: str, markdown_lines: list[str], figures: list[Path]) -> str:
             f"<style>{style}</style></head><body>{''.join(body)}</body></html>")
 
 
+TABLES_TEX = "tables.tex"
+# settings that change no result (besides train-rm's HOW_NOT_WHAT: what was kept or published): not in the base table
+_NOT_RESULTS = frozenset({"seed", "feature_cache_dir", "report_to", "push_to_hub", "hub_private", "save_steps",
+                          "save_total_limit", "keep_checkpoints", "trust_remote_code"})
+
+
+def _resolved(cfg) -> dict[str, Any]:
+    """A method's train-rm config as its cells train with it (train-rm's resolution), seed left out."""
+    import json
+
+    from aplot_cli.config import config_to_dict, resolve_train
+
+    values = json.loads(json.dumps(config_to_dict(resolve_train(cfg)), default=str))
+    return {k: v for k, v in values.items() if k != "seed"}
+
+
+def hyperparameters(grid) -> dict[str, Any]:
+    """`base`: the grid's base train-rm config as resolved (without `seed`: the grid's seeds are listed apart);
+    `overrides`: per method, the settings its resolved config sets otherwise (a no-OT twin's included). A base
+    that is no valid config on its own gives the values every method shares."""
+    methods = {name: _resolved(cfg) for name, cfg in grid.methods.items()}
+    base_cfg = getattr(grid, "base", None)
+    if base_cfg is not None:
+        base = _resolved(base_cfg)
+    else:
+        first = next(iter(methods.values()))
+        base = {k: v for k, v in first.items() if all(m.get(k) == v for m in methods.values())}
+    overrides = {name: {k: v for k, v in cfg.items() if k not in base or base[k] != v}
+                 for name, cfg in methods.items()}
+    return {"base": base, "overrides": overrides}
+
+
+def _value(value: Any) -> str:
+    if isinstance(value, list):
+        return ", ".join(_value(v) for v in value) or "[]"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "-"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _hyperparameters(grid, tex: list[latex.Table]) -> tuple[list[str], dict[str, Any]]:
+    """The hyperparameter tables: the base config and each method's overrides, as the cells trained."""
+    from aplot_cli.train.resume import HOW_NOT_WHAT
+
+    record = hyperparameters(grid)
+    base_rows = [[k, _value(v)] for k, v in record["base"].items() if k not in _NOT_RESULTS | HOW_NOT_WHAT]
+    method_rows = [[name, "; ".join(f"{k}: {_value(v)}" for k, v in over.items()) or "none (the base)"]
+                   for name, over in record["overrides"].items()]
+    note = (f"Every method trains with the base train-rm configuration, as resolved (defaults < the grid's `base` < "
+            f"the method's settings; an unset learning rate or group_by_length as train-rm fills it in), and "
+            f"differs from it only where the second table says. Seeds: {_seed_list(grid.seeds)}; label noise: "
+            f"{', '.join(f'{n:.0%}' for n in grid.noise)}. Settings that change no result (device, caches, "
+            "checkpoint keeping, publishing) are left out.")
+    tex.append(latex.Table(f"Hyperparameters: the base configuration. {note}", ["setting", "base"], base_rows,
+                           "tab:hyperparameters"))
+    tex.append(latex.Table("Each method's settings that differ from the base configuration (as resolved).",
+                           ["method", "overrides"], method_rows, "tab:overrides", spec=r"lp{0.65\linewidth}"))
+    lines = ["", "## Hyperparameters", "", note, ""] + _table(["setting", "base"], base_rows)
+    lines += ["", "### Each method's overrides (as resolved)", ""] + _table(["method", "overrides"], method_rows)
+    return lines, record
+
+
 def build(grid, out_dir: Path, accept_unlearned: bool = False) -> Summary:
-    """Collect every finished cell and write report.md, report.html, results.json and the figures. Cells that
+    """Collect every finished cell and write report.md, report.html, results.json, tables.tex (the tables in
+    LaTeX, booktabs) and the figures (PNG, and SVG beside each). Cells that
     did not learn are named and left out of every table and verdict (`Summary.unlearned`)."""
     report_dir = out_dir / "report"
     report_dir.mkdir(parents=True, exist_ok=True)
@@ -405,16 +482,20 @@ def build(grid, out_dir: Path, accept_unlearned: bool = False) -> Summary:
         lines += ["", f"**Warning: {len(grid.seeds)} seed(s).** A Student-t interval over fewer than 3 seeds is "
                       "too wide to decide anything; use at least 3, better 10 or more."]
     informative = informative_sets(grid, by)
-    paired_lines, paired = _paired_tables(grid, by, informative)
-    twin_lines, twin_records = _twin_tables(grid, by, informative)
+    tex: list[latex.Table] = []
+    accuracy_lines = _accuracy_tables(grid, by, tex)
+    paired_lines, paired = _paired_tables(grid, by, informative, tex)
+    twin_lines, twin_records = _twin_tables(grid, by, informative, tex)
     convergence_lines, convergence = _convergence_table(grid, by)
     conv_ot = ot_convergence(grid, by)
     lines += _learned_section(cells, unlearned, accept_unlearned)
-    lines += ["", "## Accuracy"] + _accuracy_tables(grid, by) + _informative_table(informative)
+    lines += ["", "## Accuracy"] + accuracy_lines + _informative_table(informative)
     lines += paired_lines + twin_lines + _difficulty_table(grid, by)
     lines += convergence_lines + _ot_table(conv_ot)
     margin_lines, margin_stats = _margin_table(grid, by, out_dir)
     lines += margin_lines
+    hyper_lines, hyper = _hyperparameters(grid, tex)
+    lines += hyper_lines
     learned_cells = [c for c in cells if c.learned]
     figures = drawing.draw(grid, by, learned_cells, out_dir, report_dir) if learned_cells else []
     if figures:
@@ -430,13 +511,15 @@ def build(grid, out_dir: Path, accept_unlearned: bool = False) -> Summary:
                "informative": list(informative.values()), "paired": paired, "twins": twin_records,
                "twin_of": dict(grid.twins), "convergence": convergence, "ot_convergence": conv_ot,
                "margins": margin_stats, "missing": missing, "seeds": list(grid.seeds),
-               "flip_seed": grid.flip_seed}
+               "flip_seed": grid.flip_seed, "hyperparameters": hyper}
     (report_dir / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     artifacts.write_json_atomic(report_dir / "results.json", results)
     (report_dir / "report.html").write_text(_html(grid.title, lines, figures), encoding="utf-8")
+    (report_dir / TABLES_TEX).write_text(latex.document(grid.title, tex), encoding="utf-8")
     summary_metrics = {f"{c['noise']:.2f}/{c['method']}/{c['seed']}/{k}": v["accuracy"]
                        for c in results["cells"] if c["learned"] for k, v in c["evals"].items()}
-    return Summary(files=[report_dir / "report.md", report_dir / "report.html", report_dir / "results.json", *figures],
+    return Summary(files=[report_dir / "report.md", report_dir / "report.html", report_dir / "results.json",
+                          report_dir / TABLES_TEX, *figures, *(f.with_suffix(".svg") for f in figures)],
                    metrics=summary_metrics, missing=missing,
                    unlearned=[f"{c.noise:.2f}/{c.method}/seed-{c.seed}" for c in unlearned])
 

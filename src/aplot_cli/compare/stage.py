@@ -14,8 +14,8 @@ Layout under --out-dir:
     grid.yaml                         the grid as given
     data/noise-<r>/{pairs,embeddings} per noise level
     data/evals/<name>                 file-based evaluation sets (prepared with test_size 1.0)
-    cells/noise-<r>/<method>/seed-<s>/{train,eval-<name>}
-    report/{report.md,report.html,results.json,*.png}
+    cells/noise-<r>/<method>/seed-<s>/{train,eval-<name>}   (+ cell.log: the cell's output under Ray)
+    report/{report.md,report.html,results.json,tables.tex,*.png,*.svg}
     manifest.json                     written last"""
 
 from __future__ import annotations
@@ -189,7 +189,8 @@ def run(grid_path: Path, out_dir: Path, overwrite: bool = False, seeds: tuple[in
     if failed:
         raise TrainingError(f"compare: {len(failed)} cell(s) failed twice: " +
                             "; ".join(f"{cell}: {error[:200]}" for cell, error in failed.items()),
-                            hint="fix the cause and re-run the same command: finished cells are kept")
+                            hint="fix the cause and re-run the same command: finished cells are kept (with "
+                                 "--executor ray, each cell's output and traceback are in its folder's cell.log)")
     if summary.unlearned and not accept_unlearned:
         raise TrainingError(f"compare: {len(summary.unlearned)} run(s) did not learn and are left out of every verdict: "
                             + ", ".join(summary.unlearned),

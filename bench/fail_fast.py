@@ -38,7 +38,7 @@ CASES = {
     "ray --address, before: ray.init": (
         "import ray", "ray.init(address=sys.argv[1], logging_level='error')"),
     "ray --address, now: executors.check_address": (
-        "from aplot_cli import executors; import ray", "executors.check_address(sys.argv[1])"),
+        "from aplot_cli.compare import executors; import ray", "executors.check_address(sys.argv[1])"),
 }
 
 

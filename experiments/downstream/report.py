@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from aplot_cli.benchmarks import bon
-from aplot_cli.report import mde_t, mean_ci, paired_differences
+from aplot_cli.compare.stats import mde_t, mean_ci, paired_differences
 
 NAME = re.compile(r"^(?P<label>.+)-s(?P<seed>\d+)$")
 BASELINE_LABEL = "bt"

@@ -17,9 +17,9 @@ import hashlib
 import json
 import os
 import platform
+import secrets
 import shutil
 import sys
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib import metadata
@@ -325,7 +325,7 @@ def _write_marker(out_dir: Path, stage: str) -> None:
     marker = out_dir / STAGE_MARKER
     if marker.is_file() and not marker.is_symlink() and marker.read_text(encoding="utf-8").strip() == stage:
         return
-    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f"{STAGE_MARKER}.", suffix=".tmp")
+    fd, tmp = new_temp(out_dir, f"{STAGE_MARKER}.")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(stage + "\n")
@@ -505,9 +505,22 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+def new_temp(folder: Path | str, prefix: str) -> tuple[int, str]:
+    """A new, empty temp file in `folder` (open fd, path) for a write that ends in `os.replace`, created as
+    `open` creates a file: mode 0666 less the umask (0644 under the usual 022). `tempfile.mkstemp` makes it
+    0600, and `os.replace` keeps the mode: a manifest or results.json others could not read."""
+    for _ in range(100):
+        tmp = os.path.join(folder, f"{prefix}{secrets.token_hex(6)}.tmp")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temp file name in {folder}")
+
+
 def write_json_atomic(path: Path, payload: Any) -> None:
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = new_temp(path.parent, f".{path.name}.")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             json.dump(_jsonable(payload), handle, indent=2, sort_keys=False, allow_nan=False)

@@ -236,7 +236,7 @@ def compare(
     Resumable: re-running the same command skips finished cells and resumes an unfinished training run.
     A run that did not learn (train-rm's rule) is named and left out of every verdict, and the grid exits 6
     unless --accept-unlearned."""
-    from aplot_cli import compare as stage
+    from aplot_cli.compare import stage
     from aplot_cli.errors import ConfigError
 
     try:

@@ -312,7 +312,7 @@ def run(cfg: EvalConfig, model: str | None, out_dir: Path, overwrite: bool = Fal
         pred, model_info, rm = _score_items(cfg, model, items)
         if rm.artifact is not None:
             inputs["model"] = rm.artifact
-            if (Path(model) / "report.md").is_file():  # a train-rm run's page (run_report.py)
+            if (Path(model) / "report.md").is_file():  # a train-rm run's page (train/report.py)
                 model_info["run_report"] = str((Path(model) / "report.md").resolve())
     result = bench.score(pred)
     bias = length_bias(pred)

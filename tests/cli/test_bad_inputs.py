@@ -44,7 +44,7 @@ def test_yaml_exponent_without_a_dot_is_a_number(tmp_path):
 
 
 def test_yaml_exponent_in_a_grid_file(tmp_path):
-    from aplot_cli.compare import load_grid
+    from aplot_cli.compare.grid import load_grid
 
     grid = tmp_path / "grid.yaml"
     grid.write_text("data:\n  recipe: synthetic\nbase:\n  learning_rate: 2e-4\n"

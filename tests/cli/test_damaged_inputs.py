@@ -330,7 +330,7 @@ def test_a_margin_part_is_never_left_cut_short(tmp_path, monkeypatch):
 
 
 def test_a_damaged_manifest_of_a_grid_cell_is_named(tmp_path):
-    from aplot_cli import compare
+    from aplot_cli.compare import stage
     from aplot_cli.config import TrainConfig
     from aplot_cli.errors import ArtifactError
 
@@ -338,7 +338,7 @@ def test_a_damaged_manifest_of_a_grid_cell_is_named(tmp_path):
     train_dir.mkdir(parents=True)
     (train_dir / "manifest.json").write_text('{"stage": "train-rm", "config": ')
     with pytest.raises(ArtifactError, match=r"manifest.json cannot be read") as caught:
-        compare._check_same_config(train_dir, TrainConfig())
+        stage._check_same_config(train_dir, TrainConfig())
     assert f"remove {tmp_path / 'cell'}" in caught.value.hint
 
 

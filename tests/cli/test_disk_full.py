@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from aplot_cli import errors, executors
+from aplot_cli import errors
 from aplot_cli.cli import app
+from aplot_cli.compare import executors
 
 runner = CliRunner()
 MiB = 1 << 20

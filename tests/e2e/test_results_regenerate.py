@@ -24,7 +24,7 @@ def _params():
 
 @pytest.mark.parametrize("grid", _params())
 def test_committed_report_is_what_the_raw_results_regenerate(grid, tmp_path, monkeypatch):
-    from aplot_cli import compare
+    from aplot_cli.compare import stage as compare
 
     raw = tmp_path / "raw"
     shutil.copytree(RESULTS / grid / "raw", raw)

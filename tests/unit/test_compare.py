@@ -9,19 +9,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from aplot_cli import artifacts, compare, report
+from aplot_cli import artifacts
+from aplot_cli.compare import report, stage, stats
+from aplot_cli.compare.cells import Cell
+from aplot_cli.compare.grid import load_grid
 from aplot_cli.errors import ConfigError
 
 
 def test_mean_ci_matches_student_t():
-    mean, half, n = report.mean_ci([0.70, 0.72, 0.74])
+    mean, half, n = stats.mean_ci([0.70, 0.72, 0.74])
     assert n == 3 and mean == pytest.approx(0.72)
     # t(0.975, 2) = 4.3027; sd = 0.02; half = 4.3027 * 0.02 / sqrt(3)
     assert half == pytest.approx(4.302652729911275 * 0.02 / math.sqrt(3), rel=1e-6)
-    assert math.isnan(report.mean_ci([0.5])[1])
-    assert report.fmt_ci([]) == "-" and report.fmt_ci([0.5]) == "50.0"
+    assert math.isnan(stats.mean_ci([0.5])[1])
+    assert stats.fmt_ci([]) == "-" and stats.fmt_ci([0.5]) == "50.0"
     # the interval is clipped to the scale: two far-apart seeds near the top do not reach past 100
-    assert report.fmt_ci([0.99, 0.30]).endswith("100.0]") and "[0.0," in report.fmt_ci([0.01, 0.70])
+    assert stats.fmt_ci([0.99, 0.30]).endswith("100.0]") and "[0.0," in stats.fmt_ci([0.01, 0.70])
 
 
 @pytest.fixture
@@ -58,18 +61,18 @@ evals: {{id: {{split: test}}, ood: {{split: ood}}}}
 def test_grid_rejects_unknown_keys_and_bad_method_options(tmp_path, tiny_bert_dir):
     path = _grid(tmp_path, tiny_bert_dir, "sedes: [1]")
     with pytest.raises(ConfigError, match="did you mean `seeds`"):
-        compare.load_grid(path)
+        load_grid(path)
     path = _grid(tmp_path, tiny_bert_dir)
     text = path.read_text().replace("aplot: {loss: [aplot]}", "aplot: {loss: [aplot], ot_regg: 0.1}")
     path.write_text(text)
     with pytest.raises(ConfigError, match="did you mean `ot_reg`"):
-        compare.load_grid(path)
+        load_grid(path)
 
 
 def test_tiny_grid_end_to_end_and_resume(tmp_path, tiny_bert_dir, learned_always):
     grid = _grid(tmp_path, tiny_bert_dir)
     out = tmp_path / "cmp"
-    manifest = json.loads(compare.run(grid, out, accept_unlearned=True).read_text())
+    manifest = json.loads(stage.run(grid, out, accept_unlearned=True).read_text())
     assert manifest["stage"] == "compare" and manifest["diagnostics"]["missing_cells"] == []
     text = (out / "report" / "report.md").read_text()
     for needle in ("| bt |", "| aplot |", "Hard vs easy", "Margin diagnostics", "Convergence",
@@ -85,26 +88,26 @@ def test_tiny_grid_end_to_end_and_resume(tmp_path, tiny_bert_dir, learned_always
     cell_manifest = out / "cells" / "noise-0.00" / "bt" / "seed-0" / "train" / "manifest.json"
     before = cell_manifest.read_bytes()
     (out / "cells" / "noise-0.00" / "aplot" / "seed-0" / "eval-ood" / "manifest.json").unlink()  # "killed"
-    compare.run(grid, out, accept_unlearned=True)
+    stage.run(grid, out, accept_unlearned=True)
     assert cell_manifest.read_bytes() == before
     assert (out / "cells" / "noise-0.00" / "aplot" / "seed-0" / "eval-ood" / "manifest.json").is_file()
     # A changed grid does not silently reuse cells trained with another config.
     grid.write_text(grid.read_text().replace("learning_rate: 1.0e-3", "learning_rate: 2.0e-3"))
     with pytest.raises(ConfigError, match="learning_rate changed"):
-        compare.run(grid, out, accept_unlearned=True)
+        stage.run(grid, out, accept_unlearned=True)
 
 
 def test_paired_differences_pair_by_seed_and_ignore_unmatched_seeds():
     method = {0: 0.70, 1: 0.64, 2: 0.66, 3: 0.72, 4: 0.61, 5: 0.99}
     reference = {0: 0.68, 1: 0.62, 2: 0.65, 3: 0.70, 4: 0.60, 6: 0.10}
-    diffs = report.paired_differences(method, reference)
+    diffs = stats.paired_differences(method, reference)
     assert diffs == pytest.approx([0.02, 0.02, 0.01, 0.02, 0.01])
     # paired, the seed-to-seed swing (0.60 .. 0.72) cancels: the interval of the differences excludes zero,
     # while the two methods' own intervals overlap
-    mean, half, n = report.mean_ci(diffs)
+    mean, half, n = stats.mean_ci(diffs)
     assert n == 5 and mean == pytest.approx(0.016) and mean - half > 0
-    m_mean, m_half, _ = report.mean_ci([method[s] for s in range(5)])
-    r_mean, r_half, _ = report.mean_ci([reference[s] for s in range(5)])
+    m_mean, m_half, _ = stats.mean_ci([method[s] for s in range(5)])
+    r_mean, r_half, _ = stats.mean_ci([reference[s] for s in range(5)])
     assert m_mean - m_half < r_mean + r_half
 
 
@@ -114,11 +117,11 @@ def test_bootstrap_ci_is_paired_over_test_pairs():
     better = base.copy()
     flip = rng.random((5, 800)) < 0.05
     better[flip] = 1.0  # the method gets some pairs right that the reference got wrong, never the reverse
-    mean, low, high = report.bootstrap_ci(better, base)
+    mean, low, high = stats.bootstrap_ci(better, base)
     assert mean > 0 and low > 0 and high > low
-    mean_r, low_r, high_r = report.bootstrap_ci(base, better)  # swapped: the interval is mirrored
+    mean_r, low_r, high_r = stats.bootstrap_ci(base, better)  # swapped: the interval is mirrored
     assert mean_r == pytest.approx(-mean) and high_r < 0
-    same = report.bootstrap_ci(base, base)
+    same = stats.bootstrap_ci(base, base)
     assert same == (0.0, 0.0, 0.0)
 
 
@@ -140,7 +143,7 @@ def test_paired_table_uses_the_same_seed_and_the_bootstrap(tmp_path):
                          {"example_id": f"p{i}", "kind": "rejected", "score": 0.5}]
             pd.DataFrame(rows).to_parquet(path / "eval-id" / "predictions.parquet")
             cells.setdefault((0.0, method), []).append(
-                report.Cell(0.0, method, seed, {}, [], {"id": {"score": acc}}, path))
+                Cell(0.0, method, seed, {}, [], {"id": {"score": acc}}, path))
 
     record = report.paired_record(0.0, "x", "bt", "id", cells[(0.0, "x")], cells[(0.0, "bt")], informative=True)
     assert record["mean_diff"] == pytest.approx(0.10) and record["seeds"] == 3
@@ -163,7 +166,7 @@ def test_bootstrap_mde_scales_with_the_standard_error():
     small = rng.integers(0, 2, size=(5, 100)).astype(float)
     large = rng.integers(0, 2, size=(5, 1600)).astype(float)
     # 16x the test pairs: a quarter of the standard error
-    ratio = report.bootstrap(large, 1 - large).se / report.bootstrap(small, 1 - small).se
+    ratio = stats.bootstrap(large, 1 - large).se / stats.bootstrap(small, 1 - small).se
     assert 0.15 < ratio < 0.4
 
 
@@ -174,8 +177,8 @@ def test_parallel_workers_give_the_sequential_result(tmp_path, tiny_bert_dir):
     import pandas as pd
 
     grid = _grid(tmp_path, tiny_bert_dir)
-    compare.run(grid, tmp_path / "seq", accept_unlearned=True)
-    manifest = json.loads(compare.run(grid, tmp_path / "par", workers=2, accept_unlearned=True).read_text())
+    stage.run(grid, tmp_path / "seq", accept_unlearned=True)
+    manifest = json.loads(stage.run(grid, tmp_path / "par", workers=2, accept_unlearned=True).read_text())
     assert manifest["diagnostics"]["missing_cells"] == []
     for method in ("bt", "aplot"):
         for ev in ("id", "ood"):
@@ -188,7 +191,7 @@ def test_a_cell_that_fails_twice_is_named_and_the_rest_still_run(tmp_path, tiny_
     from aplot_cli.errors import TrainingError
 
     grid = _grid(tmp_path, tiny_bert_dir)
-    real, calls = compare._run_cell, []
+    real, calls = stage._run_cell, []
 
     def flaky(grid_, out_dir, noise, method, seed, data):
         calls.append(method)
@@ -196,10 +199,10 @@ def test_a_cell_that_fails_twice_is_named_and_the_rest_still_run(tmp_path, tiny_
             raise RuntimeError("device lost")
         return real(grid_, out_dir, noise, method, seed, data)
 
-    monkeypatch.setattr(compare, "_run_cell", flaky)
+    monkeypatch.setattr(stage, "_run_cell", flaky)
     out = tmp_path / "out"
     with pytest.raises(TrainingError, match="aplot/seed-0: RuntimeError: device lost"):
-        compare.run(grid, out)
+        stage.run(grid, out)
     assert calls.count("aplot") == 2 and calls.count("bt") == 1  # retried once; the other cell ran
     assert (out / "cells" / "noise-0.00" / "bt" / "seed-0" / "train" / "manifest.json").is_file()
     assert (out / "report" / "report.md").is_file() and not (out / "manifest.json").exists()  # unfinished grid
@@ -212,9 +215,9 @@ def test_frozen_backbone_grid_trains_heads_and_evaluates_from_cached_features(tm
                                                               "learning_rate: 1.0e-2, frozen_backbone: true, "
                                                               f"feature_cache_dir: {tmp_path / 'features'}}}")
     (tmp_path / "frozen.yaml").write_text(grid)
-    assert all(cfg.frozen_backbone for cfg in compare.load_grid(tmp_path / "frozen.yaml").methods.values())
+    assert all(cfg.frozen_backbone for cfg in load_grid(tmp_path / "frozen.yaml").methods.values())
     out = tmp_path / "cmp"
-    manifest = json.loads(compare.run(tmp_path / "frozen.yaml", out, accept_unlearned=True).read_text())
+    manifest = json.loads(stage.run(tmp_path / "frozen.yaml", out, accept_unlearned=True).read_text())
     assert manifest["diagnostics"]["missing_cells"] == []
     cells = out / "cells" / "noise-0.00"
     trained = {m: json.loads((cells / m / "seed-0" / "train" / "manifest.json").read_text()) for m in ("bt", "aplot")}
@@ -229,11 +232,11 @@ def test_frozen_backbone_grid_trains_heads_and_evaluates_from_cached_features(tm
 def test_grid_cells_share_one_batch_policy_so_methods_stay_paired_by_seed(tmp_path, tiny_bert_dir):
     """train-rm's default groups bt's batches by length but not aplot's; a grid must not inherit that
     (same seed = same batches in every method), unless the grid itself sets it."""
-    grid = compare.load_grid(_grid(tmp_path, tiny_bert_dir))
+    grid = load_grid(_grid(tmp_path, tiny_bert_dir))
     assert {name: cfg.group_by_length for name, cfg in grid.methods.items()} == {"bt": False, "aplot": False}
     path = _grid(tmp_path, tiny_bert_dir)
     path.write_text(path.read_text().replace("learning_rate: 1.0e-3}", "learning_rate: 1.0e-3, group_by_length: true}"))
-    grid = compare.load_grid(path)
+    grid = load_grid(path)
     assert {name: cfg.group_by_length for name, cfg in grid.methods.items()} == {"bt": True, "aplot": True}
 
 
@@ -248,10 +251,10 @@ def test_grid_evaluates_other_benchmarks_on_their_own_files(tmp_path, tiny_bert_
         "evals: {id: {split: test}, ood: {split: ood}}",
         f"evals: {{id: {{split: test}}, rmb: {{benchmark: rm-bench, files: [{RM_BENCH_CHAT}]}}}}")
         .replace("aplot: {loss: [aplot]}", ""))
-    loaded = compare.load_grid(grid)
+    loaded = load_grid(grid)
     assert [(ev.name, ev.benchmark) for ev in loaded.evals] == [("id", "pairs"), ("rmb", "rm-bench")]
     out = tmp_path / "cmp"
-    compare.run(grid, out, accept_unlearned=True)
+    stage.run(grid, out, accept_unlearned=True)
     cell = out / "cells" / "noise-0.00" / "bt" / "seed-0"
     metrics = json.loads((cell / "eval-rmb" / "metrics.json").read_text())
     assert metrics["benchmark"] == "rm-bench" and list(metrics["sections"]) == ["chat"]
@@ -260,7 +263,7 @@ def test_grid_evaluates_other_benchmarks_on_their_own_files(tmp_path, tiny_bert_
     results = json.loads((out / "report" / "results.json").read_text())
     assert results["cells"][0]["evals"]["rmb"]["accuracy"] == metrics["score"]
     assert results["cells"][0]["evals"]["rmb"]["hard"] is None  # RM-Bench's levels are not pairs' difficulty
-    assert report.fmt_ci([metrics["score"]]) in (out / "report" / "report.md").read_text()
+    assert stats.fmt_ci([metrics["score"]]) in (out / "report" / "report.md").read_text()
 
 
 @pytest.mark.parametrize(("spec", "needle"), [
@@ -273,7 +276,7 @@ def test_grid_benchmark_eval_sets_are_checked(tmp_path, tiny_bert_dir, spec, nee
     grid = _grid(tmp_path, tiny_bert_dir)
     grid.write_text(grid.read_text().replace("ood: {split: ood}", f"ext: {spec}"))
     with pytest.raises(ConfigError) as info:
-        compare.load_grid(grid)
+        load_grid(grid)
     assert needle in str(info.value) + str(info.value.hint)
 
 
@@ -284,7 +287,7 @@ def test_grid_benchmark_set_without_a_headline_is_refused_before_training(tmp_pa
     grid = _grid(tmp_path, tiny_bert_dir)
     grid.write_text(grid.read_text().replace("ood: {split: ood}", f"rb: {{benchmark: rewardbench, files: [{part}]}}"))
     with pytest.raises(ConfigError, match="no headline score"):
-        compare.run(grid, tmp_path / "cmp")
+        stage.run(grid, tmp_path / "cmp")
     assert not (tmp_path / "cmp").exists()
 
 
@@ -296,13 +299,13 @@ def test_a_finished_cell_from_an_older_aplot_is_reused_when_only_new_options_are
     done = json.loads(json.dumps(config_to_dict(cfg)))
     del done["hub_private"], done["push_to_hub"]
     (tmp_path / "manifest.json").write_text(json.dumps({"config": done}))
-    compare._check_same_config(tmp_path, cfg)
+    stage._check_same_config(tmp_path, cfg)
     with pytest.raises(ConfigError, match="learning_rate changed"):
-        compare._check_same_config(tmp_path, TrainConfig(loss=("bt",), learning_rate=2e-3))
+        stage._check_same_config(tmp_path, TrainConfig(loss=("bt",), learning_rate=2e-3))
 
 
 def test_a_grid_may_not_push_every_cell_to_one_repo(tmp_path, tiny_bert_dir):
     grid = _grid(tmp_path, tiny_bert_dir)
     grid.write_text(grid.read_text().replace("learning_rate: 1.0e-3}", "learning_rate: 1.0e-3, push_to_hub: me/rm}"))
     with pytest.raises(ConfigError, match="push_to_hub"):
-        compare.load_grid(grid)
+        load_grid(grid)

@@ -16,8 +16,8 @@ import pytest
 from typer.testing import CliRunner
 
 import aplot_cli
-from aplot_cli import compare, executors
 from aplot_cli.cli import app
+from aplot_cli.compare import executors, stage
 from aplot_cli.errors import ConfigError, TrainingError
 
 CELLS = Path("cells") / "noise-0.00"
@@ -68,10 +68,10 @@ def runs(local_ray, tiny_bert_dir, aplot_cache, tmp_path_factory):
         env.setenv("APLOT_CACHE", str(aplot_cache))
         torch.set_num_threads(1)
         try:
-            compare.run(grid, base / "seq", accept_unlearned=True)
+            stage.run(grid, base / "seq", accept_unlearned=True)
         finally:
             torch.set_num_threads(threads)
-        compare.run(grid, base / "ray", executor="ray", accept_unlearned=True)
+        stage.run(grid, base / "ray", executor="ray", accept_unlearned=True)
     return grid, base / "seq", base / "ray"
 
 
@@ -133,19 +133,19 @@ def test_ray_rerun_skips_finished_cells_and_redoes_what_is_missing(runs, aplot_c
     missing.unlink()
     monkeypatch.setattr(aplot_cli, "__version__", "0.0.0-driver")
     with pytest.raises(ConfigError, match=r"runs aplot \S+, this driver 0.0.0-driver"):
-        compare.run(grid, ray_out, executor="ray", accept_unlearned=True)
+        stage.run(grid, ray_out, executor="ray", accept_unlearned=True)
     assert not missing.exists()
     monkeypatch.undo()
     # so does a config that train-rm refuses inside a task (while the aplot cell finishes its evaluation)
     grid.write_text(grid.read_text().replace("  aplot: {loss: [aplot]}\n",
                                              "  aplot: {loss: [aplot]}\n  both: {loss: [aplot, constant_margin]}\n"))
     with pytest.raises(ConfigError, match="both supply the margin"):
-        compare.run(grid, ray_out, executor="ray", accept_unlearned=True)
+        stage.run(grid, ray_out, executor="ray", accept_unlearned=True)
     assert missing.is_file()
     # a changed grid is refused (before any task), as the local executor refuses it
     grid.write_text(grid.read_text().replace("learning_rate: 1.0e-3", "learning_rate: 2.0e-3"))
     with pytest.raises(ConfigError, match="learning_rate changed"):
-        compare.run(grid, ray_out, executor="ray", accept_unlearned=True)
+        stage.run(grid, ray_out, executor="ray", accept_unlearned=True)
 
 
 def test_ray_retries_a_failed_cell_once_and_names_one_that_fails_twice(local_ray, tiny_bert_dir, tmp_path,
@@ -153,7 +153,7 @@ def test_ray_retries_a_failed_cell_once_and_names_one_that_fails_twice(local_ray
     """bt fails on its first try only (it is retried and finishes); aplot fails every time (it is named).
     The stand-in cell function travels to the Ray workers; attempts are counted in files."""
     grid = _grid(tmp_path, tiny_bert_dir)
-    attempts, real = tmp_path / "attempts", compare._run_cell
+    attempts, real = tmp_path / "attempts", stage._run_cell
     attempts.mkdir()
 
     def flaky(grid_, out_dir, noise, method, seed, data):
@@ -164,12 +164,17 @@ def test_ray_retries_a_failed_cell_once_and_names_one_that_fails_twice(local_ray
             raise RuntimeError(f"device lost ({method}, try {n})")
         return real(grid_, out_dir, noise, method, seed, data)
 
-    monkeypatch.setattr(compare, "_run_cell", flaky)
+    monkeypatch.setattr(stage, "_run_cell", flaky)
     out = tmp_path / "out"
     with pytest.raises(TrainingError, match=r"1 cell\(s\) failed twice: cells/noise-0.00/aplot/seed-0: "
-                                            r"RuntimeError: device lost \(aplot, try 2\)\n"):
-        compare.run(grid, out, executor="ray", accept_unlearned=True)
+                                            r"RuntimeError: device lost \(aplot, try 2\) \(output and traceback: "
+                                            r"cells/noise-0.00/aplot/seed-0/cell.log\)\n"):
+        stage.run(grid, out, executor="ray", accept_unlearned=True)
     assert (attempts / "bt").read_text() == "2" and (attempts / "aplot").read_text() == "2"
+    # the cells' own output went to their logs: the traceback of each try, the stages' progress
+    aplot_log = (out / CELLS / "aplot" / "seed-0" / executors.CELL_LOG).read_text()
+    assert aplot_log.count("Traceback") == 2 and "device lost (aplot, try 2)" in aplot_log
+    assert "bt seed 0: train-rm" in (out / CELLS / "bt" / "seed-0" / executors.CELL_LOG).read_text()
     for part in ("train", "eval-id", "eval-ood"):
         assert (out / CELLS / "bt" / "seed-0" / part / "manifest.json").is_file(), part
     assert (out / "report" / "report.md").is_file() and not (out / "manifest.json").exists()
@@ -204,8 +209,19 @@ def test_without_ray_the_flag_names_the_extra(tmp_path, monkeypatch):
     assert not (tmp_path / "out").exists()  # refused before the out-dir was touched
 
 
+def test_the_ray_workers_path_leads_to_this_aplot():
+    # from a source checkout the workers import aplot through the runtime_env's PYTHONPATH: it must name the
+    # folder that holds this very package, wherever executors.py sits inside it
+    env = executors.ray_runtime_env().get("env_vars", {})
+    if "PYTHONPATH" not in env:
+        pytest.skip("aplot is installed as a package here: the workers import it from their own site-packages")
+    src = Path(env["PYTHONPATH"].split(os.pathsep)[0])
+    assert (src / "aplot_cli" / "__init__.py").is_file()
+    assert (src / "aplot_cli" / "compare" / "executors.py").resolve() == Path(executors.__file__).resolve()
+
+
 def test_importing_aplot_and_help_do_not_import_ray():
-    code = ("import sys; from typer.testing import CliRunner; from aplot_cli import cli, compare, executors; "
+    code = ("import sys; from typer.testing import CliRunner; from aplot_cli import cli; from aplot_cli.compare import executors, stage; "
             "r = CliRunner().invoke(cli.app, ['compare', '--help']); assert r.exit_code == 0, r.output; "
             "assert '--executor' in r.output; print('ray' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=os.environ)

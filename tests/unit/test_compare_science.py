@@ -14,7 +14,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from aplot_cli import compare, report
+from aplot_cli.compare import report, stage
+from aplot_cli.compare.cells import Cell
+from aplot_cli.compare.grid import load_grid
 
 
 def _grid(tmp_path: Path, body: str) -> Path:
@@ -44,8 +46,8 @@ def _flipped(pairs_dir: Path) -> set[str]:
 
 
 def test_each_seed_draws_its_own_flips_and_every_method_of_a_seed_sees_the_same(tmp_path, tiny_bert_dir):
-    grid = compare.load_grid(_noisy_grid(tmp_path, tiny_bert_dir))
-    data = compare._prepare_data(grid, tmp_path / "out")
+    grid = load_grid(_noisy_grid(tmp_path, tiny_bert_dir))
+    data = stage._prepare_data(grid, tmp_path / "out")
     seed0, seed1 = data[(0.25, 0)][0], data[(0.25, 1)][0]
     assert seed0 != seed1 and _flipped(seed0) != _flipped(seed1)
     assert len(_flipped(seed0)) == len(_flipped(seed1)) > 0
@@ -61,8 +63,8 @@ def test_each_seed_draws_its_own_flips_and_every_method_of_a_seed_sees_the_same(
 
 
 def test_a_fixed_flip_seed_gives_every_seed_one_draw(tmp_path, tiny_bert_dir):
-    grid = compare.load_grid(_noisy_grid(tmp_path, tiny_bert_dir, "flip_seed: 0"))
-    data = compare._prepare_data(grid, tmp_path / "out")
+    grid = load_grid(_noisy_grid(tmp_path, tiny_bert_dir, "flip_seed: 0"))
+    data = stage._prepare_data(grid, tmp_path / "out")
     assert data[(0.25, 0)] == data[(0.25, 1)]
 
 
@@ -71,12 +73,12 @@ def test_normalised_readings_get_their_no_ot_twin(tmp_path, tiny_bert_dir):
   std-z: {loss: [aplot], plan_on: hardness, cost_norm: std, margin_from: diag, margin_norm: zscore}
   mm: {loss: [aplot], plan_on: hardness, cost_norm: minmax, margin_from: diag, margin_norm: minmax}
   own-mm: {loss: [aplot], cost_norm: minmax, margin_from: own_cost, margin_norm: minmax}""")
-    grid = compare.load_grid(_grid(tmp_path, body))
+    grid = load_grid(_grid(tmp_path, body))
     assert grid.twins == {"std-z": "std-z-no-ot", "mm": "own-mm"}  # section 2's `aplot` has no normalisation
     twin = grid.methods["std-z-no-ot"]
     assert (twin.margin_from, twin.cost_norm, twin.margin_norm) == ("own_cost", "std", "zscore")
     assert list(grid.methods).index("std-z-no-ot") == list(grid.methods).index("std-z") + 1
-    no_twins = compare.load_grid(_grid(tmp_path, body + "\nno_ot_twins: false\n"))
+    no_twins = load_grid(_grid(tmp_path, body + "\nno_ot_twins: false\n"))
     assert no_twins.twins == {} and "std-z-no-ot" not in no_twins.methods
 
 
@@ -93,7 +95,7 @@ def _cells(accuracies: dict[str, list[float]], tmp_path: Path, pairs: int = 100)
                          {"example_id": f"p{i}", "kind": "rejected", "score": 0.5}]
             pd.DataFrame(rows).to_parquet(path / "eval-id" / "predictions.parquet")
             cells.setdefault((0.0, method), []).append(
-                report.Cell(0.0, method, seed, {}, [], {"id": {"score": acc}}, path))
+                Cell(0.0, method, seed, {}, [], {"id": {"score": acc}}, path))
     return cells
 
 

@@ -3,7 +3,7 @@
 import json
 import math
 
-from aplot_cli import run_report
+from aplot_cli.train import report as run_report
 
 
 def _log(path, losses, margins=None):

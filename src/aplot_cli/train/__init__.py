@@ -19,6 +19,7 @@ One concern a module:
     callbacks.py   the JSONL log, the progress bar, the margin flush, no final checkpoint (transformers)
     records.py     the margin record (`MarginSink`) and the log file names
     resume.py      `run_config.json` and the checks and checkpoint choice of --resume
+    report.py      the run's page: `training_curves.png` and `report.md` from the log, the stalled-loss check
     stage.py       `run`, the entry point, and the final save
 
 Importing the package imports neither transformers nor the trainer; `RewardTrainer` and `PENDING_STEPS`

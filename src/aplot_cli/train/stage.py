@@ -12,14 +12,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from aplot_cli import artifacts, formatting, models, run_report
+from aplot_cli import artifacts, formatting, models
 from aplot_cli.config import TrainConfig, config_to_dict, resolve_train
 from aplot_cli.console import info
 from aplot_cli.errors import ArtifactError, ConfigError
 from aplot_cli.readers.embeddings import check_embeddings_match, load_embeddings
 from aplot_cli.readers.pairs import load_pairs, sample_pairs, split_files
 from aplot_cli.readers.train_runs import MARGINS_FILE, STAGE
-from aplot_cli.train import learned, prefix, push
+from aplot_cli.train import learned, prefix, push, report
 from aplot_cli.train.data import PairDataset, SplitCollator, encode_split
 from aplot_cli.train.metrics import _final_metrics, _ot_summary, pair_accuracy
 from aplot_cli.train.model import load_model, weights_dtype
@@ -103,12 +103,12 @@ def run(cfg: TrainConfig, pairs_dir: Path, out_dir: Path, embeddings_dir: Path |
     outputs.append(artifacts.describe_output(out_dir, RUN_CONFIG))
     outputs += [artifacts.describe_output(out_dir, path.relative_to(out_dir).as_posix())
                 for path in sorted((out_dir / TENSORBOARD_DIR).rglob("events.out.tfevents.*"))]
-    learning = learned.judge(run_report.read_log(out_dir / LOG_FILE), metrics.get("train_accuracy"),
+    learning = learned.judge(report.read_log(out_dir / LOG_FILE), metrics.get("train_accuracy"),
                              metrics.get("train_eval_pairs", 0),
                              cfg.batch_size * cfg.grad_accum * trainer.accelerator.num_processes)
     metrics["learned"] = learning.learned
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    pictures = run_report.write(out_dir, config_to_dict(cfg), metrics, LOG_FILE, learning)
+    pictures = report.write(out_dir, config_to_dict(cfg), metrics, LOG_FILE, learning)
     outputs.append(artifacts.describe_output(out_dir, "metrics.json"))
     outputs += [artifacts.describe_output(out_dir, name) for name in pictures.files]
     outputs += _write_cards(cfg, spec.name, metrics, pairs_art, record, tokenizer, out_dir)

@@ -5,10 +5,15 @@ Every executor calls the same cell function with the same arguments, so a cell's
 on where it ran. Every executor retries a failed cell once and returns {cell: error} for the cells that
 fail again, while the other cells still finish; a `ConfigError` (the grid itself is wrong, e.g. a finished
 cell was trained with another config) or a full disk (`DiskFullError`) is raised once the cells in flight are
-done. Ray is imported only when the Ray executor runs (`pip install 'aplot[ray]'`)."""
+done. Ray is imported only when the Ray executor runs (`pip install 'aplot[ray]'`).
+
+A cell's name is its folder under the shared --out-dir. Under Ray a cell's own output (its stages' progress,
+library messages, a traceback) goes to `<cell>/cell.log` rather than through Ray's worker logs to the driver,
+which prints one line per failure (the error and that log's path)."""
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import os
 import re
@@ -29,6 +34,8 @@ CONNECT_TIMEOUT_S = 8.0
 # set here, they hold for the cells on every node too (offline stays offline; libraries stay quiet)
 FORWARDED_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "HF_HUB_DISABLE_PROGRESS_BARS",
                  "TRANSFORMERS_VERBOSITY", "TOKENIZERS_PARALLELISM")
+
+CELL_LOG = "cell.log"  # under Ray: the cell's own output, in its folder (appended, one block per attempt)
 
 CellFn = Callable[..., None]
 Jobs = dict[str, tuple]  # cell name -> the cell function's positional arguments
@@ -217,7 +224,7 @@ def ray_runtime_env() -> dict[str, Any]:
     aplot: nothing more for an installed package; for a source checkout (PYTHONPATH=src, or an editable
     install) its `src` folder ahead of the node's own PYTHONPATH (Ray expands `${PYTHONPATH}` there)."""
     env = {name: os.environ[name] for name in FORWARDED_ENV if name in os.environ}
-    src = Path(__file__).resolve().parent.parent
+    src = Path(__file__).resolve().parents[2]  # src/aplot_cli/compare/executors.py -> src
     if src.name not in ("site-packages", "dist-packages"):
         env["PYTHONPATH"] = f"{src}{os.pathsep}${{PYTHONPATH}}"
     return {"env_vars": env} if env else {}
@@ -253,9 +260,37 @@ class Outcome:
     hint: str | None = None
 
 
-def _ray_cell(run_cell: CellFn, args: tuple, threads: int, quiet: bool, version: str, shared_dir: str) -> Outcome:
-    """One cell in a Ray worker: the same cell function as the local executors, with `threads` threads."""
+@contextlib.contextmanager
+def output_to(log: Path):
+    """For the block, everything this process writes to stdout and stderr (Python's streams and file
+    descriptors 1 and 2, which libraries and progress bars write to) is appended to `log` instead."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    saved_fds, saved_streams = (os.dup(1), os.dup(2)), (sys.stdout, sys.stderr)
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
+    text = open(os.dup(fd), "w", encoding="utf-8", errors="replace", buffering=1)  # closed below
+    try:
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        sys.stdout = sys.stderr = text
+        yield
+    finally:
+        text.flush()
+        sys.stdout, sys.stderr = saved_streams
+        os.dup2(saved_fds[0], 1)
+        os.dup2(saved_fds[1], 2)
+        for handle in (*saved_fds, fd):
+            os.close(handle)
+        text.close()
+
+
+def _ray_cell(run_cell: CellFn, args: tuple, threads: int, quiet: bool, version: str, shared_dir: str,
+              log: str) -> Outcome:
+    """One cell in a Ray worker: the same cell function as the local executors, with `threads` threads, its
+    output appended to `log` (the cell's own, not echoed by Ray to the driver)."""
     import socket
+    import time
     import traceback
 
     from aplot_cli import __version__
@@ -267,16 +302,18 @@ def _ray_cell(run_cell: CellFn, args: tuple, threads: int, quiet: bool, version:
     if not Path(shared_dir).is_dir():
         return Outcome("error", f"--out-dir {shared_dir} is not visible on {host}: it must be on a "
                                 "filesystem every node mounts at the same path")
-    _start_worker(threads, quiet)
-    try:
-        run_cell(*args)
-    except Exception as exc:  # noqa: BLE001 - reported to the driver, which retries once
-        stop = grid_stopper(exc, shared_dir)
-        if stop is not None:
-            return Outcome("config" if isinstance(stop, ConfigError) else "full", stop.message, stop.hint)
-        if not quiet:
-            print(traceback.format_exc(), file=sys.stderr)  # Ray forwards it to the driver's stderr
-        return Outcome("error", f"{type(exc).__name__}: {exc}")
+    with output_to(Path(log)):
+        print(f"--- aplot {version} on {host}, {time.strftime('%Y-%m-%d %H:%M:%S')}", flush=True)
+        _start_worker(threads, quiet)
+        try:
+            run_cell(*args)
+        except Exception as exc:  # noqa: BLE001 - reported to the driver, which retries once
+            print(traceback.format_exc(), file=sys.stderr, flush=True)  # into the log, with the cell's output
+            stop = grid_stopper(exc, shared_dir)
+            if stop is not None:
+                return Outcome("config" if isinstance(stop, ConfigError) else "full", stop.message, stop.hint)
+            where = os.path.relpath(log, shared_dir)
+            return Outcome("error", f"{type(exc).__name__}: {exc} (output and traceback: {where})")
     return Outcome("ok")
 
 
@@ -315,7 +352,8 @@ def _run_ray(run_cell: CellFn, jobs: Jobs, executor: Executor, shared_dir: Path)
         threads, quiet = max(1, int(executor.cell_cpus)), is_quiet()
 
         def submit(name: str) -> Any:
-            return task.remote(run_cell, jobs[name], threads, quiet, __version__, str(shared_dir))
+            log = str(Path(shared_dir) / name / CELL_LOG)
+            return task.remote(run_cell, jobs[name], threads, quiet, __version__, str(shared_dir), log)
 
         pending = {submit(name): (name, 1) for name in jobs}
         failed: dict[str, str] = {}

@@ -15,14 +15,12 @@ order and head initialisation, so the difference of each seed's accuracies is th
 interval over seeds, and a paired bootstrap over test pairs (pairs resampled, the seed-mean difference
 recomputed); accuracy on hard vs easy pairs where the data has a difficulty; convergence per seed (steps
 until the periodic test accuracy first reaches 95% of the baseline's final accuracy for that seed); margin
-diagnostics (mean, per-pair spread, in-batch spread, hard vs easy). Figures (PNG): accuracy vs step per
-method with 95% bands, hard-minus-easy margin per method, margin histograms for hard vs easy pairs,
-chosen vs rejected reward distributions."""
+diagnostics (mean, per-pair spread, in-batch spread, hard vs easy). The statistics are `stats.py`'s, the
+cells are read by `cells.py`, the figures drawn by `figures.py`."""
 
 from __future__ import annotations
 
 import base64
-import json
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -32,8 +30,20 @@ from typing import Any
 import numpy as np
 
 from aplot_cli import artifacts
-from aplot_cli.errors import damaged_names
-from aplot_cli.grid_layout import cell_dir, noise_tag
+from aplot_cli.compare import figures as drawing
+from aplot_cli.compare import latex
+from aplot_cli.compare.cells import (
+    Cell,
+    cell_pairs_dir,
+    collect,
+    correct_matrix,
+    difficulty_accuracy,
+    eval_curve,
+    steps_to_reach,
+    training_margin_stats,
+)
+from aplot_cli.compare.layout import noise_tag
+from aplot_cli.compare.stats import Boot, bootstrap, fmt_ci, mde_boot, mde_t, mean_ci, paired_differences
 
 
 @dataclass
@@ -44,234 +54,16 @@ class Summary:
     unlearned: list[str] = field(default_factory=list)
 
 
-def mean_ci(values: list[float], level: float = 0.95) -> tuple[float, float, int]:
-    """(mean, half-width of the Student-t confidence interval, n); half-width is nan for n < 2."""
-    arr = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=float)
-    if arr.size == 0:
-        return math.nan, math.nan, 0
-    if arr.size == 1:
-        return float(arr[0]), math.nan, 1
-    from scipy import stats
-
-    half = stats.t.ppf(0.5 + level / 2, arr.size - 1) * arr.std(ddof=1) / math.sqrt(arr.size)
-    return float(arr.mean()), float(half), int(arr.size)
-
-
-def paired_differences(method: dict[int, float], reference: dict[int, float]) -> list[float]:
-    """Per-seed `method - reference` for the seeds both have (a seed fixes data order and head init)."""
-    return [method[s] - reference[s] for s in sorted(set(method) & set(reference))
-            if method[s] is not None and reference[s] is not None]
-
-
-def bootstrap_ci(correct_m: np.ndarray, correct_r: np.ndarray, n_boot: int = 2000, level: float = 0.95,
-                 seed: int = 0) -> tuple[float, float, float]:
-    """Paired bootstrap over test pairs: (mean difference, low, high) of the seed-mean accuracy of the
-    method minus the reference's. `correct_*`: (seeds, pairs) 0/1, aligned on seeds and pairs. Pairs are
-    resampled with replacement (the seeds stay paired); the percentile interval is returned."""
-    per_pair = (np.asarray(correct_m, float) - np.asarray(correct_r, float)).mean(axis=0)  # (pairs,)
-    rng = np.random.default_rng(seed)
-    draws = per_pair[rng.integers(0, per_pair.size, size=(n_boot, per_pair.size))].mean(axis=1)
-    tail = (1 - level) / 2 * 100
-    return float(per_pair.mean()), float(np.percentile(draws, tail)), float(np.percentile(draws, 100 - tail))
-
-
-@dataclass(frozen=True)
-class Boot:
-    """A paired bootstrap over test pairs: mean difference, percentile interval, and the standard error
-    (the standard deviation of the resampled means)."""
-
-    mean: float
-    low: float
-    high: float
-    se: float
-
-
-def bootstrap(correct_m: np.ndarray, correct_r: np.ndarray, n_boot: int = 2000, level: float = 0.95,
-              seed: int = 0) -> Boot:
-    """`bootstrap_ci` with the bootstrap standard error (what the power of the interval depends on)."""
-    per_pair = (np.asarray(correct_m, float) - np.asarray(correct_r, float)).mean(axis=0)
-    rng = np.random.default_rng(seed)
-    draws = per_pair[rng.integers(0, per_pair.size, size=(n_boot, per_pair.size))].mean(axis=1)
-    tail = (1 - level) / 2 * 100
-    return Boot(float(per_pair.mean()), float(np.percentile(draws, tail)), float(np.percentile(draws, 100 - tail)),
-                float(draws.std(ddof=1)))
-
-
-POWER = 0.8
-
-
-def mde_t(diffs: list[float], level: float = 0.95, power: float = POWER) -> float:
-    """Smallest true mean difference that the two-sided Student-t interval over `len(diffs)` paired seeds would
-    exclude from zero with probability `power`: `(t_{1-a/2} + t_{power}) * sd / sqrt(n)` (df n - 1); nan
-    under 2 seeds."""
-    arr = np.asarray([d for d in diffs if d is not None and math.isfinite(d)], dtype=float)
-    if arr.size < 2:
-        return math.nan
-    from scipy import stats
-
-    df = arr.size - 1
-    return float((stats.t.ppf(0.5 + level / 2, df) + stats.t.ppf(power, df)) * arr.std(ddof=1) / math.sqrt(arr.size))
-
-
-def mde_boot(se: float, level: float = 0.95, power: float = POWER) -> float:
-    """Smallest true difference a bootstrap interval of standard error `se` would exclude from zero with
-    probability `power` (normal approximation): `(z_{1-a/2} + z_{power}) * se`."""
-    from scipy import stats
-
-    return float((stats.norm.ppf(0.5 + level / 2) + stats.norm.ppf(power)) * se)
-
-
-def fmt_ci(values: list[float], scale: float = 100.0, low: float = 0.0, high: float = 1.0) -> str:
-    """`mean [low, high]` (95% Student-t over seeds) in points, the interval clipped to the scale
-    ([0, 100] for accuracies); the mean alone for one value."""
-    mean, half, n = mean_ci(values)
-    if n == 0:
-        return "-"
-    if n == 1:
-        return f"{mean * scale:.1f}"
-    return f"{mean * scale:.1f} [{max(low, mean - half) * scale:.1f}, {min(high, mean + half) * scale:.1f}]"
-
-
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """A JSONL log, or its gzip-compressed copy (`<name>.gz`, as exported raw results keep it)."""
-    import gzip
-
-    if path.is_file():
-        text = path.read_text()
-    elif path.with_name(path.name + ".gz").is_file():
-        text = gzip.decompress(path.with_name(path.name + ".gz").read_bytes()).decode()
-    else:
-        return []
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
-
-
-@dataclass
-class Cell:
-    noise: float
-    method: str
-    seed: int
-    train: dict[str, Any]
-    log: list[dict[str, Any]]
-    evals: dict[str, dict[str, Any]]
-    path: Path
-    learning: dict[str, Any] = field(default_factory=dict)
-    ot: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def learned(self) -> bool:
-        return bool(self.learning.get("learned", True))
-
-    @property
-    def name(self) -> str:
-        return f"noise {self.noise:.0%} / {self.method} / seed {self.seed}"
-
-
-def _learning(manifest: dict[str, Any], log: list[dict[str, Any]]) -> dict[str, Any]:
-    """The run's learned verdict as train-rm recorded it, or (a run recorded before the rule) applied now to
-    its log and metrics."""
-    from aplot_cli.train import learned
-
-    recorded = (manifest.get("diagnostics") or {}).get("learning")
-    if recorded:
-        return recorded
-    config, metrics = manifest.get("config") or {}, manifest.get("metrics") or {}
-    world = (manifest.get("diagnostics") or {}).get("world_size") or 1
-    return learned.judge(log, metrics.get("train_accuracy"), metrics.get("train_eval_pairs", 0),
-                         int(config.get("batch_size", 1)) * int(config.get("grad_accum", 1)) * int(world)).to_dict()
-
-
-def collect(grid, out_dir: Path) -> tuple[list[Cell], list[str]]:
-    cells, missing = [], []
-    for noise in grid.noise:
-        for method in grid.methods:
-            for seed in grid.seeds:
-                path = cell_dir(out_dir, noise, method, seed)
-                if not (path / "train" / artifacts.MANIFEST).is_file():
-                    missing.append(str(path.relative_to(out_dir)))
-                    continue
-                redo = f"remove {path} and re-run the grid to run that cell again"
-                with damaged_names(path / "train" / artifacts.MANIFEST, redo):
-                    manifest = dict(json.loads((path / "train" / artifacts.MANIFEST).read_text(encoding="utf-8")))
-                    train = dict(manifest["metrics"])
-                evals = {}
-                for ev in grid.evals:
-                    metrics_path = path / f"eval-{ev.name}" / "metrics.json"
-                    if metrics_path.is_file():
-                        with damaged_names(metrics_path, redo):
-                            evals[ev.name] = json.loads(metrics_path.read_text(encoding="utf-8"))
-                    else:
-                        missing.append(str((path / f"eval-{ev.name}").relative_to(out_dir)))
-                log = _read_jsonl(path / "train" / "train_log.jsonl")
-                cells.append(Cell(noise, method, seed, train, log, evals, path, learning=_learning(manifest, log),
-                                  ot=(manifest.get("diagnostics") or {}).get("ot") or {}))
-    return cells, missing
-
-
-def _difficulty_accuracy(metrics: dict[str, Any], difficulty: str) -> float | None:
-    if metrics.get("benchmark", "pairs") != "pairs":  # another benchmark's subsets are not difficulty levels
-        return None
-    subsets = {k: v for k, v in metrics.get("subsets", {}).items() if k.endswith(f"-{difficulty}")}
-    total = sum(v["total"] for v in subsets.values())
-    return sum(v["correct"] for v in subsets.values()) / total if total else None
-
-
-def _eval_curve(cell: Cell) -> list[tuple[int, float]]:
-    return [(r["step"], r["eval_accuracy"]) for r in cell.log if "eval_accuracy" in r]
-
-
-def _steps_to_reach(cell: Cell, target: float) -> int | None:
-    for step, acc in _eval_curve(cell):
-        if acc >= target:
-            return step
-    return None
-
-
-def _pairs_dir(grid, out_dir: Path, cell: Cell) -> Path:
-    """The pairs artifact a cell trained on (its noise level's, or its seed's own flipped copy)."""
-    return grid.data_dir(out_dir, cell.noise, cell.seed) / "pairs"
-
-
-def _margin_stats(cell: Cell, pairs_dir: Path) -> dict[str, float]:
-    import pandas as pd
-
-    path = cell.path / "train" / "margins.parquet"
-    stats: dict[str, float] = {}
-    spreads = [r["ot/margin_spread"] for r in cell.log if "ot/margin_spread" in r]
-    if spreads:
-        stats["in_batch_spread"] = float(np.mean(spreads))
-    if not path.is_file():
-        return stats
-    margins = pd.read_parquet(path)
-    if margins.empty or not margins["margin"].any():  # a baseline without a margin writes zeros
-        return stats
-    stats["mean"] = float(margins["margin"].mean())
-    stats["std"] = float(margins["margin"].std())
-    train = pd.read_parquet(pairs_dir / "train.parquet")
-    if "difficulty" in train.columns:
-        joined = margins.merge(train[["pair_id", "difficulty"]], on="pair_id", how="left")
-        for difficulty in ("hard", "easy"):
-            part = joined.loc[joined["difficulty"] == difficulty, "margin"]
-            if len(part):
-                stats[f"{difficulty}_mean"] = float(part.mean())
-    return stats
-
-
-def _has_margins(cell: Cell) -> bool:
-    import pandas as pd
-
-    path = cell.path / "train" / "margins.parquet"
-    return path.is_file() and bool(pd.read_parquet(path, columns=["margin"])["margin"].any())
-
-
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"] + \
         ["| " + " | ".join(r) + " |" for r in rows]
 
 
-def _accuracy_tables(grid, by: dict) -> list[str]:
+def _accuracy_tables(grid, by: dict, tex: list[latex.Table]) -> list[str]:
     lines = []
     for noise in grid.noise:
-        lines += ["", f"### Label noise {noise:.0%} (pair accuracy %, mean [95% t interval over learned seeds])", ""]
+        title = f"Label noise {noise:.0%} (pair accuracy %, mean [95% t interval over learned seeds])"
+        lines += ["", f"### {title}", ""]
         header = ["method", "train acc"] + [ev.name for ev in grid.evals] + ["n"]
         rows = []
         for method in grid.methods:
@@ -280,6 +72,7 @@ def _accuracy_tables(grid, by: dict) -> list[str]:
             row += [fmt_ci([c.evals[ev.name]["score"] for c in cells if ev.name in c.evals]) for ev in grid.evals]
             rows.append(row + [str(len(cells))])
         lines += _table(header, rows)
+        tex.append(latex.Table(f"Accuracy: {title}.", header, rows, f"tab:accuracy-{noise_tag(noise)}"))
     return lines
 
 
@@ -290,7 +83,7 @@ def _difficulty_table(grid, by: dict) -> list[str]:
             row, seen = [f"{noise:.0%}", method], False
             for ev in grid.evals:
                 for difficulty in ("hard", "easy"):
-                    vals = [_difficulty_accuracy(c.evals[ev.name], difficulty) for c in by[(noise, method)]
+                    vals = [difficulty_accuracy(c.evals[ev.name], difficulty) for c in by[(noise, method)]
                             if ev.name in c.evals]
                     seen |= any(v is not None for v in vals)
                     row.append(fmt_ci(vals))
@@ -307,36 +100,10 @@ def references(grid) -> list[str]:
     return [m for m in dict.fromkeys([grid.baseline, "constant_margin"]) if m in grid.methods]
 
 
-def _correct_by_pair(cell: Cell, ev_name: str):
-    """pd.Series example_id -> 1.0 when the cell's model scores chosen strictly above rejected, else 0.0."""
-    import pandas as pd
-
-    path = cell.path / f"eval-{ev_name}" / "predictions.parquet"
-    if not path.is_file() or cell.evals.get(ev_name, {}).get("benchmark", "pairs") != "pairs":
-        return None  # another benchmark's headline is not a mean over pairs: its t interval alone is reported
-    pred = pd.read_parquet(path, columns=["example_id", "kind", "score"])
-    table = pred.pivot_table(index="example_id", columns="kind", values="score", aggfunc="first")
-    return (table["chosen"] > table["rejected"]).astype(float)
-
-
-def _correct_matrix(cells: list[Cell], ev_name: str, seeds: list[int]) -> tuple[np.ndarray, list] | None:
-    """(seeds, pairs) 0/1 correctness of `cells` on one set, rows in `seeds` order, columns on the pairs every
-    cell scored (sorted by example id); None when a cell has no predictions."""
-    by_seed = {c.seed: c for c in cells}
-    series = [_correct_by_pair(by_seed[s], ev_name) for s in seeds]
-    if not series or any(x is None for x in series):
-        return None
-    shared = series[0].index
-    for x in series[1:]:
-        shared = shared.intersection(x.index)
-    shared = shared.sort_values()
-    return np.stack([x.loc[shared].to_numpy() for x in series]), list(shared)
-
-
 def _bootstrap(cells_m: list[Cell], cells_r: list[Cell], ev_name: str) -> Boot | None:
     """Paired bootstrap of `method - reference` over the seeds both learned and the pairs both scored."""
     seeds = sorted({c.seed for c in cells_m} & {c.seed for c in cells_r})
-    m, r = _correct_matrix(cells_m, ev_name, seeds), _correct_matrix(cells_r, ev_name, seeds)
+    m, r = correct_matrix(cells_m, ev_name, seeds), correct_matrix(cells_r, ev_name, seeds)
     if m is None or r is None or not seeds:
         return None
     shared = sorted(set(m[1]) & set(r[1]))
@@ -364,7 +131,7 @@ def informative_sets(grid, by: dict) -> dict[tuple[float, str], dict[str, Any]]:
             accs = [c.evals[ev.name]["score"] for c in cells if ev.name in c.evals]
             mean, half, n = mean_ci(accs)
             seeds = sorted(c.seed for c in cells if ev.name in c.evals)
-            matrix = _correct_matrix(cells, ev.name, seeds) if seeds else None
+            matrix = correct_matrix(cells, ev.name, seeds) if seeds else None
             boot = bootstrap(matrix[0], np.full_like(matrix[0], 0.5)) if matrix is not None else None
             informative = None if boot is None else bool(boot.low > 0 or boot.high < 0)
             out[(noise, ev.name)] = {
@@ -425,7 +192,8 @@ PAIRED_NOTE = ("Each seed trains both methods on the same data (and flipped labe
                "when both intervals exclude zero on an informative set; on an uninformative set nothing is decided.")
 
 
-def _paired_tables(grid, by: dict, informative: dict) -> tuple[list[str], list[dict[str, Any]]]:
+def _paired_tables(grid, by: dict, informative: dict,
+                   tex: list[latex.Table]) -> tuple[list[str], list[dict[str, Any]]]:
     lines, records = [], []
     for reference in references(grid):
         recs = [paired_record(noise, method, reference, ev.name, by[(noise, method)], by[(noise, reference)],
@@ -436,8 +204,12 @@ def _paired_tables(grid, by: dict, informative: dict) -> tuple[list[str], list[d
         records += recs
         lines += ["", f"### Paired differences against `{reference}` (accuracy points, method minus {reference})", "",
                   PAIRED_NOTE, ""]
-        lines += _table(PAIRED_HEADER, [_paired_row(r) for r in recs if r["seeds"]])
+        rows = [_paired_row(r) for r in recs if r["seeds"]]
+        lines += _table(PAIRED_HEADER, rows)
         lines += ["", chance_note(recs)]
+        tex.append(latex.Table(f"Paired differences against {reference} (accuracy points, method minus "
+                               f"{reference}). {PAIRED_NOTE} {chance_note(recs)}", PAIRED_HEADER, rows,
+                               f"tab:paired-{reference}"))
     return lines, records
 
 
@@ -452,7 +224,8 @@ def chance_note(records: list[dict[str, Any]]) -> str:
             "unless it recurs across noise levels, sets and grids.")
 
 
-def _twin_tables(grid, by: dict, informative: dict) -> tuple[list[str], list[dict[str, Any]]]:
+def _twin_tables(grid, by: dict, informative: dict,
+                 tex: list[latex.Table]) -> tuple[list[str], list[dict[str, Any]]]:
     """Each APLOT reading minus its no-OT twin: what the OT plan adds beyond the pair's own cost."""
     if not grid.twins:
         return [], []
@@ -464,7 +237,10 @@ def _twin_tables(grid, by: dict, informative: dict) -> tuple[list[str], list[dic
              "(`margin_from: own_cost`, no plan): a reading that does not beat its twin gets nothing from the plan. "
              "Twins: " + ", ".join(f"`{r}` - `{t}`" for r, t in grid.twins.items()) + ".", ""]
     header = ["noise", "reading", "eval", "t: mean [95% CI]", "bootstrap 95%", "seeds", "MDE (80%)", "verdict"]
-    return lines + _table(header, [_paired_row(r) for r in records if r["seeds"]]) + ["", chance_note(records)], records
+    rows = [_paired_row(r) for r in records if r["seeds"]]
+    tex.append(latex.Table("Each APLOT reading minus its no-OT twin (accuracy points): what the OT plan adds beyond "
+                           f"the pair's own cost. {chance_note(records)}", header, rows, "tab:twins"))
+    return lines + _table(header, rows) + ["", chance_note(records)], records
 
 
 def _informative_table(informative: dict) -> list[str]:
@@ -529,7 +305,7 @@ def _learned_section(cells: list[Cell], unlearned: list[Cell], accepted: bool) -
 
 
 def _final_eval(cell: Cell) -> float | None:
-    curve = _eval_curve(cell)
+    curve = eval_curve(cell)
     return curve[-1][1] if curve else cell.train.get("test_accuracy")
 
 
@@ -540,13 +316,13 @@ def _convergence_table(grid, by: dict) -> tuple[list[str], list[dict[str, Any]]]
         return [], []
     rows, records = [], []
     for noise in grid.noise:
-        base = {c.seed: c for c in by[(noise, grid.baseline)] if _eval_curve(c)}
+        base = {c.seed: c for c in by[(noise, grid.baseline)] if eval_curve(c)}
         if not base:
             continue
         targets = {seed: 0.95 * _final_eval(cell) for seed, cell in base.items()}
-        base_steps = {seed: _steps_to_reach(cell, targets[seed]) for seed, cell in base.items()}
+        base_steps = {seed: steps_to_reach(cell, targets[seed]) for seed, cell in base.items()}
         for method in grid.methods:
-            steps = {c.seed: _steps_to_reach(c, targets[c.seed]) for c in by[(noise, method)] if c.seed in targets}
+            steps = {c.seed: steps_to_reach(c, targets[c.seed]) for c in by[(noise, method)] if c.seed in targets}
             reached = [s for s in steps.values() if s is not None]
             diffs = [steps[s] - base_steps[s] for s in steps if steps[s] is not None and base_steps[s] is not None]
             mean, half, n = mean_ci([float(d) for d in diffs])
@@ -567,7 +343,7 @@ def _margin_table(grid, by: dict, out_dir: Path) -> tuple[list[str], dict]:
     rows, stats_all = [], {}
     for noise in grid.noise:
         for method in grid.methods:
-            stats = [_margin_stats(c, _pairs_dir(grid, out_dir, c)) for c in by[(noise, method)]]
+            stats = [training_margin_stats(c, cell_pairs_dir(grid, out_dir, c)) for c in by[(noise, method)]]
             merged = {k: float(np.mean([s[k] for s in stats if k in s])) for k in sorted({k for s in stats for k in s})}
             if not merged:
                 continue
@@ -578,120 +354,6 @@ def _margin_table(grid, by: dict, out_dir: Path) -> tuple[list[str], dict]:
         return [], {}
     return ["", "### Margin diagnostics (APLOT margins seen in training)", ""] + _table(
         ["noise", "method", "mean", "std over pairs", "in-batch spread", "hard mean", "easy mean"], rows), stats_all
-
-
-def _figures(grid, by: dict, cells: list[Cell], out_dir: Path, report_dir: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import pandas as pd
-
-    files = []
-    fig, axes = plt.subplots(1, len(grid.noise), figsize=(5.5 * len(grid.noise), 3.8), squeeze=False)
-    any_curve = False
-    for ax, noise in zip(axes[0], grid.noise):
-        for method in grid.methods:
-            curves = [dict(_eval_curve(c)) for c in by[(noise, method)]]
-            steps = sorted(set().union(*curves)) if curves else []
-            if not steps:
-                continue
-            any_curve = True
-            stats = [mean_ci([c[s] for c in curves if s in c]) for s in steps]
-            mean = np.array([m for m, _, _ in stats]) * 100
-            half = np.nan_to_num(np.array([h for _, h, _ in stats]) * 100)
-            line, = ax.plot(steps, mean, label=method, lw=1.5)
-            ax.fill_between(steps, mean - half, mean + half, color=line.get_color(), alpha=0.15, lw=0)
-        ax.axhline(50, color="grey", lw=0.8, ls=":")  # chance: the y axis starts at or below it, never zoomed in
-        low, high = ax.get_ylim()
-        ax.set_ylim(min(low, 48), max(high, 52))
-        ax.set(title=f"test accuracy (mean, 95% band over seeds), noise {noise:.0%}", xlabel="step",
-               ylabel="pair accuracy %")
-        ax.title.set_fontsize(9)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7, ncol=2)
-    if any_curve:
-        files.append(report_dir / "accuracy_vs_step.png")
-        fig.tight_layout()
-        fig.savefig(files[-1], dpi=110)
-    plt.close(fig)
-    files += _hard_easy_figure(grid, by, out_dir, report_dir, plt)
-
-    noise = grid.noise[0]
-    train = pd.read_parquet(grid.data_dir(out_dir, noise, grid.seeds[0]) / "pairs" / "train.parquet")
-    aplot_methods = [m for m in grid.methods if any(_has_margins(c) for c in by[(noise, m)])]
-    if aplot_methods:
-        fig, axes = plt.subplots(1, len(aplot_methods), figsize=(5 * len(aplot_methods), 3.5), squeeze=False)
-        for ax, method in zip(axes[0], aplot_methods):
-            frames = [pd.read_parquet(c.path / "train" / "margins.parquet") for c in by[(noise, method)]
-                      if _has_margins(c)]
-            margins = pd.concat(frames)
-            if "difficulty" in train.columns:
-                margins = margins.merge(train[["pair_id", "difficulty"]], on="pair_id", how="left")
-                for difficulty in ("hard", "easy"):
-                    ax.hist(margins.loc[margins.difficulty == difficulty, "margin"], bins=40, alpha=0.6,
-                            label=difficulty, density=True)
-                ax.legend()
-            else:
-                ax.hist(margins["margin"], bins=40, density=True)
-            ax.set(title=f"{method}: margins (noise {noise:.0%})", xlabel="margin m_i")
-        files.append(report_dir / "margins.png")
-        fig.tight_layout()
-        fig.savefig(files[-1], dpi=110)
-        plt.close(fig)
-
-    first = grid.evals[0].name
-    fig, axes = plt.subplots(1, len(grid.methods), figsize=(4 * len(grid.methods), 3.2), squeeze=False)
-    drew = False
-    for ax, method in zip(axes[0], grid.methods):
-        cell = next((c for c in by[(noise, method)] if (c.path / f"eval-{first}" / "predictions.parquet").is_file()), None)
-        if cell is None:
-            continue
-        pred = pd.read_parquet(cell.path / f"eval-{first}" / "predictions.parquet")
-        for kind in ("chosen", "rejected"):
-            ax.hist(pred.loc[pred["kind"] == kind, "score"], bins=40, alpha=0.6, label=kind, density=True)
-        ax.set(title=f"{method} (seed {cell.seed}) on {first}", xlabel="reward")
-        ax.legend()
-        drew = True
-    if drew:
-        files.append(report_dir / "rewards.png")
-        fig.tight_layout()
-        fig.savefig(files[-1], dpi=110)
-    plt.close(fig)
-    return files
-
-
-def _hard_easy_figure(grid, by: dict, out_dir: Path, report_dir: Path, plt) -> list[Path]:
-    """One bar chart: mean hard-minus-easy training margin per method (95% CI over seeds), one group of
-    bars per noise level; drawn only where the data has a difficulty and some method has margins."""
-    bars = {}
-    for noise in grid.noise:
-        for method in grid.methods:
-            stats = [_margin_stats(c, _pairs_dir(grid, out_dir, c)) for c in by[(noise, method)]]
-            gaps = [st["hard_mean"] - st["easy_mean"] for st in stats if "hard_mean" in st and "easy_mean" in st]
-            if gaps:
-                bars[(noise, method)] = mean_ci(gaps)
-    if not bars:
-        return []
-    methods = [m for m in grid.methods if any((n, m) in bars for n in grid.noise)]
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(methods) * len(grid.noise)), 3.4))
-    width = 0.8 / len(grid.noise)
-    for k, noise in enumerate(grid.noise):
-        xs = [i + k * width for i, m in enumerate(methods) if (noise, m) in bars]
-        vals = [bars[(noise, m)] for m in methods if (noise, m) in bars]
-        ax.bar(xs, [v[0] for v in vals], width, yerr=[np.nan_to_num(v[1]) for v in vals], capsize=3,
-               label=f"noise {noise:.0%}")
-    ax.axhline(0, color="black", lw=0.8)
-    ax.set_xticks([i + width * (len(grid.noise) - 1) / 2 for i in range(len(methods))], methods, rotation=30,
-                  ha="right", fontsize=8)
-    ax.set(ylabel="hard − easy margin", title="Does the margin single out hard pairs? (mean over training steps)")
-    ax.title.set_fontsize(9)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = report_dir / "margin_hard_minus_easy.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return [path]
 
 
 def _html(title: str, markdown_lines: list[str], figures: list[Path]) -> str:
@@ -729,8 +391,73 @@ def _html(title: str, markdown_lines: list[str], figures: list[Path]) -> str:
             f"<style>{style}</style></head><body>{''.join(body)}</body></html>")
 
 
+TABLES_TEX = "tables.tex"
+# settings that change no result (besides train-rm's HOW_NOT_WHAT: what was kept or published): not in the base table
+_NOT_RESULTS = frozenset({"seed", "feature_cache_dir", "report_to", "push_to_hub", "hub_private", "save_steps",
+                          "save_total_limit", "keep_checkpoints", "trust_remote_code"})
+
+
+def _resolved(cfg) -> dict[str, Any]:
+    """A method's train-rm config as its cells train with it (train-rm's resolution), seed left out."""
+    import json
+
+    from aplot_cli.config import config_to_dict, resolve_train
+
+    values = json.loads(json.dumps(config_to_dict(resolve_train(cfg)), default=str))
+    return {k: v for k, v in values.items() if k != "seed"}
+
+
+def hyperparameters(grid) -> dict[str, Any]:
+    """`base`: the grid's base train-rm config as resolved (without `seed`: the grid's seeds are listed apart);
+    `overrides`: per method, the settings its resolved config sets otherwise (a no-OT twin's included). A base
+    that is no valid config on its own gives the values every method shares."""
+    methods = {name: _resolved(cfg) for name, cfg in grid.methods.items()}
+    base_cfg = getattr(grid, "base", None)
+    if base_cfg is not None:
+        base = _resolved(base_cfg)
+    else:
+        first = next(iter(methods.values()))
+        base = {k: v for k, v in first.items() if all(m.get(k) == v for m in methods.values())}
+    overrides = {name: {k: v for k, v in cfg.items() if k not in base or base[k] != v}
+                 for name, cfg in methods.items()}
+    return {"base": base, "overrides": overrides}
+
+
+def _value(value: Any) -> str:
+    if isinstance(value, list):
+        return ", ".join(_value(v) for v in value) or "[]"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "-"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _hyperparameters(grid, tex: list[latex.Table]) -> tuple[list[str], dict[str, Any]]:
+    """The hyperparameter tables: the base config and each method's overrides, as the cells trained."""
+    from aplot_cli.train.resume import HOW_NOT_WHAT
+
+    record = hyperparameters(grid)
+    base_rows = [[k, _value(v)] for k, v in record["base"].items() if k not in _NOT_RESULTS | HOW_NOT_WHAT]
+    method_rows = [[name, "; ".join(f"{k}: {_value(v)}" for k, v in over.items()) or "none (the base)"]
+                   for name, over in record["overrides"].items()]
+    note = (f"Every method trains with the base train-rm configuration, as resolved (defaults < the grid's `base` < "
+            f"the method's settings; an unset learning rate or group_by_length as train-rm fills it in), and "
+            f"differs from it only where the second table says. Seeds: {_seed_list(grid.seeds)}; label noise: "
+            f"{', '.join(f'{n:.0%}' for n in grid.noise)}. Settings that change no result (device, caches, "
+            "checkpoint keeping, publishing) are left out.")
+    tex.append(latex.Table(f"Hyperparameters: the base configuration. {note}", ["setting", "base"], base_rows,
+                           "tab:hyperparameters"))
+    tex.append(latex.Table("Each method's settings that differ from the base configuration (as resolved).",
+                           ["method", "overrides"], method_rows, "tab:overrides", spec=r"lp{0.65\linewidth}"))
+    lines = ["", "## Hyperparameters", "", note, ""] + _table(["setting", "base"], base_rows)
+    lines += ["", "### Each method's overrides (as resolved)", ""] + _table(["method", "overrides"], method_rows)
+    return lines, record
+
+
 def build(grid, out_dir: Path, accept_unlearned: bool = False) -> Summary:
-    """Collect every finished cell and write report.md, report.html, results.json and the figures. Cells that
+    """Collect every finished cell and write report.md, report.html, results.json, tables.tex (the tables in
+    LaTeX, booktabs) and the figures (PNG, and SVG beside each). Cells that
     did not learn are named and left out of every table and verdict (`Summary.unlearned`)."""
     report_dir = out_dir / "report"
     report_dir.mkdir(parents=True, exist_ok=True)
@@ -755,38 +482,44 @@ def build(grid, out_dir: Path, accept_unlearned: bool = False) -> Summary:
         lines += ["", f"**Warning: {len(grid.seeds)} seed(s).** A Student-t interval over fewer than 3 seeds is "
                       "too wide to decide anything; use at least 3, better 10 or more."]
     informative = informative_sets(grid, by)
-    paired_lines, paired = _paired_tables(grid, by, informative)
-    twin_lines, twin_records = _twin_tables(grid, by, informative)
+    tex: list[latex.Table] = []
+    accuracy_lines = _accuracy_tables(grid, by, tex)
+    paired_lines, paired = _paired_tables(grid, by, informative, tex)
+    twin_lines, twin_records = _twin_tables(grid, by, informative, tex)
     convergence_lines, convergence = _convergence_table(grid, by)
     conv_ot = ot_convergence(grid, by)
     lines += _learned_section(cells, unlearned, accept_unlearned)
-    lines += ["", "## Accuracy"] + _accuracy_tables(grid, by) + _informative_table(informative)
+    lines += ["", "## Accuracy"] + accuracy_lines + _informative_table(informative)
     lines += paired_lines + twin_lines + _difficulty_table(grid, by)
     lines += convergence_lines + _ot_table(conv_ot)
     margin_lines, margin_stats = _margin_table(grid, by, out_dir)
     lines += margin_lines
+    hyper_lines, hyper = _hyperparameters(grid, tex)
+    lines += hyper_lines
     learned_cells = [c for c in cells if c.learned]
-    figures = _figures(grid, by, learned_cells, out_dir, report_dir) if learned_cells else []
+    figures = drawing.draw(grid, by, learned_cells, out_dir, report_dir) if learned_cells else []
     if figures:
         lines += ["", "## Figures", ""] + [f"![{f.stem}]({f.name})" for f in figures]
     results = {"cells": [{"noise": c.noise, "method": c.method, "seed": c.seed, "learned": c.learned,
                           "train": {k: c.train.get(k) for k in ("train_accuracy", "test_accuracy", "steps",
                                                                  "pairs_per_second")},
                           "evals": {k: {"accuracy": v["score"],
-                                        "hard": _difficulty_accuracy(v, "hard"), "easy": _difficulty_accuracy(v, "easy")}
+                                        "hard": difficulty_accuracy(v, "hard"), "easy": difficulty_accuracy(v, "easy")}
                                     for k, v in c.evals.items()}} for c in cells],
                "unlearned": [{"noise": c.noise, "method": c.method, "seed": c.seed,
                               "reasons": c.learning.get("reasons") or []} for c in unlearned],
                "informative": list(informative.values()), "paired": paired, "twins": twin_records,
                "twin_of": dict(grid.twins), "convergence": convergence, "ot_convergence": conv_ot,
                "margins": margin_stats, "missing": missing, "seeds": list(grid.seeds),
-               "flip_seed": grid.flip_seed}
+               "flip_seed": grid.flip_seed, "hyperparameters": hyper}
     (report_dir / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     artifacts.write_json_atomic(report_dir / "results.json", results)
     (report_dir / "report.html").write_text(_html(grid.title, lines, figures), encoding="utf-8")
+    (report_dir / TABLES_TEX).write_text(latex.document(grid.title, tex), encoding="utf-8")
     summary_metrics = {f"{c['noise']:.2f}/{c['method']}/{c['seed']}/{k}": v["accuracy"]
                        for c in results["cells"] if c["learned"] for k, v in c["evals"].items()}
-    return Summary(files=[report_dir / "report.md", report_dir / "report.html", report_dir / "results.json", *figures],
+    return Summary(files=[report_dir / "report.md", report_dir / "report.html", report_dir / "results.json",
+                          report_dir / TABLES_TEX, *figures, *(f.with_suffix(".svg") for f in figures)],
                    metrics=summary_metrics, missing=missing,
                    unlearned=[f"{c.noise:.2f}/{c.method}/seed-{c.seed}" for c in unlearned])
 

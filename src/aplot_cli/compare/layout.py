@@ -1,5 +1,5 @@
 """Where `aplot compare` puts each noise level's data and each cell under its --out-dir: the folder
-names `compare` writes and `report` reads back, in one place that both import (neither imports the
+names the stage writes and the report reads back, in one place that both import (neither imports the
 other for them)."""
 
 from __future__ import annotations

@@ -33,7 +33,7 @@ test-slow: install
 	$(PY) -m pytest -m "not gpu" -q
 
 lint: install
-	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff check src tests bench experiments
 
 clean:
 	rm -rf demo-out .pytest_cache

@@ -180,3 +180,13 @@ def write_samples_artifact(out: Path, *, split: str = "test", n: int = 8, prompt
 def samples_artifact():
     """`write_samples_artifact` as a fixture."""
     return write_samples_artifact
+
+
+@pytest.fixture(autouse=True)
+def _console_not_left_quiet():
+    """A CLI call with --quiet sets the console quiet for the process: each test starts from the default."""
+    from aplot_cli import console
+
+    if console.is_quiet():
+        console.set_quiet(False)
+    yield

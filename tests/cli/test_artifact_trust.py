@@ -5,7 +5,6 @@ refused. Each case: its exit code, a message naming the file, no traceback, noth
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -13,28 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
 from aplot_cli import artifacts, models
-from aplot_cli.cli import app
 from aplot_cli.errors import ArtifactError
 
-runner = CliRunner()
-
-
-def _invoke(*args: object):
-    result = runner.invoke(app, [str(a) for a in args])
-    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
-    assert "Traceback" not in result.output
-    return result
-
-
-def _snapshot(folder: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(folder.rglob("*"))
-        if p.is_file()
-    }
+from clitools import invoke, snapshot
 
 
 @pytest.fixture(scope="module")
@@ -86,8 +68,8 @@ def test_embeddings_swapped_for_others_of_the_same_size_are_refused_before_train
     emb = copies["emb"]
     assert (emb / "train_chosen.npy").stat().st_size == (emb / "train_rejected.npy").stat().st_size
     shutil.copyfile(emb / "train_rejected.npy", emb / "train_chosen.npy")  # chosen now holds the rejected vectors
-    before = _snapshot(emb)
-    result = _invoke(
+    before = snapshot(emb)
+    result = invoke(
         "train-rm",
         copies["pairs"],
         "--embeddings",
@@ -102,7 +84,7 @@ def test_embeddings_swapped_for_others_of_the_same_size_are_refused_before_train
     assert result.exit_code == 4, result.output
     assert "train_chosen.npy does not hold the bytes its manifest records (its sha256 differs)" in result.stderr
     assert f"re-run `aplot embed --out-dir {emb} --overwrite`" in result.stderr
-    assert not (tmp_path / "rm").exists() and _snapshot(emb) == before
+    assert not (tmp_path / "rm").exists() and snapshot(emb) == before
 
 
 def test_a_pairs_split_edited_in_place_is_refused_by_every_reader(copies, tmp_path):
@@ -115,7 +97,7 @@ def test_a_pairs_split_edited_in_place_is_refused_by_every_reader(copies, tmp_pa
         ["train-rm", pairs, "--loss", "bt"],
         ["eval-rm", copies["model"], "--benchmark", "pairs", "--data", pairs],
     ):
-        result = _invoke(*args, "--out-dir", tmp_path / "out")
+        result = invoke(*args, "--out-dir", tmp_path / "out")
         assert result.exit_code == 4, result.output
         assert "train.parquet does not hold the bytes its manifest records" in result.stderr
         assert not (tmp_path / "out").exists()
@@ -183,7 +165,7 @@ def test_a_pairs_split_that_is_a_link_out_of_the_artifact_is_refused_unread(copi
     read = []
     real = artifacts._file_sha256
     monkeypatch.setattr(artifacts, "_file_sha256", lambda file: read.append(Path(file).name) or real(file))
-    result = _invoke("embed", pairs, "--model", copies["model"], "--out-dir", tmp_path / "new")
+    result = invoke("embed", pairs, "--model", copies["model"], "--out-dir", tmp_path / "new")
     assert result.exit_code == 4, result.output
     assert f"holds a symbolic link, train.parquet -> {outside}" in result.stderr
     assert read == [] and not (tmp_path / "new").exists()
@@ -223,12 +205,12 @@ def test_a_damaged_manifest_is_named_as_such(copies, tmp_path, change, needle):
     manifest = json.loads((pairs / artifacts.MANIFEST).read_text())
     change(manifest)
     (pairs / artifacts.MANIFEST).write_text(json.dumps(manifest))
-    before = _snapshot(pairs)
-    result = _invoke("embed", pairs, "--model", copies["model"], "--out-dir", tmp_path / "new")
+    before = snapshot(pairs)
+    result = invoke("embed", pairs, "--model", copies["model"], "--out-dir", tmp_path / "new")
     assert result.exit_code == 4, result.output
     assert f"{pairs / artifacts.MANIFEST} " in result.stderr and "is damaged" in result.stderr and needle in result.stderr
     assert "`None` artifact" not in result.stderr
-    assert not (tmp_path / "new").exists() and _snapshot(pairs) == before
+    assert not (tmp_path / "new").exists() and snapshot(pairs) == before
 
 
 # --- the embedding cache ------------------------------------------------------------------------------
@@ -237,7 +219,7 @@ def test_a_damaged_manifest_is_named_as_such(copies, tmp_path, change, needle):
 @pytest.mark.parametrize("where", ["out/cache", "out", "out/a/b"])
 def test_embed_refuses_a_cache_inside_its_own_out_dir(made, tmp_path, where):
     out, cache = tmp_path / "out", tmp_path / where
-    result = _invoke("embed", made["pairs"], "--model", made["model"], "--cache-dir", cache, "--out-dir", out)
+    result = invoke("embed", made["pairs"], "--model", made["model"], "--cache-dir", cache, "--out-dir", out)
     assert result.exit_code == 4, result.output
     assert f"the input embedding cache {cache}" in result.stderr
     assert not out.exists() and not cache.exists()
@@ -245,12 +227,12 @@ def test_embed_refuses_a_cache_inside_its_own_out_dir(made, tmp_path, where):
 
 def test_embed_refuses_a_new_cache_inside_a_finished_embeddings_artifact(made, tmp_path):
     out = Path(shutil.copytree(made["emb"], tmp_path / "emb"))
-    before = _snapshot(out)
-    result = _invoke(
+    before = snapshot(out)
+    result = invoke(
         "embed", made["pairs"], "--model", made["model"], "--cache-dir", out / "cache", "--out-dir", out, "--overwrite"
     )
     assert result.exit_code == 4 and "contains the input embedding cache" in result.stderr
-    assert _snapshot(out) == before and not (out / "cache").exists()
+    assert snapshot(out) == before and not (out / "cache").exists()
 
 
 # --- a reward model's folder --------------------------------------------------------------------------
@@ -295,10 +277,10 @@ def test_a_reward_models_folder_changed_after_training_is_refused(made, trained,
     else:
         (run / "model" / "added_tokens.json").write_text('{"<new>": 30522}')
         needle = "holds added_tokens.json, which the run's manifest does not list"
-    before = _snapshot(run)
-    result = _invoke("eval-rm", run, "--benchmark", "pairs", "--data", made["pairs"], "--out-dir", tmp_path / "ev")
+    before = snapshot(run)
+    result = invoke("eval-rm", run, "--benchmark", "pairs", "--data", made["pairs"], "--out-dir", tmp_path / "ev")
     assert result.exit_code == 4, result.output
-    assert needle in result.stderr and not (tmp_path / "ev").exists() and _snapshot(run) == before
+    assert needle in result.stderr and not (tmp_path / "ev").exists() and snapshot(run) == before
 
 
 def test_a_stage_reads_only_files_its_manifest_lists(copies):

@@ -15,16 +15,9 @@ from typer.testing import CliRunner
 from aplot_cli.cli import app
 from aplot_cli.config import TrainConfig, build_config
 
+from clitools import fails
+
 runner = CliRunner()
-
-
-def _fails(args: list[str], code: int, *needles: str):
-    result = runner.invoke(app, args)
-    assert result.exit_code == code, (result.exit_code, result.stderr, repr(result.exception))
-    assert "Traceback" not in result.stderr and result.stdout == ""
-    for needle in needles:
-        assert needle in result.stderr, (needle, result.stderr)
-    return result
 
 
 def _jsonl(path: Path, rows: list[dict | str]) -> Path:
@@ -71,7 +64,7 @@ def test_lone_surrogate_is_a_row_error_and_skippable(tmp_path):
     # the file holds the six characters \ud800: valid JSON, but not a character UTF-8 (or parquet) can store
     data = _jsonl(tmp_path / "s.jsonl", [*GOOD[:2], '{"prompt": "q", "chosen": "x\\ud800y", "rejected": "z"}', GOOD[2]])
     assert "\\ud800" in data.read_text()
-    _fails(_prepare([data], tmp_path / "a"), 3, f"{data}:3", "surrogate", "--on-bad-rows skip")
+    fails(_prepare([data], tmp_path / "a"), 3, f"{data}:3", "surrogate", "--on-bad-rows skip")
     assert not (tmp_path / "a" / "manifest.json").exists()
     result = runner.invoke(app, _prepare([data], tmp_path / "b", "--on-bad-rows", "skip"))
     assert result.exit_code == 0, result.stderr
@@ -80,7 +73,7 @@ def test_lone_surrogate_is_a_row_error_and_skippable(tmp_path):
 
 def test_deeply_nested_json_is_a_row_error_and_skippable(tmp_path):
     data = _jsonl(tmp_path / "d.jsonl", [GOOD[0], "[" * 100_000, GOOD[1], GOOD[2]])
-    _fails(_prepare([data], tmp_path / "a"), 3, f"{data}:2", "nested too deeply")
+    fails(_prepare([data], tmp_path / "a"), 3, f"{data}:2", "nested too deeply")
     result = runner.invoke(app, _prepare([data], tmp_path / "b", "--on-bad-rows", "skip"))
     assert result.exit_code == 0, result.stderr
     assert _bad_rows(Path(result.stdout.strip())) == {"too_deep": 1}
@@ -89,7 +82,7 @@ def test_deeply_nested_json_is_a_row_error_and_skippable(tmp_path):
 def test_deeply_nested_json_file_names_the_file(tmp_path):
     data = tmp_path / "d.json"
     data.write_text("[" * 100_000)
-    _fails(_prepare([data], tmp_path / "a"), 3, str(data), "nested too deeply")
+    fails(_prepare([data], tmp_path / "a"), 3, str(data), "nested too deeply")
 
 
 def test_utf8_bom_is_accepted_in_jsonl_and_json(tmp_path):
@@ -115,9 +108,9 @@ def test_empty_and_header_only_files_are_named(tmp_path):
     blank.write_text("\n\n")
     for path in empty.values():
         # next to a good file, too: an empty shard is named, not silently read as nothing
-        _fails(_prepare([good, path], tmp_path / "out"), 3, str(path), "is empty")
-    _fails(_prepare([header], tmp_path / "out"), 3, str(header), "header (prompt, chosen, rejected) but no rows")
-    _fails(_prepare([blank], tmp_path / "out"), 3, str(blank), "only blank lines")
+        fails(_prepare([good, path], tmp_path / "out"), 3, str(path), "is empty")
+    fails(_prepare([header], tmp_path / "out"), 3, str(header), "header (prompt, chosen, rejected) but no rows")
+    fails(_prepare([blank], tmp_path / "out"), 3, str(blank), "only blank lines")
 
 
 def test_directory_and_symlink_loop_as_files_say_what_they_are(tmp_path):
@@ -127,9 +120,9 @@ def test_directory_and_symlink_loop_as_files_say_what_they_are(tmp_path):
     loop.symlink_to(loop)
     dangling = tmp_path / "gone.jsonl"
     dangling.symlink_to(tmp_path / "nowhere.jsonl")
-    _fails(_prepare([folder], tmp_path / "out"), 3, str(folder), "is a directory")
-    _fails(_prepare([loop], tmp_path / "out"), 3, str(loop), "symbolic link loop")
-    _fails(_prepare([dangling], tmp_path / "out"), 3, str(dangling), "symbolic link to", "nowhere.jsonl")
+    fails(_prepare([folder], tmp_path / "out"), 3, str(folder), "is a directory")
+    fails(_prepare([loop], tmp_path / "out"), 3, str(loop), "symbolic link loop")
+    fails(_prepare([dangling], tmp_path / "out"), 3, str(dangling), "symbolic link to", "nowhere.jsonl")
 
 
 # ------------------------------------------------------------------------------------------- artifacts
@@ -148,7 +141,7 @@ def pairs_dir(tmp_path) -> Path:
 
 def test_missing_data_file_is_an_unfinished_or_damaged_artifact(pairs_dir, tmp_path):
     (pairs_dir / "test.parquet").unlink()
-    _fails(["embed", str(pairs_dir), "--out-dir", str(tmp_path / "e")], 4,
+    fails(["embed", str(pairs_dir), "--out-dir", str(tmp_path / "e")], 4,
            "unfinished or damaged artifact", "test.parquet is missing")
     assert not (tmp_path / "e").exists()
 
@@ -156,7 +149,7 @@ def test_missing_data_file_is_an_unfinished_or_damaged_artifact(pairs_dir, tmp_p
 def test_cut_short_data_file_is_a_damaged_artifact(pairs_dir, tmp_path):
     train = pairs_dir / "train.parquet"
     train.write_bytes(train.read_bytes()[:100])
-    _fails(["train-rm", str(pairs_dir), "--out-dir", str(tmp_path / "rm"), "--loss", "bt"], 4,
+    fails(["train-rm", str(pairs_dir), "--out-dir", str(tmp_path / "rm"), "--loss", "bt"], 4,
            "unfinished or damaged artifact", "train.parquet has 100 bytes")
 
 
@@ -175,7 +168,7 @@ def test_eval_rm_on_an_unfinished_train_rm_run_says_so(tiny_bert_dir, pairs_dir,
     with pytest.raises(KeyboardInterrupt):
         train.run(cfg, pairs_dir, run, extra_callbacks=(Kill(),))
     assert not (run / "manifest.json").exists() and (run / "checkpoints").is_dir()
-    _fails(["eval-rm", str(run), "--benchmark", "pairs", "--data", str(pairs_dir), "--out-dir", str(tmp_path / "ev")],
+    fails(["eval-rm", str(run), "--benchmark", "pairs", "--data", str(pairs_dir), "--out-dir", str(tmp_path / "ev")],
            4, f"{run} is an unfinished run", "--resume", "finished run")
 
 
@@ -187,9 +180,9 @@ def test_unknown_device_is_refused_before_the_cache_serves(tiny_bert_dir, pairs_
     warm = runner.invoke(app, [*common, "--out-dir", str(tmp_path / "e1"), "--device", "cpu"])
     assert warm.exit_code == 0, warm.stderr
     # every vector is now cached: a run needing no model must still refuse the device
-    _fails([*common, "--out-dir", str(tmp_path / "e2"), "--device", "tpu9"], 2, "tpu9", "auto, cpu, cuda")
+    fails([*common, "--out-dir", str(tmp_path / "e2"), "--device", "tpu9"], 2, "tpu9", "auto, cpu, cuda")
     assert not (tmp_path / "e2").exists()
-    _fails(["eval-rm", str(tiny_bert_dir), "--benchmark", "pairs", "--data", str(pairs_dir), "--out-dir",
+    fails(["eval-rm", str(tiny_bert_dir), "--benchmark", "pairs", "--data", str(pairs_dir), "--out-dir",
             str(tmp_path / "ev"), "--device", "tpu9"], 2, "tpu9", "auto, cpu, cuda")
 
 
@@ -205,7 +198,7 @@ def test_prepare_on_a_full_disk_names_the_file_and_leaves_no_manifest(tmp_path, 
 
     data = _jsonl(tmp_path / "d.jsonl", GOOD)
     monkeypatch.setattr(pd.DataFrame, "to_parquet", _enospc)
-    _fails(_prepare([data], tmp_path / "out"), 8, f"no space left on the disk holding {tmp_path / 'out' / 'train.parquet'}")
+    fails(_prepare([data], tmp_path / "out"), 8, f"no space left on the disk holding {tmp_path / 'out' / 'train.parquet'}")
     assert not (tmp_path / "out" / "manifest.json").exists()
 
 
@@ -214,7 +207,7 @@ def test_manifest_write_on_a_full_disk_names_the_out_dir(tmp_path, monkeypatch):
 
     data = _jsonl(tmp_path / "d.jsonl", GOOD)
     monkeypatch.setattr(artifacts, "write_json_atomic", _enospc)
-    _fails(_prepare([data], tmp_path / "out"), 8, f"no space left on the disk holding {tmp_path / 'out'}")
+    fails(_prepare([data], tmp_path / "out"), 8, f"no space left on the disk holding {tmp_path / 'out'}")
     assert not (tmp_path / "out" / "manifest.json").exists()
 
 
@@ -223,7 +216,7 @@ def test_embed_on_a_full_disk_names_the_file(tiny_bert_dir, pairs_dir, tmp_path,
 
     monkeypatch.setattr(np, "save", _enospc)
     out = tmp_path / "e"
-    _fails(["embed", str(pairs_dir), "--model", str(tiny_bert_dir), "--cache-dir", str(tmp_path / "cache"),
+    fails(["embed", str(pairs_dir), "--model", str(tiny_bert_dir), "--cache-dir", str(tmp_path / "cache"),
             "--out-dir", str(out)], 8, f"no space left on the disk holding {out / 'train_chosen.npy'}")
     assert not (out / "manifest.json").exists()
 
@@ -241,7 +234,7 @@ def test_embedding_cache_on_a_full_disk_names_the_cache(tiny_bert_dir, pairs_dir
 
     monkeypatch.setattr(sqlite3, "connect", full_after_the_schema)  # the module the cache connects with
     cache, out = tmp_path / "cache", tmp_path / "e"
-    _fails(["embed", str(pairs_dir), "--model", str(tiny_bert_dir), "--cache-dir", str(cache), "--out-dir", str(out)],
+    fails(["embed", str(pairs_dir), "--model", str(tiny_bert_dir), "--cache-dir", str(cache), "--out-dir", str(out)],
            8, f"no space left on the disk holding {cache / 'embeddings.sqlite'}", "database or disk is full",
            "--cache-dir")
     assert not (out / "manifest.json").exists()

@@ -15,21 +15,9 @@ from typer.testing import CliRunner
 
 from aplot_cli.cli import app
 
+from clitools import fails, snapshot
+
 runner = CliRunner()
-
-
-def _fails(args: list[str], code: int, *needles: str):
-    result = runner.invoke(app, args)
-    assert result.exit_code == code, (result.exit_code, result.stderr, repr(result.exception))
-    assert "Traceback" not in result.stderr and result.stdout == ""
-    for needle in needles:
-        assert needle in result.stderr, (needle, result.stderr)
-    return result
-
-
-def _digest(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def resign(artifact: Path, name: str) -> None:
@@ -67,10 +55,10 @@ def test_a_model_folder_with_cut_short_weights_is_named(tiny_bert_dir, pairs_dir
     shutil.copytree(tiny_bert_dir, folder)
     weights = folder / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:5000])
-    before = _digest(folder)
-    _fails(["eval-rm", str(folder), "--benchmark", "pairs", "--data", str(pairs_dir), "--out-dir", str(tmp_path / "ev"),
+    before = snapshot(folder)
+    fails(["eval-rm", str(folder), "--benchmark", "pairs", "--data", str(pairs_dir), "--out-dir", str(tmp_path / "ev"),
             "--device", "cpu"], 5, f"model folder {folder}", "model.safetensors is unreadable, cut short or damaged")
-    assert not (tmp_path / "ev").exists() and _digest(folder) == before
+    assert not (tmp_path / "ev").exists() and snapshot(folder) == before
 
 
 def test_a_ppo_checkpoint_with_damaged_weights_is_passed_over(tmp_path):
@@ -104,7 +92,7 @@ def test_a_train_rm_run_with_cut_short_weights_is_a_damaged_artifact(tiny_bert_d
     weights = run / "model" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-100])
     resign(run, "model/model.safetensors")
-    _fails(["eval-rm", str(run), "--benchmark", "pairs", "--data", str(pairs_dir), "--out-dir", str(tmp_path / "ev"),
+    fails(["eval-rm", str(run), "--benchmark", "pairs", "--data", str(pairs_dir), "--out-dir", str(tmp_path / "ev"),
             "--device", "cpu"], 4, f"train-rm artifact {run}: model/model.safetensors is unreadable", "--overwrite")
     assert not (tmp_path / "ev").exists()
 
@@ -145,12 +133,12 @@ def test_a_damaged_embeddings_file_is_named_before_training(tiny_bert_dir, pairs
     file = emb_dir / "train_chosen.npy"
     _npy_damage(file, how)
     resign(emb_dir, "train_chosen.npy")
-    before = _digest(emb_dir)
+    before = snapshot(emb_dir)
     out = tmp_path / "rm"
-    _fails(["train-rm", str(pairs_dir), "--embeddings", str(emb_dir), "--backbone", str(tiny_bert_dir), "--loss",
+    fails(["train-rm", str(pairs_dir), "--embeddings", str(emb_dir), "--backbone", str(tiny_bert_dir), "--loss",
             "aplot", "--max-steps", "1", "--batch-size", "4", "--max-length", "32", "--device", "cpu",
             "--out-dir", str(out)], 4, str(file), said, "aplot embed")
-    assert not out.exists() and _digest(emb_dir) == before  # read before the out-dir is touched; never unpickled
+    assert not out.exists() and snapshot(emb_dir) == before  # read before the out-dir is touched; never unpickled
 
 
 def test_pair_ids_that_are_not_a_list_of_strings(emb_dir):
@@ -186,7 +174,7 @@ def test_a_damaged_pairs_split_is_named(tiny_bert_dir, pairs_dir, tmp_path, how,
     else:
         frame.assign(chosen=[["a", "b"]] * len(frame)).to_parquet(split)
     resign(pairs_dir, "train.parquet")
-    _fails(["train-rm", str(pairs_dir), "--backbone", str(tiny_bert_dir), "--loss", "bt", "--max-steps", "1",
+    fails(["train-rm", str(pairs_dir), "--backbone", str(tiny_bert_dir), "--loss", "bt", "--max-steps", "1",
             "--device", "cpu", "--out-dir", str(tmp_path / "rm")], 4, str(split), said, "aplot prepare")
     assert not (tmp_path / "rm").exists()
 
@@ -198,11 +186,11 @@ def test_a_recipe_with_a_python_tag_is_a_config_error_and_runs_nothing(tmp_path)
     marker = tmp_path / "pwned"
     recipe = tmp_path / "evil.yaml"
     recipe.write_text(f'name: evil\ncolumns: !!python/object/apply:os.system ["touch {marker}"]\n')
-    _fails(["prepare", "--recipe", str(recipe), "--out-dir", str(tmp_path / "p")], 2,
+    fails(["prepare", "--recipe", str(recipe), "--out-dir", str(tmp_path / "p")], 2,
            f"recipe {recipe} is not valid YAML", "python/object/apply:os.system", "no !!python tags")
     not_text = tmp_path / "binary.yaml"
     not_text.write_bytes(b"name: \x81\xff\n")
-    _fails(["prepare", "--recipe", str(not_text), "--out-dir", str(tmp_path / "p")], 2,
+    fails(["prepare", "--recipe", str(not_text), "--out-dir", str(tmp_path / "p")], 2,
            f"recipe {not_text} cannot be read as UTF-8 text")
     assert not marker.exists() and not (tmp_path / "p").exists()
 
@@ -231,7 +219,7 @@ def test_predictions_with_string_scores_or_wrong_columns_name_the_file_and_colum
         path = tmp_path / name
         frame.to_parquet(path) if name.endswith(".parquet") else frame.to_json(path, orient="records", lines=True)
         before = path.read_bytes()
-        _fails(["eval-rm", "--from-predictions", str(path), "--benchmark", "pairs", "--out-dir",
+        fails(["eval-rm", "--from-predictions", str(path), "--benchmark", "pairs", "--out-dir",
                 str(tmp_path / "ev")], 3, f"{path}: ", said)
         assert not (tmp_path / "ev").exists() and path.read_bytes() == before
 
@@ -243,7 +231,7 @@ def test_a_lone_surrogate_names_the_file_line_and_field(tmp_path):
     data = tmp_path / "s.jsonl"
     data.write_text('{"prompt": "q", "chosen": "fine", "rejected": "z"}\n'
                     '{"prompt": "q", "chosen": "a", "rejected": [{"role": "assistant", "content": "x\\udc00"}]}\n')
-    _fails(["prepare", "--files", str(data), "--test-size", "0", "--out-dir", str(tmp_path / "p")], 3,
+    fails(["prepare", "--files", str(data), "--test-size", "0", "--out-dir", str(tmp_path / "p")], 3,
            f"{data}:2: field `rejected[0].content` holds a lone surrogate")
 
 
@@ -252,7 +240,7 @@ def test_a_list_in_rejected_names_rejected(tmp_path):
 
     data = tmp_path / "mixed.parquet"
     pd.DataFrame({"prompt": ["q", "r"], "chosen": ["a", "b"], "rejected": [["x", "y"], ["z"]]}).to_parquet(data)
-    result = _fails(["prepare", "--files", str(data), "--test-size", "0", "--out-dir", str(tmp_path / "p")], 3,
+    result = fails(["prepare", "--files", str(data), "--test-size", "0", "--out-dir", str(tmp_path / "p")], 3,
                     "field `rejected` is a list while `chosen` is a string")
     assert "field `chosen`" not in result.stderr
 
@@ -261,7 +249,7 @@ def test_a_manifest_without_stage_is_named_as_damaged(pairs_dir, tmp_path):
     manifest = json.loads((pairs_dir / "manifest.json").read_text())
     del manifest["stage"]
     (pairs_dir / "manifest.json").write_text(json.dumps(manifest))
-    result = _fails(["embed", str(pairs_dir), "--out-dir", str(tmp_path / "e")], 4,
+    result = fails(["embed", str(pairs_dir), "--out-dir", str(tmp_path / "e")], 4,
                     f"{pairs_dir / 'manifest.json'} has no `stage`")
     assert "None" not in result.stderr and not (tmp_path / "e").exists()
 
@@ -269,7 +257,7 @@ def test_a_manifest_without_stage_is_named_as_damaged(pairs_dir, tmp_path):
 @pytest.mark.parametrize("typed", ["./nope/model", "nope/deeper/model", "~/nope-aplot-model"])
 def test_eval_rm_of_a_missing_local_folder_says_so(pairs_dir, tmp_path, monkeypatch, typed):
     monkeypatch.chdir(tmp_path)
-    result = _fails(["eval-rm", typed, "--benchmark", "pairs", "--data", str(pairs_dir), "--out-dir", "ev"], 5,
+    result = fails(["eval-rm", typed, "--benchmark", "pairs", "--data", str(pairs_dir), "--out-dir", "ev"], 5,
                     f"model folder {typed} does not exist")
     assert "huggingface" not in result.stderr.lower() and not (tmp_path / "ev").exists()
 
@@ -284,7 +272,7 @@ def test_a_model_folder_with_a_cut_short_tokenizer_names_the_file(tiny_bert_dir,
     shutil.copytree(tiny_bert_dir, folder)
     tokenizer = folder / "tokenizer.json"
     tokenizer.write_bytes(tokenizer.read_bytes()[:100])
-    _fails(["eval-rm", str(folder), "--benchmark", "pairs", "--data", str(pairs_dir), "--out-dir", str(tmp_path / "ev"),
+    fails(["eval-rm", str(folder), "--benchmark", "pairs", "--data", str(pairs_dir), "--out-dir", str(tmp_path / "ev"),
             "--device", "cpu"], 5, f"model folder {folder}: tokenizer.json is not valid JSON")
 
 

@@ -7,7 +7,6 @@ simulated by the libraries' own errors. Issue 21, "Clear errors instead of trace
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import resource
 import shutil
@@ -19,6 +18,8 @@ from typer.testing import CliRunner
 from aplot_cli import errors
 from aplot_cli.cli import app
 from aplot_cli.compare import executors
+
+from clitools import snapshot
 
 runner = CliRunner()
 MiB = 1 << 20
@@ -33,11 +34,6 @@ def file_size_limit(limit: int):
         yield
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
-
-
-def _digest(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture
@@ -69,10 +65,10 @@ def _full(args: list[str], *needles: str, limit: int | None = None):
 
 def test_model_save_past_the_file_size_limit(tiny_bert_dir, pairs_dir, tmp_path):
     # the tiny BERT's model.safetensors has ~4 MiB: safetensors says "File too large (os error 27)"
-    before, out = _digest(pairs_dir), tmp_path / "rm"
+    before, out = snapshot(pairs_dir), tmp_path / "rm"
     _full(_train(pairs_dir, tiny_bert_dir, out), f"a file under {out} outgrew this process's file size limit",
           "os error 27", "ulimit -f", limit=2 * MiB)
-    assert not (out / "manifest.json").exists() and _digest(pairs_dir) == before
+    assert not (out / "manifest.json").exists() and snapshot(pairs_dir) == before
 
 
 def test_optimizer_save_past_the_file_size_limit(tiny_bert_dir, pairs_dir, tmp_path):

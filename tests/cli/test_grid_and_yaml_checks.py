@@ -5,16 +5,13 @@ documented exit code, no traceback, no --out-dir made, and the input files uncha
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from aplot_cli.cli import app
 from aplot_cli.config import parse_yaml
 
-runner = CliRunner()
+from clitools import digest, invoke
 
 # The data file does not exist: a grid that passed its checks would stop there (exit 3), after making --out-dir.
 GRID = """data: {files: [missing.jsonl]}
@@ -27,27 +24,16 @@ evals: {id: {split: test}}
 """
 
 
-def _invoke(*args: object):
-    result = runner.invoke(app, [str(a) for a in args])
-    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
-    assert "Traceback" not in result.output
-    return result
-
-
-def _digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def _refused(tmp_path: Path, text: str, code: int, *needles: str, extra: tuple[str, ...] = ()) -> str:
     grid = tmp_path / "grid.yaml"
     grid.write_text(text)
-    before = _digest(grid)
+    before = digest(grid)
     out = tmp_path / "out"
-    result = _invoke("compare", grid, "--out-dir", out, *extra)
+    result = invoke("compare", grid, "--out-dir", out, *extra)
     assert result.exit_code == code, result.output
     for needle in needles:
         assert needle in result.stderr, result.stderr
-    assert not out.exists() and _digest(grid) == before
+    assert not out.exists() and digest(grid) == before
     return result.stderr
 
 
@@ -71,13 +57,13 @@ def test_a_key_twice_in_a_config_file_is_refused(tmp_path, command):
         if command == "prepare"
         else "loss: [bt]\nlearning_rate: 1.0e-4\nbatch_size: 4\nlearning_rate: 1.0e-3\n"
     )
-    before = _digest(config)
+    before = digest(config)
     args = ["--recipe", "synthetic"] if command == "prepare" else [tmp_path / "pairs"]
-    result = _invoke(command, *args, "--config", config, "--out-dir", tmp_path / "out")
+    result = invoke(command, *args, "--config", config, "--out-dir", tmp_path / "out")
     assert result.exit_code == 2, result.output
     key, line = ("seed", 3) if command == "prepare" else ("learning_rate", 4)
     assert f"config file {config}, line {line}: key `{key}` is given twice" in result.stderr
-    assert not (tmp_path / "out").exists() and _digest(config) == before
+    assert not (tmp_path / "out").exists() and digest(config) == before
 
 
 @pytest.mark.parametrize(
@@ -91,17 +77,17 @@ def test_a_key_twice_in_a_config_file_is_refused(tmp_path, command):
 def test_a_key_twice_in_a_json_config_file_is_refused(tmp_path, text, line):
     config = tmp_path / "c.json"
     config.write_text(text)
-    before = _digest(config)
-    result = _invoke("prepare", "--recipe", "synthetic", "--config", config, "--out-dir", tmp_path / "out")
+    before = digest(config)
+    result = invoke("prepare", "--recipe", "synthetic", "--config", config, "--out-dir", tmp_path / "out")
     assert result.exit_code == 2, result.output
     assert f"config file {config}, line {line}: key `seed` is given twice" in result.stderr
-    assert not (tmp_path / "out").exists() and _digest(config) == before
+    assert not (tmp_path / "out").exists() and digest(config) == before
 
 
 def test_a_key_twice_in_a_recipe_is_refused(tmp_path):
     recipe = tmp_path / "mine.yaml"
     recipe.write_text("name: mine\ntransform: pairwise\ncolumns:\n  chosen: a\n  rejected: b\n  chosen: c\n")
-    result = _invoke("prepare", "--recipe", recipe, "--files", tmp_path / "x.jsonl", "--out-dir", tmp_path / "out")
+    result = invoke("prepare", "--recipe", recipe, "--files", tmp_path / "x.jsonl", "--out-dir", tmp_path / "out")
     assert result.exit_code == 2, result.output
     assert f"recipe {recipe}, line 6: key `chosen` is given twice (first on line 4)" in result.stderr
     assert not (tmp_path / "out").exists()
@@ -183,7 +169,7 @@ def test_report_only_without_a_finished_cell_is_refused(tmp_path):
     _refused(tmp_path, GRID, 4, "--report-only", "holds no finished cell of this grid", extra=("--report-only",))
     out = tmp_path / "out"
     out.mkdir()
-    result = _invoke("compare", tmp_path / "grid.yaml", "--out-dir", out, "--report-only")
+    result = invoke("compare", tmp_path / "grid.yaml", "--out-dir", out, "--report-only")
     assert result.exit_code == 4 and list(out.iterdir()) == []
 
 

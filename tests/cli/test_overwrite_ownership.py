@@ -11,12 +11,10 @@ import json
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
 from aplot_cli import artifacts
-from aplot_cli.cli import app
 
-runner = CliRunner()
+from clitools import invoke, snapshot
 
 # a few of each stage's real output names (artifacts.STAGE_OUTPUTS), nested ones inside its folders
 STAGE_FILES = {
@@ -30,21 +28,6 @@ STAGE_FILES = {
     "margins": ["readings.parquet", "readings.md", "pair_margins.parquet"],
 }
 USER_TEXT = b"\\chapter{Results}\n% three years of work\n"
-
-
-def _snapshot(folder: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(folder.rglob("*"))
-        if p.is_file() and not p.is_symlink()
-    }
-
-
-def _invoke(*args: object):
-    result = runner.invoke(app, [str(a) for a in args])
-    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
-    assert "Traceback" not in result.output
-    return result
 
 
 def _write(folder: Path, names: list[str]) -> None:
@@ -114,16 +97,16 @@ def _command(stage: str, out: Path, inputs: dict[str, Path]) -> list[object]:
 
 
 def _refused_and_intact(stage: str, out: Path, inputs: dict[str, Path], *needles: str) -> None:
-    before = _snapshot(out)
-    input_before = {name: _snapshot(path) if path.is_dir() else path.read_bytes() for name, path in inputs.items()}
-    result = _invoke(*_command(stage, out, inputs))
+    before = snapshot(out, links=False)
+    input_before = {name: snapshot(path, links=False) if path.is_dir() else path.read_bytes() for name, path in inputs.items()}
+    result = invoke(*_command(stage, out, inputs))
     assert result.exit_code == 4, result.output
     for needle in needles:
         assert needle in result.stderr, result.stderr
     assert "nothing was deleted" in result.stderr
-    assert _snapshot(out) == before  # the user's file and the artifact, byte for byte
+    assert snapshot(out, links=False) == before  # the user's file and the artifact, byte for byte
     assert input_before == {
-        name: _snapshot(path) if path.is_dir() else path.read_bytes() for name, path in inputs.items()
+        name: snapshot(path, links=False) if path.is_dir() else path.read_bytes() for name, path in inputs.items()
     }
 
 
@@ -199,7 +182,7 @@ def test_the_stages_own_artifact_alone_is_replaced(stage, inputs, tmp_path):
     out = tmp_path / "out"
     _finished(out, stage)
     (out / f".{STAGE_FILES[stage][0]}.x1y2.tmp").write_text("an atomic write a kill cut short")
-    result = _invoke(*_command(stage, out, inputs), "-q")
+    result = invoke(*_command(stage, out, inputs), "-q")
     assert result.exit_code == 0, result.output
     assert artifacts.folder_stage(out) == (stage, True)
     assert not (out / f".{STAGE_FILES[stage][0]}.x1y2.tmp").exists()

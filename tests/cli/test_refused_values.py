@@ -4,30 +4,16 @@ NaN or infinity (jsonl, parquet, csv), a message with an unknown role, a loss wi
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from typer.testing import CliRunner
 
 from aplot_cli import artifacts
-from aplot_cli.cli import app
 
-runner = CliRunner()
-
-
-def _invoke(*args: object):
-    result = runner.invoke(app, [str(a) for a in args])
-    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
-    assert "Traceback" not in result.output
-    return result
-
-
-def _digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+from clitools import digest, invoke
 
 
 def _rows(n: int = 6) -> list[dict]:
@@ -35,13 +21,13 @@ def _rows(n: int = 6) -> list[dict]:
 
 
 def _prepare_refused(source: Path, tmp_path: Path, *needles: str) -> None:
-    before = _digest(source)
+    before = digest(source)
     out = tmp_path / "pairs"
-    result = _invoke("prepare", "--files", source, "--out-dir", out)
+    result = invoke("prepare", "--files", source, "--out-dir", out)
     assert result.exit_code == 3, result.output
     for needle in needles:
         assert needle in result.stderr, result.stderr
-    assert not out.exists() and _digest(source) == before
+    assert not out.exists() and digest(source) == before
 
 
 # --- margins ------------------------------------------------------------------------------------------
@@ -67,7 +53,7 @@ def test_a_non_finite_margin_in_parquet_is_refused_and_a_missing_one_is_not(tmp_
     _prepare_refused(source, tmp_path, f"{source}#row1: field `margin` is {value}, expected a finite number")
     rows[1]["margin"] = 2.0
     pq.write_table(pa.Table.from_pylist(rows), source)
-    result = _invoke("prepare", "--files", source, "--out-dir", tmp_path / "pairs", "--test-size", "0", "-q")
+    result = invoke("prepare", "--files", source, "--out-dir", tmp_path / "pairs", "--test-size", "0", "-q")
     assert result.exit_code == 0, result.output
     import pandas as pd
 
@@ -86,7 +72,7 @@ def test_skip_counts_non_finite_margins_as_bad_rows(tmp_path):
     rows[0] = rows[0].replace('"margin": 1.0', '"margin": NaN')
     source = tmp_path / "prefs.jsonl"
     source.write_text("\n".join(rows) + "\n")
-    result = _invoke("prepare", "--files", source, "--out-dir", tmp_path / "p", "--on-bad-rows", "skip", "-q")
+    result = invoke("prepare", "--files", source, "--out-dir", tmp_path / "p", "--on-bad-rows", "skip", "-q")
     assert result.exit_code == 0, result.output
     manifest = json.loads((tmp_path / "p" / artifacts.MANIFEST).read_text())
     assert manifest["metrics"]["rows_bad"] == {"non_finite": 1} and manifest["metrics"]["pairs_written"] == 5
@@ -133,7 +119,7 @@ def test_a_message_with_an_unknown_role_is_refused_naming_the_field(tmp_path, si
     ],
 )
 def test_a_loss_with_an_empty_or_repeated_term_is_refused(tmp_path, loss, needle):
-    result = _invoke("train-rm", tmp_path / "pairs", "--loss", loss, "--out-dir", tmp_path / "rm")
+    result = invoke("train-rm", tmp_path / "pairs", "--loss", loss, "--out-dir", tmp_path / "rm")
     assert result.exit_code == 2, result.output
     assert needle in result.stderr and not (tmp_path / "rm").exists()
 
@@ -145,14 +131,14 @@ def test_a_loss_with_an_empty_or_repeated_term_is_refused(tmp_path, loss, needle
 def pairs(tmp_path) -> Path:
     source = tmp_path / "prefs.jsonl"
     source.write_text("".join(json.dumps(r) + "\n" for r in _rows(12)))
-    result = _invoke("prepare", "--files", source, "--out-dir", tmp_path / "pairs", "-q")
+    result = invoke("prepare", "--files", source, "--out-dir", tmp_path / "pairs", "-q")
     assert result.exit_code == 0, result.output
     return tmp_path / "pairs"
 
 
 def test_resume_of_a_new_folder_is_refused_as_ppo_and_sample_refuse_it(pairs, tmp_path):
     out = tmp_path / "rm"
-    result = _invoke("train-rm", pairs, "--loss", "bt", "--out-dir", out, "--resume")
+    result = invoke("train-rm", pairs, "--loss", "bt", "--out-dir", out, "--resume")
     assert result.exit_code == 4, result.output
     assert f"--resume: {out} holds no complete train-rm checkpoint" in result.stderr
     assert "--overwrite" in result.stderr and not out.exists()
@@ -165,7 +151,7 @@ def test_resume_with_only_incomplete_checkpoints_is_refused_and_the_run_kept(pai
     (out / "checkpoints" / "checkpoint-2" / "model.safetensors").write_bytes(b"half")
     (out / "train_log.jsonl").write_text('{"step": 1}\n')
     before = {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*") if p.is_file()}
-    result = _invoke("train-rm", pairs, "--loss", "bt", "--out-dir", out, "--resume")
+    result = invoke("train-rm", pairs, "--loss", "bt", "--out-dir", out, "--resume")
     assert result.exit_code == 4, result.output
     assert "no checkpoint in" in result.stderr and "can be resumed from: checkpoint-2" in result.stderr
     assert "skipping checkpoint-2" in result.stderr
@@ -176,7 +162,7 @@ def test_resume_with_only_incomplete_checkpoints_is_refused_and_the_run_kept(pai
 
 
 def test_eval_rm_refuses_the_same_data_twice(pairs, tiny_bert_dir, tmp_path):
-    result = _invoke(
+    result = invoke(
         "eval-rm",
         tiny_bert_dir,
         "--benchmark",
@@ -197,7 +183,7 @@ def test_eval_rm_refuses_a_prompt_message_with_an_unknown_role(tiny_bert_dir, tm
     rows = [{"prompt": [{"role": "user", "content": f"q{i}"}], "chosen": "a", "rejected": "b"} for i in range(3)]
     rows[2]["prompt"] = [{"role": "robot", "content": "q2"}]
     source.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    result = _invoke("eval-rm", tiny_bert_dir, "--benchmark", "pairs", "--data", source, "--out-dir", tmp_path / "ev")
+    result = invoke("eval-rm", tiny_bert_dir, "--benchmark", "pairs", "--data", source, "--out-dir", tmp_path / "ev")
     assert result.exit_code == 3, result.output
     assert f"{source}:3: `prompt[0].role` is 'robot', expected one of system, user, assistant" in result.stderr
     assert not (tmp_path / "ev").exists()
@@ -218,10 +204,10 @@ def test_ppo_refuses_prompt_messages_that_prepare_would_refuse(tmp_path, message
     rows = [{"prompt": "hi", "prompt_messages": [{"role": "user", "content": "hi"}]}, {"prompt": "yo"}]
     rows.append({"prompt": "bye", "prompt_messages": messages})
     source.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    before = _digest(source)
+    before = digest(source)
     out = tmp_path / "ppo"
     # the models need not exist: prompts are read first, before any model loads or the out-dir is made
-    result = _invoke(
+    result = invoke(
         "ppo",
         "--policy",
         tmp_path / "p",
@@ -236,7 +222,7 @@ def test_ppo_refuses_prompt_messages_that_prepare_would_refuse(tmp_path, message
     )
     assert result.exit_code == 3, result.output
     assert f"{source}:3: {needle}" in result.stderr
-    assert not out.exists() and _digest(source) == before
+    assert not out.exists() and digest(source) == before
 
 
 def test_ppo_prompt_messages_that_pass_are_read_as_given(tmp_path):
@@ -278,7 +264,7 @@ def test_a_key_given_twice_in_a_data_row_is_refused_naming_the_field(tmp_path, r
     source.write_text("\n".join(rows) + "\n" if suffix == ".jsonl" else "[" + ",\n".join(rows) + "]")
     where = f"{source}:3" if suffix == ".jsonl" else f"{source}[2]"
     _prepare_refused(source, tmp_path, f"{where}: field `{field}` is given twice in one object")
-    result = _invoke("prepare", "--files", source, "--out-dir", tmp_path / "p", "--on-bad-rows", "skip", "-q")
+    result = invoke("prepare", "--files", source, "--out-dir", tmp_path / "p", "--on-bad-rows", "skip", "-q")
     assert result.exit_code == 0, result.output
     manifest = json.loads((tmp_path / "p" / artifacts.MANIFEST).read_text())
     assert manifest["metrics"]["rows_bad"] == {"key_twice": 1} and manifest["metrics"]["pairs_written"] == 5

@@ -15,6 +15,8 @@ from aplot_cli.compare.cells import Cell
 from aplot_cli.compare.grid import load_grid
 from aplot_cli.errors import ConfigError
 
+from builders import tiny_grid
+
 
 def test_mean_ci_matches_student_t():
     mean, half, n = stats.mean_ci([0.70, 0.72, 0.74])
@@ -40,29 +42,13 @@ def learned_always(monkeypatch):
     monkeypatch.setattr(learned, "judge", lambda *a, **k: dataclasses.replace(real(*a, **k), learned=True, reasons=[]))
 
 
-def _grid(tmp_path: Path, backbone: Path, extra: str = "") -> Path:
-    path = tmp_path / "grid.yaml"
-    path.write_text(f"""
-data: {{recipe: synthetic, synthetic_pairs: 64, synthetic_ood_pairs: 16, test_size: 0.25}}
-noise: [0.0]
-embed: {{max_length: 32}}
-base: {{backbone: {backbone}, max_length: 48, batch_size: 8, epochs: 1, eval_steps: 3, logging_steps: 2,
-        save_steps: 1000, learning_rate: 1.0e-3}}
-methods:
-  bt: {{loss: [bt]}}
-  aplot: {{loss: [aplot]}}
-seeds: [0]
-evals: {{id: {{split: test}}, ood: {{split: ood}}}}
-{extra}
-""")
-    return path
 
 
 def test_grid_rejects_unknown_keys_and_bad_method_options(tmp_path, tiny_bert_dir):
-    path = _grid(tmp_path, tiny_bert_dir, "sedes: [1]")
+    path = tiny_grid(tmp_path, tiny_bert_dir, "sedes: [1]")
     with pytest.raises(ConfigError, match="did you mean `seeds`"):
         load_grid(path)
-    path = _grid(tmp_path, tiny_bert_dir)
+    path = tiny_grid(tmp_path, tiny_bert_dir)
     text = path.read_text().replace("aplot: {loss: [aplot]}", "aplot: {loss: [aplot], ot_regg: 0.1}")
     path.write_text(text)
     with pytest.raises(ConfigError, match="did you mean `ot_reg`"):
@@ -70,7 +56,7 @@ def test_grid_rejects_unknown_keys_and_bad_method_options(tmp_path, tiny_bert_di
 
 
 def test_tiny_grid_end_to_end_and_resume(tmp_path, tiny_bert_dir, learned_always):
-    grid = _grid(tmp_path, tiny_bert_dir)
+    grid = tiny_grid(tmp_path, tiny_bert_dir)
     out = tmp_path / "cmp"
     manifest = json.loads(stage.run(grid, out, accept_unlearned=True).read_text())
     assert manifest["stage"] == "compare" and manifest["diagnostics"]["missing_cells"] == []
@@ -176,7 +162,7 @@ def test_parallel_workers_give_the_sequential_result(tmp_path, tiny_bert_dir):
     import numpy as np
     import pandas as pd
 
-    grid = _grid(tmp_path, tiny_bert_dir)
+    grid = tiny_grid(tmp_path, tiny_bert_dir)
     stage.run(grid, tmp_path / "seq", accept_unlearned=True)
     manifest = json.loads(stage.run(grid, tmp_path / "par", workers=2, accept_unlearned=True).read_text())
     assert manifest["diagnostics"]["missing_cells"] == []
@@ -190,7 +176,7 @@ def test_parallel_workers_give_the_sequential_result(tmp_path, tiny_bert_dir):
 def test_a_cell_that_fails_twice_is_named_and_the_rest_still_run(tmp_path, tiny_bert_dir, monkeypatch):
     from aplot_cli.errors import TrainingError
 
-    grid = _grid(tmp_path, tiny_bert_dir)
+    grid = tiny_grid(tmp_path, tiny_bert_dir)
     real, calls = stage._run_cell, []
 
     def flaky(grid_, out_dir, noise, method, seed, data):
@@ -211,7 +197,7 @@ def test_a_cell_that_fails_twice_is_named_and_the_rest_still_run(tmp_path, tiny_
 def test_frozen_backbone_grid_trains_heads_and_evaluates_from_cached_features(tmp_path, tiny_bert_dir):
     """`frozen_backbone: true` in a grid's base: every cell trains a head on the shared feature cache, and
     eval-rm scores from it (the second method's cells compute no feature)."""
-    grid = _grid(tmp_path, tiny_bert_dir).read_text().replace("learning_rate: 1.0e-3}",
+    grid = tiny_grid(tmp_path, tiny_bert_dir).read_text().replace("learning_rate: 1.0e-3}",
                                                               "learning_rate: 1.0e-2, frozen_backbone: true, "
                                                               f"feature_cache_dir: {tmp_path / 'features'}}}")
     (tmp_path / "frozen.yaml").write_text(grid)
@@ -232,9 +218,9 @@ def test_frozen_backbone_grid_trains_heads_and_evaluates_from_cached_features(tm
 def test_grid_cells_share_one_batch_policy_so_methods_stay_paired_by_seed(tmp_path, tiny_bert_dir):
     """train-rm's default groups bt's batches by length but not aplot's; a grid must not inherit that
     (same seed = same batches in every method), unless the grid itself sets it."""
-    grid = load_grid(_grid(tmp_path, tiny_bert_dir))
+    grid = load_grid(tiny_grid(tmp_path, tiny_bert_dir))
     assert {name: cfg.group_by_length for name, cfg in grid.methods.items()} == {"bt": False, "aplot": False}
-    path = _grid(tmp_path, tiny_bert_dir)
+    path = tiny_grid(tmp_path, tiny_bert_dir)
     path.write_text(path.read_text().replace("learning_rate: 1.0e-3}", "learning_rate: 1.0e-3, group_by_length: true}"))
     grid = load_grid(path)
     assert {name: cfg.group_by_length for name, cfg in grid.methods.items()} == {"bt": True, "aplot": True}
@@ -246,7 +232,7 @@ RM_BENCH_CHAT = Path(__file__).resolve().parents[1] / "fixtures" / "rm-bench" / 
 def test_grid_evaluates_other_benchmarks_on_their_own_files(tmp_path, tiny_bert_dir, learned_always):
     """`evals:` takes another benchmark on local files in its schema: each cell is scored by eval-rm as that
     benchmark scores it, and the report's column is the set's headline score."""
-    grid = _grid(tmp_path, tiny_bert_dir, "")
+    grid = tiny_grid(tmp_path, tiny_bert_dir, "")
     grid.write_text(grid.read_text().replace(
         "evals: {id: {split: test}, ood: {split: ood}}",
         f"evals: {{id: {{split: test}}, rmb: {{benchmark: rm-bench, files: [{RM_BENCH_CHAT}]}}}}")
@@ -273,7 +259,7 @@ def test_grid_evaluates_other_benchmarks_on_their_own_files(tmp_path, tiny_bert_
     ("{benchmark: rewardbench, files: [x.json], domain: chat}", "`domain`"),
 ])
 def test_grid_benchmark_eval_sets_are_checked(tmp_path, tiny_bert_dir, spec, needle):
-    grid = _grid(tmp_path, tiny_bert_dir)
+    grid = tiny_grid(tmp_path, tiny_bert_dir)
     grid.write_text(grid.read_text().replace("ood: {split: ood}", f"ext: {spec}"))
     with pytest.raises(ConfigError) as info:
         load_grid(grid)
@@ -284,7 +270,7 @@ def test_grid_benchmark_set_without_a_headline_is_refused_before_training(tmp_pa
     part = tmp_path / "chat-only.jsonl"  # RewardBench rows of one section: no leaderboard score
     part.write_text("".join(json.dumps({"id": i, "subset": "alpacaeval-easy", "prompt": f"q{i}", "chosen": "yes",
                                         "rejected": "no"}) + "\n" for i in range(3)))
-    grid = _grid(tmp_path, tiny_bert_dir)
+    grid = tiny_grid(tmp_path, tiny_bert_dir)
     grid.write_text(grid.read_text().replace("ood: {split: ood}", f"rb: {{benchmark: rewardbench, files: [{part}]}}"))
     with pytest.raises(ConfigError, match="no headline score"):
         stage.run(grid, tmp_path / "cmp")
@@ -305,7 +291,7 @@ def test_a_finished_cell_from_an_older_aplot_is_reused_when_only_new_options_are
 
 
 def test_a_grid_may_not_push_every_cell_to_one_repo(tmp_path, tiny_bert_dir):
-    grid = _grid(tmp_path, tiny_bert_dir)
+    grid = tiny_grid(tmp_path, tiny_bert_dir)
     grid.write_text(grid.read_text().replace("learning_rate: 1.0e-3}", "learning_rate: 1.0e-3, push_to_hub: me/rm}"))
     with pytest.raises(ConfigError, match="push_to_hub"):
         load_grid(grid)

@@ -20,26 +20,11 @@ from aplot_cli.cli import app
 from aplot_cli.compare import executors, stage
 from aplot_cli.errors import ConfigError, TrainingError
 
+from builders import tiny_grid
+
 CELLS = Path("cells") / "noise-0.00"
 
 
-def _grid(folder: Path, backbone: Path) -> Path:
-    """Two methods x one seed of a 2-layer BERT on 64 synthetic pairs: 6 steps a cell."""
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "grid.yaml"
-    path.write_text(f"""
-data: {{recipe: synthetic, synthetic_pairs: 64, synthetic_ood_pairs: 16, test_size: 0.25}}
-noise: [0.0]
-embed: {{max_length: 32}}
-base: {{backbone: {backbone}, max_length: 48, batch_size: 8, epochs: 1, eval_steps: 3, logging_steps: 2,
-        save_steps: 1000, learning_rate: 1.0e-3}}
-methods:
-  bt: {{loss: [bt]}}
-  aplot: {{loss: [aplot]}}
-seeds: [0]
-evals: {{id: {{split: test}}, ood: {{split: ood}}}}
-""")
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +47,7 @@ def runs(local_ray, tiny_bert_dir, aplot_cache, tmp_path_factory):
     import torch
 
     base = tmp_path_factory.mktemp("ray-grid")
-    grid = _grid(base, tiny_bert_dir)
+    grid = tiny_grid(base, tiny_bert_dir)
     threads = torch.get_num_threads()
     with pytest.MonkeyPatch.context() as env:
         env.setenv("APLOT_CACHE", str(aplot_cache))
@@ -153,7 +138,7 @@ def test_ray_retries_a_failed_cell_once_and_names_one_that_fails_twice(local_ray
                                                                        monkeypatch):
     """bt fails on its first try only (it is retried and finishes); aplot fails every time (it is named).
     The stand-in cell function travels to the Ray workers; attempts are counted in files."""
-    grid = _grid(tmp_path, tiny_bert_dir)
+    grid = tiny_grid(tmp_path, tiny_bert_dir)
     attempts, real = tmp_path / "attempts", stage._run_cell
     attempts.mkdir()
 
@@ -234,7 +219,7 @@ def test_an_address_that_does_not_answer_stops_the_grid_before_any_work(tmp_path
     # a closed port on this machine: Ray's own connect would retry for minutes; the probe gives it 2 s here
     pytest.importorskip("ray", reason="Ray is not installed (pip install 'aplot[ray]')")
     monkeypatch.setattr(executors, "CONNECT_TIMEOUT_S", 2.0)
-    grid = _grid(tmp_path, tmp_path / "never-read")
+    grid = tiny_grid(tmp_path, tmp_path / "never-read")
     result = CliRunner().invoke(app, ["compare", str(grid), "--executor", "ray", "--address", "127.0.0.1:1",
                                       "--out-dir", str(tmp_path / "out")])
     assert result.exit_code == 2, (result.stderr, result.exception)

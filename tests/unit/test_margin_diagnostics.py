@@ -21,28 +21,15 @@ from aplot_cli.margin_diagnostics import core
 from aplot_cli.margin_diagnostics.core import Snapshot, hard_minus_easy, spearman
 from aplot_cli.margins import AplotMargin, AplotSettings
 
+from builders import hard_easy_batch
+
 runner = CliRunner()
 
 
-def constructed_batch(n=16, dim=64, seed=0, spread=1.0, easy_gap=0.5):
-    """Pairs alternate hard / easy, rewards spread over the batch as in training. A hard pair's chosen and
-    rejected score 0.1 apart and are near-paraphrases; an easy pair's score 2 * easy_gap apart and its
-    rejected response is about another topic."""
-    gen = torch.Generator().manual_seed(seed)
-    hard = torch.arange(n) % 2 == 0
-    x = spread * torch.randn(n, generator=gen)
-    r_c = torch.where(hard, x + 0.05, x + easy_gap)
-    r_r = torch.where(hard, x - 0.05, x - easy_gap)
-    unit = torch.nn.functional.normalize
-    topics = unit(torch.randn(n, dim, generator=gen), dim=1)
-    e_c = unit(topics + 0.1 * torch.randn(n, dim, generator=gen), dim=1)
-    paraphrase = unit(topics + 0.1 * torch.randn(n, dim, generator=gen), dim=1)
-    e_r = torch.where(hard[:, None], paraphrase, unit(torch.randn(n, dim, generator=gen), dim=1))
-    return r_c, r_r, e_c, e_r, hard
 
 
 def constructed_snapshot(batches=4, n=16) -> Snapshot:
-    parts = [constructed_batch(n=n, seed=s) for s in range(batches)]
+    parts = [hard_easy_batch(n=n, seed=s) for s in range(batches)]
     cat = lambda i: torch.cat([p[i] for p in parts]).numpy()  # noqa: E731
     return Snapshot(pair_ids=[f"p{i}" for i in range(batches * n)], r_c=cat(0), r_r=cat(1), e_c=cat(2), e_r=cat(3),
                     batches=[np.arange(b * n, (b + 1) * n) for b in range(batches)],
@@ -57,7 +44,7 @@ def by_alias(result, alias):
 
 
 def test_batch_margins_are_what_aplot_margin_gives_train_rm_for_every_reading():
-    r_c, r_r, e_c, e_r, _ = constructed_batch()
+    r_c, r_r, e_c, e_r, _ = hard_easy_batch()
     base = AplotSettings(margin_scale=1.5)
     readings = core.reading_grid(constant=0.3)
     out = core.batch_margins(readings, r_c, r_r, e_c, e_r, base)

@@ -16,22 +16,7 @@ from aplot_cli.config import TrainConfig
 from aplot_cli.errors import ConfigError
 from aplot_cli.margins import AplotMargin, AplotSettings, cost_matrix, normalize_cost, normalize_margin, plan_margin
 
-
-def realistic_batch(n=16, dim=64, seed=0):
-    """Pairs alternate hard / easy. Rewards spread over the batch (as in training), so a hard pair is hard
-    because of its own cell: chosen and rejected score within 0.1 of each other and are near-paraphrases
-    (one topic). An easy pair's rewards are 3 apart and its rejected response is about something else."""
-    gen = torch.Generator().manual_seed(seed)
-    hard = torch.arange(n) % 2 == 0
-    x = torch.randn(n, generator=gen)
-    r_c = torch.where(hard, x + 0.05, x + 1.5)
-    r_r = torch.where(hard, x - 0.05, x - 1.5)
-    unit = torch.nn.functional.normalize
-    topics = unit(torch.randn(n, dim, generator=gen), dim=1)
-    e_c = unit(topics + 0.1 * torch.randn(n, dim, generator=gen), dim=1)
-    paraphrase = unit(topics + 0.1 * torch.randn(n, dim, generator=gen), dim=1)
-    e_r = torch.where(hard[:, None], paraphrase, unit(torch.randn(n, dim, generator=gen), dim=1))
-    return r_c, r_r, e_c, e_r, hard
+from builders import hard_easy_batch
 
 
 def margins(r_c, r_r, e_c, e_r, **settings):
@@ -40,7 +25,7 @@ def margins(r_c, r_r, e_c, e_r, **settings):
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_hardness_plan_diag_ranks_hard_pairs_above_easy_and_section2_diag_does_not(seed):
-    r_c, r_r, e_c, e_r, hard = realistic_batch(seed=seed)
+    r_c, r_r, e_c, e_r, hard = hard_easy_batch(seed=seed, easy_gap=1.5)
     for cost_norm in ("none", "minmax"):
         m = margins(r_c, r_r, e_c, e_r, plan_on="hardness", cost_norm=cost_norm, margin_from="diag")
         assert m[hard].min() > m[~hard].max(), cost_norm
@@ -53,7 +38,7 @@ def test_hardness_plan_diag_ranks_hard_pairs_above_easy_and_section2_diag_does_n
 
 def test_swapping_chosen_and_rejected_of_the_hard_pairs_keeps_them_hard():
     """Hardness is symmetric in the pair; a reading that keyed on the sign of r_c - r_r would fail here."""
-    r_c, r_r, e_c, e_r, hard = realistic_batch()
+    r_c, r_r, e_c, e_r, hard = hard_easy_batch(easy_gap=1.5)
     r_c2, r_r2 = torch.where(hard, r_r, r_c), torch.where(hard, r_c, r_r)
     m = margins(r_c2, r_r2, e_c, e_r, plan_on="hardness", cost_norm="minmax", margin_from="diag")
     assert m[hard].min() > m[~hard].max()
@@ -61,7 +46,7 @@ def test_swapping_chosen_and_rejected_of_the_hard_pairs_keeps_them_hard():
 
 @pytest.mark.parametrize("plan_on,cost_norm", list(itertools.product(["cost", "hardness"], ["none", "minmax", "std"])))
 def test_every_plan_has_uniform_marginals_and_margins_are_finite_b_vectors(plan_on, cost_norm):
-    r_c, r_r, e_c, e_r, _ = realistic_batch()
+    r_c, r_r, e_c, e_r, _ = hard_easy_batch(easy_gap=1.5)
     for margin_from in ("row", "diag", "diag_rel", "own_cost"):
         result = AplotMargin(AplotSettings(plan_on=plan_on, cost_norm=cost_norm, margin_from=margin_from,
                                            ot_iters=2000))(r_c, r_r, e_c, e_r)  # std's range needs more iterations
@@ -72,7 +57,7 @@ def test_every_plan_has_uniform_marginals_and_margins_are_finite_b_vectors(plan_
 
 
 def test_plan_on_hardness_puts_mass_on_hard_cells_and_cost_takes_it_away():
-    r_c, r_r, e_c, e_r, hard = realistic_batch()
+    r_c, r_r, e_c, e_r, hard = hard_easy_batch(easy_gap=1.5)
     own = {}
     for plan_on in ("cost", "hardness"):
         result = AplotMargin(AplotSettings(plan_on=plan_on, cost_norm="minmax"))(r_c, r_r, e_c, e_r)
@@ -83,7 +68,7 @@ def test_plan_on_hardness_puts_mass_on_hard_cells_and_cost_takes_it_away():
 
 
 def test_cost_norm_minmax_spans_zero_to_one_and_moves_the_plan_off_uniform():
-    r_c, r_r, e_c, e_r, _ = realistic_batch()
+    r_c, r_r, e_c, e_r, _ = hard_easy_batch(easy_gap=1.5)
     r_c, r_r = 0.05 * r_c, 0.05 * r_r  # early in training: rewards have barely spread, the raw cost's range is small
     cost = cost_matrix(r_c, r_r, e_c, e_r)
     scaled = normalize_cost(cost, "minmax")
@@ -108,7 +93,7 @@ def test_plan_margin_readings_by_hand():
 
 
 def test_own_cost_runs_no_solve_and_is_the_pairs_own_normalised_cost():
-    r_c, r_r, e_c, e_r, _ = realistic_batch()
+    r_c, r_r, e_c, e_r, _ = hard_easy_batch(easy_gap=1.5)
     result = AplotMargin(AplotSettings(margin_from="own_cost", cost_norm="minmax"))(r_c, r_r, e_c, e_r)
     expected = torch.diagonal(normalize_cost(cost_matrix(r_c, r_r, e_c, e_r), "minmax"))
     torch.testing.assert_close(result.margin, expected.float(), rtol=1e-5, atol=1e-6)
@@ -138,7 +123,7 @@ def test_normalising_fewer_than_three_margins_falls_back_to_zero_and_says_so(nor
     dict(margin_from="own_cost", cost_norm="minmax"),
 ])
 def test_device_solver_matches_pot_for_the_readings(settings):
-    r_c, r_r, e_c, e_r, _ = realistic_batch()
+    r_c, r_r, e_c, e_r, _ = hard_easy_batch(easy_gap=1.5)
     pot = AplotMargin(AplotSettings(**settings))(r_c, r_r, e_c, e_r)
     dev = AplotMargin(AplotSettings(**settings, ot_solver="torch"))(r_c, r_r, e_c, e_r, normalized=True)
     torch.testing.assert_close(dev.margin, pot.margin, rtol=1e-4, atol=1e-4)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 from typer.testing import CliRunner
@@ -43,3 +44,13 @@ def snapshot(folder: Path, links: bool = True) -> dict[str, str]:
         for p in sorted(folder.rglob("*"))
         if p.is_file() and (links or not p.is_symlink())
     }
+
+
+def small_pairs(folder: Path) -> Path:
+    """folder/pairs: 12 short pairs prepared with a quarter held out as the test split."""
+    rows = [{"prompt": f"question {i}?", "chosen": f"a careful answer to {i}", "rejected": f"no {i}"} for i in range(12)]
+    data = folder / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = runner.invoke(app, ["prepare", "--files", str(data), "--test-size", "0.25", "--out-dir", str(folder / "pairs")])
+    assert result.exit_code == 0, result.stderr
+    return folder / "pairs"

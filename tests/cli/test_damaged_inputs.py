@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from aplot_cli.cli import app
 
-from clitools import fails, snapshot
+from clitools import fails, small_pairs, snapshot
 
 runner = CliRunner()
 
@@ -36,13 +36,7 @@ def resign(artifact: Path, name: str) -> None:
 
 @pytest.fixture
 def pairs_dir(tmp_path) -> Path:
-    rows = [{"prompt": f"question {i}?", "chosen": f"a careful answer to {i}", "rejected": f"no {i}"} for i in range(12)]
-    data = tmp_path / "pairs.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    result = runner.invoke(app, ["prepare", "--files", str(data), "--test-size", "0.25", "--out-dir",
-                                 str(tmp_path / "pairs")])
-    assert result.exit_code == 0, result.stderr
-    return tmp_path / "pairs"
+    return small_pairs(tmp_path)
 
 
 # ------------------------------------------------------------------------------------------ model weights

@@ -19,7 +19,7 @@ from aplot_cli import errors
 from aplot_cli.cli import app
 from aplot_cli.compare import executors
 
-from clitools import snapshot
+from clitools import small_pairs, snapshot
 
 runner = CliRunner()
 MiB = 1 << 20
@@ -38,13 +38,7 @@ def file_size_limit(limit: int):
 
 @pytest.fixture
 def pairs_dir(tmp_path) -> Path:
-    rows = [{"prompt": f"question {i}?", "chosen": f"a careful answer to {i}", "rejected": f"no {i}"} for i in range(12)]
-    data = tmp_path / "pairs.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    result = runner.invoke(app, ["prepare", "--files", str(data), "--test-size", "0.25", "--out-dir",
-                                 str(tmp_path / "pairs")])
-    assert result.exit_code == 0, result.stderr
-    return tmp_path / "pairs"
+    return small_pairs(tmp_path)
 
 
 def _train(pairs: Path, backbone: Path, out: Path) -> list[str]:

@@ -40,12 +40,12 @@ def _best(fn, repeats: int) -> float:
 
 def _embeddings(pairs: Path, out: Path) -> None:
     """embed's layout for every split of `pairs`, written by embed's own writer calls."""
-    from aplot_cli import artifacts
+    from aplot_cli import artifacts, outdir
     from aplot_cli.config import EmbedConfig, config_to_dict
     from aplot_cli.readers.pairs import load_pairs, split_files
 
     pairs_art = artifacts.open_artifact(pairs, "prepare")
-    artifacts.prepare_out_dir(out, stage="embed")
+    outdir.prepare_out_dir(out, stage="embed")
     rng = np.random.default_rng(0)
     outputs = []
     for name in split_files(pairs_art):

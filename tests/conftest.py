@@ -151,7 +151,7 @@ def write_samples_artifact(out: Path, *, split: str = "test", n: int = 8, prompt
 
     import pandas as pd
 
-    from aplot_cli import artifacts, sample
+    from aplot_cli import outdir, sample
     from aplot_cli.config import SampleConfig
     from aplot_cli.data import verifiable
     from aplot_cli.readers import samples
@@ -171,7 +171,7 @@ def write_samples_artifact(out: Path, *, split: str = "test", n: int = 8, prompt
                              "eos": True, "prompt_tokens": 10})
     frame = pd.DataFrame(rows)
     cfg = SampleConfig(policy="fixture/no-policy", families=families, split=split, n=n, prompts=prompts_per_family * len(families), seed=seed)
-    artifacts.prepare_out_dir(out, stage=samples.STAGE)
+    outdir.prepare_out_dir(out, stage=samples.STAGE)
     sample.write_artifact(cfg, out, frame)
     return out
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from aplot_cli import artifacts, models
+from aplot_cli import artifacts, models, outdir
 from aplot_cli.cachefile import ContentStore
 from aplot_cli.config import EmbedConfig, config_to_dict
 from aplot_cli.console import info
@@ -274,13 +274,13 @@ def run(cfg: EmbedConfig, pairs_dir: Path, out_dir: Path, overwrite: bool = Fals
     cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
     inputs = [("PAIRS", pairs_dir), ("--model", cfg.model)]
     claim = {"stage": STAGE, "inputs": inputs, "overwrite": overwrite, "places": [("embedding cache", cache_dir)]}
-    artifacts.check_out_dir(out_dir, **claim)
+    outdir.check_out_dir(out_dir, **claim)
     pairs_art = artifacts.open_artifact(pairs_dir, "prepare")
     splits = {name.removesuffix(".parquet"): load_pairs(pairs_dir, name.removesuffix(".parquet"))
               for name in split_files(pairs_art)}
     encoder = Encoder(cfg.model, cfg.max_length, cfg.device, cfg.trust_remote_code)
     cache = EmbeddingCache(cache_dir)  # a --cache-dir that cannot hold it stops the run before the out-dir is touched
-    out_dir = artifacts.prepare_out_dir(out_dir, **claim)
+    out_dir = outdir.prepare_out_dir(out_dir, **claim)
     stats, outputs, dim, truncation = EmbedStats(), [], None, {}
     try:
         for split, frame in splits.items():

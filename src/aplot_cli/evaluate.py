@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from aplot_cli import artifacts, benchmarks
+from aplot_cli import artifacts, benchmarks, outdir
 from aplot_cli.benchmarks.common import PREDICTION_COLUMNS, BenchmarkResult, read_predictions
 from aplot_cli.config import EvalConfig, config_to_dict
 from aplot_cli.console import get_console, info
@@ -296,7 +296,7 @@ def run(cfg: EvalConfig, model: str | None, out_dir: Path, overwrite: bool = Fal
              "inputs": [("MODEL", model), ("--from-predictions", cfg.from_predictions),
                         ("--prior-sets", cfg.prior_sets), ("--samples", cfg.samples),
                         *(("--data", source) for source in cfg.data)]}
-    artifacts.check_out_dir(out_dir, **claim)
+    outdir.check_out_dir(out_dir, **claim)
     data_info, inputs = _data_info(cfg, bench)
     items = None
     if cfg.from_predictions is not None:
@@ -316,7 +316,7 @@ def run(cfg: EvalConfig, model: str | None, out_dir: Path, overwrite: bool = Fal
                 model_info["run_report"] = str((Path(model) / "report.md").resolve())
     result = bench.score(pred)
     bias = length_bias(pred)
-    out_dir = artifacts.prepare_out_dir(out_dir, **claim)  # only now that every input has been read and scored
+    out_dir = outdir.prepare_out_dir(out_dir, **claim)  # only now that every input has been read and scored
     columns = [c for c in (*PREDICTION_COLUMNS, "n_tokens") if c in pred.columns]
     pred[columns].to_parquet(out_dir / "predictions.parquet", index=False)
     metrics = metrics_payload(result, bias, model_info, data_info)

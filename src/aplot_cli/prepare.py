@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aplot_cli import artifacts
+from aplot_cli import artifacts, outdir
 from aplot_cli.config import PrepareConfig, config_to_dict
 from aplot_cli.console import info
 from aplot_cli.data import onpolicy, sources, synthetic
@@ -278,7 +278,7 @@ def run(cfg: PrepareConfig, out_dir: Path, overwrite: bool = False) -> Path:
     """Read, validate, split and write; returns the manifest path."""
     _check(cfg)
     inputs = input_paths(cfg)
-    artifacts.check_out_dir(out_dir, stage=STAGE, inputs=inputs, overwrite=overwrite)
+    outdir.check_out_dir(out_dir, stage=STAGE, inputs=inputs, overwrite=overwrite)
     recipe = load_recipe(cfg.recipe) if cfg.recipe else None
     sources.check(cfg, recipe)
     if not cfg.from_samples:
@@ -288,7 +288,7 @@ def run(cfg: PrepareConfig, out_dir: Path, overwrite: bool = False) -> Path:
     splits, found = _read(cfg, recipe, tally, samples)
     source_files = sources.source_files(cfg)
     # every input has been read and validated: only now may --overwrite clear a finished artifact
-    out_dir = artifacts.prepare_out_dir(out_dir, stage=STAGE, inputs=inputs, overwrite=overwrite)
+    out_dir = outdir.prepare_out_dir(out_dir, stage=STAGE, inputs=inputs, overwrite=overwrite)
     outputs, counts = [], {}
     for name, split_pairs in splits.items():
         flipped = _flip(split_pairs, cfg.flip_ratio, flip_seed(cfg)) if name == "train" else set()

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aplot_cli import artifacts
+from aplot_cli import artifacts, outdir
 from aplot_cli.config import SampleConfig, closest, config_to_dict
 from aplot_cli.console import info
 from aplot_cli.console import progress as progress_display
@@ -181,14 +181,14 @@ def run(cfg: SampleConfig, out_dir: Path, overwrite: bool = False, resume: bool 
     if overwrite and resume:
         raise ConfigError("--overwrite and --resume together", hint="pick one")
     claim = {"stage": STAGE, "overwrite": overwrite, "resume": resume, "inputs": [("--policy", cfg.policy)]}
-    artifacts.check_out_dir(out_dir, **claim)
+    outdir.check_out_dir(out_dir, **claim)
     if resume:
         _check_resume(out_dir, cfg)
     tasks = plan(cfg)
     device = models.pick_device(cfg.device)
     policy, tokenizer = load_policy(cfg.policy, cfg.trust_remote_code)
     policy.to(device)
-    out_dir = artifacts.prepare_out_dir(out_dir, **claim)  # the policy has loaded: only now clear or claim it
+    out_dir = outdir.prepare_out_dir(out_dir, **claim)  # the policy has loaded: only now clear or claim it
     if not resume:
         artifacts.write_json_atomic(out_dir / RUN_CONFIG, {"config": config_to_dict(cfg)})
     chunks = [tasks[i:i + cfg.chunk_prompts] for i in range(0, len(tasks), cfg.chunk_prompts)]

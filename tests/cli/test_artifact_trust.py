@@ -163,8 +163,8 @@ def test_a_pairs_split_that_is_a_link_out_of_the_artifact_is_refused_unread(copi
     (pairs / "train.parquet").symlink_to(outside)
     _resign(pairs, "train.parquet")  # even with the manifest re-signed for the outside file
     read = []
-    real = artifacts._file_sha256
-    monkeypatch.setattr(artifacts, "_file_sha256", lambda file: read.append(Path(file).name) or real(file))
+    real = artifacts.file_sha256
+    monkeypatch.setattr(artifacts, "file_sha256", lambda file: read.append(Path(file).name) or real(file))
     result = invoke("embed", pairs, "--model", copies["model"], "--out-dir", tmp_path / "new")
     assert result.exit_code == 4, result.output
     assert f"holds a symbolic link, train.parquet -> {outside}" in result.stderr

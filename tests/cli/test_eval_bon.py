@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from aplot_cli import artifacts
+from aplot_cli import outdir
 from aplot_cli.cli import app
 
 runner = CliRunner()
@@ -73,7 +73,7 @@ def test_bon_with_a_reward_model_end_to_end(tiny_bert_dir, samples_artifact, tmp
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["inputs"]["samples"]["stage"] == "sample"
     assert "bon.png" in {o["path"] for o in manifest["outputs"]}
-    assert artifacts.foreign_entries(out, "eval-rm", finished=True) == []  # --overwrite may replace it
+    assert outdir.foreign_entries(out, "eval-rm", finished=True) == []  # --overwrite may replace it
     metrics = json.loads((out / "metrics.json").read_text())
     extra = metrics["extra"]
     assert extra["n"] == [1, 2, 4, 8] and extra["kl"][-1] == pytest.approx(math.log(8) - 7 / 8)

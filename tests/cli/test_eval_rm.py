@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from aplot_cli import artifacts, evaluate
+from aplot_cli import evaluate, outdir
 from aplot_cli.benchmarks import rewardbench
 from aplot_cli.cli import app
 from aplot_cli.config import EvalConfig
@@ -125,7 +125,7 @@ def test_pairs_artifact_split(tiny_bert_dir, synthetic_pairs_dir, tmp_path):
     assert data["inputs"]["data"]["stage"] == "prepare"
     ood = pd.read_parquet(synthetic_pairs_dir / "ood.parquet")
     assert data["metrics"]["counts"]["examples"] == len(ood)
-    assert artifacts.foreign_entries(tmp_path / "o", "eval-rm", finished=True) == []  # --overwrite may replace it
+    assert outdir.foreign_entries(tmp_path / "o", "eval-rm", finished=True) == []  # --overwrite may replace it
 
 
 @pytest.mark.parametrize(("args", "code", "needle"), [

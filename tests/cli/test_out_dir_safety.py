@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from aplot_cli import artifacts
+from aplot_cli import artifacts, outdir
 from aplot_cli.errors import ArtifactError
 
 from clitools import invoke, snapshot
@@ -69,12 +69,12 @@ def test_an_input_reached_through_a_link_or_dotdot_is_still_recognised(tmp_path)
     pairs = _prepared(tmp_path)
     (tmp_path / "alias").symlink_to(pairs, target_is_directory=True)
     with pytest.raises(ArtifactError, match="lies inside the input PAIRS"):
-        artifacts.check_out_dir(tmp_path / "alias" / "emb", stage="embed", inputs=[("PAIRS", pairs)])
+        outdir.check_out_dir(tmp_path / "alias" / "emb", stage="embed", inputs=[("PAIRS", pairs)])
     with pytest.raises(ArtifactError, match=" is the input PAIRS"):
-        artifacts.check_out_dir(tmp_path / "x" / ".." / "pairs", stage="embed", inputs=[("PAIRS", tmp_path / "alias")],
+        outdir.check_out_dir(tmp_path / "x" / ".." / "pairs", stage="embed", inputs=[("PAIRS", tmp_path / "alias")],
                                 overwrite=True)
     # a hub id is not a local path: nothing of it can be deleted, so it never blocks an out-dir
-    assert artifacts.check_out_dir(tmp_path / "Qwen", stage="ppo", inputs=[("--policy", "Qwen/Qwen2-0.5B")]) is False
+    assert outdir.check_out_dir(tmp_path / "Qwen", stage="ppo", inputs=[("--policy", "Qwen/Qwen2-0.5B")]) is False
 
 
 def test_train_rm_eval_rm_ppo_and_compare_refuse_an_out_dir_inside_an_input(tmp_path):
@@ -139,14 +139,14 @@ def test_a_finished_artifact_of_the_same_stage_is_replaced(tmp_path):
     assert result.exit_code == 0, result.output
     new = json.loads((pairs / artifacts.MANIFEST).read_text())
     assert new["metrics"]["pairs_written"] == 20 != old["metrics"]["pairs_written"]
-    assert artifacts.folder_stage(pairs) == ("prepare", True)
+    assert outdir.folder_stage(pairs) == ("prepare", True)
 
 
 def test_an_unfinished_artifact_of_the_same_stage_is_recognised_by_its_marker_and_replaced(tmp_path):
     out = tmp_path / "p"
-    artifacts.prepare_out_dir(out, stage="prepare")   # what a run does before writing anything else
-    assert (out / artifacts.STAGE_MARKER).read_text().strip() == "prepare"
-    assert artifacts.folder_stage(out) == ("prepare", False)
+    outdir.prepare_out_dir(out, stage="prepare")   # what a run does before writing anything else
+    assert (out / outdir.STAGE_MARKER).read_text().strip() == "prepare"
+    assert outdir.folder_stage(out) == ("prepare", False)
     (out / "train.parquet").write_bytes(b"half a file")  # then it was killed
     (out / "tmp").mkdir()
     outside = tmp_path / "outside"
@@ -163,7 +163,7 @@ def test_an_unfinished_artifact_of_the_same_stage_is_recognised_by_its_marker_an
     (out / "tmp").rmdir()
     result = invoke("prepare", "--files", tmp_path / "d.jsonl", "--out-dir", out, "--overwrite", "-q")
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in out.iterdir()) == [artifacts.STAGE_MARKER, "manifest.json", "test.parquet",
+    assert sorted(p.name for p in out.iterdir()) == [outdir.STAGE_MARKER, "manifest.json", "test.parquet",
                                                      "train.parquet"]
     assert (outside / "keep.txt").read_text() == "mine"
 
@@ -181,7 +181,7 @@ def test_an_empty_or_new_folder_is_fine_without_overwrite(tmp_path):
     for out in (tmp_path / "empty", tmp_path / "new" / "deeper"):
         result = invoke("prepare", "--files", _jsonl(tmp_path / "d.jsonl"), "--out-dir", out, "-q")
         assert result.exit_code == 0, result.output
-        assert artifacts.folder_stage(out) == ("prepare", True)
+        assert outdir.folder_stage(out) == ("prepare", True)
 
 
 def test_resume_only_continues_an_unfinished_run_of_its_own_stage(tmp_path):
@@ -189,12 +189,12 @@ def test_resume_only_continues_an_unfinished_run_of_its_own_stage(tmp_path):
     thesis.mkdir()
     (thesis / "thesis.tex").write_text("x")
     with pytest.raises(ArtifactError, match="files aplot did not write"):
-        artifacts.check_out_dir(thesis, stage="train-rm", resume=True)
-    artifacts.prepare_out_dir(tmp_path / "run", stage="train-rm")
+        outdir.check_out_dir(thesis, stage="train-rm", resume=True)
+    outdir.prepare_out_dir(tmp_path / "run", stage="train-rm")
     (tmp_path / "run" / "checkpoints").mkdir()
-    assert artifacts.check_out_dir(tmp_path / "run", stage="train-rm", resume=True) is True
+    assert outdir.check_out_dir(tmp_path / "run", stage="train-rm", resume=True) is True
     with pytest.raises(ArtifactError, match="unfinished `train-rm` artifact"):
-        artifacts.check_out_dir(tmp_path / "run", stage="ppo", resume=True)
+        outdir.check_out_dir(tmp_path / "run", stage="ppo", resume=True)
     pairs = _prepared(tmp_path)
     result = invoke("train-rm", pairs, "--out-dir", thesis, "--loss", "bt", "--resume")
     assert result.exit_code == 4 and (thesis / "thesis.tex").read_text() == "x"

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from aplot_cli import artifacts
+from aplot_cli import artifacts, outdir
 
 from clitools import invoke, snapshot
 
-# a few of each stage's real output names (artifacts.STAGE_OUTPUTS), nested ones inside its folders
+# a few of each stage's real output names (outdir.STAGE_OUTPUTS), nested ones inside its folders
 STAGE_FILES = {
     "prepare": ["train.parquet", "test.parquet"],
     "embed": ["train_chosen.npy", "train_rejected.npy", "train_pair_ids.json"],
@@ -46,7 +46,7 @@ def _finished(folder: Path, stage: str) -> None:
 def _unfinished(folder: Path, stage: str) -> None:
     """What a killed run of `stage` leaves: the stage marker and some of its files."""
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / artifacts.STAGE_MARKER).write_text(stage + "\n")
+    (folder / outdir.STAGE_MARKER).write_text(stage + "\n")
     _write(folder, STAGE_FILES[stage][:2])
 
 
@@ -114,14 +114,14 @@ STAGES = list(STAGE_FILES)
 
 
 def test_every_stage_has_its_output_names():
-    assert sorted(artifacts.STAGE_OUTPUTS) == sorted(STAGES)
+    assert sorted(outdir.STAGE_OUTPUTS) == sorted(STAGES)
 
 
 @pytest.mark.parametrize("stage", STAGES)
 def test_a_users_file_beside_a_finished_artifact_survives_overwrite(stage, inputs, tmp_path):
     out = tmp_path / "out"
     _finished(out, stage)
-    assert artifacts.foreign_entries(out, stage, finished=True) == []  # the artifact alone would be replaced
+    assert outdir.foreign_entries(out, stage, finished=True) == []  # the artifact alone would be replaced
     (out / "notes.txt").write_bytes(USER_TEXT)
     _refused_and_intact(stage, out, inputs, f"holds a finished `{stage}` artifact", "did not write: notes.txt")
     assert (out / "notes.txt").read_bytes() == USER_TEXT
@@ -131,7 +131,7 @@ def test_a_users_file_beside_a_finished_artifact_survives_overwrite(stage, input
 def test_a_users_file_beside_a_killed_run_survives_overwrite(stage, inputs, tmp_path):
     out = tmp_path / "out"
     _unfinished(out, stage)
-    assert artifacts.foreign_entries(out, stage, finished=False) == []
+    assert outdir.foreign_entries(out, stage, finished=False) == []
     (out / "thesis.tex").write_bytes(USER_TEXT)
     (out / "figures").mkdir()
     _refused_and_intact(stage, out, inputs, f"holds an unfinished `{stage}` artifact", "figures/, thesis.tex")
@@ -184,6 +184,6 @@ def test_the_stages_own_artifact_alone_is_replaced(stage, inputs, tmp_path):
     (out / f".{STAGE_FILES[stage][0]}.x1y2.tmp").write_text("an atomic write a kill cut short")
     result = invoke(*_command(stage, out, inputs), "-q")
     assert result.exit_code == 0, result.output
-    assert artifacts.folder_stage(out) == (stage, True)
+    assert outdir.folder_stage(out) == (stage, True)
     assert not (out / f".{STAGE_FILES[stage][0]}.x1y2.tmp").exists()
     assert artifacts.open_artifact(out, stage).stage == stage

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from aplot_cli import artifacts
+from aplot_cli import artifacts, outdir
 
 from clitools import digest, invoke
 
@@ -146,7 +146,7 @@ def test_resume_of_a_new_folder_is_refused_as_ppo_and_sample_refuse_it(pairs, tm
 
 def test_resume_with_only_incomplete_checkpoints_is_refused_and_the_run_kept(pairs, tmp_path):
     out = tmp_path / "rm"
-    artifacts.prepare_out_dir(out, stage="train-rm")  # a run killed while writing its first checkpoint
+    outdir.prepare_out_dir(out, stage="train-rm")  # a run killed while writing its first checkpoint
     (out / "checkpoints" / "checkpoint-2").mkdir(parents=True)
     (out / "checkpoints" / "checkpoint-2" / "model.safetensors").write_bytes(b"half")
     (out / "train_log.jsonl").write_text('{"step": 1}\n')

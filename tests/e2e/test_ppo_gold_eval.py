@@ -12,7 +12,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from aplot_cli import artifacts, generation
+from aplot_cli import generation, outdir
 from aplot_cli.config import PPOConfig
 from aplot_cli.data.verifiable import gold
 from aplot_cli.errors import ConfigError, InputDataError
@@ -74,7 +74,7 @@ def test_ppo_against_gold_raises_held_out_gold_and_rewards_the_verdicts(cfg, tmp
     for row in held:  # gold reward: the score is the gold success
         assert row["score"] == pytest.approx(row["gold_success"])
     assert manifest["metrics"]["heldout"]["evaluations"] == 4
-    assert artifacts.foreign_entries(out, "ppo", finished=True) == []  # --overwrite may replace it
+    assert outdir.foreign_entries(out, "ppo", finished=True) == []  # --overwrite may replace it
 
 
 def test_gold_reward_needs_a_checker_for_every_prompt(cfg, tmp_path, monkeypatch):

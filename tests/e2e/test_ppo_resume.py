@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from aplot_cli import artifacts, ppo
+from aplot_cli import artifacts, outdir, ppo
 from aplot_cli.config import PPOConfig
 from aplot_cli.errors import ArtifactError
 from aplot_cli.ppo import checkpoints as ppo_checkpoints
@@ -65,7 +65,7 @@ def test_resume_without_a_checkpoint_is_refused_before_anything_loads(cfg, tmp_p
     assert not (tmp_path / "never-ran").exists()
 
     stopped = tmp_path / "stopped"  # killed in update 1, before its first checkpoint
-    artifacts.prepare_out_dir(stopped, stage=ppo.STAGE)  # what the run did before update 1
+    outdir.prepare_out_dir(stopped, stage=ppo.STAGE)  # what the run did before update 1
     (stopped / ppo.LOG).write_text('{"update": 1}\n')
     with pytest.raises(ArtifactError, match="no complete PPO checkpoint") as caught:
         ppo_stage.run(cfg, stopped, resume=True)

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from aplot_cli import artifacts, sample
+from aplot_cli import outdir, sample
 from aplot_cli.cli import app
 from aplot_cli.config import SampleConfig
 from aplot_cli.data import verifiable
@@ -47,7 +47,7 @@ def test_sample_writes_gold_labelled_responses(tiny_llama_lm_dir, tmp_path):
     assert set(families) == {"add_small", "choose_option", "all"} and families["all"]["responses"] == 15
     assert families["add_small"]["prompts"] == 3 and families["choose_option"]["prompts"] == 2
     assert not (out / "chunks").exists() and not (out / "run_config.json").exists()
-    assert artifacts.foreign_entries(out, "sample", finished=True) == []  # --overwrite may replace it
+    assert outdir.foreign_entries(out, "sample", finished=True) == []  # --overwrite may replace it
     found = ppo_prompts.load_prompts(str(out), seed=0)  # `aplot ppo --prompts` takes a samples artifact too
     assert sorted(p.text for p in found.prompts) == sorted(set(frame["prompt"]))
     assert found.synthetic and found.artifact.stage == "sample"  # gold-checked prompts

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from aplot_cli import artifacts
+from aplot_cli import outdir
 from aplot_cli.compare import report, stage, stats
 from aplot_cli.compare.cells import Cell
 from aplot_cli.compare.grid import load_grid
@@ -69,7 +69,7 @@ def test_tiny_grid_end_to_end_and_resume(tmp_path, tiny_bert_dir, learned_always
     assert all(0.0 <= c["evals"]["id"]["accuracy"] <= 1.0 for c in results["cells"])
     assert (out / "report" / "report.html").read_text().startswith("<!doctype html>")
     assert (out / "report" / "margins.png").is_file()
-    assert artifacts.foreign_entries(out, "compare", finished=True) == []  # --overwrite may replace it
+    assert outdir.foreign_entries(out, "compare", finished=True) == []  # --overwrite may replace it
     # Resumable: a finished cell is not re-run (its manifest stays byte-identical).
     cell_manifest = out / "cells" / "noise-0.00" / "bt" / "seed-0" / "train" / "manifest.json"
     before = cell_manifest.read_bytes()

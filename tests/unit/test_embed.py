@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from aplot_cli import artifacts, embed
+from aplot_cli import embed, outdir
 from aplot_cli.config import EmbedConfig
 from aplot_cli.errors import ArtifactError
 from aplot_cli.readers.embeddings import load_embeddings
@@ -79,7 +79,7 @@ def test_stage_writes_aligned_arrays_and_chains_manifest(tmp_path, synthetic_pai
         assert emb.pair_ids == list(frame.pair_id)
         assert emb.chosen.shape == emb.rejected.shape == (len(frame), 384)
         assert (tmp_path / "emb" / f"{split}_prompt.npy").is_file()
-    assert artifacts.foreign_entries(tmp_path / "emb", "embed", finished=True) == []  # --overwrite may replace it
+    assert outdir.foreign_entries(tmp_path / "emb", "embed", finished=True) == []  # --overwrite may replace it
     rerun = json.loads(embed.run(cfg, synthetic_pairs_dir, tmp_path / "emb2").read_text())
     assert rerun["metrics"]["computed"] == 0 and rerun["metrics"]["cache_hits"] == manifest["metrics"]["unique_texts"]
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from aplot_cli import artifacts, train
+from aplot_cli import artifacts, outdir, train
 from aplot_cli.cli import app
 from aplot_cli.config import TrainConfig
 from aplot_cli.errors import ConfigError
@@ -152,7 +152,7 @@ def test_margins_from_a_runs_margins_parquet_writes_table_figures_and_manifest(r
     assert manifest["stage"] == "margins" and set(manifest["inputs"]) == {"pairs", "embeddings", "run"}
     assert {o["path"] for o in manifest["outputs"]} == {"readings.parquet", "readings.md", "pair_margins.parquet",
                                                         "spearman.png", "grid.png"}
-    assert artifacts.foreign_entries(out, "margins", finished=True) == []  # --overwrite may replace it
+    assert outdir.foreign_entries(out, "margins", finished=True) == []  # --overwrite may replace it
     assert manifest["diagnostics"]["snapshot"]["steps"] == [2, 4] and manifest["metrics"]["batches"] == 3
     assert set(manifest["diagnostics"]["hardness_agreement"]) == {"difficulty~reward_gap", "difficulty~cosine",
                                                                   "reward_gap~cosine"}

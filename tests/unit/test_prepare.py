@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from aplot_cli import artifacts, prepare
+from aplot_cli import outdir, prepare
 from aplot_cli.config import PrepareConfig
 from aplot_cli.data import synthetic
 from aplot_cli.errors import ArtifactError, ConfigError, InputDataError
@@ -36,7 +36,7 @@ def test_synthetic_recipe_makes_verifiable_pairs_with_ood_split(tmp_path):
     manifest = json.loads(prepare.run(cfg, tmp_path / "p").read_text())
     frame = _all(tmp_path / "p")
     assert len(frame) == 240 and manifest["metrics"]["pairs_written"] == 240
-    assert artifacts.foreign_entries(tmp_path / "p", "prepare", finished=True) == []  # --overwrite may replace it
+    assert outdir.foreign_entries(tmp_path / "p", "prepare", finished=True) == []  # --overwrite may replace it
     assert set(frame.loc[frame.split == "ood", "family"]) == set(synthetic.OOD_FAMILIES)
     assert not set(frame.loc[frame.split != "ood", "family"]) & set(synthetic.OOD_FAMILIES)
     assert set(frame["difficulty"]) == {"hard", "easy"}

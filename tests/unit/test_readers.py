@@ -8,14 +8,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from aplot_cli import artifacts
+from aplot_cli import artifacts, outdir
 from aplot_cli.errors import ArtifactError
 from aplot_cli.readers import embeddings, pairs, train_runs
 
 
 def _run(folder: Path, margins: pd.DataFrame | None, pairs_art: artifacts.Artifact | None = None) -> artifacts.Artifact:
     """A finished train-rm folder holding `margins` as its margin record (none when None)."""
-    artifacts.prepare_out_dir(folder, stage=train_runs.STAGE)
+    outdir.prepare_out_dir(folder, stage=train_runs.STAGE)
     outputs = []
     if margins is not None:
         margins.to_parquet(folder / train_runs.MARGINS_FILE, index=False)
@@ -81,7 +81,7 @@ def test_made_from_these_pairs_is_the_train_split_content(synthetic_pairs_dir, t
     frame = pairs.load_pairs(synthetic_pairs_dir, "train")
     swapped = frame.assign(chosen=frame["rejected"], rejected=frame["chosen"])  # same pair ids, labels flipped
     other_dir = tmp_path / "other"
-    artifacts.prepare_out_dir(other_dir, stage=pairs.STAGE)
+    outdir.prepare_out_dir(other_dir, stage=pairs.STAGE)
     swapped.to_parquet(other_dir / "train.parquet", index=False)
     artifacts.write_manifest(
         other_dir,

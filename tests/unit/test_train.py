@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from aplot_cli import artifacts, train
+from aplot_cli import outdir, train
 from aplot_cli.config import TRAIN_FLAGS, TrainConfig, build_config
 
 LOG_NAMES = ("loss", "accuracy", "margin", "rewards/chosen", "rewards/rejected", "ot/margin_mean", "ot/margin_std",
@@ -63,7 +63,7 @@ def test_aplot_run_writes_a_loadable_model_log_margins_and_manifest(tiny_bert_di
     listed = {o["path"] for o in manifest["outputs"]}
     assert {"training_curves.png", "report.md"} <= listed and (out / "training_curves.png").stat().st_size > 10_000
     assert {"model/tokenizer.json", "model/model.safetensors"} <= listed  # every file a loader reads is hashed
-    assert artifacts.foreign_entries(out, "train-rm", finished=True) == []  # --overwrite may replace it
+    assert outdir.foreign_entries(out, "train-rm", finished=True) == []  # --overwrite may replace it
     tok = AutoTokenizer.from_pretrained(out / "model")
     model = AutoModelForSequenceClassification.from_pretrained(out / "model")
     initial = AutoModelForSequenceClassification.from_pretrained(tiny_bert_dir)

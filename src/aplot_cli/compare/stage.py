@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from aplot_cli import artifacts
+from aplot_cli import artifacts, outdir
 from aplot_cli.compare import executors
 from aplot_cli.compare.grid import EvalSet, Grid, check_eval_sets, input_paths, load_grid
 from aplot_cli.compare.layout import cell_dir, noise_tag
@@ -176,7 +176,7 @@ def run(grid_path: Path, out_dir: Path, overwrite: bool = False, seeds: tuple[in
     if report_only:
         _check_report_only(grid, Path(out_dir), overwrite)
     # without --overwrite a folder holding a compare run is continued (finished cells are kept)
-    out_dir = artifacts.prepare_out_dir(out_dir, stage=STAGE, inputs=input_paths(grid, grid_path),
+    out_dir = outdir.prepare_out_dir(out_dir, stage=STAGE, inputs=input_paths(grid, grid_path),
                                         overwrite=overwrite, reopen=True,
                                         places=[("embed.cache_dir", grid.embed.cache_dir)])
     (out_dir / artifacts.MANIFEST).unlink(missing_ok=True)  # unfinished until the report is written

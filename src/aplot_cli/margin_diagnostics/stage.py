@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from aplot_cli import artifacts
+from aplot_cli import artifacts, outdir
 from aplot_cli.config import MarginsConfig, config_to_dict
 from aplot_cli.console import info
 from aplot_cli.errors import ConfigError, InputDataError
@@ -212,7 +212,7 @@ def run(cfg: MarginsConfig, pairs_dir: Path, embeddings_dir: Path, out_dir: Path
     inputs_paths = [("PAIRS", pairs_dir), ("--embeddings", embeddings_dir), ("--from-run", from_run),
                     ("--model", model)]
     # refuse now; clear only once the inputs pass
-    artifacts.check_out_dir(out_dir, stage=STAGE, inputs=inputs_paths, overwrite=overwrite)
+    outdir.check_out_dir(out_dir, stage=STAGE, inputs=inputs_paths, overwrite=overwrite)
     frame = load_pairs(pairs_dir, "train")
     emb = load_embeddings(emb_art.path, "train")
     if run_art is not None:
@@ -226,7 +226,7 @@ def run(cfg: MarginsConfig, pairs_dir: Path, embeddings_dir: Path, out_dir: Path
     base = base_settings(cfg, run_art.config if run_art is not None else {})
     info(f"[bold]margins[/] {len(readings)} readings on {len(snapshot.batches)} batches ({len(snapshot.r_c)} pairs)")
     result = core.diagnose(snapshot, readings, base)
-    artifacts.prepare_out_dir(out_dir, stage=STAGE, inputs=inputs_paths, overwrite=overwrite)
+    outdir.prepare_out_dir(out_dir, stage=STAGE, inputs=inputs_paths, overwrite=overwrite)
     outputs = report.write_tables(out_dir, result, readings, snapshot, source)
     outputs += [artifacts.describe_output(out_dir, name)
                 for name in report.draw(out_dir, result, readings, title(source))]

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from aplot_cli import artifacts, models
+from aplot_cli import artifacts, models, outdir
 from aplot_cli.config import PPOConfig, config_to_dict
 from aplot_cli.console import info
 from aplot_cli.errors import ArtifactError, ConfigError
@@ -112,7 +112,7 @@ def latest_checkpoint(out_dir: Path) -> CheckpointSearch:
 def resume_checkpoint(out_dir: Path) -> Path:
     """The checkpoint `--resume` continues from, checked before anything is loaded or written: a finished
     run or a folder without a complete checkpoint is refused (no silent restart from update 0)."""
-    artifacts.check_out_dir(out_dir, stage=STAGE, resume=True)
+    outdir.check_out_dir(out_dir, stage=STAGE, resume=True)
     search = latest_checkpoint(out_dir)
     for path, problem in search.skipped:
         info(f"[bold]ppo[/] skipping the incomplete checkpoint {path.name} ({problem})")

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aplot_cli import artifacts
+from aplot_cli import artifacts, outdir
 from aplot_cli.errors import InputDataError
 from aplot_cli.generation import Prompt
 from aplot_cli.readers import samples
@@ -37,7 +37,7 @@ def load_prompts(source: str, split: str = "train", max_prompts: int | None = No
 
     path = Path(source)
     art, synthetic = None, False
-    if path.is_dir() and artifacts.folder_stage(path)[0] == samples.STAGE:
+    if path.is_dir() and outdir.folder_stage(path)[0] == samples.STAGE:
         art = artifacts.open_artifact(path, samples.STAGE)
         prompts = _read_prompt_jsonl(art.file(samples.PROMPTS))
     elif path.is_dir():

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from aplot_cli import artifacts
+from aplot_cli import artifacts, outdir
 from aplot_cli.config import PPO_FLAGS, PPOConfig, config_to_dict
 from aplot_cli.console import info
 from aplot_cli.console import progress as progress_display
@@ -144,7 +144,7 @@ def run(cfg: PPOConfig, out_dir: Path, overwrite: bool = False, resume: bool = F
     claim = {"stage": STAGE, "overwrite": overwrite, "resume": resume,
              "inputs": [("--prompts", cfg.prompts), ("--reward-model", cfg.reward_model), ("--policy", cfg.policy),
                         ("--eval-prompts", cfg.eval_prompts)]}
-    artifacts.check_out_dir(out_dir, **claim)
+    outdir.check_out_dir(out_dir, **claim)
     checkpoint = resume_checkpoint(out_dir) if resume else None
     torch.manual_seed(cfg.seed)
     accelerator = accelerator_for(cfg.device)
@@ -159,7 +159,7 @@ def run(cfg: PPOConfig, out_dir: Path, overwrite: bool = False, resume: bool = F
     policy, tokenizer = load_policy(cfg.policy, cfg.trust_remote_code)
     ref, _ = load_policy(cfg.policy, cfg.trust_remote_code)
     ref.requires_grad_(False).eval()
-    out_dir = artifacts.prepare_out_dir(out_dir, **claim)  # every input has loaded: only now clear or claim it
+    out_dir = outdir.prepare_out_dir(out_dir, **claim)  # every input has loaded: only now clear or claim it
     actor = PolicyWithValue(policy)
     optimizer = torch.optim.AdamW(actor.parameters(), lr=cfg.lr, eps=1e-5)
     done, moments = 0, core.RunningMoments()

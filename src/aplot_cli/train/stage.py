@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from aplot_cli import artifacts, formatting, models
+from aplot_cli import artifacts, formatting, models, outdir
 from aplot_cli.config import TrainConfig, config_to_dict, resolve_train
 from aplot_cli.console import info
 from aplot_cli.errors import ArtifactError, ConfigError
@@ -46,7 +46,7 @@ def run(cfg: TrainConfig, pairs_dir: Path, out_dir: Path, embeddings_dir: Path |
              "inputs": [("PAIRS", pairs_dir), ("--embeddings", embeddings_dir), ("--backbone", cfg.backbone)],
              "places": [("feature cache", cfg.feature_cache_dir if cfg.frozen_backbone else None),
                         ("token cache", cfg.token_cache_dir)]}
-    kept = artifacts.check_out_dir(out_dir, **claim)  # refuse now; clear only once the inputs pass
+    kept = outdir.check_out_dir(out_dir, **claim)  # refuse now; clear only once the inputs pass
     checkpoint, resumed_step = resume_step(out_dir, kept)
     if resume and checkpoint is None:  # as ppo and sample: no silent restart from step 0
         raise ArtifactError(f"--resume: {out_dir} holds no complete train-rm checkpoint, so there is nothing to "
@@ -66,7 +66,7 @@ def run(cfg: TrainConfig, pairs_dir: Path, out_dir: Path, embeddings_dir: Path |
     rank = args.process_index
     with args.main_process_first(desc="prepare the output directory"):
         if args.process_index == 0:
-            artifacts.prepare_out_dir(out_dir, **claim)
+            outdir.prepare_out_dir(out_dir, **claim)
             if not (out_dir / RUN_CONFIG).is_file() or not checkpoint:  # a resume keeps its first start's
                 artifacts.write_json_atomic(out_dir / RUN_CONFIG, {**record, "from_step": max(resumed_step, 0)})
     train, test, tokenization, encode = _encode(cfg, tokenizer, train_frame, test_frame, train_emb, args)

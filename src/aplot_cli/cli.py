@@ -19,17 +19,8 @@ from typing import Annotated, Any, Optional
 import typer
 
 from aplot_cli import __version__
-from aplot_cli.config import (
-    EmbedConfig,
-    EvalConfig,
-    MarginsConfig,
-    PPOConfig,
-    PrepareConfig,
-    SampleConfig,
-    TrainConfig,
-    build_config,
-    load_config_file,
-)
+from aplot_cli.config import EmbedConfig, EvalConfig, MarginsConfig, PPOConfig, PrepareConfig, SampleConfig, TrainConfig
+from aplot_cli.config_files import build_config, load_config_file
 from aplot_cli.help import AplotCommand, AplotGroup
 from aplot_cli.options import (
     ConfigFile,

@@ -3,7 +3,7 @@ stage command takes, generated from its config dataclass (`config_options`).
 
 Every field of a stage config (`aplot_cli.config`) is a flag named after it (`ot_reg` -> `--ot-reg`), with
 the field's help and default in `--help`: adding a field adds the flag. Generated flags default to
-`None`, so only flags a user typed override `--config` YAML (see `config.build_config`)."""
+`None`, so only flags a user typed override `--config` YAML (see `config_files.build_config`)."""
 
 from __future__ import annotations
 

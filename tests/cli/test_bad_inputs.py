@@ -13,7 +13,8 @@ import pytest
 from typer.testing import CliRunner
 
 from aplot_cli.cli import app
-from aplot_cli.config import TrainConfig, build_config
+from aplot_cli.config import TrainConfig
+from aplot_cli.config_files import build_config
 
 from clitools import fails
 

@@ -12,7 +12,8 @@ import pytest
 from typer.testing import CliRunner
 
 from aplot_cli.cli import app
-from aplot_cli.config import EmbedConfig, PrepareConfig, build_config
+from aplot_cli.config import EmbedConfig, PrepareConfig
+from aplot_cli.config_files import build_config
 from aplot_cli.errors import ConfigError
 
 runner = CliRunner()

@@ -28,9 +28,9 @@ from aplot_cli.config import (
     PrepareConfig,
     SampleConfig,
     TrainConfig,
-    build_config,
     resolve_train,
 )
+from aplot_cli.config_files import build_config
 from aplot_cli.errors import ConfigError
 from aplot_cli.options import flag_name, shown_default
 

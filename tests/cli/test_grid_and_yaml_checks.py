@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from aplot_cli.config import parse_yaml
+from aplot_cli.config_files import parse_yaml
 
 from clitools import digest, invoke
 
@@ -94,7 +94,7 @@ def test_a_key_twice_in_a_recipe_is_refused(tmp_path):
 
 
 def test_the_loader_sees_keys_twice_on_one_line_and_in_nested_mappings_and_allows_merges():
-    from aplot_cli.config import DuplicateKeyError
+    from aplot_cli.config_files import DuplicateKeyError
 
     with pytest.raises(DuplicateKeyError, match="line 1: key `a` appears twice"):
         parse_yaml("{a: 1, a: 2}")

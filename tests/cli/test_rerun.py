@@ -10,7 +10,8 @@ import pytest
 from typer.testing import CliRunner
 
 from aplot_cli.cli import app
-from aplot_cli.config import EmbedConfig, EvalConfig, PrepareConfig, TrainConfig, build_config, config_to_dict
+from aplot_cli.config import EmbedConfig, EvalConfig, PrepareConfig, TrainConfig, config_to_dict
+from aplot_cli.config_files import build_config
 from aplot_cli.errors import ConfigError
 
 runner = CliRunner()

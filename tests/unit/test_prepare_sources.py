@@ -13,7 +13,8 @@ import pandas as pd
 import pytest
 
 from aplot_cli import prepare
-from aplot_cli.config import PrepareConfig, build_config
+from aplot_cli.config import PrepareConfig
+from aplot_cli.config_files import build_config
 from aplot_cli.data.transforms import implicit_prompt
 from aplot_cli.errors import ConfigError, InputDataError
 from aplot_cli.readers.pairs import load_pairs

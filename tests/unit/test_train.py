@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from aplot_cli import outdir, train
-from aplot_cli.config import TRAIN_FLAGS, TrainConfig, build_config
+from aplot_cli.config import TRAIN_FLAGS, TrainConfig
+from aplot_cli.config_files import build_config
 
 LOG_NAMES = ("loss", "accuracy", "margin", "rewards/chosen", "rewards/rejected", "ot/margin_mean", "ot/margin_std",
              "ot/cost_mean", "ot/margin_spread", "ot/converged_frac", "ot/seconds", "num_tokens", "pairs_per_second")

@@ -67,7 +67,7 @@ def test_non_finite_values_are_refused_at_validation(changes):
 
 
 def test_non_finite_and_yaml_numbers_in_the_config_file(tmp_path):
-    from aplot_cli.config import build_config
+    from aplot_cli.config_files import build_config
     from aplot_cli.errors import ConfigError
 
     path = tmp_path / "c.yaml"

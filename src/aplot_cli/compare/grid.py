@@ -17,7 +17,8 @@ from typing import Any
 
 from aplot_cli import artifacts
 from aplot_cli.compare.layout import data_dir, noise_tag
-from aplot_cli.config import EmbedConfig, PrepareConfig, TrainConfig, build_config, load_yaml
+from aplot_cli.config import EmbedConfig, PrepareConfig, TrainConfig
+from aplot_cli.config_files import build_config, load_yaml
 from aplot_cli.console import info
 from aplot_cli.errors import ConfigError
 

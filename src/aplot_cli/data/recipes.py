@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aplot_cli.config import load_yaml
+from aplot_cli.config_files import load_yaml
 from aplot_cli.data.transforms import COLUMNS
 from aplot_cli.errors import ConfigError
 

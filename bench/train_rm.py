@@ -5,7 +5,8 @@
    both alike; the ratio is the median of the per-rep ratios. On CUDA also APLOT with
    the CPU solver (`--ot-solver pot`), to show what the on-device graph solver buys.
 2. aplot `bt` vs TRL's RewardTrainer pairs/s: same model, pairs, batch size, max length and steps; TRL
-   runs in its own interpreter (`--trl-python`; it is never a dependency of aplot). Like for like: both on
+   runs in its own process (`--trl-python`: bench/_work/venv's interpreter when it exists, else this one, which
+   has TRL through `aplot[trl]`). Like for like: both on
    length-grouped batches (aplot's default for bt; TRL's `train_sampling_strategy="group_by_length"`) and both
    on random batches; the four interleaved per rep.
 3. Peak memory of a short MiniLM run and a short SmolLM2-135M run (CPU: resident set; CUDA: the
@@ -18,9 +19,8 @@ weights (throughput does not depend on the weights; the device machine gets conf
 
 Usage: `.venv/bin/python bench/train_rm.py [--steps 40] [--reps 2]` (CPU, writes
 bench/results/train_rm.md); on a GPU: `python bench/train_rm.py --device cuda --batch 32 --random-init
---results bench/results/train_rm_gpu.md`. TRL's interpreter: `python3 -m venv bench/_work/venv &&
-bench/_work/venv/bin/pip install torch==2.13.0 transformers==5.25.0 datasets accelerate trl==1.16.0 pandas`
-(transformers as in aplot's own environment). Prefix sharing on SmolLM2 against TRL: bench/train_rm_prefix.py."""
+--results bench/results/train_rm_gpu.md`. `make install` puts TRL in .venv (`aplot[trl]`); to time another TRL,
+make bench/_work/venv with it (transformers as in aplot's own environment). Prefix sharing on SmolLM2 against TRL: bench/train_rm_prefix.py."""
 
 from __future__ import annotations
 
@@ -36,7 +36,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "bench" / "_work"
-TRL_PY = WORK / "venv" / "bin" / "python"
+# TRL's interpreter: a separate venv when one was made, else this one (`make install` adds TRL through aplot[trl])
+TRL_PY = WORK / "venv" / "bin" / "python" if (WORK / "venv" / "bin" / "python").exists() else Path(sys.executable)
 sys.path.insert(0, str(ROOT / "bench"))
 
 from _step_timer import StepTimer  # noqa: E402

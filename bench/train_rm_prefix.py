@@ -274,7 +274,8 @@ def main() -> None:
     parser.add_argument("--skip-overhead", action="store_true")
     parser.add_argument("--token-batch", type=int, default=16, help="batch of the tokens-fed table (train-rm's)")
     parser.add_argument("--token-max-length", type=int, default=256, help="max_length of that table (train-rm's)")
-    parser.add_argument("--trl-python", default=str(WORK / "venv" / "bin" / "python"))
+    venv = WORK / "venv" / "bin" / "python"  # a separate TRL when made, else this interpreter's (aplot[trl])
+    parser.add_argument("--trl-python", default=str(venv if venv.exists() else Path(sys.executable)))
     parser.add_argument("--results", default=str(ROOT / "bench" / "results" / "train_rm_prefix.md"))
     parser.add_argument("--from-json", help="rewrite the page from a raw results file, without measuring")
     parser.add_argument("--tokens", action="store_true",

@@ -12,9 +12,12 @@ convention is remembered (eval-rm's `model` convention is encoded afresh)."""
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import sqlite3
+import struct
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,7 +29,8 @@ from aplot_cli import formatting, models
 from aplot_cli.cachefile import CacheFile, check_folder, select_in
 
 FILE = "tokens.sqlite"
-_IDS = np.dtype("<i4")  # every vocabulary aplot loads is far below 2**31 ids; half the bytes of int64
+_IDS = np.dtype("<i4")
+_LITTLE = sys.byteorder == "little" and memoryview(b"\0\0\0\0").cast("i").itemsize == 4  # every vocabulary aplot loads is far below 2**31 ids; half the bytes of int64
 
 
 def default_dir() -> Path:
@@ -72,11 +76,12 @@ class TokenStore:
                     if types is None:
                         continue
                 found[key] = formatting.Encoded(
-                    np.frombuffer(ids, dtype=_IDS).tolist(), types, bool(prompt_cut), bool(response_cut)
+                    _int32s(ids), types, bool(prompt_cut), bool(response_cut)
                 )
             return found
 
-        return self.store.run(read)
+        with _no_gc():  # thousands of small lists: the collector would rescan the heap many times over
+            return self.store.run(read)
 
     def put_many(self, items: list[tuple[str, formatting.Encoded]]) -> None:
         rows = [
@@ -100,6 +105,31 @@ class TokenStore:
         self.store.close()
 
 
+@contextmanager
+def _no_gc() -> Iterator[None]:
+    """The cyclic garbage collector paused (the objects made here hold no cycles), restored as it was."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _framed(text: str) -> bytes:
+    data = text.encode("utf-8", "surrogatepass")
+    return len(data).to_bytes(8, "little") + data
+
+
+def _int32s(blob: bytes) -> list[int]:
+    """The little-endian int32 values of a blob (a memoryview on a little-endian machine: a few times faster
+    than numpy for the short rows a cache holds)."""
+    if _LITTLE:
+        return memoryview(blob).cast("i").tolist()
+    return np.frombuffer(blob, dtype=_IDS).tolist()
+
+
 def _to_runs(values: list[int]) -> bytes:
     runs: list[int] = []
     for value in values:
@@ -115,14 +145,13 @@ def _from_runs(blob, length: int) -> list[int] | None:
     `length`."""
     if not isinstance(blob, bytes) or len(blob) % 8:
         return None
-    pairs = np.frombuffer(blob, dtype=_IDS).tolist()
-    counts = pairs[1::2]
-    if sum(counts) != length or any(c < 1 for c in counts):
-        return None
+    pairs = struct.unpack(f"<{len(blob) // 4}i", blob)  # a few runs: faster than any array view
     values: list[int] = []
-    for value, count in zip(pairs[::2], counts, strict=True):
+    for value, count in zip(pairs[::2], pairs[1::2], strict=True):
+        if count < 1:
+            return None
         values += [value] * count
-    return values
+    return values if len(values) == length else None
 
 
 def tokenizer_identity(tokenizer) -> str | None:
@@ -166,19 +195,31 @@ class TokenMemo:
     def key(self, prompt: str, response: str, max_length: int, prompt_messages: Any, chat_template: bool) -> str:
         """sha256 of the identity, `max_length`, the template switch and the texts, each text prefixed by its
         length (so no two inputs hash the same bytes); messages given as a list are hashed as sorted JSON."""
-        if prompt_messages is None:
-            messages = "\x00none"
-        elif isinstance(prompt_messages, str):
-            messages = prompt_messages
-        else:
-            messages = "\x00json" + json.dumps(list(prompt_messages), sort_keys=True)
+        return self.keys([prompt], [response], max_length, [prompt_messages], chat_template)[0]
+
+    def keys(self, prompts: list[str], responses: list[str], max_length: int, prompt_messages: list[Any],
+             chat_template: bool) -> list[str]:
+        """`key` of each text. A prompt's part of the digest is computed once and copied for each of its
+        responses (a pair's two sides, a prompt's n samples): the same bytes, so the same keys."""
         setting = (max_length, bool(chat_template))
         if self._base is None or self._base[0] != setting:
             self._base = (setting, hashlib.sha256(f"{self.identity}|{max_length}|{int(setting[1])}".encode()))
-        digest = self._base[1].copy()
-        parts = [part.encode("utf-8", "surrogatepass") for part in (prompt, messages, response)]
-        digest.update(b"".join(len(data).to_bytes(8, "little") + data for data in parts))
-        return digest.hexdigest()
+        base, heads, out = self._base[1], {}, []
+        for prompt, response, given in zip(prompts, responses, prompt_messages, strict=True):
+            if given is None:
+                messages = "\x00none"
+            elif isinstance(given, str):
+                messages = given
+            else:
+                messages = "\x00json" + json.dumps(list(given), sort_keys=True)
+            head = heads.get((prompt, messages))
+            if head is None:
+                head = heads[(prompt, messages)] = base.copy()
+                head.update(_framed(prompt) + _framed(messages))
+            digest = head.copy()
+            digest.update(_framed(response))
+            out.append(digest.hexdigest())
+        return out
 
     def encode_many(
         self,
@@ -194,9 +235,7 @@ class TokenMemo:
         if self.identity is None or self.store is None:
             self.misses += len(prompts)
             return formatting.encode_many(tokenizer, prompts, responses, max_length, messages, chat_template)
-        keys = [
-            self.key(p, r, max_length, m, chat_template) for p, r, m in zip(prompts, responses, messages, strict=True)
-        ]
+        keys = self.keys(prompts, responses, max_length, messages, chat_template)
         found = self.store.get_many(list(dict.fromkeys(keys)))
         missing = [i for i, key in enumerate(keys) if key not in found]
         computed = formatting.encode_many(

@@ -160,3 +160,27 @@ def test_token_store_round_trip_and_a_row_that_does_not_add_up_is_computed_again
     store = tokencache.TokenStore(tmp_path)
     assert store.get_many(list(encodings)) == {"odd types": encodings["odd types"]}
     store.close()
+
+
+def test_a_key_is_the_documented_digest_and_a_prompt_shared_by_two_responses_hashes_each_whole():
+    import gc
+    import hashlib
+
+    from aplot_cli.tokencache import TokenMemo
+
+    memo = TokenMemo(None, object())  # no backend: no identity of its own; one is set by hand
+    memo.identity = "tok"
+
+    def framed(text: str) -> bytes:
+        data = text.encode("utf-8", "surrogatepass")
+        return len(data).to_bytes(8, "little") + data
+
+    def expected(prompt, messages, response, max_length=64, template=1):
+        head = f"tok|{max_length}|{template}".encode()
+        return hashlib.sha256(head + framed(prompt) + framed(messages) + framed(response)).hexdigest()
+
+    keys = memo.keys(["p", "p", "q"], ["a", "b", "a"], 64, [None, None, [{"role": "user", "content": "q"}]], True)
+    assert keys == [expected("p", "\x00none", "a"), expected("p", "\x00none", "b"),
+                    expected("q", '\x00json[{"content": "q", "role": "user"}]', "a")]
+    assert memo.key("p", "a", 32, "raw", False) == expected("p", "raw", "a", 32, 0)
+    assert gc.isenabled()

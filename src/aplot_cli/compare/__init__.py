@@ -10,6 +10,7 @@ One concern a module:
     stats.py      the statistics, pure: t intervals over seeds, paired bootstrap over test pairs, MDEs
     report.py     the report: tables, verdicts, report.md / report.html / results.json / tables.tex
     latex.py      the report's tables as LaTeX (booktabs), pure text
+    html.py       the report as one self-contained HTML page
     figures.py    the report's figures, PNG with SVG beside
 
 Importing the package imports none of them (`aplot --help` stays light): the command imports `stage`."""

@@ -20,7 +20,6 @@ cells are read by `cells.py`, the figures drawn by `figures.py`."""
 
 from __future__ import annotations
 
-import base64
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -31,7 +30,7 @@ import numpy as np
 
 from aplot_cli import artifacts
 from aplot_cli.compare import figures as drawing
-from aplot_cli.compare import latex
+from aplot_cli.compare import html, latex
 from aplot_cli.compare.cells import (
     Cell,
     cell_pairs_dir,
@@ -356,41 +355,6 @@ def _margin_table(grid, by: dict, out_dir: Path) -> tuple[list[str], dict]:
         ["noise", "method", "mean", "std over pairs", "in-batch spread", "hard mean", "easy mean"], rows), stats_all
 
 
-def _html(title: str, markdown_lines: list[str], figures: list[Path]) -> str:
-    import html
-
-    body, in_table = [], False
-    for line in markdown_lines:
-        if line.startswith("|"):
-            cells = [c.strip() for c in line.strip("|").split("|")]
-            if set("".join(cells)) <= set("- "):
-                continue
-            tag = "th" if not in_table else "td"
-            if not in_table:
-                body.append("<table>")
-                in_table = True
-            body.append("<tr>" + "".join(f"<{tag}>{html.escape(c)}</{tag}>" for c in cells) + "</tr>")
-            continue
-        if in_table:
-            body.append("</table>")
-            in_table = False
-        if line.startswith("#"):
-            level = len(line) - len(line.lstrip("#"))
-            body.append(f"<h{level}>{html.escape(line.lstrip('# '))}</h{level}>")
-        elif line.strip():
-            body.append(f"<p>{html.escape(line)}</p>")
-    if in_table:
-        body.append("</table>")
-    for fig in figures:
-        data = base64.b64encode(fig.read_bytes()).decode()
-        body.append(f'<figure><img src="data:image/png;base64,{data}" alt="{fig.stem}"><figcaption>{fig.stem}'
-                    f"</figcaption></figure>")
-    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse;"
-             "margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}img{max-width:100%}")
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            f"<style>{style}</style></head><body>{''.join(body)}</body></html>")
-
-
 TABLES_TEX = "tables.tex"
 # settings that change no result (besides train-rm's HOW_NOT_WHAT: what was kept or published): not in the base table
 _NOT_RESULTS = frozenset({"seed", "feature_cache_dir", "report_to", "push_to_hub", "hub_private", "save_steps",
@@ -514,7 +478,7 @@ def build(grid, out_dir: Path, accept_unlearned: bool = False) -> Summary:
                "flip_seed": grid.flip_seed, "hyperparameters": hyper}
     (report_dir / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     artifacts.write_json_atomic(report_dir / "results.json", results)
-    (report_dir / "report.html").write_text(_html(grid.title, lines, figures), encoding="utf-8")
+    (report_dir / "report.html").write_text(html.page(grid.title, lines, figures), encoding="utf-8")
     (report_dir / TABLES_TEX).write_text(latex.document(grid.title, tex), encoding="utf-8")
     summary_metrics = {f"{c['noise']:.2f}/{c['method']}/{c['seed']}/{k}": v["accuracy"]
                        for c in results["cells"] if c["learned"] for k, v in c["evals"].items()}

@@ -235,8 +235,9 @@ def write(results: dict, args, command: str) -> None:
             f"({o['ot_solves']} solves) against a {step:.1f} s step: "
             f"**{100 * o['ot_seconds_per_step'] / step:.3f}% of the step** (target: within 5% of BT's step time). "
             "The semantic cost reads the head's input at the scoring tokens from the same forward pass (no "
-            "extra forward). An interleaved BT-vs-APLOT timing on this loaded machine would measure only its "
-            "noise at this size; `bench/train_rm.py` section 1 times the ratio on MiniLM.", ""]
+            "extra forward). "
+            + ("The interleaved BT-vs-APLOT timing above gives the whole step's ratio." if "overhead" in results
+               else "`bench/train_rm.py` section 1 times the whole step's ratio on MiniLM."), ""]
     if TOKENS.exists():
         tokens = json.loads(TOKENS.read_text())
         lines += [

@@ -5,7 +5,10 @@
 # default), then the raw results exported into docs/results/<grid>/raw and the reports rebuilt from them.
 # Cells run seed by seed (every method of a seed before the next seed), so a run cut short still leaves
 # complete pairs. Resumable: re-running skips finished cells and resumes a killed training run from its last
-# checkpoint. Usage: experiments/run_full.sh [RUNS_DIR] [WORKERS] [SEEDS]   (SEEDS default 0,...,9)
+# checkpoint. The pilot runs only when experiments/full-pilot/raw is absent. A run's cells are added to the
+# committed raw results (so a later session runs only the seeds still missing, e.g. SEEDS=5,...,9; RESET=1
+# starts them afresh), and docs/results/full-synthetic/grid.yaml lists the seeds whose every cell is there.
+# Usage: experiments/run_full.sh [RUNS_DIR] [WORKERS] [SEEDS]   (SEEDS default 0,...,9)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${1:-runs}
@@ -14,18 +17,24 @@ SEEDS=${3:-$(seq -s, 0 9)}
 APLOT=${APLOT:-.venv/bin/aplot}
 PY=${PY:-.venv/bin/python}
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-# the pilot's purpose is to find the runs that do not learn: they are named in its report, not refused
-$APLOT compare experiments/full-pilot.yaml --out-dir "$RUNS/cmp-full-pilot" --workers "$WORKERS" -q --accept-unlearned
+if [ ! -d experiments/full-pilot/raw ]; then
+  # the pilot's purpose is to find the runs that do not learn: they are named in its report, not refused
+  $APLOT compare experiments/full-pilot.yaml --out-dir "$RUNS/cmp-full-pilot" --workers "$WORKERS" -q --accept-unlearned
+fi
 $APLOT compare experiments/full-synthetic.yaml --out-dir "$RUNS/cmp-full-synthetic" --seeds "$SEEDS" \
   --workers "$WORKERS" -q
-# the pilot is evidence for a setting, not a comparison: it lives apart from docs/results (whose grids hold only
-# runs that learned)
-rm -rf experiments/full-pilot/raw && mkdir -p experiments/full-pilot
-$PY experiments/export_raw.py "$RUNS/cmp-full-pilot" experiments/full-pilot/raw
-$APLOT compare experiments/full-pilot.yaml --out-dir experiments/full-pilot/raw --report-only --accept-unlearned -q \
-  > /dev/null
-cp experiments/full-pilot/raw/report/* experiments/full-pilot/
-rm -rf docs/results/full-synthetic/raw && mkdir -p docs/results/full-synthetic
-cp experiments/full-synthetic.yaml docs/results/full-synthetic/grid.yaml
-$PY experiments/export_raw.py "$RUNS/cmp-full-synthetic" docs/results/full-synthetic/raw
+if [ -d "$RUNS/cmp-full-pilot" ]; then
+  # the pilot is evidence for a setting, not a comparison: it lives apart from docs/results (whose grids hold only
+  # runs that learned)
+  rm -rf experiments/full-pilot/raw && mkdir -p experiments/full-pilot
+  $PY experiments/export_raw.py "$RUNS/cmp-full-pilot" experiments/full-pilot/raw
+  $APLOT compare experiments/full-pilot.yaml --out-dir experiments/full-pilot/raw --report-only --accept-unlearned -q \
+    > /dev/null
+  cp experiments/full-pilot/raw/report/* experiments/full-pilot/
+fi
+[ "${RESET:-0}" = 1 ] && rm -rf docs/results/full-synthetic/raw
+mkdir -p docs/results/full-synthetic
+$PY experiments/export_raw.py "$RUNS/cmp-full-synthetic" docs/results/full-synthetic/raw --margin-every 100  # 400 steps
+$PY experiments/finished_grid.py experiments/full-synthetic.yaml docs/results/full-synthetic/raw \
+  docs/results/full-synthetic/grid.yaml
 experiments/regenerate_results.sh

@@ -15,7 +15,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "docs" / "results"
 GRIDS = sorted(p.parent.name for p in RESULTS.glob("*/raw"))
-SMALL = {"frozen-alpaca"}  # the default suite rebuilds the small grid; `make test-slow` rebuilds them all
+SMALL = {"frozen-alpaca", "full-synthetic"}  # the default suite rebuilds the small grids; `make test-slow` rebuilds them all
 
 
 def _params():

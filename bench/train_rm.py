@@ -36,11 +36,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "bench" / "_work"
-# TRL's interpreter: a separate venv when one was made, else this one (`make install` adds TRL through aplot[trl])
-TRL_PY = WORK / "venv" / "bin" / "python" if (WORK / "venv" / "bin" / "python").exists() else Path(sys.executable)
 sys.path.insert(0, str(ROOT / "bench"))
 
 from _step_timer import StepTimer  # noqa: E402
+from _trl_python import default_trl_python  # noqa: E402
 
 
 def data() -> tuple[Path, Path]:
@@ -329,7 +328,7 @@ def main() -> None:
     parser.add_argument("--random-init", action="store_true")
     parser.add_argument("--minilm-source", default="minilm-l6", help="name or folder whose config/tokenizer to use")
     parser.add_argument("--smollm-source", default="smollm2-135m", help="name or folder whose config/tokenizer to use")
-    parser.add_argument("--trl-python", default=str(TRL_PY))
+    parser.add_argument("--trl-python", default=str(default_trl_python()))
     parser.add_argument("--skip-trl", action="store_true")
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--skip-overhead", action="store_true", help="leave out section 1 (APLOT vs BT)")

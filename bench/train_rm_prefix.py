@@ -29,6 +29,8 @@ import sys
 import time
 from pathlib import Path
 
+from _trl_python import default_trl_python
+
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "bench" / "_work"
 DATA = ROOT.parent / "shared" / "data"
@@ -275,8 +277,7 @@ def main() -> None:
     parser.add_argument("--skip-overhead", action="store_true")
     parser.add_argument("--token-batch", type=int, default=16, help="batch of the tokens-fed table (train-rm's)")
     parser.add_argument("--token-max-length", type=int, default=256, help="max_length of that table (train-rm's)")
-    venv = WORK / "venv" / "bin" / "python"  # a separate TRL when made, else this interpreter's (aplot[trl])
-    parser.add_argument("--trl-python", default=str(venv if venv.exists() else Path(sys.executable)))
+    parser.add_argument("--trl-python", default=str(default_trl_python()))
     parser.add_argument("--results", default=str(ROOT / "bench" / "results" / "train_rm_prefix.md"))
     parser.add_argument("--from-json", help="rewrite the page from a raw results file, without measuring")
     parser.add_argument("--tokens", action="store_true",

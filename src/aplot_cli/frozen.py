@@ -26,8 +26,9 @@ in eval mode)."""
 from __future__ import annotations
 
 import hashlib
+import os
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -166,6 +167,27 @@ def extract(model, head: str, encoded: list[Any], pad_id: int, cache, batch_size
     return np.stack([have[keys[t]] for t in texts]).astype(np.float32)
 
 
+POOL_THREADS_ENV = "APLOT_POOL_THREADS"  # set by compare's local worker processes: the threads of the whole pool
+
+
+@contextmanager
+def pool_threads():
+    """In one of `aplot compare`'s local worker processes (each holds its share of the machine's threads), the
+    whole pool's threads while this process computes features under the store's lock: the workers whose cells
+    need the same features are blocked on that lock, so their threads would sit idle (a grid of one frozen
+    backbone: all of them). Elsewhere, and on Ray, the thread count is left as it is."""
+    import torch
+
+    before = torch.get_num_threads()
+    pool = int(os.environ.get(POOL_THREADS_ENV) or 0)
+    if pool > before:
+        torch.set_num_threads(pool)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def _compute_missing(model, head: str, encoded: list[Any], missing: list[int], texts: list[str], keys: dict,
                      have: dict, pad_id: int, cache, batch_size: int, stats: FeatureStats, device: str,
                      label: str) -> None:
@@ -177,7 +199,7 @@ def _compute_missing(model, head: str, encoded: list[Any], missing: list[int], t
     if missing:
         was_training = model.training
         model.to(device).eval()
-        with progress_display(label, unit="texts") as progress:
+        with pool_threads(), progress_display(label, unit="texts") as progress:
             task = progress.add_task("", total=len(missing))
             for b in range(0, len(missing), batch_size):
                 chunk = missing[b:b + batch_size]

@@ -201,6 +201,55 @@ def test_features_are_computed_once_while_another_process_holds_the_lock(tmp_pat
     store.close()
 
 
+def test_the_process_computing_features_uses_the_pool_threads_the_waiting_workers_leave(tmp_path, monkeypatch):
+    """In a compare worker (1 thread of a 2-thread pool) the features are computed on the pool's 2 threads, the
+    worker's own count is back afterwards, and outside a pool (no variable) nothing changes."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from aplot_cli import frozen
+    from aplot_cli.formatting import Encoded
+
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1,
+                                                     num_attention_heads=2, intermediate_size=32, num_labels=1))
+    seen: list[int] = []
+    model.bert.register_forward_pre_hook(lambda *_: seen.append(torch.get_num_threads()))
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for pool, cache, expected in (("2", "pool", 2), (None, "alone", 1)):
+            if pool:
+                monkeypatch.setenv(frozen.POOL_THREADS_ENV, pool)
+            else:
+                monkeypatch.delenv(frozen.POOL_THREADS_ENV, raising=False)
+            seen.clear()
+            encoded = [Encoded([1, 5 + i, 7, 2], [0, 0, 0, 0], False, False) for i in range(6)]
+            store = frozen.open_cache(tmp_path / cache)
+            frozen.extract(model, "classifier", encoded, 0, store, 4, frozen.FeatureStats())
+            store.close()
+            assert seen == [expected, expected] and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_compare_local_workers_know_the_pool_threads(tmp_path):
+    """Each spawned worker holds its share of the threads and is told the pool's (what frozen.pool_threads
+    lends the process computing features): a cell that checks both fails unless the worker was set up so."""
+    import os
+
+    from aplot_cli import frozen
+    from aplot_cli.compare import executors
+
+    share = max(1, (os.cpu_count() or 1) // 2)
+    check = (f"__import__('torch').get_num_threads() == {share} and "
+             f"__import__('os').environ['{frozen.POOL_THREADS_ENV}'] == '{2 * share}' or 1 / 0")
+    failed = executors._run_processes(eval, {"a": (check,), "b": (check,)}, 2, tmp_path)
+    assert failed == {}
+    wrong = executors._run_processes(eval, {"a": (check.replace(f"'{2 * share}'", "'0'"),)}, 2, tmp_path)
+    assert list(wrong) == ["a"]
+
+
 class _NoLock:
     """The store as seen by the process that already holds the lock (no second lock)."""
 

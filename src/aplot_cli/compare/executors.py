@@ -140,10 +140,16 @@ def _say_retry(name: str, error: str) -> None:
     info(f"[yellow]compare: cell {escape(name)} failed ({escape(error[:200])}); retrying once[/]")
 
 
-def _start_worker(threads: int, quiet: bool) -> None:
-    """A worker's share of the CPU threads (set before torch does any work), and the driver's --quiet."""
+def _start_worker(threads: int, quiet: bool, pool_threads: int | None = None) -> None:
+    """A worker's share of the CPU threads (set before torch does any work), and the driver's --quiet.
+    `pool_threads` (local processes only): the whole pool's, which the process computing the features the
+    other workers wait for may use meanwhile (`frozen.pool_threads`)."""
     set_quiet(quiet)
     os.environ["OMP_NUM_THREADS"] = str(threads)
+    if pool_threads:
+        from aplot_cli.frozen import POOL_THREADS_ENV
+
+        os.environ[POOL_THREADS_ENV] = str(pool_threads)
     import torch
 
     torch.set_num_threads(threads)
@@ -158,7 +164,7 @@ def _run_processes(run_cell: CellFn, jobs: Jobs, workers: int, shared_dir: Path)
     context = multiprocessing.get_context("spawn")  # no fork of a process that may hold torch threads
     failed = {}
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker,
-                             initargs=(threads, is_quiet())) as pool:
+                             initargs=(threads, is_quiet(), threads * workers)) as pool:
         futures = {pool.submit(run_cell, *args): name for name, args in jobs.items()}
         for future in as_completed(futures):
             try:

@@ -9,6 +9,8 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
 grids=("$@")
 if [ ${#grids[@]} -eq 0 ]; then
   for raw in docs/results/*/raw; do grids+=("$(basename "$(dirname "$raw")")"); done
+  # by name, byte order (the glob's order depends on the locale: frozen-synthetic-smollm2/ before frozen-synthetic/)
+  mapfile -t grids < <(printf '%s\n' "${grids[@]}" | LC_ALL=C sort)
 fi
 for grid in "${grids[@]}"; do
   dir=docs/results/$grid

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from aplot_cli.compare import report, stage
-from aplot_cli.compare.cells import Cell
+from aplot_cli.compare.cells import Cell, learning_evidence
 from aplot_cli.compare.grid import load_grid
 
 
@@ -123,6 +123,24 @@ def test_runs_that_did_not_learn_are_excluded_and_named(tmp_path):
     assert record["seeds"] == 2 and record["mean_diff"] == pytest.approx(0.025)  # seed 2 left out of the pair
     lines = report._learned_section([c for v in cells.values() for c in v], [stuck], accepted=False)
     assert any("noise 0% / x / seed 2: the training loss did not move" in line for line in lines)
+
+
+def test_the_report_shows_each_methods_weakest_learned_run(tmp_path):
+    """The evidence table takes the lowest accuracies, the largest p values and the smallest loss fall among
+    the learned runs of each method, and leaves out a run that did not learn."""
+    cells = _cells({"bt": [0.60, 0.70], "x": [0.62, 0.73, 0.20]}, tmp_path)
+    runs = [(0.66, 1e-9, 0.61, 1e-12, 0.693, 0.650), (0.64, 1e-7, 0.63, 1e-10, 0.693, 0.680),
+            (0.70, 1e-12, 0.65, 1e-15, 0.807, 0.790), (0.63, 1e-8, 0.58, 1e-6, 0.806, 0.800),
+            (0.51, 0.4, 0.50, 0.5, 0.807, 0.807)]
+    flat = [c for v in cells.values() for c in v]
+    for cell, (acc, p, late, late_p, first, last) in zip(flat, runs, strict=True):
+        cell.learning = {"learned": acc > 0.6, "train_eval_accuracy": acc, "train_eval_p": p,
+                         "late_batch_accuracy": late, "late_batch_p": late_p, "loss_first": first, "loss_late": last}
+    assert learning_evidence(flat) == [
+        ["0%", "bt", "2", "0.640 (p <= 1e-07)", "0.610 (p <= 1e-10)", "0.6930 -> 0.6800"],
+        ["0%", "x", "2", "0.630 (p <= 1e-08)", "0.580 (p <= 1e-06)", "0.8060 -> 0.8000"]]
+    lines = report._learned_section(flat, [flat[-1]], accepted=False)
+    assert "| 0% | x | 2 | 0.630 (p <= 1e-08) | 0.580 (p <= 1e-06) | 0.8060 -> 0.8000 |" in lines
 
 
 @pytest.mark.usefixtures("aplot_cache")

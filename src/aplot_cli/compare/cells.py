@@ -64,6 +64,30 @@ def learning_verdict(manifest: dict[str, Any], log: list[dict[str, Any]]) -> dic
                          int(config.get("batch_size", 1)) * int(config.get("grad_accum", 1)) * int(world)).to_dict()
 
 
+EVIDENCE_NOTE = ("Weakest learned run per method (a margin loss logs -log sigmoid(gap - margin): it starts above log 2 "
+                 "and falls less than BT's; the two ranking tests show that it learned):")
+EVIDENCE_HEADER = ["noise", "method", "runs", "train-eval accuracy (lowest)", "last-quarter batches (lowest)",
+                   "logged loss, smallest fall"]
+
+
+def learning_evidence(cells: list[Cell]) -> list[list[str]]:
+    """Per noise level and method, the weakest learned cell's evidence for each part of the learned rule: the
+    lowest train-eval and last-quarter batch accuracies with the largest of their binomial p values, and the
+    smallest fall of the logged loss (first logged -> mean of the last quarter), with where that loss began."""
+    groups: dict[tuple[float, str], list[dict[str, Any]]] = {}
+    for c in cells:
+        if c.learned and c.learning.get("train_eval_accuracy") is not None:
+            groups.setdefault((c.noise, c.method), []).append(c.learning)
+    rows = []
+    for (noise, method), runs in groups.items():
+        drop = min(runs, key=lambda r: r["loss_first"] - r["loss_late"])
+        rows.append([f"{noise:.0%}", method, str(len(runs)),
+                     f"{min(r['train_eval_accuracy'] for r in runs):.3f} (p <= {max(r['train_eval_p'] for r in runs):.0e})",
+                     f"{min(r['late_batch_accuracy'] for r in runs):.3f} (p <= {max(r['late_batch_p'] for r in runs):.0e})",
+                     f"{drop['loss_first']:.4f} -> {drop['loss_late']:.4f}"])
+    return rows
+
+
 def collect(grid, out_dir: Path) -> tuple[list[Cell], list[str]]:
     cells, missing = [], []
     for noise in grid.noise:

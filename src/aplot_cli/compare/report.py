@@ -32,12 +32,15 @@ from aplot_cli import artifacts
 from aplot_cli.compare import figures as drawing
 from aplot_cli.compare import html, latex
 from aplot_cli.compare.cells import (
+    EVIDENCE_HEADER,
+    EVIDENCE_NOTE,
     Cell,
     cell_pairs_dir,
     collect,
     correct_matrix,
     difficulty_accuracy,
     eval_curve,
+    learning_evidence,
     steps_to_reach,
     training_margin_stats,
 )
@@ -292,8 +295,9 @@ def _ot_table(conv: dict[str, dict[str, Any]]) -> list[str]:
 
 def _learned_section(cells: list[Cell], unlearned: list[Cell], accepted: bool) -> list[str]:
     from aplot_cli.train.learned import RULE
-
     lines = ["", "## Did every run learn?", "", f"Rule (train-rm): {RULE}.", ""]
+    if evidence := learning_evidence(cells):  # the weakest learned run per method, to check before any table
+        lines += [EVIDENCE_NOTE, "", *_table(EVIDENCE_HEADER, evidence), ""]
     if not unlearned:
         return lines + [f"All {len(cells)} finished runs learned."]
     lines += [f"**{len(unlearned)} of {len(cells)} runs did not learn** and are left out of every table, interval "
